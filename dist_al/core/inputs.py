@@ -1,0 +1,111 @@
+"""Input checking for the core: every user mistake becomes one clear ValueError."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import torch
+
+# Probabilities from a float32 softmax over many classes drift from 1 by ~1e-6;
+# a 1e-3 gap means the caller passed logits, unnormalised scores or a wrong axis.
+PROB_SUM_TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-3}
+
+
+def as_tensor(name: str, x, ndim: int) -> torch.Tensor:
+    """Wraps numpy or torch input without copying and checks rank and values."""
+    if isinstance(x, np.ndarray):
+        if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+            raise ValueError(f"{name} must be a real numeric array, got dtype {x.dtype}")
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    elif not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}")
+    if x.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
+    if x.is_complex() or x.dtype == torch.bool:
+        raise ValueError(f"{name} must be real-valued, got dtype {x.dtype}")
+    return x
+
+
+def common_float_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """float64 if any input is float64, else float32 (half inputs are too coarse for BAIT)."""
+    if any(t.dtype == torch.float64 for t in tensors):
+        return torch.float64
+    return torch.float32
+
+
+def check_probs_feats(probs, feats) -> tuple[torch.Tensor, torch.Tensor]:
+    probs = as_tensor("probs", probs, 2)
+    feats = as_tensor("feats", feats, 2)
+    n, k = probs.shape
+    if feats.shape[0] != n:
+        raise ValueError(f"probs has {n} rows but feats has {feats.shape[0]}: they must describe the same rows")
+    if probs.device != feats.device:
+        raise ValueError(f"probs is on {probs.device} but feats is on {feats.device}: put both on one device")
+    if n == 0:
+        raise ValueError("the pool is empty: probs and feats have 0 rows")
+    if k < 2:
+        raise ValueError(f"probs must have at least 2 classes (columns), got {k}")
+    if feats.shape[1] == 0:
+        raise ValueError("feats has 0 columns")
+    dtype = common_float_dtype(probs, feats)
+    probs, feats = probs.to(dtype), feats.to(dtype)
+    for name, t in (("probs", probs), ("feats", feats)):
+        finite = torch.isfinite(t)
+        if not bool(finite.all()):
+            row = int((~finite).any(1).nonzero()[0, 0])
+            raise ValueError(f"{name} contains NaN or inf values (first at row {row})")
+    if bool((probs < 0).any()):
+        row = int((probs < 0).any(1).nonzero()[0, 0])
+        raise ValueError(f"probs has negative entries (first at row {row}): pass softmax probabilities, not logits")
+    gap = (probs.sum(1) - 1).abs()
+    tol = PROB_SUM_TOLERANCE[dtype]
+    if bool((gap > tol).any()):
+        row = int((gap > tol).nonzero()[0, 0])
+        raise ValueError(
+            f"probs rows must sum to 1 (tolerance {tol:g}); row {row} sums to {float(probs[row].sum()):.6g}: "
+            "pass softmax probabilities over the class axis"
+        )
+    return probs, feats
+
+
+def check_labeled(labeled, n: int, device: torch.device) -> torch.Tensor:
+    """Boolean mask of length n from None, a mask or an index array."""
+    mask = torch.zeros(n, dtype=torch.bool, device=device)
+    if labeled is None:
+        return mask
+    if isinstance(labeled, (list, tuple, range)):
+        labeled = np.asarray(labeled, dtype=np.int64) if len(labeled) else np.zeros(0, np.int64)
+    if isinstance(labeled, np.ndarray) and labeled.dtype == bool:
+        labeled = torch.from_numpy(labeled)
+    if isinstance(labeled, torch.Tensor) and labeled.dtype == torch.bool:
+        if labeled.ndim != 1:
+            raise ValueError(f"labeled mask must be 1-dimensional, got shape {tuple(labeled.shape)}")
+        lab = labeled
+    else:
+        lab = as_tensor("labeled", labeled, 1)
+    if lab.dtype == torch.bool:
+        if lab.numel() != n:
+            raise ValueError(f"labeled mask has length {lab.numel()} but the pool has {n} rows")
+        return lab.to(device)
+    if lab.is_floating_point():
+        if not bool((lab == lab.round()).all()):
+            raise ValueError("labeled indices must be integers (or pass a boolean mask)")
+        lab = lab.long()
+    lab = lab.to(device=device, dtype=torch.long)
+    if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= n):
+        bad = int(lab[(lab < 0) | (lab >= n)][0])
+        raise ValueError(f"labeled index {bad} is out of range for a pool of {n} rows")
+    mask[lab] = True
+    return mask
+
+
+def check_budget(budget, n_unlabeled: int) -> int:
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Integral):
+        raise ValueError(f"budget must be an integer, got {budget!r}")
+    budget = int(budget)
+    if budget <= 0:
+        raise ValueError(f"budget must be positive, got {budget}")
+    if budget > n_unlabeled:
+        raise ValueError(f"budget {budget} is larger than the {n_unlabeled} unlabeled rows")
+    return budget

@@ -1,0 +1,67 @@
+"""The seam between the selection algorithms and where rows live.
+
+Every selection algorithm is written once, as a coordinator loop that talks to
+a group of shards through `map` (same call on every shard, results in shard
+order) and `call` (one shard). `LocalShards` runs them in this process; the Ray
+layer provides the same two methods over actors. One loop for both is what
+makes the distributed selection equal to the single-process one.
+
+Global row order is shard order, then row order inside a shard.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, Sequence
+
+
+class ShardGroup(Protocol):
+    def map(self, method: str, *args: Any) -> list: ...
+
+    def call(self, shard: int, method: str, *args: Any) -> Any: ...
+
+
+class LocalShards:
+    def __init__(self, shards: Sequence[Any]):
+        self.shards = list(shards)
+
+    def map(self, method: str, *args: Any) -> list:
+        return [getattr(s, method)(*args) for s in self.shards]
+
+    def call(self, shard: int, method: str, *args: Any) -> Any:
+        return getattr(self.shards[shard], method)(*args)
+
+
+def argmax_first(values: Sequence[float]) -> int:
+    """Index of the largest value; ties go to the lowest index (= lowest global row)."""
+    best = 0
+    for i, v in enumerate(values):
+        if v > values[best]:
+            best = i
+    return best
+
+
+def locate(totals: Sequence[float], target: float) -> tuple[int, float]:
+    """The shard whose running total first exceeds target, and target minus the totals before it.
+
+    On round-off (target at or past the grand total) it answers the last non-empty shard.
+    """
+    running = 0.0
+    last = None
+    for i, t in enumerate(totals):
+        if t <= 0:
+            continue
+        if running + t > target:
+            return i, target - running
+        last, last_running = i, running
+        running += t
+    if last is None:
+        raise RuntimeError("locate() needs at least one positive total")
+    return last, target - last_running
+
+
+def offsets(sizes: Sequence[int]) -> list[int]:
+    out, acc = [], 0
+    for s in sizes:
+        out.append(acc)
+        acc += s
+    return out
