@@ -105,8 +105,9 @@ def _run_coreset(group, budget, seed, progress):
     return Selection(*baselines.kcentre(group, budget, progress))
 
 
-def _run_bait(group, budget, seed, progress, **opts):
-    return Selection(*bait.bait(group, budget, progress=progress, **opts))
+def _run_bait(group, budget, seed, **opts):
+    picks, scores, _ = bait.bait(group, budget, **opts)
+    return Selection(picks, scores)
 
 
 _PROGRESS = {"progress": (False, _flag)}
