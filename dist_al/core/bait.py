@@ -48,7 +48,7 @@ def check_reduction(options: dict, n_classes: int, n_feats: int) -> None:
 
 def _sandwich_left(Z: torch.Tensor, p: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """diag(s) (I - 1 p^T) Z for a batch: rows of Z are indexed by the row's classes."""
-    return s[:, :, None] * (Z - p[:, None, :] @ Z)
+    return s[:, :, None] * (Z - (p[:, :, None] * Z).sum(1, keepdim=True))
 
 
 class BaitShard:
@@ -61,6 +61,7 @@ class BaitShard:
         self.labeled = labeled
         self.first_row = first_row
         self.n_classes = probs.shape[1]
+        self.chunk = 2048  # rows per in-cache block of the greedy step
 
     def shape(self) -> tuple[int, int, int]:
         return len(self.h), self.n_classes, self.h.shape[1]
@@ -111,101 +112,111 @@ class BaitShard:
 
     # -- per-row state -----------------------------------------------------------------
 
-    def _block_quadratic(self, B: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """T[n, a, b] = h_n^T B[class a, :, class b, :] h_n over each row's classes."""
-        K = B.shape[0] // self.h.shape[1]
-        D = self.h.shape[1]
-        c = self.p.shape[1]
-        B4 = B.to(self.h.dtype).reshape(K, D, K, D)
-        out = torch.empty(len(rows), c, c, dtype=self.h.dtype, device=self.h.device)
-        if self.idx is None:
-            Bm = B4.permute(1, 0, 2, 3).reshape(D, K * K * D)
-            block = max(1, _BLOCK_ELEMENTS // (K * K * D))
-            for lo in range(0, len(rows), block):
-                hb = self.h[rows[lo : lo + block]]
-                tmp = (hb @ Bm).reshape(len(hb), K * K, D)
-                out[lo : lo + block] = (tmp @ hb[:, :, None]).reshape(len(hb), K, K)
-        else:
-            Bp = B4.permute(0, 2, 1, 3).contiguous()  # (a, b, j, k)
+    def _block_quadratic(self, B: torch.Tensor) -> torch.Tensor:
+        """T[n, a, b] = h_n^T B[class a, :, class b, :] h_n over each candidate row's classes."""
+        D = self.hc.shape[1]
+        K = B.shape[0] // D
+        c = self.pc.shape[1]
+        B4 = B.to(self.hc.dtype).reshape(K, D, K, D)
+        out = torch.empty(len(self.hc), c, c, dtype=self.hc.dtype, device=self.hc.device)
+        if self.ic is None:  # one GEMM per block: (h (x) h) against every class pair
+            B2 = B4.permute(0, 2, 1, 3).reshape(K * K, D * D)
+            block = max(1, _BLOCK_ELEMENTS // (D * D + K * K))
+            for lo in range(0, len(self.hc), block):
+                hb = self.hc[lo : lo + block]
+                hh = (hb[:, :, None] * hb[:, None, :]).reshape(len(hb), D * D)
+                out[lo : lo + block] = (hh @ B2.T).reshape(len(hb), K, K)
+        else:  # gather only the c x c blocks each row needs
+            Bp = B4.permute(0, 2, 1, 3).contiguous()
             block = max(1, _BLOCK_ELEMENTS // (c * c * D * D))
-            for lo in range(0, len(rows), block):
-                r = rows[lo : lo + block]
-                hb, ib = self.h[r], self.idx[r]
-                blocks = Bp[ib[:, :, None], ib[:, None, :]].reshape(len(r), c * c, D, D)
+            for lo in range(0, len(self.hc), block):
+                hb, ib = self.hc[lo : lo + block], self.ic[lo : lo + block]
+                blocks = Bp[ib[:, :, None], ib[:, None, :]].reshape(len(hb), c * c, D, D)
                 v = blocks @ hb[:, None, :, None]
-                out[lo : lo + block] = (hb[:, None, None, :] @ v).reshape(len(r), c, c)
+                out[lo : lo + block] = (hb[:, None, None, :] @ v).reshape(len(hb), c, c)
         return out
 
     def init_state(self, A: torch.Tensor, C: torch.Tensor, w_s: float):
         """P, Q for every unlabeled row from A0 and C0 = A0 F A0; returns the best row to add."""
         self.rows = (~self.labeled).nonzero()[:, 0]
+        self.hc = self.h[self.rows].contiguous()
+        self.pc = self.p[self.rows].contiguous()
+        self.ic = None if self.idx is None else self.idx[self.rows].contiguous()
+        self.sc = (w_s * self.pc).sqrt()
         self.chosen = torch.zeros(len(self.rows), dtype=torch.bool, device=self.h.device)
-        self.removed = torch.zeros_like(self.chosen)
-        p = self.p[self.rows]
-        self.s = (w_s * p).sqrt()
-        self.P = self._sandwich(self._block_quadratic(A, self.rows), p)
-        self.Q = self._sandwich(self._block_quadratic(C, self.rows), p)
+        self.free = torch.ones_like(self.chosen)  # neither chosen nor pruned
+        self.P = self._sandwich(self._block_quadratic(A))
+        self.Q = self._sandwich(self._block_quadratic(C))
+        self.score = torch.full((len(self.rows),), -torch.inf, dtype=self.hc.dtype, device=self.hc.device)
+        for lo in range(0, len(self.rows), self.chunk):
+            sl = slice(lo, lo + self.chunk)
+            self.score[sl] = _scores("add", self.P[sl], self.Q[sl])
         return self.best("add")
 
-    def _sandwich(self, T: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    def _sandwich(self, T: torch.Tensor) -> torch.Tensor:
         """diag(s) (I - 1 p^T) T (I - p 1^T) diag(s): U A U^T from the block forms T."""
-        left = _sandwich_left(T, p, self.s)
-        return (left - left @ p[:, :, None]) * self.s[:, None, :]
-
-    def _project_rows(self, G3: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """X = U_x G for the rows at positions pos: contract h over D, pick the row's classes."""
-        K, D, k = G3.shape
-        rows = self.rows[pos]
-        Z = (self.h[rows] @ G3.permute(1, 0, 2).reshape(D, K * k)).reshape(len(rows), K, k)
-        if self.idx is not None:
-            Z = Z.gather(1, self.idx[rows][:, :, None].expand(-1, -1, k))
-        return _sandwich_left(Z, self.p[rows], self.s[pos])
+        left = _sandwich_left(T, self.pc, self.sc)
+        return (left - left @ self.pc[:, :, None]) * self.sc[:, None, :]
 
     def update(self, G, H, S, R, global_row: int, kind: str, next_kind: str | None):
         """Applies A' = A - G S G^T to P and Q; marks the row added or removed; returns the next best."""
         local = global_row - self.first_row
         if 0 <= local < len(self.h):
             pos = int(torch.searchsorted(self.rows, torch.tensor(local, device=self.rows.device)))
-            if kind == "add":
-                self.chosen[pos] = True
-            else:
-                self.chosen[pos], self.removed[pos] = False, True
+            self.chosen[pos] = kind == "add"
+            self.free[pos] = False
         if next_kind is None:
             return None
-        dt, dev = self.h.dtype, self.h.device
-        D = self.h.shape[1]
-        K = G.shape[0] // D
-        G3, H3 = (M.to(dev, dt).reshape(K, D, -1) for M in (G, H))
+        dt, dev = self.hc.dtype, self.hc.device
+        D = self.hc.shape[1]
+        K, k = G.shape[0] // D, G.shape[1]
+        # G and H side by side: one GEMM projects every row onto both
+        GH = torch.cat([G, H], 1).to(dev, dt).reshape(K, D, 2 * k).permute(1, 0, 2).reshape(D, K * 2 * k)
         S, R = S.to(dev, dt), R.to(dev, dt)
-        targets = torch.arange(len(self.rows), device=dev) if next_kind == "add" else self.chosen.nonzero()[:, 0]
-        c = self.p.shape[1]
-        block = max(1, _BLOCK_ELEMENTS // (4 * c * max(c, G.shape[1])))
-        for lo in range(0, len(targets), block):
-            pos = targets[lo : lo + block]
-            X = self._project_rows(G3, pos)
-            Y = self._project_rows(H3, pos)
-            XS = X @ S
-            XSt = XS.transpose(1, 2)
-            cross = XS @ Y.transpose(1, 2)
-            self.P[pos] -= XS @ X.transpose(1, 2)
-            self.Q[pos] += (XS @ R) @ XSt - cross - cross.transpose(1, 2)
+        if next_kind == "add":  # every candidate row, in cache-sized slices updated in place
+            for lo in range(0, len(self.rows), self.chunk):
+                sl = slice(lo, lo + self.chunk)
+                ic = None if self.ic is None else self.ic[sl]
+                self._update_block(self.P[sl], self.Q[sl], self.hc[sl], self.pc[sl], self.sc[sl], ic, GH, S, R)
+                self.score[sl] = _scores("add", self.P[sl], self.Q[sl])
+        else:  # pruning: only the chosen rows matter from here on
+            pos = self.chosen.nonzero()[:, 0]
+            P, Q = self.P[pos], self.Q[pos]
+            ic = None if self.ic is None else self.ic[pos]
+            self._update_block(P, Q, self.hc[pos], self.pc[pos], self.sc[pos], ic, GH, S, R)
+            self.P[pos], self.Q[pos] = P, Q
+            self.score[pos] = _scores("remove", P, Q)
         return self.best(next_kind)
+
+    @staticmethod
+    def _update_block(P, Q, h, p, s, ic, GH, S, R) -> None:
+        """P -= X S X^T;  Q += X S R S X^T - X S Y^T - Y S X^T  with X = U G, Y = U H (in place)."""
+        n, k = len(h), S.shape[0]
+        Z = (h @ GH).reshape(n, -1, 2 * k)
+        if ic is not None:
+            Z = Z.gather(1, ic[:, :, None].expand(-1, -1, 2 * k))
+        XY = _sandwich_left(Z, p, s)
+        X, Y = XY[..., :k], XY[..., k:]
+        XS = X @ S
+        P.baddbmm_(XS, X.mT, alpha=-1)
+        Q.baddbmm_(XS @ R - Y, XS.mT)
+        Q.baddbmm_(XS, Y.mT, alpha=-1)
 
     def best(self, kind: str):
         """(score, global row, p, classes, h) of the best row to add or remove; score -inf if none."""
-        eye = torch.eye(self.P.shape[1], dtype=self.P.dtype, device=self.P.device)
-        if kind == "add":
-            pos = (~self.chosen & ~self.removed).nonzero()[:, 0]
-            score = _trace_solve(eye + self.P[pos], self.Q[pos])
-        else:
-            pos = self.chosen.nonzero()[:, 0]
-            score = -_trace_solve(eye - self.P[pos], self.Q[pos])
-        if len(pos) == 0:
+        mask = self.free if kind == "add" else self.chosen
+        if not bool(mask.any()):
             return -np.inf, -1, None, None, None
-        j = int(score.argmax())
-        r = int(self.rows[pos[j]])
-        idx = None if self.idx is None else self.idx[r].cpu()
-        return float(score[j]), self.first_row + r, self.p[r].cpu(), idx, self.h[r].cpu()
+        j = int(self.score.masked_fill(~mask, -torch.inf).argmax())
+        r = int(self.rows[j])
+        idx = None if self.ic is None else self.ic[j].cpu()
+        return float(self.score[j]), self.first_row + r, self.pc[j].cpu(), idx, self.hc[j].cpu()
+
+
+def _scores(kind: str, P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+    """add: tr((I + P)^{-1} Q);  remove: tr((P - I)^{-1} Q) = -tr((I - P)^{-1} Q)."""
+    eye = torch.eye(P.shape[1], dtype=P.dtype, device=P.device)
+    return _trace_solve(eye + P, Q) if kind == "add" else -_trace_solve(eye - P, Q)
 
 
 def _trace_solve(Mpd: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,128 @@
+"""Models named by import path, and the (p, h) every strategy needs from them.
+
+Any nn.Module works: the final nn.Linear (found automatically or named) is
+hooked, its input is h and the softmax of its output is p, so user models
+need no special forward signature.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+class ModelError(ValueError):
+    """A model that cannot be built, loaded or used; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    factory: str = "dist_al.models:mlp"
+    kwargs: dict = field(default_factory=dict)
+    checkpoint: str | None = None
+    classifier: str | None = None  # module name of the final nn.Linear; found automatically if None
+    storage_options: dict = field(default_factory=dict)
+
+
+def _import_factory(path: str):
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ModelError(f"model.factory must look like 'package.module:function', got {path!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ModelError(f"model.factory {path!r}: cannot import module {module_name!r} ({err})") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ModelError(f"model.factory {path!r}: module {module_name!r} has no attribute {attr!r}") from None
+
+
+def load_state(uri: str, storage_options: dict | None = None) -> dict:
+    """A state_dict from any fsspec URI, loaded with weights_only=True (never arbitrary pickle)."""
+    import fsspec
+
+    try:
+        with fsspec.open(uri, "rb", **(storage_options or {})) as f:
+            data = f.read()
+    except (FileNotFoundError, OSError) as err:
+        raise ModelError(f"model.checkpoint {uri!r} cannot be read: {err}") from None
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt or unsafe files
+        raise ModelError(f"model.checkpoint {uri!r} is not a loadable state_dict: {err}") from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise ModelError(f"model.checkpoint {uri!r} holds a {type(state).__name__}, not a state_dict")
+    return state
+
+
+def build_model(spec: ModelSpec, *, seed: int = 0, state: dict | None = None) -> nn.Module:
+    """The model with weights from `state`, else the checkpoint, else initialised from the seed."""
+    factory = _import_factory(spec.factory)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            model = factory(**spec.kwargs)
+        except TypeError as err:
+            raise ModelError(f"model.factory {spec.factory!r} rejected model.kwargs {spec.kwargs}: {err}") from None
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model.factory {spec.factory!r} returned a {type(model).__name__}, not a torch.nn.Module")
+    if state is None and spec.checkpoint:
+        state = load_state(spec.checkpoint, spec.storage_options)
+    if state is not None:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()
+            detail = " ".join(line.strip() for line in first[:3])
+            raise ModelError(f"checkpoint does not match the model built by {spec.factory!r}: {detail}") from None
+    classifier_layer(model, spec.classifier)  # fail now, not on a worker
+    return model
+
+
+def classifier_layer(model: nn.Module, name: str | None = None) -> nn.Linear:
+    """The final nn.Linear: the named module, else the last nn.Linear registered."""
+    if name is not None:
+        layer = dict(model.named_modules()).get(name)
+        if not isinstance(layer, nn.Linear):
+            raise ModelError(f"model.classifier {name!r} is not an nn.Linear module of the model")
+        return layer
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ModelError("the model has no nn.Linear layer to use as the classifier; name one in model.classifier")
+    return linears[-1]
+
+
+class Embedder:
+    """Runs the model and returns (p, h) per batch: softmax of the classifier output and its input."""
+
+    def __init__(self, model: nn.Module, classifier: str | None = None, device: str | torch.device = "cpu",
+                 autocast: str | None = None):
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.layer = classifier_layer(model, classifier)
+        self.autocast = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[autocast]
+        self._captured: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.layer.register_forward_hook(lambda _m, inputs, output: self._captured.append((inputs[0], output)))
+
+    @property
+    def n_classes(self) -> int:
+        return self.layer.out_features
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._captured.clear()
+        x = x.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+            self.model(x)
+        if len(self._captured) != 1:
+            raise ModelError(f"the classifier layer ran {len(self._captured)} times in one forward pass; "
+                             "name the final layer in model.classifier")
+        h, logits = self._captured[0]
+        return torch.softmax(logits.float(), 1), h.float().reshape(len(x), -1)
