@@ -6,9 +6,21 @@ import argparse
 import sys
 
 EXAMPLES = {
+    "select": "examples:\n  dist-al select --config configs/local-select.yaml\n"
+    "  dist-al select --config configs/local-select.yaml --set selection.strategy=bait --set selection.budget=50\n"
+    "  dist-al select --config configs/s3-select.yaml --out s3://bucket/selections/round-1.parquet",
+    "make-pool": "examples:\n  dist-al make-pool ./pool --synthetic --rows 100000 --classes 10 --dim 64\n"
+    "  dist-al make-pool ./pool --features X.npy --labels y.npy\n"
+    "  dist-al make-pool ./pool --csv data.csv --id-column id --label-column label",
     "demo": "examples:\n  dist-al demo\n  dist-al demo --rows 50000 --budget 200",
     "bench": "examples:\n  dist-al bench core\n  dist-al bench core --quick\n  dist-al bench core --device cuda --scale 10",
 }
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", help="YAML config file (see README, Config reference)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set selection.budget=500 (repeatable)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,6 +41,38 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--rows", type=int, default=20_000, help="pool size (default 20000)")
     demo.add_argument("--budget", type=int, default=100, help="rows to select (default 100)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    select = sub.add_parser(
+        "select",
+        help="select the next batch from a Parquet pool on Ray (config file)",
+        epilog=EXAMPLES["select"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _config_args(select)
+    select.add_argument("--out", help="where to write the selection (Parquet); default: WORKDIR/selections/")
+    select.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    make_pool = sub.add_parser(
+        "make-pool",
+        help="write a Parquet pool from arrays, a CSV file, or a synthetic Gaussian mixture",
+        epilog=EXAMPLES["make-pool"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    make_pool.add_argument("out", help="pool directory or prefix (local path or fsspec URL)")
+    source = make_pool.add_mutually_exclusive_group(required=True)
+    source.add_argument("--synthetic", action="store_true", help="a labeled Gaussian mixture")
+    source.add_argument("--features", help=".npy file with an (N, D) feature matrix")
+    source.add_argument("--csv", help="CSV file: an id column, an optional label column, the rest are features")
+    make_pool.add_argument("--labels", help=".npy file with N integer labels (with --features)")
+    make_pool.add_argument("--rows", type=int, default=100_000, help="synthetic: rows (default 100000)")
+    make_pool.add_argument("--classes", type=int, default=10, help="synthetic: classes (default 10)")
+    make_pool.add_argument("--dim", type=int, default=64, help="synthetic: feature width (default 64)")
+    make_pool.add_argument("--seed", type=int, default=0, help="synthetic: seed (default 0)")
+    make_pool.add_argument("--id-column", default="id", help="CSV: id column (default id)")
+    make_pool.add_argument("--label-column", default=None, help="CSV: label column (default: none)")
+    make_pool.add_argument("--rows-per-file", type=int, default=262_144, help="rows per Parquet file")
+    make_pool.add_argument("--rows-per-group", type=int, default=16_384, help="rows per row group")
+    make_pool.add_argument("--overwrite", action="store_true", help="replace an existing pool at OUT")
 
     bench = sub.add_parser(
         "bench",
@@ -52,6 +96,14 @@ def main(argv: list[str] | None = None) -> int:
             from .demo import run_demo
 
             return run_demo(rows=args.rows, budget=args.budget, seed=args.seed)
+        if args.command == "select":
+            from .commands import select_command
+
+            return select_command(args)
+        if args.command == "make-pool":
+            from .commands import make_pool_command
+
+            return make_pool_command(args)
         if args.command == "bench":
             from .bench.core import main as bench_core
 

@@ -144,7 +144,7 @@ STRATEGIES: dict[str, Strategy] = {
 
 
 def strategy_spec(name: str) -> Strategy:
-    if name not in STRATEGIES:
+    if not isinstance(name, str) or name not in STRATEGIES:
         hint = difflib.get_close_matches(str(name), STRATEGIES, n=1)
         extra = f" (did you mean {hint[0]!r}?)" if hint else ""
         raise ValueError(f"unknown strategy {name!r}{extra}; choose one of {', '.join(STRATEGIES)}")
@@ -191,7 +191,7 @@ def select(strategy: str, probs, feats, budget: int, *, labeled=None, seed: int 
     budget = check_budget(budget, int((~mask).sum()))
     if strategy == "bait":
         bait.check_reduction(options, probs.shape[1], feats.shape[1])
-    with torch.inference_mode():
+    with torch.inference_mode(), bait.numerical_errors():
         shard = STRATEGIES[strategy].shard(probs, feats, mask)
         selection = run_strategy(strategy, LocalShards([shard]), budget, seed, options)
     return np.fromiter((i for _, i in selection.picks), dtype=np.int64, count=len(selection.picks))

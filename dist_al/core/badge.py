@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .progress import progress_bar
-from .shards import ShardGroup, argmax_first, locate
+from .shards import ShardGroup, argmax_first, locate, snap_roundoff_
 
 # Rows per block when a distance matrix against many centres is formed.
 _BLOCK_ELEMENTS = 1 << 24
@@ -68,7 +68,8 @@ class BadgeShard:
         """d2 <- min(d2, distance to the new centre); returns (sum of d2, unchosen rows)."""
         a_c, h_c, n_c = (t.to(self.h.device, self.h.dtype) for t in centre)
         dist = self.h @ h_c
-        dist.mul_(self.a @ a_c).mul_(-2).add_(self.norm2).add_(n_c).clamp_(min=0)
+        dist.mul_(self.a @ a_c).mul_(-2).add_(self.norm2).add_(n_c)
+        snap_roundoff_(dist, self.norm2 + n_c)
         torch.minimum(self.d2, dist, out=self.d2)
         return float(self.d2.sum(dtype=torch.float64)), self.n_available
 
@@ -93,7 +94,8 @@ class BadgeShard:
             for lo in range(0, len(self.h), block):
                 hi = lo + block
                 dist = (self.h[lo:hi] @ h_c.T).mul_(self.a[lo:hi] @ a_c.T).mul_(-2)
-                dist.add_(self.norm2[lo:hi, None]).add_(n_c).clamp_(min=0)
+                scale = self.norm2[lo:hi, None] + n_c
+                snap_roundoff_(dist.add_(scale), scale)
                 torch.minimum(self.d2[lo:hi], dist.min(1).values, out=self.d2[lo:hi])
         return float(self.d2.sum(dtype=torch.float64)), self.n_available
 
@@ -230,7 +232,8 @@ def _weighted_kmeanspp(a, h, norm2, weights, budget, rng, progress) -> list[int]
     bar = progress_bar(budget, "badge-scalable", progress)
     while True:
         c = chosen[-1]
-        dist = (norm2 + norm2[c] - 2 * (a @ a[c]) * (h @ h[c])).clamp_(min=0)
+        scale = norm2 + norm2[c]
+        dist = snap_roundoff_(scale - 2 * (a @ a[c]) * (h @ h[c]), scale)
         torch.minimum(d2, dist, out=d2)
         d2[chosen] = 0
         bar.update()

@@ -18,6 +18,7 @@ The reduced selection is exactly BAIT on the reduced (p, h).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,7 +56,7 @@ class BaitShard:
     """One shard's rows: (p, h) for the Fisher sums, per-row P and Q for the greedy steps."""
 
     def __init__(self, probs: torch.Tensor, feats: torch.Tensor, labeled: torch.Tensor, first_row: int = 0):
-        self.p = probs
+        self.p = probs / probs.sum(1, keepdim=True)  # the softmax Fisher assumes sum(p) == 1 exactly
         self.idx = None  # class of each column of p, when reduced to top classes
         self.h = feats
         self.labeled = labeled
@@ -76,7 +77,8 @@ class BaitShard:
         self.idx = idx[:, :c]
 
     def second_moment(self) -> torch.Tensor:
-        return (self.h.T @ self.h).double()
+        h = self.h.double()
+        return h.T @ h
 
     def project(self, W: torch.Tensor) -> None:
         self.h = self.h @ W.to(self.h.device, self.h.dtype)
@@ -86,6 +88,8 @@ class BaitShard:
     def fisher_sums(self, n_classes: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
         """Sum of I(x) over all rows and over labeled rows, as d x d float64."""
         lab = self.labeled.nonzero()[:, 0]
+        # float64 sums: the Fisher must stay positive semi-definite, and its value must not
+        # depend on how rows are split into shards beyond float64 round-off
         pool = self._fisher_sum(self.p, self.idx, self.h, n_classes)
         labeled = self._fisher_sum(self.p[lab], None if self.idx is None else self.idx[lab], self.h[lab], n_classes)
         return pool, labeled, len(self.h), len(lab)
@@ -97,16 +101,17 @@ class BaitShard:
         F2 = torch.zeros(K * K, D * D, dtype=torch.float64, device=h.device)
         block = max(1, _BLOCK_ELEMENTS // (c * c * D + D * D))
         for lo in range(0, n, block):
-            pb, hb = p[lo : lo + block], h[lo : lo + block]
+            pb, hb = p[lo : lo + block].double(), h[lo : lo + block].double()
+            pb = pb / pb.sum(1, keepdim=True)
             M = torch.diag_embed(pb) - pb[:, :, None] * pb[:, None, :]  # diag(p) - p p^T
             hh = (hb[:, :, None] * hb[:, None, :]).reshape(len(hb), D * D)
             if idx is None:
-                F2 += (M.reshape(len(hb), K * K).T @ hh).double()
+                F2 += M.reshape(len(hb), K * K).T @ hh
             else:
                 ib = idx[lo : lo + block]
                 pair = (ib[:, :, None] * K + ib[:, None, :]).reshape(-1)
                 vals = (M.reshape(len(hb), c * c, 1) * hh[:, None, :]).reshape(-1, D * D)
-                F2.index_add_(0, pair, vals.double())
+                F2.index_add_(0, pair, vals)
         # (a, b, j, k) -> (a, j, b, k): class-major d x d layout
         return F2.reshape(K, K, D, D).permute(0, 2, 1, 3).reshape(K * D, K * D)
 
@@ -238,6 +243,18 @@ def _embedding_columns(p, idx, h, w_s: float, n_classes: int) -> torch.Tensor:
     return U3.reshape(-1, c)
 
 
+@contextlib.contextmanager
+def numerical_errors():
+    """Linear-algebra failures on extreme inputs become a ValueError that says what to change."""
+    try:
+        yield
+    except torch.linalg.LinAlgError as err:
+        raise ValueError(
+            f"BAIT is numerically unstable on these inputs ({str(err).splitlines()[0]}): "
+            "increase lam or rescale feats"
+        ) from None
+
+
 @dataclass(frozen=True)
 class BaitResult:
     indices: np.ndarray
@@ -284,10 +301,8 @@ def bait(
     w_labeled = 1.0 / (n_labeled + budget)
     w_batch = budget * w_labeled if weighting == "reference" else w_labeled
     eye = torch.eye(K * D, dtype=torch.float64, device=dev)
-    A = torch.cholesky_inverse(torch.linalg.cholesky(lam * eye + w_labeled * F_labeled_sum))
-    n_forward = min(int(round(oversample * budget)), n_rows - n_labeled)
-    if forward_steps is not None:
-        n_forward = min(forward_steps, n_forward)
+    A = torch.linalg.inv(lam * eye + w_labeled * F_labeled_sum)
+    n_forward = min(int(round(oversample * budget)) if forward_steps is None else forward_steps, n_rows - n_labeled)
     prune = forward_steps is None and n_forward > budget
 
     bar = progress_bar(n_forward + (n_forward - budget if prune else 0), "bait", progress)
@@ -333,6 +348,6 @@ def run(probs, feats, budget: int, *, labeled=None, **options) -> BaitResult:
     mask = check_labeled(labeled, len(probs), probs.device)
     budget = check_budget(budget, int((~mask).sum()))
     check_reduction(options, probs.shape[1], feats.shape[1])
-    with torch.inference_mode():
+    with torch.inference_mode(), numerical_errors():
         picks, _, objective = bait(LocalShards([BaitShard(probs, feats, mask)]), budget, **options)
     return BaitResult(np.array([i for _, i in picks], dtype=np.int64), objective)

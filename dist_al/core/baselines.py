@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .progress import progress_bar
-from .shards import ShardGroup, argmax_first
+from .shards import ShardGroup, argmax_first, snap_roundoff_
 
 _BLOCK_ELEMENTS = 1 << 24
 
@@ -73,8 +73,9 @@ class BaselineShard:
             csq = centres.square().sum(1)
             block = max(1, _BLOCK_ELEMENTS // len(centres))
             for lo in range(0, len(self.h), block):
-                d = (self.h[lo : lo + block] @ centres.T).mul_(-2).add_(self.sq[lo : lo + block, None]).add_(csq)
-                self.min_d2[lo : lo + block] = d.clamp_(min=0).min(1).values
+                scale = self.sq[lo : lo + block, None] + csq
+                d = snap_roundoff_((self.h[lo : lo + block] @ centres.T).mul_(-2).add_(scale), scale)
+                self.min_d2[lo : lo + block] = d.min(1).values
         return self._farthest()
 
     def _farthest(self) -> tuple[float, int]:
@@ -89,7 +90,8 @@ class BaselineShard:
         if 0 <= local < len(self.h):
             self.available[local] = False
         h_c = h_c.to(self.h.device, self.h.dtype)
-        d = (self.h @ h_c).mul_(-2).add_(self.sq).add_(h_c.square().sum()).clamp_(min=0)
+        scale = self.sq + h_c.square().sum()
+        d = snap_roundoff_((self.h @ h_c).mul_(-2).add_(scale), scale)
         torch.minimum(self.min_d2, d, out=self.min_d2)
         return self._farthest()
 

@@ -49,6 +49,7 @@ def check_probs_feats(probs, feats) -> tuple[torch.Tensor, torch.Tensor]:
     if feats.shape[1] == 0:
         raise ValueError("feats has 0 columns")
     dtype = common_float_dtype(probs, feats)
+    tol = PROB_SUM_TOLERANCE[torch.float64 if probs.dtype == torch.float64 else torch.float32]
     probs, feats = probs.to(dtype), feats.to(dtype)
     for name, t in (("probs", probs), ("feats", feats)):
         finite = torch.isfinite(t)
@@ -59,7 +60,6 @@ def check_probs_feats(probs, feats) -> tuple[torch.Tensor, torch.Tensor]:
         row = int((probs < 0).any(1).nonzero()[0, 0])
         raise ValueError(f"probs has negative entries (first at row {row}): pass softmax probabilities, not logits")
     gap = (probs.sum(1) - 1).abs()
-    tol = PROB_SUM_TOLERANCE[dtype]
     if bool((gap > tol).any()):
         row = int((gap > tol).nonzero()[0, 0])
         raise ValueError(
@@ -70,33 +70,44 @@ def check_probs_feats(probs, feats) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def check_labeled(labeled, n: int, device: torch.device) -> torch.Tensor:
-    """Boolean mask of length n from None, a mask or an index array."""
-    mask = torch.zeros(n, dtype=torch.bool, device=device)
+    """Boolean mask of length n from None, a boolean mask, or row indices (array, tensor or list)."""
     if labeled is None:
-        return mask
-    if isinstance(labeled, (list, tuple, range)):
-        labeled = np.asarray(labeled, dtype=np.int64) if len(labeled) else np.zeros(0, np.int64)
-    if isinstance(labeled, np.ndarray) and labeled.dtype == bool:
-        labeled = torch.from_numpy(labeled)
-    if isinstance(labeled, torch.Tensor) and labeled.dtype == torch.bool:
-        if labeled.ndim != 1:
-            raise ValueError(f"labeled mask must be 1-dimensional, got shape {tuple(labeled.shape)}")
-        lab = labeled
+        return torch.zeros(n, dtype=torch.bool, device=device)
+    if isinstance(labeled, torch.Tensor):
+        lab = labeled.detach()
+        if lab.dtype != torch.bool and (lab.is_floating_point() or lab.is_complex()):
+            lab = lab.cpu().numpy()
     else:
-        lab = as_tensor("labeled", labeled, 1)
+        try:
+            lab = np.asarray(labeled)
+        except (ValueError, TypeError):
+            raise ValueError("labeled must be a boolean mask or an array of row indices") from None
+    if lab.ndim != 1:
+        raise ValueError(f"labeled must be 1-dimensional (a mask or row indices), got shape {tuple(lab.shape)}")
+    if isinstance(lab, np.ndarray):
+        if lab.dtype == bool:
+            lab = torch.from_numpy(np.ascontiguousarray(lab))
+        elif len(lab) == 0:
+            lab = torch.zeros(0, dtype=torch.long)
+        elif lab.dtype.kind == "f":
+            if not np.isfinite(lab).all() or (lab != np.round(lab)).any():
+                raise ValueError("labeled indices must be integers (or pass a boolean mask)")
+            lab = torch.from_numpy(lab.astype(np.float64))
+        elif lab.dtype.kind in "iu":
+            lab = torch.from_numpy(np.clip(lab, -1, n).astype(np.int64))  # out-of-range stays out of range
+        else:
+            raise ValueError(f"labeled must be a boolean mask or integer row indices, got values of type {lab.dtype}")
     if lab.dtype == torch.bool:
         if lab.numel() != n:
             raise ValueError(f"labeled mask has length {lab.numel()} but the pool has {n} rows")
         return lab.to(device)
-    if lab.is_floating_point():
-        if not bool((lab == lab.round()).all()):
-            raise ValueError("labeled indices must be integers (or pass a boolean mask)")
-        lab = lab.long()
-    lab = lab.to(device=device, dtype=torch.long)
-    if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= n):
-        bad = int(lab[(lab < 0) | (lab >= n)][0])
-        raise ValueError(f"labeled index {bad} is out of range for a pool of {n} rows")
-    mask[lab] = True
+    bad = (lab < 0) | (lab >= n)
+    if bool(bad.any()):
+        first = labeled[int(bad.nonzero()[0, 0])]
+        first = first.item() if hasattr(first, "item") else first
+        raise ValueError(f"labeled index {first} is out of range for a pool of {n} rows")
+    mask = torch.zeros(n, dtype=torch.bool, device=device)
+    mask[lab.to(device=device, dtype=torch.long)] = True
     return mask
 
 

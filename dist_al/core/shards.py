@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol, Sequence
 
+import torch
+
 
 class ShardGroup(Protocol):
     def map(self, method: str, *args: Any) -> list: ...
@@ -29,6 +31,18 @@ class LocalShards:
 
     def call(self, shard: int, method: str, *args: Any) -> Any:
         return getattr(self.shards[shard], method)(*args)
+
+
+# ||x - z||^2 computed as |x|^2 + |z|^2 - 2<x, z> keeps a round-off residue of a few ulps of
+# |x|^2 + |z|^2 when x == z; below this relative size a distance is taken to be exactly 0,
+# so coincident rows tie exactly and ties go to the lowest row as documented.
+ROUNDOFF_ULPS = 64
+
+
+def snap_roundoff_(dist: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Zeroes, in place, distances that are round-off of the factorised formula."""
+    eps = torch.finfo(dist.dtype).eps
+    return dist.masked_fill_(dist <= scale * (ROUNDOFF_ULPS * eps), 0.0)
 
 
 def argmax_first(values: Sequence[float]) -> int:

@@ -1,0 +1,78 @@
+"""What the CLI commands do, once their arguments are parsed."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+
+def select_command(args) -> int:
+    from .config import load_config
+    from .selection import run_selection
+    from .storage import write_table_atomic
+
+    cfg = load_config(args.config, args.overrides)
+    result = run_selection(cfg, progress=not args.no_progress)
+    strategy = cfg["selection"]["strategy"]
+    out = args.out or f"{cfg['workdir'].rstrip('/')}/selections/{strategy}-{time.strftime('%Y%m%d-%H%M%S')}.parquet"
+    write_table_atomic(out, result.table, cfg["pool"]["storage_options"])
+    print(f"selected {result.table.num_rows} rows with {strategy} on {result.workers} workers "
+          f"(embedding {result.seconds_embed:.1f}s, selection {result.seconds_select:.1f}s) -> {out}")
+    return 0
+
+
+def make_pool_command(args) -> int:
+    from .pool import write_pool
+
+    labels = None
+    if args.synthetic:
+        from .synthetic import gaussian_mixture
+
+        feats, labels = gaussian_mixture(args.rows, args.classes, args.dim, seed=args.seed)
+        feats, labels = feats.numpy(), labels.numpy()
+        ids = np.arange(len(feats), dtype=np.int64)
+    elif args.features:
+        feats = _load_npy(args.features, "--features")
+        if feats.ndim != 2:
+            raise ValueError(f"--features {args.features} must hold a 2-D array, got shape {feats.shape}")
+        if args.labels:
+            labels = _load_npy(args.labels, "--labels")
+        ids = np.arange(len(feats), dtype=np.int64)
+    else:
+        ids, feats, labels = _read_csv(args.csv, args.id_column, args.label_column)
+    files = write_pool(args.out, ids, feats, labels, rows_per_file=args.rows_per_file,
+                       rows_per_group=args.rows_per_group, overwrite=args.overwrite)
+    print(f"wrote {len(feats)} rows x {feats.shape[1]} features"
+          f"{'' if labels is None else ' with labels'} in {len(files)} file(s) to {args.out}", file=sys.stdout)
+    return 0
+
+
+def _load_npy(path: str, flag: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)  # never unpickle user files
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{flag} {path}: cannot read a .npy array ({err})") from None
+
+
+def _read_csv(path: str, id_column: str, label_column: str | None):
+    import pyarrow.csv as pacsv
+
+    try:
+        table = pacsv.read_csv(path)
+    except (OSError, ValueError) as err:  # pyarrow.ArrowInvalid is a ValueError
+        raise ValueError(f"--csv {path}: {err}") from None
+    names = table.column_names
+    for col in [id_column] + ([label_column] if label_column else []):
+        if col not in names:
+            raise ValueError(f"--csv {path}: no column {col!r} (columns: {', '.join(names)})")
+    feature_cols = [c for c in names if c not in (id_column, label_column)]
+    if not feature_cols:
+        raise ValueError(f"--csv {path}: no feature columns besides the id and label")
+    try:
+        feats = np.column_stack([table[c].to_numpy().astype(np.float32) for c in feature_cols])
+    except (ValueError, TypeError):
+        raise ValueError(f"--csv {path}: feature columns must be numeric ({', '.join(feature_cols)})") from None
+    labels = table[label_column].to_numpy() if label_column else None
+    return table[id_column].to_numpy(), feats, labels

@@ -1,0 +1,150 @@
+"""The Ray layer: ShardWorker actors hold a shard's rows; RayShards lets the core's loops drive them.
+
+The selection algorithms live in dist_al.core and talk to shards only through
+`map` and `call`; here those become actor calls. Workers keep ids, p and h
+resident (and the strategy's per-row state), so the coordinator only sees
+sketches and the picked rows.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from .core.api import STRATEGIES
+from .model import Embedder, ModelSpec, build_model
+from .pool import PoolSpec, open_pool, read_shard
+
+
+def _to_cpu(value: Any) -> Any:
+    """Results travel to the driver, which may have no GPU."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
+
+
+class ShardWorker:
+    """One shard of the pool, embedded once and kept resident for every selection step."""
+
+    def __init__(self, pool_spec: PoolSpec, shard, model_spec: ModelSpec, state: dict, *,
+                 batch_size: int = 4096, autocast: str | None = None, threads: int = 1):
+        torch.set_num_threads(max(1, int(threads)))
+        gpu = torch.cuda.is_available() and bool(ray.get_gpu_ids())
+        self.device = torch.device("cuda" if gpu else "cpu")
+        self.pool = open_pool(pool_spec)
+        self.shard = shard
+        self.embedder = Embedder(build_model(model_spec, state=state), model_spec.classifier, self.device,
+                                 autocast if gpu else None)
+        self.batch_size = batch_size
+        self._batches = None
+        self._ids: list[np.ndarray] = []
+        self._p: list[torch.Tensor] = []
+        self._h: list[torch.Tensor] = []
+        self.rows = None
+
+    # -- the embedding pass, in steps so the driver can show progress --------------------
+
+    def embed_step(self, max_rows: int) -> int:
+        """Embeds up to max_rows more rows (reading ahead in the background); 0 when the shard is done."""
+        if self._batches is None:
+            self._batches = read_shard(self.pool, self.shard, batch_rows=self.batch_size)
+        done = 0
+        for batch in self._batches:
+            p, h = self.embedder(torch.from_numpy(batch["features"]))
+            self._ids.append(batch["ids"])
+            self._p.append(p)
+            self._h.append(h)
+            done += len(p)
+            if done >= max_rows:
+                return done
+        if self.rows is None:
+            self._finish()
+        return done
+
+    def _finish(self) -> None:
+        self.ids = np.concatenate(self._ids) if self._ids else np.zeros(0, np.int64)
+        self.probs = torch.cat(self._p) if self._p else torch.zeros(0, self.embedder.n_classes)
+        self.feats = torch.cat(self._h) if self._h else torch.zeros(0, 0)
+        self._ids, self._p, self._h = [], [], []
+        self.rows = len(self.ids)
+
+    def summary(self) -> dict:
+        return {"rows": self.rows, "classes": self.probs.shape[1], "feat_dim": self.feats.shape[1],
+                "device": str(self.device), "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+
+    def id_buckets(self, n_buckets: int) -> list[np.ndarray]:
+        """This shard's ids split by hash, so duplicate checks need no single holder of all ids."""
+        keys = _hash_ids(self.ids) % np.uint64(n_buckets)
+        parts = [self.ids[keys == b] for b in range(n_buckets)]
+        return parts if n_buckets > 1 else parts[0]
+
+    def duplicate_id(self, *parts: np.ndarray):
+        """An id occurring twice among every shard's parts of this worker's bucket, or None."""
+        return find_duplicate_id(list(parts))
+
+    # -- selection --------------------------------------------------------------------
+
+    def start(self, strategy: str, labeled_ids: np.ndarray | None, first_row: int) -> int:
+        """Builds the strategy's shard state; returns this shard's unlabeled row count."""
+        labeled = np.zeros(self.rows, dtype=bool) if labeled_ids is None else np.isin(self.ids, labeled_ids)
+        mask = torch.from_numpy(labeled).to(self.device)
+        self.state = STRATEGIES[strategy].shard(self.probs, self.feats, mask, first_row)
+        return int((~labeled).sum())
+
+    def invoke(self, method: str, *args: Any) -> Any:
+        with torch.inference_mode():
+            return _to_cpu(getattr(self.state, method)(*args))
+
+    def ids_at(self, local_rows: list[int]) -> np.ndarray:
+        return self.ids[np.asarray(local_rows, dtype=np.int64)]
+
+
+def _hash_ids(ids: np.ndarray) -> np.ndarray:
+    if ids.dtype.kind in "iu":
+        return (ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(33)
+    import zlib
+
+    return np.fromiter((zlib.crc32(str(i).encode()) for i in ids), dtype=np.uint64, count=len(ids))
+
+
+def find_duplicate_id(bucket_parts: list[np.ndarray]):
+    """One id that occurs twice among the parts, or None."""
+    ids = np.concatenate(bucket_parts) if bucket_parts else np.zeros(0)
+    if len(ids) < 2:
+        return None
+    uniq, counts = np.unique(ids, return_counts=True)
+    dup = uniq[counts > 1]
+    return dup[0].item() if len(dup) else None
+
+
+class RayShards:
+    """The core's ShardGroup over actors: `map` calls every worker at once, in shard order."""
+
+    # Arguments larger than this go to the object store once instead of once per worker.
+    _PUT_BYTES = 1 << 16
+
+    def __init__(self, workers: list):
+        self.workers = workers
+
+    def map(self, method: str, *args: Any) -> list:
+        args = tuple(ray.put(a) if _nbytes(a) > self._PUT_BYTES else a for a in args)
+        return ray.get([w.invoke.remote(method, *args) for w in self.workers])
+
+    def call(self, shard: int, method: str, *args: Any) -> Any:
+        return ray.get(self.workers[shard].invoke.remote(method, *args))
+
+
+def _nbytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, (tuple, list)):
+        return sum(_nbytes(v) for v in value)
+    return 0

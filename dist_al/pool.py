@@ -1,0 +1,725 @@
+"""Read-only Parquet pools: footer-only validation, shard plans, prefetched reads.
+
+A pool is a Parquet dataset (one file, or a directory / object-store prefix of
+files) at a local path or any fsspec URL (``s3://``, ``gs://``, ``file://``,
+``memory://``).  It has a unique id column, a feature column holding one vector
+of length D per row, and optionally an integer label column that is only read
+for simulation and evaluation.
+
+Why it looks like this (DESIGN.md section 6):
+
+* ``open_pool`` reads only the Parquet footers, so a bad pool (missing column,
+  wrong type, not Parquet, truncated, empty, unreachable) fails in seconds with
+  one clear ``PoolError`` line, before any worker or model starts.
+* ``plan_shards`` cuts the pool at (file, row group) boundaries into contiguous
+  ranges.  Global row order is "shard order, then row order inside a shard", so
+  1 worker and 8 workers see the same rows in the same global order.
+* ``read_shard`` projects columns (labels are not read unless asked), converts
+  the feature list column to a float32 (rows, D) matrix without Python loops,
+  checks it (ragged rows, NaN/inf, nulls), and prefetches the next row group in
+  a background thread while the caller works on the current batch.
+
+Files are read with ``pyarrow.parquet.ParquetFile`` through the fsspec
+filesystem; each file's footer is read once at ``open_pool`` and passed back
+to pyarrow on every row-group read, so remote stores see no repeated footer
+requests and only the projected column chunks are fetched.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import queue
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Sequence
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+__all__ = [
+    "PoolError",
+    "PoolSpec",
+    "Pool",
+    "Shard",
+    "open_pool",
+    "plan_shards",
+    "read_shard",
+    "check_unique_ids",
+    "write_pool",
+    "LOGICAL_COLUMNS",
+]
+
+#: Logical column names accepted by ``read_shard(columns=...)``, mapped to the
+#: batch keys they produce.  The physical names come from ``PoolSpec``.
+LOGICAL_COLUMNS = {"id": "ids", "features": "features", "label": "labels"}
+
+_PREFETCH_DEPTH = 2
+_FOOTER_THREADS = 16
+
+
+class PoolError(ValueError):
+    """A pool is missing, unreadable or malformed; the message is one line naming the file."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))  # embedded library errors may span lines
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """Where a pool lives and which columns hold ids, features and (optional) labels."""
+
+    uri: str
+    id_column: str = "id"
+    feature_column: str = "features"
+    label_column: str | None = None
+    storage_options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A contiguous run of row groups; computed from footers only.
+
+    ``row_groups`` holds ``(file_index, row_group_index, num_rows)`` tuples in
+    pool order; ``first_row`` is the global offset of the shard's first row.
+    """
+
+    index: int
+    row_groups: tuple[tuple[int, int, int], ...]
+    first_row: int
+    num_rows: int
+
+
+@dataclass(frozen=True, eq=False)
+class Pool:
+    """An opened, validated pool.  Holds footers only, never row data.
+
+    ``files`` are filesystem paths (as ``fs`` expects them) in stable sorted
+    order; ``row_groups`` lists every non-empty row group as
+    ``(file_index, row_group_index, num_rows)`` in that order (row groups with
+    0 rows are skipped).  ``feature_dim`` is D: the size of a fixed_size_list
+    feature type, otherwise the length of the first row of the first row group
+    (read once at open); every row read later must have that length.
+    With variable-length lists in every file, D is the length of the first
+    row; if any file has a fixed_size_list, its size is D.
+    ``schema`` is the Arrow schema of the first file.  Picklable, so it can be
+    shipped to workers without re-reading footers.
+    """
+
+    spec: PoolSpec
+    fs: Any
+    files: tuple[str, ...]
+    metadata: tuple[Any, ...]  # pyarrow.parquet.FileMetaData per file
+    row_groups: tuple[tuple[int, int, int], ...]
+    num_rows: int
+    feature_dim: int
+    schema: pa.Schema
+
+    def file_uri(self, file_index: int) -> str:
+        """Full URI of a file, for messages."""
+        return _display(self.fs, self.files[file_index])
+
+
+# --------------------------------------------------------------------------- open
+
+
+def open_pool(spec: PoolSpec) -> Pool:
+    """List the pool's files, read and validate their footers, and return a ``Pool``.
+
+    Accepted column types: id int64/int32/string/large_string; features a
+    list/large_list/fixed_size_list of float16/float32/float64 (integer
+    features are refused: cast them when writing the pool, see
+    ``_validate_schema``); label any integer type.  Files may differ in width
+    (int32/int64, float32/float64, list/large_list) but ids must be all
+    integer or all string, and fixed_size_list sizes must agree.  Other
+    columns are ignored and never read.
+
+    Raises ``PoolError`` for a URI that does not exist or cannot be read, a file
+    that is not Parquet or is truncated, a missing column or wrong column type,
+    files that disagree on column types, or a pool with 0 rows.
+    """
+    fs, root = _url_to_fs(spec.uri, spec.storage_options)
+    files = _list_files(spec.uri, fs, root)
+    metadata = _read_footers(spec.uri, fs, files)
+
+    schemas = [_validate_schema(spec, fs, path, md) for path, md in zip(files, metadata)]
+    # Files may differ in width (int32/int64, float32/float64, list/large_list, child
+    # nullability) but not in kind: ids all integer or all string, one fixed D.
+    id_kind = _id_kind
+    fixed = [
+        (path, types[spec.feature_column])
+        for path, types in zip(files, schemas)
+        if pa.types.is_fixed_size_list(types[spec.feature_column])
+    ]
+    for path, types in zip(files[1:], schemas[1:]):
+        if id_kind(types[spec.id_column]) != id_kind(schemas[0][spec.id_column]):
+            raise PoolError(
+                f"pool {spec.uri}: file {_display(fs, path)} has {id_kind(types[spec.id_column])} ids "
+                f"({types[spec.id_column]}) but file {_display(fs, files[0])} has "
+                f"{id_kind(schemas[0][spec.id_column])} ids ({schemas[0][spec.id_column]}); all files must agree"
+            )
+    for path, typ in fixed[1:]:
+        if typ.list_size != fixed[0][1].list_size:
+            raise PoolError(
+                f"pool {spec.uri}: file {_display(fs, path)} has column {spec.feature_column!r} of type {typ} "
+                f"but file {_display(fs, fixed[0][0])} has {fixed[0][1]}; all files must have the same D"
+            )
+
+    row_groups = []
+    for fi, md in enumerate(metadata):
+        for rg in range(md.num_row_groups):
+            n = md.row_group(rg).num_rows
+            if n > 0:
+                row_groups.append((fi, rg, n))
+    num_rows = sum(n for _, _, n in row_groups)
+    if num_rows == 0:
+        raise PoolError(f"pool {spec.uri}: empty pool (0 rows in {len(files)} file(s))")
+
+    if fixed:
+        feature_dim = fixed[0][1].list_size
+    else:
+        feature_dim = _first_row_length(spec, fs, files, metadata, row_groups[0])
+    if feature_dim <= 0:
+        raise PoolError(f"pool {spec.uri}: column {spec.feature_column!r} has vectors of length 0")
+
+    return Pool(
+        spec=spec,
+        fs=fs,
+        files=tuple(files),
+        metadata=tuple(metadata),
+        row_groups=tuple(row_groups),
+        num_rows=num_rows,
+        feature_dim=int(feature_dim),
+        schema=metadata[0].schema.to_arrow_schema(),
+    )
+
+
+def _id_kind(t: pa.DataType) -> str:
+    return "integer" if pa.types.is_integer(t) else "string"
+
+
+def _url_to_fs(uri: str, storage_options: dict | None):
+    try:
+        return fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    except (ImportError, ValueError) as exc:
+        raise PoolError(f"pool {uri}: cannot open filesystem: {exc}") from exc
+
+
+def _display(fs, path: str) -> str:
+    try:
+        return fs.unstrip_protocol(path)
+    except Exception:  # pragma: no cover - exotic filesystems
+        return path
+
+
+def _list_files(uri: str, fs, root: str) -> list[str]:
+    """Sorted data files under ``root`` (recursive), skipping names starting with '_' or '.'."""
+    try:
+        fs.invalidate_cache(root)  # another process may have written the pool since
+        info = fs.info(root)
+        if info["type"] != "directory":
+            return [info.get("name", root)]
+        found = fs.find(root)
+    except FileNotFoundError as exc:
+        raise PoolError(f"pool {uri}: no such file, directory, bucket or prefix") from exc
+    except PermissionError as exc:
+        raise PoolError(f"pool {uri}: permission denied ({exc})") from exc
+    except OSError as exc:
+        raise PoolError(f"pool {uri}: cannot be read ({type(exc).__name__}: {exc})") from exc
+
+    base = root.rstrip("/")
+    keep = []
+    for path in found:
+        rel = path[len(base):].lstrip("/") if path.startswith(base) else posixpath.basename(path)
+        if any(part.startswith(("_", ".")) for part in rel.split("/") if part):
+            continue
+        keep.append((rel, path))
+    if not keep:
+        raise PoolError(f"pool {uri}: empty pool (no data files; names starting with '_' or '.' are ignored)")
+    keep.sort()
+    return [path for _, path in keep]
+
+
+def _is_local(fs) -> bool:
+    return isinstance(fs, LocalFileSystem)
+
+
+def _open_input(fs, path: str):
+    """A source for ParquetFile: native path locally, an unbuffered fsspec file elsewhere.
+
+    ``cache_type="none"`` makes every pyarrow read one exact range request, so a
+    footer read fetches the footer and a projected read fetches only the needed
+    column chunks (fsspec's default read-ahead would pull whole blocks).
+    """
+    if _is_local(fs):
+        return path
+    return fs.open(path, "rb", cache_type="none")
+
+
+def _read_footer(fs, path: str):
+    src = _open_input(fs, path)
+    try:
+        return pq.ParquetFile(src).metadata
+    finally:
+        if not isinstance(src, str):
+            src.close()
+
+
+def _read_footers(uri: str, fs, files: list[str]) -> list:
+    """Read every footer (in parallel: remote stores are latency bound), keep file order."""
+
+    def one(path):
+        try:
+            return _read_footer(fs, path)
+        except pa.ArrowInvalid as exc:
+            raise PoolError(f"pool {uri}: file {_display(fs, path)} is not Parquet or is truncated ({exc})") from exc
+        except FileNotFoundError as exc:
+            raise PoolError(f"pool {uri}: file {_display(fs, path)} disappeared while opening the pool") from exc
+        except PermissionError as exc:
+            raise PoolError(f"pool {uri}: file {_display(fs, path)}: permission denied ({exc})") from exc
+        except OSError as exc:
+            raise PoolError(
+                f"pool {uri}: file {_display(fs, path)} cannot be read ({type(exc).__name__}: {exc})"
+            ) from exc
+
+    if len(files) == 1:
+        return [one(files[0])]
+    with ThreadPoolExecutor(max_workers=min(_FOOTER_THREADS, len(files))) as ex:
+        futures = [ex.submit(one, p) for p in files]
+        return [f.result() for f in futures]  # first failing file in order is reported
+
+
+def _validate_schema(spec: PoolSpec, fs, path: str, md) -> dict[str, pa.DataType]:
+    """Check one file's footer schema; return {column: type} for the pool's columns."""
+    try:
+        schema = md.schema.to_arrow_schema()
+    except (pa.ArrowException, ValueError) as exc:
+        raise PoolError(f"pool {spec.uri}: file {_display(fs, path)} has an unreadable schema ({exc})") from exc
+    where = f"pool {spec.uri}: file {_display(fs, path)}"
+    wanted = [spec.id_column, spec.feature_column] + ([spec.label_column] if spec.label_column else [])
+    types = {}
+    for name in wanted:
+        idx = schema.get_field_index(name)
+        if idx < 0:
+            raise PoolError(f"{where} has no column {name!r} (columns: {', '.join(schema.names) or 'none'})")
+        types[name] = schema.field(idx).type
+
+    t = types[spec.id_column]
+    if not (t in (pa.int64(), pa.int32()) or pa.types.is_string(t) or pa.types.is_large_string(t)):
+        raise PoolError(
+            f"{where}: id column {spec.id_column!r} has type {t}; expected int64, int32, string or large_string"
+        )
+
+    t = types[spec.feature_column]
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
+        raise PoolError(
+            f"{where}: feature column {spec.feature_column!r} has type {t}; expected a list, large_list or "
+            "fixed_size_list of float32/float64"
+        )
+    # Integer features are refused on purpose: they are usually raw codes or pixels that
+    # need scaling, and int64 does not fit float32 exactly.  Cast when writing the pool.
+    if not pa.types.is_floating(t.value_type):
+        raise PoolError(
+            f"{where}: feature column {spec.feature_column!r} holds {t.value_type}; expected float16/float32/float64 "
+            "values (cast integer features to float when writing the pool)"
+        )
+
+    if spec.label_column:
+        t = types[spec.label_column]
+        if not pa.types.is_integer(t):
+            raise PoolError(f"{where}: label column {spec.label_column!r} has type {t}; expected an integer type")
+    return types
+
+
+def _first_row_length(spec, fs, files, metadata, rg_entry) -> int:
+    """D for variable-length lists: the length of the first row of the first row group."""
+    fi, rg, _ = rg_entry
+    where = f"pool {spec.uri}: file {_display(fs, files[fi])} row group {rg}"
+    try:
+        table = _read_row_group(fs, files[fi], metadata[fi], rg, [spec.feature_column])
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise PoolError(f"{where} cannot be read to find D ({type(exc).__name__}: {exc})") from exc
+    col = table.column(0).combine_chunks()
+    if col.null_count and not col.is_valid()[0].as_py():
+        raise PoolError(f"{where}: the first row's features are null, cannot find D")
+    return int(col.value_lengths()[0].as_py())
+
+
+def _read_row_group(fs, path: str, md, rg: int, columns: list[str]) -> pa.Table:
+    src = _open_input(fs, path)
+    try:
+        return pq.ParquetFile(src, metadata=md).read_row_group(rg, columns=columns)
+    finally:
+        if not isinstance(src, str):
+            src.close()
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def plan_shards(pool: Pool, n_shards: int) -> list[Shard]:
+    """Split the pool into ``n_shards`` contiguous, row-balanced ranges of row groups.
+
+    Cut k (k = 1..W-1) goes at the row-group boundary whose cumulative row count
+    is closest to k*N/W (ties: the earlier boundary), never leaving a shard
+    empty.  With fewer row groups than shards, returns one shard per row group
+    (fewer shards than asked).  Deterministic: footers only, stable order.
+    """
+    if n_shards < 1:
+        raise ValueError(f"n_shards must be >= 1, got {n_shards}")
+    groups = list(pool.row_groups)
+    g = len(groups)
+    w = min(n_shards, g)
+    cum = np.concatenate([[0], np.cumsum([n for _, _, n in groups], dtype=np.int64)])
+    total = int(cum[-1])
+
+    cuts = [0]
+    for k in range(1, w):
+        lo = cuts[-1] + 1  # at least one row group in the previous shard
+        hi = g - (w - k)  # at least one row group for each remaining shard
+        target = k * total / w
+        cand = np.arange(lo, hi + 1)
+        cuts.append(int(cand[np.argmin(np.abs(cum[cand] - target))]))
+    cuts.append(g)
+
+    shards = []
+    for i in range(w):
+        a, b = cuts[i], cuts[i + 1]
+        rows = int(cum[b] - cum[a])
+        shards.append(Shard(index=i, row_groups=tuple(groups[a:b]), first_row=int(cum[a]), num_rows=rows))
+    return shards
+
+
+# --------------------------------------------------------------------------- read
+
+
+def read_shard(
+    pool: Pool,
+    shard: Shard,
+    columns: Sequence[str] = ("id", "features"),
+    batch_rows: int = 65536,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Yield the shard's rows in order as dicts of numpy arrays, prefetching in a thread.
+
+    ``columns`` are logical names from ``LOGICAL_COLUMNS`` ("id", "features",
+    "label"); only those physical columns are read.  Batch keys: ``ids`` (int64,
+    or an object array of str), ``features`` (float32, C-contiguous, (rows, D)),
+    ``labels`` (int64).  Batches never span row groups, so each has at most
+    ``batch_rows`` rows.  The next row group is read in a background thread
+    (queue depth 2) while the caller works; its exceptions are raised here.
+    Close the iterator (or exhaust it) to stop the thread early.
+    """
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
+    unknown = [c for c in columns if c not in LOGICAL_COLUMNS]
+    if unknown:
+        raise PoolError(f"pool {pool.spec.uri}: unknown column(s) {unknown}; choose from {sorted(LOGICAL_COLUMNS)}")
+    if "label" in columns and not pool.spec.label_column:
+        raise PoolError(f"pool {pool.spec.uri}: labels requested but PoolSpec.label_column is not set")
+    if not columns:
+        raise PoolError(f"pool {pool.spec.uri}: no columns requested")
+    wanted = tuple(dict.fromkeys(columns))  # dedupe, keep order
+    return _prefetch(lambda: _iter_batches(pool, shard, wanted, batch_rows), f"pool-prefetch-{shard.index}")
+
+
+def _prefetch(make_iter, name: str) -> Iterator:
+    """Run an iterator in a daemon thread behind a bounded queue; re-raise its errors."""
+    q: queue.Queue = queue.Queue(maxsize=_PREFETCH_DEPTH)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        items = make_iter()
+        try:
+            while not stop.is_set():  # checked before every read, not only on a full queue
+                try:
+                    item = next(items)
+                except StopIteration:
+                    put(("done", None))
+                    return
+                if not put(("item", item)):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            put(("error", exc))
+        finally:
+            items.close()  # closes open files
+
+    def consume():
+        thread = threading.Thread(target=produce, name=name, daemon=True)
+        thread.start()
+        try:
+            while True:
+                kind, item = q.get()
+                if kind == "item":
+                    yield item
+                elif kind == "done":
+                    return
+                else:
+                    raise item
+        finally:
+            stop.set()
+            while True:  # unblock a producer waiting on a full queue
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    break
+            thread.join(timeout=10)
+
+    return consume()
+
+
+def _iter_batches(pool: Pool, shard: Shard, wanted: tuple[str, ...], batch_rows: int):
+    spec = pool.spec
+    physical = {"id": spec.id_column, "features": spec.feature_column, "label": spec.label_column}
+    read_cols = [physical[c] for c in wanted]
+    open_file = None  # (file_index, ParquetFile, source) reused across a file's row groups
+    try:
+        for fi, rg, n in shard.row_groups:
+            try:
+                if open_file is None or open_file[0] != fi:
+                    if open_file is not None and not isinstance(open_file[2], str):
+                        open_file[2].close()
+                    open_file = None
+                    src = _open_input(pool.fs, pool.files[fi])
+                    open_file = (fi, pq.ParquetFile(src, metadata=pool.metadata[fi]), src)
+                table = open_file[1].read_row_group(rg, columns=read_cols)
+            except pa.ArrowInvalid as exc:
+                raise PoolError(f"{_where(pool, fi, rg)} is corrupt ({exc})") from exc
+            except OSError as exc:  # I/O errors stay OSError (callers may retry them), with context
+                if hasattr(exc, "add_note"):
+                    exc.add_note(f"while reading {_where(pool, fi, rg)}")
+                raise
+            if table.num_rows != n:
+                raise PoolError(
+                    f"pool {spec.uri}: file {pool.file_uri(fi)} row group {rg} has {table.num_rows} rows, "
+                    f"footer said {n}"
+                )
+            arrays = {}
+            for logical, name in zip(wanted, read_cols):
+                col = table.column(name)
+                if logical == "id":
+                    arrays["ids"] = _ids_to_numpy(pool, fi, rg, col)
+                elif logical == "features":
+                    arrays["features"] = _features_to_numpy(pool, fi, rg, col)
+                else:
+                    arrays["labels"] = _labels_to_numpy(pool, fi, rg, col)
+            for start in range(0, n, batch_rows):
+                yield {k: v[start:start + batch_rows] for k, v in arrays.items()}
+    finally:
+        if open_file is not None and not isinstance(open_file[2], str):
+            open_file[2].close()
+
+
+def _id_at(pool: Pool, fi: int, rg: int, row: int):
+    """The id of one row, read only when an error message needs it."""
+    try:
+        col = _read_row_group(pool.fs, pool.files[fi], pool.metadata[fi], rg, [pool.spec.id_column]).column(0)
+        return col[row].as_py()
+    except Exception:  # noqa: BLE001 - best effort, for a message
+        return f"<row {row}>"
+
+
+def _where(pool: Pool, fi: int, rg: int) -> str:
+    return f"pool {pool.spec.uri}: file {pool.file_uri(fi)} row group {rg}"
+
+
+def _first_null(arr: pa.Array) -> int:
+    return int(np.argmin(np.asarray(arr.is_valid())))
+
+
+def _ids_to_numpy(pool: Pool, fi: int, rg: int, col: pa.ChunkedArray) -> np.ndarray:
+    arr = col.combine_chunks()
+    if arr.null_count:
+        raise PoolError(f"{_where(pool, fi, rg)}: null id at row {_first_null(arr)}")
+    if pa.types.is_integer(arr.type):
+        return np.asarray(arr.to_numpy(), dtype=np.int64)
+    return arr.to_numpy(zero_copy_only=False)  # object array of str
+
+
+def _labels_to_numpy(pool: Pool, fi: int, rg: int, col: pa.ChunkedArray) -> np.ndarray:
+    arr = col.combine_chunks()
+    if arr.null_count:
+        row = _first_null(arr)
+        raise PoolError(f"{_where(pool, fi, rg)}: null label for id {_id_at(pool, fi, rg, row)!r}")
+    return np.asarray(arr.to_numpy(), dtype=np.int64)
+
+
+def _features_to_numpy(pool: Pool, fi: int, rg: int, col: pa.ChunkedArray) -> np.ndarray:
+    """Arrow list column -> float32 (rows, D) via the flat values buffer; no per-row Python."""
+    d = pool.feature_dim
+    name = pool.spec.feature_column
+    arr = col.combine_chunks()
+    n = len(arr)
+    if arr.null_count:
+        row = _first_null(arr)
+        raise PoolError(f"{_where(pool, fi, rg)}: null {name!r} for id {_id_at(pool, fi, rg, row)!r}")
+    if pa.types.is_fixed_size_list(arr.type):
+        if arr.type.list_size != d:
+            raise PoolError(
+                f"{_where(pool, fi, rg)}: {name!r} has vectors of length {arr.type.list_size}, pool has D={d}"
+            )
+    else:
+        lengths = np.diff(np.asarray(arr.offsets))
+        bad = np.flatnonzero(lengths != d)
+        if bad.size:
+            row = int(bad[0])
+            raise PoolError(
+                f"{_where(pool, fi, rg)}: ragged {name!r}: id {_id_at(pool, fi, rg, row)!r} has length "
+                f"{int(lengths[row])}, expected D={d}"
+            )
+    values = arr.flatten()  # honours slicing; offsets are dense once lengths are all D
+    if values.null_count:
+        row = _first_null(values) // d
+        raise PoolError(f"{_where(pool, fi, rg)}: null value inside {name!r} for id {_id_at(pool, fi, rg, row)!r}")
+    flat = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32)
+    if flat.size != n * d:  # pragma: no cover - guarded by the length checks above
+        raise PoolError(f"{_where(pool, fi, rg)}: {name!r} has {flat.size} values for {n} rows of D={d}")
+    finite = np.isfinite(flat)
+    if not finite.all():
+        row = int(np.argmin(finite)) // d
+        raise PoolError(f"{_where(pool, fi, rg)}: NaN or inf in {name!r} for id {_id_at(pool, fi, rg, row)!r}")
+    return np.ascontiguousarray(flat.reshape(n, d))
+
+
+# --------------------------------------------------------------------------- ids
+
+
+def check_unique_ids(id_arrays: Iterable[np.ndarray]) -> None:
+    """Raise ``PoolError`` naming one duplicated id (and the arrays holding it).
+
+    Run by the coordinator over every shard's ids before any model runs:
+    selections are reported by id, so a duplicate would make a pick ambiguous.
+    """
+    all_arrays = [np.asarray(a) for a in id_arrays]
+    arrays = [a for a in all_arrays if a.size]
+    if not arrays:
+        return
+    kinds = {"int" if np.issubdtype(a.dtype, np.integer) else "str" for a in arrays}
+    if len(kinds) > 1:
+        raise PoolError("pool ids mix integers and strings across shards")
+    if kinds == {"int"}:
+        allv = np.sort(np.concatenate([a.astype(np.int64, copy=False) for a in arrays]))
+        dup = np.flatnonzero(allv[1:] == allv[:-1])
+        if not dup.size:
+            return
+        value = allv[dup[0]].item()
+    else:
+        import pyarrow.compute as pc
+
+        chunked = pa.chunked_array([pa.array(a, type=pa.large_string()) for a in arrays])
+        counts = pc.value_counts(chunked)
+        mask = pc.greater(counts.field("counts"), 1)
+        dups = pc.filter(counts.field("values"), mask)
+        if not len(dups):
+            return
+        value = dups[0].as_py()
+    where = [i for i, a in enumerate(all_arrays) if a.size and np.any(a == value)]
+    raise PoolError(f"pool ids are not unique: id {value!r} appears more than once (in id array(s) {where})")
+
+
+# --------------------------------------------------------------------------- write
+
+
+def write_pool(
+    uri: str,
+    ids,
+    features,
+    labels=None,
+    *,
+    rows_per_file: int = 262_144,
+    rows_per_group: int = 16_384,
+    storage_options: dict | None = None,
+    feature_type: str = "fixed",
+    id_column: str = "id",
+    feature_column: str = "features",
+    label_column: str = "label",
+    overwrite: bool = False,
+) -> list[str]:
+    """Write a pool as ``part-NNNNN.parquet`` files under ``uri``; return their URIs.
+
+    For ``dist-al make-pool``, tests and benchmarks.  Features are stored as
+    float32 (float64 input stays float64) in a ``fixed_size_list`` ("fixed") or
+    variable ``list`` ("list").  Each file appears atomically: locally it is
+    written under a hidden temp name and renamed; on object stores a finished
+    PUT (or multipart completion) is atomic.  Refuses a non-empty target unless
+    ``overwrite`` (which first deletes what is there), so stale files from an
+    earlier, larger pool can never join the new one.
+    """
+    if feature_type not in ("fixed", "list"):
+        raise ValueError(f"feature_type must be 'fixed' or 'list', got {feature_type!r}")
+    if rows_per_file < 1 or rows_per_group < 1:
+        raise ValueError("rows_per_file and rows_per_group must be >= 1")
+    feats = np.asarray(features)
+    if feats.ndim != 2 or feats.shape[1] < 1:
+        raise ValueError(f"features must be a 2-D array (rows, D) with D >= 1, got shape {feats.shape}")
+    if feats.dtype != np.float64:
+        feats = feats.astype(np.float32, copy=False)
+    feats = np.ascontiguousarray(feats)
+    n, d = feats.shape
+    id_arr = pa.array(list(ids) if not isinstance(ids, np.ndarray) else ids)
+    if pa.types.is_integer(id_arr.type):
+        id_arr = id_arr.cast(pa.int64())
+    if len(id_arr) != n:
+        raise ValueError(f"ids has {len(id_arr)} rows, features has {n}")
+    lab_arr = None
+    if labels is not None:
+        lab_arr = pa.array(np.asarray(labels, dtype=np.int64))
+        if len(lab_arr) != n:
+            raise ValueError(f"labels has {len(lab_arr)} rows, features has {n}")
+
+    fs, root = _url_to_fs(uri, storage_options)
+    root = root.rstrip("/")
+    if fs.exists(root):
+        existing = fs.find(root) if fs.isdir(root) else [root]
+        if existing:
+            if not overwrite:
+                raise PoolError(f"pool {uri}: target is not empty ({len(existing)} file(s)); pass overwrite=True")
+            fs.rm(root, recursive=True)
+    if _is_local(fs):
+        fs.makedirs(root, exist_ok=True)
+
+    written = []
+    for part, start in enumerate(range(0, max(n, 1), rows_per_file)):
+        stop = min(start + rows_per_file, n)
+        flat = pa.array(feats[start:stop].reshape(-1))
+        if feature_type == "fixed":
+            feat_col = pa.FixedSizeListArray.from_arrays(flat, d)
+        else:
+            offsets = pa.array(np.arange(0, (stop - start) * d + 1, d, dtype=np.int32))
+            feat_col = pa.ListArray.from_arrays(offsets, flat)
+        cols = {id_column: id_arr[start:stop], feature_column: feat_col}
+        if lab_arr is not None:
+            cols[label_column] = lab_arr[start:stop]
+        table = pa.table(cols)
+        path = f"{root}/part-{part:05d}.parquet"
+        _write_atomic(fs, path, table, rows_per_group)
+        written.append(_display(fs, path))
+    return written
+
+
+def _write_atomic(fs, path: str, table: pa.Table, rows_per_group: int) -> None:
+    if _is_local(fs):
+        tmp = posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.tmp-{uuid.uuid4().hex}")
+        try:
+            pq.write_table(table, tmp, row_group_size=rows_per_group)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+    else:
+        with fs.open(path, "wb") as f:
+            pq.write_table(table, f, row_group_size=rows_per_group)
