@@ -56,7 +56,7 @@ class ShardWorker:
             self._batches = read_shard(self.pool, self.shard, batch_rows=self.batch_size)
         done = 0
         for batch in self._batches:
-            p, h = self.embedder(torch.from_numpy(batch["features"]))
+            p, h = self.embedder(torch.from_numpy(batch["features"].copy()))  # Arrow buffers are read-only
             self._ids.append(batch["ids"])
             self._p.append(p)
             self._h.append(h)

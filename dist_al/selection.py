@@ -102,43 +102,64 @@ def check_unique_ids(workers: list) -> None:
         raise PoolError(f"pool ids must be unique: id {dup!r} occurs more than once")
 
 
-def run_selection(cfg: dict, *, labeled_ids=None, progress: bool = False) -> SelectionResult:
-    strategy = cfg["selection"]["strategy"]
-    options = resolve_options(strategy, strategy_options(cfg))
-    if "progress" in options:
-        options["progress"] = progress
-    seed = check_seed(cfg["selection"]["seed"])
+class ShardedPool:
+    """A pool embedded by ShardWorkers and kept resident, so several selections reuse one pass."""
 
-    pool = open_pool(pool_spec(cfg))  # schema problems surface here, before any model runs
-    shards = plan_shards(pool, cfg["cluster"]["workers"])
-    model = build_model(model_spec(cfg), seed=seed)  # one init, shipped: same weights on every worker
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    labeled = None if labeled_ids is None else np.asarray(labeled_ids)
-
-    with ray_session(cfg["cluster"]["address"]):
+    def __init__(self, cfg: dict, *, progress: bool = False):
+        self.cfg = cfg
+        self.progress = progress
+        pool = open_pool(pool_spec(cfg))  # schema problems surface here, before any model runs
+        self.shards = plan_shards(pool, cfg["cluster"]["workers"])
+        model = build_model(model_spec(cfg), seed=cfg["selection"]["seed"])  # one init, shipped to all
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         t0 = time.perf_counter()
-        workers = start_workers(cfg, ray.put(state), shards)
-        embed(workers, pool.num_rows, progress)
-        check_unique_ids(workers)
-        summary = ray.get(workers[0].summary.remote())
+        self.workers = start_workers(cfg, ray.put(state), self.shards)
+        embed(self.workers, pool.num_rows, progress)
+        check_unique_ids(self.workers)
+        self.summary = ray.get(self.workers[0].summary.remote())
+        self.seconds_embed = time.perf_counter() - t0
+
+    def select(self, strategy: str, budget: int, *, seed: int = 0, options: dict | None = None,
+               labeled_ids=None) -> SelectionResult:
+        options = resolve_options(strategy, options or {})
+        if "progress" in options:
+            options["progress"] = self.progress
+        seed = check_seed(seed)
         if strategy == "bait":
-            check_reduction(options, summary["classes"], summary["feat_dim"])
-        t1 = time.perf_counter()
-        counts = ray.get([w.start.remote(strategy, labeled, s.first_row) for w, s in zip(workers, shards)])
-        budget = check_budget(cfg["selection"]["budget"], sum(counts))
+            check_reduction(options, self.summary["classes"], self.summary["feat_dim"])
+        labeled = None if labeled_ids is None else np.asarray(labeled_ids)
+        t0 = time.perf_counter()
+        counts = ray.get([w.start.remote(strategy, labeled, s.first_row) for w, s in zip(self.workers, self.shards)])
+        budget = check_budget(budget, sum(counts))
         with torch.inference_mode():
-            selection = run_strategy(strategy, RayShards(workers), budget, seed, options)
+            selection = run_strategy(strategy, RayShards(self.workers), budget, seed, options)
         by_shard: dict[int, list[int]] = {}
         for s, i in selection.picks:
             by_shard.setdefault(s, []).append(i)
-        fetched = {s: iter(ray.get(workers[s].ids_at.remote(rows))) for s, rows in by_shard.items()}
+        fetched = {s: iter(ray.get(self.workers[s].ids_at.remote(rows))) for s, rows in by_shard.items()}
         ids = [next(fetched[s]) for s, _ in selection.picks]
-        t2 = time.perf_counter()
-    scores = selection.scores if selection.scores is not None else [None] * len(ids)
-    table = pa.table({
-        "id": pa.array(ids),
-        "rank": pa.array(np.arange(1, len(ids) + 1, dtype=np.int64)),
-        "strategy": pa.array([strategy] * len(ids), pa.string()),
-        "score": pa.array(scores, pa.float64()),
-    })
-    return SelectionResult(table, t1 - t0, t2 - t1, len(workers))
+        scores = selection.scores if selection.scores is not None else [None] * len(ids)
+        table = pa.table({
+            "id": pa.array(ids),
+            "rank": pa.array(np.arange(1, len(ids) + 1, dtype=np.int64)),
+            "strategy": pa.array([strategy] * len(ids), pa.string()),
+            "score": pa.array(scores, pa.float64()),
+        })
+        return SelectionResult(table, self.seconds_embed, time.perf_counter() - t0, len(self.workers))
+
+    def close(self) -> None:
+        for w in self.workers:
+            ray.kill(w)
+        self.workers = []
+
+
+def run_selection(cfg: dict, *, labeled_ids=None, progress: bool = False) -> SelectionResult:
+    """One selection as the config says: embed the pool on Ray, select, return the ids."""
+    sel = cfg["selection"]
+    with ray_session(cfg["cluster"]["address"]):
+        pool = ShardedPool(cfg, progress=progress)
+        try:
+            return pool.select(sel["strategy"], sel["budget"], seed=sel["seed"], options=strategy_options(cfg),
+                               labeled_ids=labeled_ids)
+        finally:
+            pool.close()
