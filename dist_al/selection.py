@@ -163,3 +163,11 @@ def run_selection(cfg: dict, *, labeled_ids=None, progress: bool = False) -> Sel
                                labeled_ids=labeled_ids)
         finally:
             pool.close()
+
+
+def select(config, *, overrides=(), labeled_ids=None, progress: bool = False) -> pa.Table:
+    """Notebook entry point: a config (YAML path or dict) in, the selection table (id, rank, strategy, score) out."""
+    from .config import load_config
+
+    cfg = load_config(config, overrides) if isinstance(config, str) else load_config(None, overrides, base=config)
+    return run_selection(cfg, labeled_ids=labeled_ids, progress=progress).table

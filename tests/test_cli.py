@@ -1,0 +1,61 @@
+"""The `dist-al` command as users run it: a real process, real files, a real local Ray."""
+
+from __future__ import annotations
+
+import glob
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from dist_al.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "dist_al.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+@pytest.mark.parametrize("command", ["demo", "select", "make-pool", "bench"])
+def test_every_command_has_help_with_examples(command):
+    out = run(command, "--help")
+    assert out.returncode == 0 and "examples:" in out.stdout
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(str(ROOT / "configs" / "*.yaml"))), ids=lambda p: Path(p).name)
+def test_shipped_configs_are_valid(path):
+    load_config(path)
+
+
+def test_make_pool_then_select_with_overrides(tmp_path):
+    made = run("make-pool", str(tmp_path / "pool"), "--synthetic", "--rows", "3000", "--classes", "4", "--dim", "8",
+               "--rows-per-group", "500")
+    assert made.returncode == 0, made.stderr
+    out = tmp_path / "sel.parquet"
+    sel = run("select", "--config", str(ROOT / "configs" / "local-select.yaml"),
+              "--set", f"pool.uri={tmp_path / 'pool'}", "--set", "model.kwargs={in_dim: 8, n_classes: 4, hidden: 16}",
+              "--set", "selection.budget=25", "--set", "selection.strategy=margin", "--set", "cluster.workers=2",
+              "--out", str(out), "--no-progress")
+    assert sel.returncode == 0, sel.stderr
+    assert "selected 25 rows with margin on 2 workers" in sel.stdout
+    table = pq.read_table(out)
+    assert table.column_names == ["id", "rank", "strategy", "score"] and table.num_rows == 25
+
+
+@pytest.mark.parametrize("override, message", [
+    ("selection.budgt=5", "unknown config key selection.budgt for strategy 'badge' (did you mean 'budget'?)"),
+    ("selection.budget=many", "config key selection.budget: expected an integer, got 'many'"),
+    ("pool.uri=/nonexistent/pool", "/nonexistent/pool"),
+])
+def test_user_mistakes_are_one_line_and_write_nothing(tmp_path, override, message):
+    out = tmp_path / "sel.parquet"
+    sel = run("select", "--config", str(ROOT / "configs" / "local-select.yaml"), "--set", override,
+              "--out", str(out), cwd=tmp_path)
+    assert sel.returncode == 2
+    assert message in sel.stderr and "Traceback" not in sel.stderr
+    assert len(sel.stderr.strip().splitlines()) == 1
+    assert not out.exists() and not (tmp_path / "dist-al-work").exists()
