@@ -13,7 +13,8 @@ EXAMPLES = {
     "  dist-al make-pool ./pool --features X.npy --labels y.npy\n"
     "  dist-al make-pool ./pool --csv data.csv --id-column id --label-column label",
     "demo": "examples:\n  dist-al demo\n  dist-al demo --rows 50000 --budget 200",
-    "bench": "examples:\n  dist-al bench core\n  dist-al bench core --quick\n  dist-al bench core --device cuda --scale 10",
+    "bench": "examples:\n  dist-al bench core\n  dist-al bench core --quick\n  dist-al bench core --device cuda --scale 10\n"
+    "  dist-al bench distributed\n  dist-al bench distributed --quick --only coordination",
 }
 
 
@@ -80,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES["bench"],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    bench.add_argument("suite", choices=["core"], help="which benchmark suite")
+    bench.add_argument("suite", choices=["core", "distributed"], help="which benchmark suite")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="options of the suite (see `dist-al bench core --help`)")
     return parser
 
@@ -105,9 +106,11 @@ def main(argv: list[str] | None = None) -> int:
 
             return make_pool_command(args)
         if args.command == "bench":
-            from .bench.core import main as bench_core
-
-            return bench_core(args.args)
+            if args.suite == "core":
+                from .bench.core import main as bench_main
+            else:
+                from .bench.distributed import main as bench_main
+            return bench_main(args.args)
     except ValueError as err:  # user mistakes: one line, no traceback
         if args.debug:
             raise

@@ -86,3 +86,14 @@ def test_synthetic_pool_is_a_valid_non_degenerate_pool():
     assert float(top.min()) < 0.5 < float(top.max())
     again, _ = core.make_pool(3000, 10, 16, seed=1)
     assert torch.equal(probs, again)
+
+
+def test_missing_pieces_print_unavailable_rows(monkeypatch, capsys):
+    def missing(module, attr=None):
+        raise core.Unavailable(f"{module}.{attr} does not exist yet")
+
+    monkeypatch.setattr(core, "_need", missing)
+    assert core.main(["--quick", "--only", "badge-dense,bait-step"]) == 0
+    rows = _table_rows(capsys.readouterr().out)
+    assert [r[0] for r in rows] == ["badge-dense", "bait-step"]
+    assert all(r[2].startswith("unavailable: dist_al.core.") for r in rows), rows

@@ -13,7 +13,9 @@ bait-step      one BAIT forward step, ours (`bait.run(forward_steps=s)`)
                against the dense reference procedure (`dense.bait`): per-step
                time = (t(s2) - t(s1)) / (s2 - s1), so set-up cost cancels.
 bait-e2e       `select("bait")` end to end at N=100k: time and peak memory,
-               in a fresh process so peaks do not mix.
+               in a fresh process so peaks do not mix (peak = VmHWM, reset
+               after the inputs are built; ru_maxrss would report the parent's
+               peak, since Linux carries it across fork + exec).
 bait-reduced   `select("bait")` at K=100, D=512 with pca_dim / top_classes:
                time and peak memory (fresh process); and on a small pool the
                exact (unreduced) objective of the reduced selection over the
@@ -417,7 +419,7 @@ def bench_badge_dense(cfg: Config) -> list[Row]:
         agree = f"all {b} picks equal in float64"
     else:
         differ = np.flatnonzero(picks64 != picks_dense)
-        agree = f"float64 picks differ from pick {int(differ[0])} on ({len(differ)} of {b} differ)"
+        agree = f"float64 picks agree up to pick {int(differ[0])} ({len(differ)} of {b} differ)"
     measured = (
         f"dense {_fmt_time(t_dense)}; ours float32 {_fmt_time(t32)}, float64 {_fmt_time(t64)}; "
         f"first pick {'same' if first_ok else 'DIFFERENT'} ({int(picks_dense[0])}); {agree}"
