@@ -21,9 +21,13 @@ from .pool import PoolSpec, open_pool, read_shard
 
 
 def _to_cpu(value: Any) -> Any:
-    """Results travel to the driver, which may have no GPU."""
+    """Results travel to the driver, which may have no GPU; a view is copied out, since pickling
+    a tensor sends its whole storage (a row of h would carry the shard's whole h)."""
     if isinstance(value, torch.Tensor):
-        return value.cpu()
+        value = value.detach().cpu()
+        if value.untyped_storage().nbytes() > value.numel() * value.element_size():
+            value = value.clone()
+        return value
     if isinstance(value, (tuple, list)):
         return type(value)(_to_cpu(v) for v in value)
     return value
