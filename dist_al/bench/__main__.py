@@ -6,6 +6,7 @@ import sys
 
 BENCHMARKS = {
     "core": "the numeric core on one device: BADGE and BAIT against bandwidth bound and dense reference",
+    "distributed": "the Ray layer: coordination per centre, embedding-pass throughput, a full select",
 }
 
 
@@ -19,6 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     name, rest = argv[0], argv[1:]
     if name == "core":
         from .core import main as run
+
+        return run(rest)
+    if name == "distributed":
+        from .distributed import main as run
 
         return run(rest)
     print(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}", file=sys.stderr)

@@ -19,10 +19,24 @@ import numpy as np
 import torch
 
 from .progress import progress_bar
-from .shards import ShardGroup, argmax_first, locate, snap_roundoff_
+from .shards import ROUNDOFF_ULPS, ShardGroup, argmax_first, locate, snap_roundoff_
 
 # Rows per block when a distance matrix against many centres is formed.
 _BLOCK_ELEMENTS = 1 << 24
+# Rows per block of the running sums used to draw the next centre.
+_DRAW_BLOCK = 4096
+
+
+def _first_exceeding(weights: torch.Tensor, target: float) -> tuple[int, float]:
+    """First index whose running sum exceeds target, and target minus the sum before it.
+
+    On round-off (target at or past the total) it answers the last positive weight.
+    """
+    running = torch.cumsum(weights, 0)
+    i = int(torch.searchsorted(running, torch.tensor([target], dtype=running.dtype, device=running.device), right=True))
+    if i >= len(weights) or not bool(weights[i] > 0):
+        i = int((weights > 0).nonzero()[-1, 0])
+    return i, target - (float(running[i - 1]) if i > 0 else 0.0)
 
 
 def gradient_factors(probs: torch.Tensor) -> torch.Tensor:
@@ -38,9 +52,12 @@ class BadgeShard:
     def __init__(self, probs: torch.Tensor, feats: torch.Tensor, labeled: torch.Tensor, first_row: int = 0):
         self.a = gradient_factors(probs)
         self.h = feats
-        self.norm2 = self.a.square().sum(1) * self.h.square().sum(1)
+        self.norm2 = torch.linalg.vecdot(self.a, self.a) * torch.linalg.vecdot(self.h, self.h)
+        # below this a distance is round-off of the factorised formula (see shards.ROUNDOFF_ULPS)
+        self.roundoff = float(self.norm2.max()) * ROUNDOFF_ULPS * torch.finfo(self.h.dtype).eps if len(self.h) else 0.0
         self.available = ~labeled
         self.d2 = torch.where(self.available, torch.inf, 0.0).to(self.h.dtype)
+        self.block_sums = None
         self.first_row = first_row
         self.n_available = int(self.available.sum())
 
@@ -69,17 +86,26 @@ class BadgeShard:
         a_c, h_c, n_c = (t.to(self.h.device, self.h.dtype) for t in centre)
         dist = self.h @ h_c
         dist.mul_(self.a @ a_c).mul_(-2).add_(self.norm2).add_(n_c)
-        snap_roundoff_(dist, self.norm2 + n_c)
+        torch.nn.functional.threshold_(dist, self.roundoff + float(n_c) * ROUNDOFF_ULPS * torch.finfo(dist.dtype).eps, 0.0)
         torch.minimum(self.d2, dist, out=self.d2)
-        return float(self.d2.sum(dtype=torch.float64)), self.n_available
+        return self._total()
+
+    def _total(self) -> tuple[float, int]:
+        """Sum of d2, kept per block of rows so a draw only needs a running sum inside one block."""
+        n_full = len(self.d2) // _DRAW_BLOCK * _DRAW_BLOCK
+        sums = [self.d2[:n_full].view(-1, _DRAW_BLOCK).sum(1, dtype=torch.float64)]
+        if n_full < len(self.d2):
+            sums.append(self.d2[n_full:].sum(dtype=torch.float64).reshape(1))
+        self.block_sums = torch.cat(sums)
+        return float(self.block_sums.sum()), self.n_available
 
     def take_weighted(self, target: float):
         """The first row whose running d2 sum exceeds target (D^2 sampling), taken."""
-        running = torch.cumsum(self.d2, 0, dtype=torch.float64)
-        i = int(torch.searchsorted(running, torch.tensor([target], dtype=torch.float64, device=running.device), right=True))
-        if i >= len(running) or not bool(self.d2[i] > 0):  # round-off past the end
-            i = int((self.d2 > 0).nonzero()[-1, 0])
-        return i, self.take(i)
+        b, rest = _first_exceeding(self.block_sums, target)
+        lo = b * _DRAW_BLOCK
+        block = self.d2[lo : lo + _DRAW_BLOCK]
+        i, _ = _first_exceeding(block.to(torch.float64), rest)
+        return lo + i, self.take(lo + i)
 
     def take_uniform(self, j: int):
         i = int(self.available.nonzero()[j, 0])
@@ -97,7 +123,7 @@ class BadgeShard:
                 scale = self.norm2[lo:hi, None] + n_c
                 snap_roundoff_(dist.add_(scale), scale)
                 torch.minimum(self.d2[lo:hi], dist.min(1).values, out=self.d2[lo:hi])
-        return float(self.d2.sum(dtype=torch.float64)), self.n_available
+        return self._total()
 
     def sample_candidates(self, seed: int, round_: int, oversampling: float, total: float):
         """Rows kept independently with probability min(1, l * d2 / total) (Bahmani et al. 2012).

@@ -52,9 +52,9 @@ def check_probs_feats(probs, feats) -> tuple[torch.Tensor, torch.Tensor]:
     tol = PROB_SUM_TOLERANCE[torch.float64 if probs.dtype == torch.float64 else torch.float32]
     probs, feats = probs.to(dtype), feats.to(dtype)
     for name, t in (("probs", probs), ("feats", feats)):
-        finite = torch.isfinite(t)
-        if not bool(finite.all()):
-            row = int((~finite).any(1).nonzero()[0, 0])
+        lo, hi = torch.aminmax(t)  # one pass; NaN and +-inf all show up in min or max
+        if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
+            row = int((~torch.isfinite(t)).any(1).nonzero()[0, 0])
             raise ValueError(f"{name} contains NaN or inf values (first at row {row})")
     if bool((probs < 0).any()):
         row = int((probs < 0).any(1).nonzero()[0, 0])
