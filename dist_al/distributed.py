@@ -143,6 +143,12 @@ class RayShards:
     def call(self, shard: int, method: str, *args: Any) -> Any:
         return ray.get(self.workers[shard].invoke.remote(method, *args))
 
+    def submit(self, shard: int, method: str, *args: Any, returns: int = 1) -> Any:
+        return self.workers[shard].invoke.options(num_returns=returns).remote(method, *args)
+
+    def fetch(self, handle: Any) -> Any:
+        return ray.get(handle)
+
 
 def _nbytes(value: Any) -> int:
     if isinstance(value, torch.Tensor):

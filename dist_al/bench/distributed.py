@@ -102,35 +102,51 @@ def bench_coordination(uri: str, rows: int, budget: int) -> list[dict]:
     ]
 
 
-def bench_embedding(uri: str) -> dict:
+def bench_embedding(uri: str, hidden: int, depth: int) -> dict:
+    """Pass (read with prefetch + model) vs bare forward on in-memory rows, same process and threads.
+
+    Also times reading alone: overlap = (read + forward - pass) / min(read, forward) is 1 when the
+    shorter of the two is fully hidden behind the longer and 0 when they run one after the other.
+    """
     torch.set_num_threads(2)
     pool = open_pool(PoolSpec(uri))
     shard = plan_shards(pool, 1)[0]
-    embed = Embedder(build_model(ModelSpec(**_model_spec()), seed=0))
+    spec = ModelSpec("dist_al.models:mlp", {"in_dim": D, "n_classes": K, "hidden": hidden, "depth": depth})
+    embed = Embedder(build_model(spec, seed=0))
     in_memory = [torch.from_numpy(b["features"].copy()) for b in read_shard(pool, shard)]
     for x in in_memory[:2]:
         embed(x)  # warm-up
-    best_bare = best_pass = float("inf")
+    best = {"bare": float("inf"), "read": float("inf"), "pass": float("inf")}
     for _ in range(3):
         t0 = time.perf_counter()
         for x in in_memory:
             embed(x)
-        best_bare = min(best_bare, time.perf_counter() - t0)
+        best["bare"] = min(best["bare"], time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for b in read_shard(pool, shard):
+            torch.from_numpy(b["features"].copy())
+        best["read"] = min(best["read"], time.perf_counter() - t0)
         t0 = time.perf_counter()
         for b in read_shard(pool, shard):
             embed(torch.from_numpy(b["features"].copy()))
-        best_pass = min(best_pass, time.perf_counter() - t0)
+        best["pass"] = min(best["pass"], time.perf_counter() - t0)
     rows = pool.num_rows
-    ratio = (rows / best_pass) / (rows / best_bare)
-    return {"name": f"embedding pass / bare forward throughput (N={rows:,}, D={D}, MLP, 1 process)",
-            "figure": f"{rows / best_pass:,.0f} vs {rows / best_bare:,.0f} rows/s", "ratio": ratio,
-            "goal": ">= 0.8", "met": ratio >= 0.8}
+    ratio = best["bare"] / best["pass"]  # = pass throughput / bare throughput
+    overlap = (best["read"] + best["bare"] - best["pass"]) / min(best["read"], best["bare"])
+    rate = {k: f"{rows / v:,.0f}" for k, v in best.items()}
+    return {"name": f"embedding pass / bare forward throughput (N={rows:,}, D={D}, MLP hidden {hidden} x {depth})",
+            "figure": f"pass {rate['pass']} vs bare {rate['bare']} rows/s; reading alone {rate['read']} rows/s; "
+                      f"overlap {overlap:.2f}", "ratio": ratio, "goal": ">= 0.8", "met": ratio >= 0.8}
 
 
-class _PeakRSS:
-    """Peak of the summed RSS of this process and all its descendants (raylet, Ray workers)."""
+class _PeakMemory:
+    """Peak of the summed PSS of this process and all its descendants (raylet, Ray workers).
 
-    def __init__(self, interval: float = 0.25):
+    PSS, not RSS: every Ray process maps the same torch and Ray libraries, and summed RSS would
+    count those shared pages once per process.
+    """
+
+    def __init__(self, interval: float = 0.5):
         import psutil
 
         self.psutil, self.interval, self.peak = psutil, interval, 0
@@ -143,7 +159,7 @@ class _PeakRSS:
             total = 0
             for p in [me] + me.children(recursive=True):
                 try:
-                    total += p.memory_info().rss
+                    total += p.memory_full_info().pss
                 except self.psutil.Error:
                     pass
             self.peak = max(self.peak, total)
@@ -166,7 +182,7 @@ def bench_full_select(uri: str, rows: int, budget: int, workdir: str) -> dict:
                 f"kwargs: {{in_dim: {D}, n_classes: {K}, hidden: {D}}}}}\n"
                 f"selection: {{strategy: badge, budget: {budget}}}\ncluster: {{workers: 2}}\nworkdir: {workdir}\n")
     t0 = time.perf_counter()
-    with _PeakRSS() as peak:
+    with _PeakMemory() as peak:
         out = subprocess.run([sys.executable, "-m", "dist_al.cli", "select", "--config", cfg, "--no-progress"],
                              capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -175,7 +191,7 @@ def bench_full_select(uri: str, rows: int, budget: int, workdir: str) -> dict:
                 "goal": "", "met": False}
     gib = peak.peak / 2**30
     return {"name": f"full `dist-al select` (N={rows:,}, D={D}, K={K}, BADGE B={budget}, 2 workers)",
-            "figure": f"{wall:.0f} s wall, peak {gib:.2f} GiB over all processes ({out.stdout.strip()})",
+            "figure": f"{wall:.0f} s wall, peak {gib:.2f} GiB (PSS summed over all processes) ({out.stdout.strip()})",
             "ratio": None, "goal": "<= 600 s, <= 8 GiB", "met": wall <= 600 and gib <= 8}
 
 
@@ -198,10 +214,14 @@ def main(argv: list[str] | None = None) -> int:
         if "coordination" in only:
             rows += bench_coordination(small_uri, small, budget_small)
         if "embedding" in only:
-            rows.append(bench_embedding(small_uri))
-        if "full" in only:
+            rows.append(bench_embedding(small_uri, hidden=D, depth=2))  # tiny head: reading-bound
+            rows.append(bench_embedding(small_uri, hidden=1024, depth=2))  # production-size head
+        if "full" in only or "coordination" in only:
             large_uri = os.path.join(tmp, "large")
             _make_pool(large_uri, large)
+        if "coordination" in only:  # the same comparison where per-centre work dwarfs the RPCs
+            rows += bench_coordination(large_uri, large, budget_small // 2)
+        if "full" in only:
             rows.append(bench_full_select(large_uri, large, budget_large, tmp))
     print("| benchmark | measured | ratio | goal | met |")
     print("|---|---|---:|---|---|")

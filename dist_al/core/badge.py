@@ -171,25 +171,26 @@ def _splitmix(x: np.ndarray) -> np.ndarray:
 
 
 def _draw_next(group: ShardGroup, stats, rng: np.random.Generator):
+    """Starts taking the next centre; returns (shard, handle of its local row, handle of the centre)."""
     totals = [t for t, _ in stats]
     total = sum(totals)
     if total > 0:
         shard, target = locate(totals, rng.random() * total)
-        i, centre = group.call(shard, "take_weighted", target)
+        row, centre = group.submit(shard, "take_weighted", target, returns=2)
     else:  # every unchosen row coincides with a centre: uniform, never a hang
         counts = [m for _, m in stats]
         shard, j = locate(counts, int(rng.integers(sum(counts))))
-        i, centre = group.call(shard, "take_uniform", int(j))
-    return (shard, i), centre
+        row, centre = group.submit(shard, "take_uniform", int(j), returns=2)
+    return shard, row, centre
 
 
 def _continue_kmeanspp(group, picks, stats, budget, rng, bar):
     while len(picks) < budget:
-        pick, centre = _draw_next(group, stats, rng)
-        picks.append(pick)
+        shard, row, centre = _draw_next(group, stats, rng)
+        if len(picks) + 1 < budget:
+            stats = group.map("add_centre", centre)  # the centre goes shard to shard, not via here
+        picks.append((shard, group.fetch(row)))
         bar.update()
-        if len(picks) < budget:
-            stats = group.map("add_centre", centre)
     return picks
 
 

@@ -21,6 +21,13 @@ class ShardGroup(Protocol):
 
     def call(self, shard: int, method: str, *args: Any) -> Any: ...
 
+    def submit(self, shard: int, method: str, *args: Any, returns: int = 1) -> Any:
+        """Starts a call and answers handles (a tuple of `returns` of them) that `map` accepts as
+        arguments and `fetch` turns into values: a pick can flow to the next broadcast without a
+        round trip through the coordinator."""
+
+    def fetch(self, handle: Any) -> Any: ...
+
 
 class LocalShards:
     def __init__(self, shards: Sequence[Any]):
@@ -31,6 +38,12 @@ class LocalShards:
 
     def call(self, shard: int, method: str, *args: Any) -> Any:
         return getattr(self.shards[shard], method)(*args)
+
+    def submit(self, shard: int, method: str, *args: Any, returns: int = 1) -> Any:
+        return self.call(shard, method, *args)
+
+    def fetch(self, handle: Any) -> Any:
+        return handle
 
 
 # ||x - z||^2 computed as |x|^2 + |z|^2 - 2<x, z> keeps a round-off residue of a few ulps of
