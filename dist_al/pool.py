@@ -27,11 +27,9 @@ requests and only the projected column chunks are fetched.
 
 from __future__ import annotations
 
-import os
 import posixpath
 import queue
 import threading
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
@@ -41,6 +39,8 @@ from fsspec.implementations.local import LocalFileSystem
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from .storage import write_table_atomic
 
 __all__ = [
     "PoolError",
@@ -705,21 +705,6 @@ def write_pool(
             cols[label_column] = lab_arr[start:stop]
         table = pa.table(cols)
         path = f"{root}/part-{part:05d}.parquet"
-        _write_atomic(fs, path, table, rows_per_group)
+        write_table_atomic(_display(fs, path), table, storage_options, row_group_size=rows_per_group)
         written.append(_display(fs, path))
     return written
-
-
-def _write_atomic(fs, path: str, table: pa.Table, rows_per_group: int) -> None:
-    if _is_local(fs):
-        tmp = posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.tmp-{uuid.uuid4().hex}")
-        try:
-            pq.write_table(table, tmp, row_group_size=rows_per_group)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
-    else:
-        with fs.open(path, "wb") as f:
-            pq.write_table(table, f, row_group_size=rows_per_group)

@@ -33,7 +33,7 @@ def write_bytes_atomic(uri: str, data: bytes, storage_options: dict | None = Non
     return uri
 
 
-def write_table_atomic(uri: str, table: pa.Table, storage_options: dict | None = None) -> str:
+def write_table_atomic(uri: str, table: pa.Table, storage_options: dict | None = None, **parquet_options) -> str:
     buf = io.BytesIO()
-    pq.write_table(table, buf)
+    pq.write_table(table, buf, **parquet_options)
     return write_bytes_atomic(uri, buf.getvalue(), storage_options)

@@ -14,10 +14,3 @@ def gaussian_mixture(
     labels = torch.randint(0, n_classes, (n,), generator=g)
     feats = means[labels] + torch.randn(n, dim, generator=g, dtype=torch.float64)
     return feats.to(dtype), labels
-
-
-def linear_head_probs(feats: torch.Tensor, n_classes: int, *, seed: int = 0, temperature: float = 1.0) -> torch.Tensor:
-    """Softmax of a random linear head: non-degenerate probabilities for benchmarks."""
-    g = torch.Generator().manual_seed(seed + 1)
-    W = torch.randn(feats.shape[1], n_classes, generator=g, dtype=torch.float64) / feats.shape[1] ** 0.5
-    return torch.softmax((feats.double() @ W) / temperature, 1).to(feats.dtype)
