@@ -4,6 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q torch==2.13.0
-.venv/bin/python -m pip install -q -e .
+.venv/bin/python -m pip install -q -c scripts/constraints.txt torch==2.13.0
+.venv/bin/python -m pip install -q -c scripts/constraints.txt -e .
 exec .venv/bin/dist-al demo "$@"

@@ -1,0 +1,425 @@
+"""Retrain the classifier on every labeled row with Ray Train (TorchTrainer, DDP).
+
+The labeled set is small (thousands of rows) next to the pool (millions), so
+the driver streams the pool once with column projection (id, features), keeps
+only the rows whose id has a label (``np.isin`` per batch, never the whole
+pool), puts that small matrix in the Ray object store, and every Ray Train
+worker trains the same seeded model on its rank's share of it (a
+``DistributedSampler`` split: equal-sized shards, so every worker takes the
+same number of steps).  Rank 0 reports the final ``state_dict`` as a Ray Train
+checkpoint; the driver copies its ``model.pt`` to ``checkpoint_uri`` (local or
+object store, written atomically), which the next selection round loads as
+``model.checkpoint`` with ``weights_only=True``.
+
+Config: the ``train`` section (read with defaults by ``train_settings``)::
+
+    train:
+      epochs: 20            # passes over the labeled rows
+      lr: 0.001             # Adam learning rate
+      batch_size: 128       # rows per optimiser step on each worker
+      workers: 2            # Ray Train workers (DDP processes)
+      use_gpu: false        # one GPU per worker
+      cpus_per_worker: 1    # CPUs reserved per worker (also its torch threads)
+      warm_start: false     # start from model.checkpoint instead of a fresh init
+      seed: <selection.seed>  # model init, shuffling
+      storage_path: null    # Ray Train run storage; null = <dir of checkpoint_uri>/_ray_train
+
+Ray must already be initialised by the caller (``dist_al.selection.ray_session``).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import posixpath
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import nn
+
+from .model import ModelSpec, build_model, classifier_layer, load_state
+from .pool import PoolSpec, open_pool, plan_shards, read_shard
+from .storage import write_bytes_atomic
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TrainResult", "train", "train_settings", "gather_labeled", "evaluate", "TRAIN_DEFAULTS"]
+
+#: Defaults of the ``train`` config section (``seed`` defaults to ``selection.seed``).
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "epochs": 20,
+    "lr": 1e-3,
+    "batch_size": 128,
+    "workers": 2,
+    "use_gpu": False,
+    "cpus_per_worker": 1,
+    "warm_start": False,
+    "seed": None,
+    "storage_path": None,
+}
+
+_CHECKPOINT_FILE = "model.pt"
+_READ_BATCH_ROWS = 65536
+_EVAL_BATCH_ROWS = 4096
+
+
+@dataclass
+class TrainResult:
+    checkpoint_uri: str
+    train_rows: int
+    accuracy: float | None  # on eval_uri, None without one
+    epochs: int
+    seconds: float
+    workers: int = 0  # world size Ray Train ran with (reported by the workers)
+    loss: float | None = None  # mean training loss of the last epoch, over all workers
+    metrics: dict = field(default_factory=dict)  # rank 0's final ray.train.report metrics
+
+
+# --------------------------------------------------------------------------- config
+
+
+def train_settings(cfg: Mapping) -> dict:
+    """The ``train`` section with defaults filled in and values checked (ValueError names the key)."""
+    given = dict(cfg.get("train") or {})
+    out = {k: given.get(k, v) for k, v in TRAIN_DEFAULTS.items()}
+    if out["seed"] is None:
+        out["seed"] = int((cfg.get("selection") or {}).get("seed", 0))
+
+    def check(key, ok, want):
+        value = out[key]
+        if isinstance(value, bool) and want != "true or false" or not ok(value):
+            raise ValueError(f"config key train.{key} must be {want}, got {value!r}")
+
+    check("epochs", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
+    check("lr", lambda v: isinstance(v, (int, float)) and v > 0, "a positive number")
+    check("batch_size", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
+    check("workers", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
+    check("use_gpu", lambda v: isinstance(v, bool), "true or false")
+    check("cpus_per_worker", lambda v: isinstance(v, (int, float)) and v >= 0, "a number >= 0")
+    check("warm_start", lambda v: isinstance(v, bool), "true or false")
+    check("seed", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
+    check("storage_path", lambda v: v is None or (isinstance(v, str) and v), "a path/URI or null")
+    out["lr"] = float(out["lr"])
+    return out
+
+
+def _pool_spec(cfg: Mapping, uri: str | None = None, *, with_labels: bool = False) -> PoolSpec:
+    p = cfg["pool"]
+    label_column = p.get("label_column") or ("label" if with_labels else None)
+    return PoolSpec(uri or p["uri"], p.get("id_column", "id"), p.get("feature_column", "features"),
+                    label_column, dict(p.get("storage_options") or {}))
+
+
+def _model_spec(cfg: Mapping) -> ModelSpec:
+    m = cfg.get("model") or {}
+    storage = dict((cfg.get("pool") or {}).get("storage_options") or {})
+    return ModelSpec(m.get("factory", "dist_al.models:mlp"), dict(m.get("kwargs") or {}), m.get("checkpoint"),
+                     m.get("classifier"), storage)
+
+
+# --------------------------------------------------------------------------- labeled rows
+
+
+def _label_keys(labels: Mapping) -> np.ndarray:
+    keys = list(labels.keys())
+    if all(isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)) for k in keys):
+        return np.asarray(keys, dtype=np.int64)
+    arr = np.empty(len(keys), dtype=object)
+    arr[:] = keys
+    return arr
+
+
+def _check_labels(labels: Mapping, n_classes: int) -> None:
+    for key, value in labels.items():
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"label of id {key!r} must be an integer class index, got {value!r}")
+        if not 0 <= int(value) < n_classes:
+            raise ValueError(f"label {int(value)} of id {key!r} is outside [0, {n_classes}): "
+                             f"the model has {n_classes} classes")
+
+
+def gather_labeled(cfg: Mapping, labels: Mapping) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, features (n, D) float32, labels (n,) int64) of the labeled rows, in pool order.
+
+    Streams the pool's id and feature columns once and keeps, batch by batch,
+    only rows whose id is a key of ``labels``.  Raises ValueError when a labeled
+    id is not in the pool (count and examples) or appears in it more than once.
+    """
+    if not labels:
+        raise ValueError("no labeled rows: the labels mapping is empty, nothing to train on")
+    keys = _label_keys(labels)
+    pool = open_pool(_pool_spec(cfg))
+    shard = plan_shards(pool, 1)[0]
+    ids_parts, feat_parts = [], []
+    for batch in read_shard(pool, shard, columns=("id", "features"), batch_rows=_READ_BATCH_ROWS):
+        mask = np.isin(batch["ids"], keys)
+        if mask.any():
+            ids_parts.append(batch["ids"][mask])
+            feat_parts.append(batch["features"][mask])  # boolean indexing copies: the batch can go
+    if ids_parts:
+        ids = np.concatenate(ids_parts)
+        feats = np.concatenate(feat_parts)
+    else:
+        ids = np.empty(0, dtype=keys.dtype)
+        feats = np.empty((0, pool.feature_dim), dtype=np.float32)
+    uniq, counts = np.unique(ids, return_counts=True)
+    if len(uniq) < len(ids):
+        dup = uniq[counts > 1][0]
+        raise ValueError(f"labeled id {dup.item() if isinstance(dup, np.generic) else dup!r} appears more than "
+                         f"once in pool {pool.spec.uri}")
+    if len(ids) < len(keys):
+        missing = keys[~np.isin(keys, ids)]
+        examples = ", ".join(repr(k.item() if isinstance(k, np.generic) else k) for k in missing[:5])
+        hint = ""
+        id_type = pool.schema.field(pool.spec.id_column).type
+        if keys.dtype == object and pa.types.is_integer(id_type):
+            hint = " (the pool's ids are integers, the labels' ids are not)"
+        elif keys.dtype != object and not pa.types.is_integer(id_type):
+            hint = " (the pool's ids are strings, the labels' ids are integers)"
+        raise ValueError(f"{len(missing)} of {len(keys)} labeled id(s) are not in pool {pool.spec.uri}{hint}; "
+                         f"e.g. {examples}")
+    y = np.fromiter((int(labels[k]) for k in ids.tolist()), dtype=np.int64, count=len(ids))
+    return ids, feats, y
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _train_loop(config: dict) -> None:
+    """Runs on every Ray Train worker: same seeded model, this rank's share of the rows, Adam + CE."""
+    import ray
+    import ray.train
+    import ray.train.torch
+    from ray.train import Checkpoint
+    from torch.utils.data import DistributedSampler
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(config["threads"])
+    torch.manual_seed(config["seed"] + rank)  # dropout etc.; weights come from build_model's own seed
+
+    data = ray.get(config["data"])
+    state = ray.get(config["state"]) if config["state"] is not None else None
+    spec = ModelSpec(config["factory"], config["kwargs"], None, config["classifier"])
+    model = build_model(spec, seed=config["seed"], state=state)
+    model = ray.train.torch.prepare_model(model)  # moves to the worker's device; DDP when world > 1
+    device = ray.train.torch.get_device()
+
+    x = torch.from_numpy(data["x"])
+    y = torch.from_numpy(data["y"])
+    n = len(y)
+    # DistributedSampler pads to a multiple of world size, so every rank takes the same number of steps.
+    sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=config["seed"])
+    optimiser = torch.optim.Adam(model.parameters(), lr=config["lr"])
+    loss_fn = nn.CrossEntropyLoss()
+    batch_size = config["batch_size"]
+    history = []
+    model.train()
+    for epoch in range(config["epochs"]):
+        sampler.set_epoch(epoch)
+        index = torch.tensor(list(iter(sampler)), dtype=torch.long)
+        total = torch.zeros(2, dtype=torch.float64)  # loss sum, rows
+        for start in range(0, len(index), batch_size):
+            rows = index[start:start + batch_size]
+            xb, yb = x[rows].to(device, non_blocking=True), y[rows].to(device, non_blocking=True)
+            optimiser.zero_grad(set_to_none=True)
+            loss = loss_fn(model(xb), yb)
+            loss.backward()
+            optimiser.step()
+            total += torch.tensor([loss.item() * len(rows), len(rows)], dtype=torch.float64)
+        if world > 1:
+            import torch.distributed as dist
+
+            total_dev = total.to(device)
+            dist.all_reduce(total_dev)
+            total = total_dev.cpu()
+        history.append(float(total[0] / total[1]))
+
+    metrics = {
+        "loss": history[-1],
+        "loss_history": history,
+        "world_size": world,
+        "train_rows": n,
+        "rows_per_worker": len(sampler),
+        "epochs": config["epochs"],
+    }
+    if rank == 0:
+        state_dict = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(state_dict, os.path.join(tmp, _CHECKPOINT_FILE))
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+    else:
+        ray.train.report(metrics, checkpoint=None)  # every rank must call report the same number of times
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def _is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def _run_storage(storage_path: str, storage_options: dict | None):
+    """(storage_path, storage_filesystem) for RunConfig: local paths absolute; remote via fsspec."""
+    if _is_local(storage_path):
+        path = storage_path[len("file://"):] if storage_path.startswith("file://") else storage_path
+        return os.path.abspath(os.path.expanduser(path)), None
+    import fsspec
+    import pyarrow.fs as pafs
+
+    fs, path = fsspec.core.url_to_fs(storage_path, **(storage_options or {}))
+    # Ray strips no prefix itself when given a filesystem: it wants the bare bucket/key path.
+    return path, pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def _default_storage_path(checkpoint_uri: str) -> str:
+    if _is_local(checkpoint_uri):
+        path = checkpoint_uri[len("file://"):] if checkpoint_uri.startswith("file://") else checkpoint_uri
+        return os.path.join(os.path.dirname(os.path.abspath(path)), "_ray_train")
+    return posixpath.join(posixpath.dirname(checkpoint_uri), "_ray_train")
+
+
+def _read_checkpoint_bytes(checkpoint) -> bytes:
+    path = posixpath.join(checkpoint.path, _CHECKPOINT_FILE)
+    with checkpoint.filesystem.open_input_stream(path) as f:
+        return f.read()
+
+
+def _remove_run(fs, path: str) -> None:
+    try:
+        fs.delete_dir(path)
+    except Exception as err:  # noqa: BLE001 - best effort; the model is already copied
+        log.warning("could not remove Ray Train run directory %s: %s", path, err)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.inference_mode()
+def evaluate(cfg: Mapping, model: nn.Module, eval_uri: str, *, batch_rows: int = _EVAL_BATCH_ROWS) -> float:
+    """Accuracy of ``model`` on a Parquet dataset with the pool's column names, read batch by batch.
+
+    The label column is ``pool.label_column`` (``label`` when that is null);
+    the dataset is read with ``pool.storage_options``.
+    """
+    pool = open_pool(_pool_spec(cfg, eval_uri, with_labels=True))
+    model = model.eval()
+    device = next(model.parameters()).device
+    correct = total = 0
+    for shard in plan_shards(pool, 1):
+        for batch in read_shard(pool, shard, columns=("features", "label"), batch_rows=batch_rows):
+            pred = model(torch.from_numpy(batch["features"]).to(device)).argmax(1).cpu().numpy()
+            correct += int((pred == batch["labels"]).sum())
+            total += len(pred)
+    return correct / total
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def train(
+    cfg: Mapping,
+    labels: Mapping,
+    *,
+    checkpoint_uri: str,
+    eval_uri: str | None = None,
+    warm_start_state: dict | None = None,
+    storage_options: dict | None = None,
+) -> TrainResult:
+    """Train the config's model on every labeled row with Ray Train; write its state_dict to ``checkpoint_uri``.
+
+    ``labels`` maps pool id -> integer class.  ``warm_start_state`` (a
+    state_dict) is the starting point when given; otherwise with
+    ``train.warm_start: true`` the model starts from ``model.checkpoint``, and
+    else from a fresh init seeded by ``train.seed``.  ``storage_options`` are
+    for ``checkpoint_uri`` (and the Ray Train run storage); the pool and
+    ``eval_uri`` use ``pool.storage_options``.
+
+    Raises ValueError for an empty ``labels``, a label outside the model's
+    classes, or labeled ids missing from the pool, before any worker starts.
+    """
+    import ray
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    t0 = time.perf_counter()
+    settings = train_settings(cfg)
+    if not labels:
+        raise ValueError("no labeled rows: the labels mapping is empty, nothing to train on")
+    if not ray.is_initialized():
+        raise RuntimeError("Ray is not initialised: call ray.init() or use dist_al.selection.ray_session first")
+
+    spec = _model_spec(cfg)
+    state = warm_start_state
+    if state is None and settings["warm_start"] and spec.checkpoint:
+        state = load_state(spec.checkpoint, spec.storage_options)
+    fresh = ModelSpec(spec.factory, spec.kwargs, None, spec.classifier)
+    driver_model = build_model(fresh, seed=settings["seed"], state=state)  # fails fast on a bad spec/state
+    n_classes = classifier_layer(driver_model, spec.classifier).out_features
+    _check_labels(labels, n_classes)
+
+    ids, x, y = gather_labeled(cfg, labels)
+    log.info("training on %d labeled rows (D=%d) with %d Ray Train workers", len(y), x.shape[1], settings["workers"])
+
+    storage_path, storage_fs = _run_storage(
+        settings["storage_path"] or _default_storage_path(checkpoint_uri), storage_options)
+    run_name = f"dist-al-train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    data_ref = ray.put({"x": x, "y": y})
+    state_ref = ray.put({k: v.detach().cpu() for k, v in state.items()}) if state is not None else None
+    loop_config = {
+        "data": data_ref,
+        "state": state_ref,
+        "factory": spec.factory,
+        "kwargs": spec.kwargs,
+        "classifier": spec.classifier,
+        "seed": settings["seed"],
+        "epochs": settings["epochs"],
+        "lr": settings["lr"],
+        "batch_size": settings["batch_size"],
+        "threads": max(1, int(settings["cpus_per_worker"])),
+    }
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=settings["workers"], use_gpu=settings["use_gpu"],
+                                     resources_per_worker={"CPU": settings["cpus_per_worker"]}),
+        run_config=RunConfig(name=run_name, storage_path=storage_path, storage_filesystem=storage_fs,
+                             checkpoint_config=CheckpointConfig(num_to_keep=1)),
+    )
+    result = trainer.fit()  # raises ray.train.TrainingFailedError if a worker fails
+    if result.checkpoint is None:
+        raise RuntimeError(f"Ray Train run {run_name} finished without a checkpoint")
+    data = _read_checkpoint_bytes(result.checkpoint)
+    trained_state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)  # what readers will do
+    write_bytes_atomic(checkpoint_uri, data, storage_options)
+    _remove_run(result.checkpoint.filesystem, posixpath.dirname(result.checkpoint.path.rstrip("/")))
+    del data_ref, state_ref
+
+    accuracy = None
+    if eval_uri is not None:
+        driver_model.load_state_dict(trained_state)
+        accuracy = evaluate(cfg, driver_model, eval_uri)
+    metrics = dict(result.metrics or {})
+    return TrainResult(
+        checkpoint_uri=checkpoint_uri,
+        train_rows=int(len(y)),
+        accuracy=accuracy,
+        epochs=settings["epochs"],
+        seconds=time.perf_counter() - t0,
+        workers=int(metrics.get("world_size", 0)),
+        loss=metrics.get("loss"),
+        metrics=metrics,
+    )
