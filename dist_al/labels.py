@@ -46,8 +46,8 @@ bucket, checked in this order, so the counts add up to the number of rows:
 5. ``duplicate`` (no-op): the same id again with the same label; the first
    row counts, the rest are duplicates.
 6. ``conflict_existing`` (rejected): the id was already labeled in an earlier
-   ingest with a DIFFERENT label.  Label records are never rewritten; to
-   relabel a row, that is a decision for a person, not for an ingest.
+   ingest with a DIFFERENT label.  Label records are never rewritten, so a
+   relabel is reported, never applied.
 7. ``already_labeled`` (no-op): the id was already labeled earlier with the
    same label.  Re-ingesting a file therefore changes nothing.
 8. accepted: everything else, in file order.
@@ -67,6 +67,7 @@ import hashlib
 import io
 import json
 import math
+import numbers
 import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -110,8 +111,10 @@ REASONS: dict[str, tuple[bool, str, str]] = {
     "already_labeled": (False, "already labeled", "already labeled"),
 }
 MAX_EXAMPLES = 5
+_ID_ONLY = ("unknown_id", "duplicate", "already_labeled")  # examples shown as the id alone
 RECORD_COLUMNS = ("id", "label", "round", "source", "ingested_at")
 _INT_RE = re.compile(r"\s*[+-]?\d+\s*")
+_FRACTION_RE = re.compile(r"\.(\d+)")
 
 
 class LabelFileError(ValueError):
@@ -355,8 +358,12 @@ def _choices_of(where: str, ann: dict, from_name: str | None) -> list | None:
 def _timestamp(s) -> float:
     if not isinstance(s, str):
         return float("-inf")
+    s = s.strip().replace("Z", "+00:00")
+    m = _FRACTION_RE.search(s)
+    if m:  # Python 3.10's fromisoformat takes only 3 or 6 fraction digits
+        s = s[: m.start()] + "." + m.group(1)[:6].ljust(6, "0") + s[m.end():]
     try:
-        t = datetime.fromisoformat(s.strip().replace("Z", "+00:00"))
+        t = datetime.fromisoformat(s)
     except ValueError:
         return float("-inf")
     if t.tzinfo is None:
@@ -401,6 +408,8 @@ class IngestReport:
     accepted: list[tuple] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
     examples: dict[str, list[tuple]] = field(default_factory=lambda: {r: [] for r in REASONS})
+    _keys: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _hidden: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def n_rows(self) -> int:
@@ -414,10 +423,18 @@ class IngestReport:
     def n_noop(self) -> int:
         return sum(c for r, c in self.counts.items() if not REASONS[r][0])
 
-    def _add(self, reason: str, example: tuple, n: int = 1) -> None:
-        self.counts[reason] += n
+    def _add(self, reason: str, example: tuple, key=None) -> None:
+        """Count one row; keep it as an example (one per ``key`` when given, at most MAX_EXAMPLES)."""
+        self.counts[reason] += 1
+        if key is not None:
+            keys = self._keys.setdefault(reason, set())
+            if key in keys:
+                return
+            keys.add(key)
         if len(self.examples[reason]) < MAX_EXAMPLES:
             self.examples[reason].append(example)
+        else:
+            self._hidden[reason] = True
 
     def summary(self) -> str:
         """One line, e.g. "412 labels accepted; rejected: 3 unknown ids (e.g. 99999, ...), ..."."""
@@ -434,16 +451,16 @@ class IngestReport:
         c = self.counts[reason]
         _, one, many = REASONS[reason]
         shown = [self._example(reason, e) for e in self.examples[reason]]
-        more = ", ..." if c > len(shown) and reason in ("unknown_id", "duplicate", "already_labeled") else ""
-        if reason in ("unknown_id", "duplicate", "already_labeled"):
-            ex = f"e.g. {', '.join(shown)}{more}" if len(shown) < c else ", ".join(shown)
+        hidden = self._hidden.get(reason, False)
+        if reason in _ID_ONLY:
+            ex = ", ".join(shown) + (", ..." if hidden else "")
         else:
-            ex = ("e.g. " if len(shown) < c else "") + "; ".join(shown)
-        return f"{c} {one if c == 1 else many} ({ex})"
+            ex = "; ".join(shown) + ("; ..." if hidden else "")
+        return f"{c} {one if c == 1 else many} ({'e.g. ' if hidden else ''}{ex})"
 
     @staticmethod
     def _example(reason: str, e: tuple) -> str:
-        if reason in ("unknown_id", "duplicate", "already_labeled"):
+        if reason in _ID_ONLY:
             return repr(e[0])
         if reason == "conflict":
             return f"id {e[0]!r}: " + " vs ".join(repr(v) for v in e[1])
@@ -489,6 +506,7 @@ def validate_labels(
     for k, r in enumerate(rows):
         if len(r) != 2:
             raise ValueError(f"row {k} is not an (id, label) pair: {r!r}")
+    rows = [(_py_int(i), _py_int(lab)) for i, lab in rows]  # numpy integers -> int
     report = IngestReport()
 
     candidates = list(dict.fromkeys(i for i, _ in rows if _hashable_id(i)))
@@ -511,18 +529,13 @@ def validate_labels(
             if all(_label_key(x) != key for x in seen):
                 seen.append(lab)
 
-    conflict_reported: set = set()
     first_seen: set = set()
     for i, lab in rows:
         if not (_hashable_id(i) and i in known):
             report._add("unknown_id", (i, lab))
             continue
         if len(labels_of[i]) > 1:
-            if i in conflict_reported:
-                report.counts["conflict"] += 1
-            else:
-                conflict_reported.add(i)
-                report._add("conflict", (i, tuple(labels_of[i])))
+            report._add("conflict", (i, tuple(labels_of[i])), key=i)
             continue
         if not isinstance(lab, int) or isinstance(lab, bool):
             report._add("invalid_label", (i, lab))
@@ -531,7 +544,7 @@ def validate_labels(
             report._add("out_of_range", (i, lab))
             continue
         if i in first_seen:
-            report._add("duplicate", (i, lab))
+            report._add("duplicate", (i, lab), key=i)
             continue
         first_seen.add(i)
         if i in existing:
@@ -543,6 +556,12 @@ def validate_labels(
             continue
         report.accepted.append((i, lab))
     return report
+
+
+def _py_int(v):
+    if isinstance(v, numbers.Integral) and not isinstance(v, (bool, int)):
+        return int(v)
+    return v
 
 
 def _hashable_id(i) -> bool:
@@ -573,7 +592,7 @@ def append_label_records(
     Nothing accepted -> nothing written, None.  The name is a UTC timestamp plus a
     hash of the content, so name order is ingest order and no id reaches a path.
     """
-    accepted = [tuple(r) for r in accepted]
+    accepted = [(_py_int(i), _py_int(lab)) for i, lab in accepted]
     if not accepted:
         return None
     ids = [i for i, _ in accepted]
