@@ -36,8 +36,9 @@ import posixpath
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -50,7 +51,7 @@ from .storage import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainResult", "train", "train_settings", "gather_labeled", "evaluate", "TRAIN_DEFAULTS"]
+__all__ = ["TRAIN_DEFAULTS", "TrainResult", "evaluate", "gather_labeled", "train", "train_settings"]
 
 #: Defaults of the ``train`` config section (``seed`` defaults to ``selection.seed``).
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -139,7 +140,7 @@ def _label_keys(labels: Mapping) -> np.ndarray:
 def _check_labels(labels: Mapping, n_classes: int) -> None:
     for key, value in labels.items():
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-            raise ValueError(f"label of id {key!r} must be an integer class index, got {value!r}")
+            raise ValueError(f"label of id {key!r} must be an integer class index, got {value!r}")  # noqa: TRY004
         if not 0 <= int(value) < n_classes:
             raise ValueError(f"label {int(value)} of id {key!r} is outside [0, {n_classes}): "
                              f"the model has {n_classes} classes")
@@ -218,8 +219,8 @@ def _train_loop(config: dict) -> None:
     model = ray.train.torch.prepare_model(model)  # moves to the worker's device; DDP when world > 1
     device = ray.train.torch.get_device()
 
-    x = torch.from_numpy(data["x"])
-    y = torch.from_numpy(data["y"])
+    x = torch.tensor(data["x"])  # copies: arrays from the object store are read-only
+    y = torch.tensor(data["y"])
     n = len(y)
     # DistributedSampler pads to a multiple of world size, so every rank takes the same number of steps.
     sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=config["seed"])
@@ -275,7 +276,7 @@ def _is_local(uri: str) -> bool:
 def _run_storage(storage_path: str, storage_options: dict | None):
     """(storage_path, storage_filesystem) for RunConfig: local paths absolute; remote via fsspec."""
     if _is_local(storage_path):
-        path = storage_path[len("file://"):] if storage_path.startswith("file://") else storage_path
+        path = storage_path.removeprefix("file://")
         return os.path.abspath(os.path.expanduser(path)), None
     import fsspec
     import pyarrow.fs as pafs
@@ -287,7 +288,7 @@ def _run_storage(storage_path: str, storage_options: dict | None):
 
 def _default_storage_path(checkpoint_uri: str) -> str:
     if _is_local(checkpoint_uri):
-        path = checkpoint_uri[len("file://"):] if checkpoint_uri.startswith("file://") else checkpoint_uri
+        path = checkpoint_uri.removeprefix("file://")
         return os.path.join(os.path.dirname(os.path.abspath(path)), "_ray_train")
     return posixpath.join(posixpath.dirname(checkpoint_uri), "_ray_train")
 
@@ -298,11 +299,31 @@ def _read_checkpoint_bytes(checkpoint) -> bytes:
         return f.read()
 
 
-def _remove_run(fs, path: str) -> None:
+def _remove_run(fs, storage_path: str, run_name: str, default_storage: bool) -> None:
+    """Delete this run's directory (its checkpoint is copied out); with the default storage, its empty parent."""
+    run_dir = posixpath.join(storage_path.rstrip("/"), run_name)
     try:
-        fs.delete_dir(path)
+        fs.delete_dir(run_dir)
+        local_dir = default_storage and os.path.isabs(storage_path) and os.path.isdir(storage_path)
+        if local_dir and not os.listdir(storage_path):
+            os.rmdir(storage_path)
     except Exception as err:  # noqa: BLE001 - best effort; the model is already copied
-        log.warning("could not remove Ray Train run directory %s: %s", path, err)
+        log.warning("could not remove Ray Train run directory %s: %s", run_dir, err)
+
+
+def _check_resources(settings: dict) -> None:
+    """Warn when the cluster, as it is now, cannot hold the worker group (Ray Train would wait for it)."""
+    import ray
+
+    total = ray.cluster_resources()
+    need = {"CPU": settings["workers"] * settings["cpus_per_worker"]}
+    if settings["use_gpu"]:
+        need["GPU"] = settings["workers"]
+    short = {k: (v, total.get(k, 0)) for k, v in need.items() if v > total.get(k, 0)}
+    if short:
+        detail = ", ".join(f"{k}: needs {v:g}, cluster has {have:g}" for k, (v, have) in short.items())
+        log.warning("Ray Train will wait until the cluster can place %d workers (%s); lower train.workers "
+                    "or train.cpus_per_worker, or add nodes", settings["workers"], detail)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -321,7 +342,8 @@ def evaluate(cfg: Mapping, model: nn.Module, eval_uri: str, *, batch_rows: int =
     correct = total = 0
     for shard in plan_shards(pool, 1):
         for batch in read_shard(pool, shard, columns=("features", "label"), batch_rows=batch_rows):
-            pred = model(torch.from_numpy(batch["features"]).to(device)).argmax(1).cpu().numpy()
+            feats = torch.tensor(batch["features"], device=device)  # a copy: Arrow buffers are read-only
+            pred = model(feats).argmax(1).cpu().numpy()
             correct += int((pred == batch["labels"]).sum())
             total += len(pred)
     return correct / total
@@ -371,11 +393,13 @@ def train(
     n_classes = classifier_layer(driver_model, spec.classifier).out_features
     _check_labels(labels, n_classes)
 
-    ids, x, y = gather_labeled(cfg, labels)
+    _, x, y = gather_labeled(cfg, labels)
     log.info("training on %d labeled rows (D=%d) with %d Ray Train workers", len(y), x.shape[1], settings["workers"])
 
+    default_storage = settings["storage_path"] is None
     storage_path, storage_fs = _run_storage(
         settings["storage_path"] or _default_storage_path(checkpoint_uri), storage_options)
+    _check_resources(settings)
     run_name = f"dist-al-train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     data_ref = ray.put({"x": x, "y": y})
     state_ref = ray.put({k: v.detach().cpu() for k, v in state.items()}) if state is not None else None
@@ -405,8 +429,7 @@ def train(
     data = _read_checkpoint_bytes(result.checkpoint)
     trained_state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)  # what readers will do
     write_bytes_atomic(checkpoint_uri, data, storage_options)
-    _remove_run(result.checkpoint.filesystem, posixpath.dirname(result.checkpoint.path.rstrip("/")))
-    del data_ref, state_ref
+    _remove_run(result.checkpoint.filesystem, storage_path, run_name, default_storage)
 
     accuracy = None
     if eval_uri is not None:
@@ -415,7 +438,7 @@ def train(
     metrics = dict(result.metrics or {})
     return TrainResult(
         checkpoint_uri=checkpoint_uri,
-        train_rows=int(len(y)),
+        train_rows=len(y),
         accuracy=accuracy,
         epochs=settings["epochs"],
         seconds=time.perf_counter() - t0,

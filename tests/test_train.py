@@ -1,0 +1,196 @@
+"""Ray Train retraining (dist_al.train) on a real Parquet pool, a local Ray and a moto S3 server.
+
+Each Ray Train fit starts a controller actor and two fresh worker processes
+(15-40 s on a busy 2-core machine), so the module runs exactly one fit, with
+the checkpoint and Ray Train's run storage on S3 (the multi-node setup), and
+checks it from several sides.  Every error case fails on the driver before
+Ray Train starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+
+import numpy as np
+import pytest
+import ray
+import s3server
+import torch
+
+from dist_al.config import validate
+from dist_al.model import ModelError, ModelSpec, build_model, load_state
+from dist_al.pool import write_pool
+from dist_al.synthetic import gaussian_mixture
+from dist_al.train import (
+    TRAIN_DEFAULTS,
+    evaluate,
+    gather_labeled,
+    train,
+    train_settings,
+)
+
+N_POOL, N_EVAL, K, D = 600, 300, 4, 8
+N_LABELED = 240
+TRAIN = {"epochs": 6, "lr": 0.02, "batch_size": 40, "workers": 2, "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    if ray.is_initialized():  # pragma: no cover - another module left Ray running
+        ray.shutdown()
+    # 2 workers x 1 CPU each, plus room: logical CPUs, the machine has 2 cores.
+    ray.init(num_cpus=4, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    x, y = gaussian_mixture(N_POOL + N_EVAL, K, D, seed=0)
+    x, y = x.numpy(), y.numpy()
+    ids = np.arange(N_POOL + N_EVAL, dtype=np.int64) * 3 + 7  # not row numbers
+    pool_uri, eval_uri = str(root / "pool"), str(root / "eval")
+    write_pool(pool_uri, ids[:N_POOL], x[:N_POOL], y[:N_POOL], rows_per_group=64)  # many row groups / batches
+    write_pool(eval_uri, ids[N_POOL:], x[N_POOL:], y[N_POOL:])
+    picked = np.sort(np.random.default_rng(1).choice(N_POOL, N_LABELED, replace=False))
+    labels = {int(ids[i]): int(y[i]) for i in picked[::-1]}  # dict order must not matter
+    cfg = validate({
+        "pool": {"uri": pool_uri, "label_column": "label"},
+        "model": {"kwargs": {"in_dim": D, "n_classes": K, "hidden": 32}},
+        "selection": {"budget": 10},
+        "workdir": str(root / "work"),
+    })
+    cfg["train"] = dict(TRAIN)  # config.py does not know the section yet
+    return {"root": root, "cfg": cfg, "labels": labels, "eval_uri": eval_uri, "x": x, "y": y, "ids": ids,
+            "picked": picked}
+
+
+@pytest.fixture(scope="module")
+def s3_run(s3_server, ray_local, data):
+    """The one Ray Train fit of this module: checkpoint and Ray Train run storage on (moto) S3, eval local.
+
+    Module-scoped (a fit costs 15-40 s here), so it sets up its own bucket and fake credentials
+    with the s3server helpers instead of the per-test ``s3_bucket`` / ``s3_storage_options``.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        s3server._set_fake_aws_env(mp, s3_server)
+        s3server.clear_s3fs_caches()
+        bucket = f"test-train-{uuid.uuid4().hex[:12]}"
+        s3server.create_bucket(s3_server, bucket)
+        options = s3server.storage_options_for(s3_server)
+        uri = f"s3://{bucket}/work/round-1/model.pt"
+        result = train(data["cfg"], data["labels"], checkpoint_uri=uri, eval_uri=data["eval_uri"],
+                       storage_options=options)
+        yield {"result": result, "uri": uri, "options": options, "bucket": bucket}
+        s3server.clear_s3fs_caches()
+
+
+def _untrained(cfg):
+    m = cfg["model"]
+    return build_model(ModelSpec(m["factory"], m["kwargs"]), seed=cfg["train"]["seed"])
+
+
+# --------------------------------------------------------------------------- a real fit
+
+
+def test_ray_train_runs_two_workers(s3_run):
+    result = s3_run["result"]
+    assert result.workers == 2 and result.metrics["world_size"] == 2  # reported from inside the workers
+    assert result.metrics["rows_per_worker"] == N_LABELED // 2
+    assert result.train_rows == N_LABELED and result.metrics["train_rows"] == N_LABELED
+    assert result.epochs == TRAIN["epochs"] and len(result.metrics["loss_history"]) == TRAIN["epochs"]
+    assert result.metrics["loss_history"][-1] < 0.8 * result.metrics["loss_history"][0]
+    assert result.checkpoint_uri == s3_run["uri"] and result.seconds > 0
+
+
+def test_s3_checkpoint_loads_and_beats_untrained_model(s3_run, data):
+    result, uri, options = s3_run["result"], s3_run["uri"], s3_run["options"]
+    state = load_state(uri, options)  # weights_only=True, as selection loads model.checkpoint
+    m = data["cfg"]["model"]
+    trained = build_model(ModelSpec(m["factory"], m["kwargs"]), state=state)
+    acc_trained = evaluate(data["cfg"], trained, data["eval_uri"])
+    acc_untrained = evaluate(data["cfg"], _untrained(data["cfg"]), data["eval_uri"])
+    assert acc_trained == pytest.approx(result.accuracy)
+    assert acc_trained > acc_untrained + 0.2, (acc_trained, acc_untrained)
+    # model.checkpoint in a selection config (with the pool's storage_options) picks it up the same way
+    via_spec = build_model(ModelSpec(m["factory"], m["kwargs"], checkpoint=uri, storage_options=options))
+    assert all(torch.equal(a, state[k]) for k, a in via_spec.state_dict().items())
+
+
+def test_s3_run_storage_is_cleaned_up(s3_run):
+    import s3fs
+
+    bucket = s3_run["bucket"]
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **s3_run["options"])
+    # Ray Train's run directory (<checkpoint dir>/_ray_train/<run>) is gone; only the model is left.
+    assert fs.find(f"{bucket}/work") == [f"{bucket}/work/round-1/model.pt"]
+
+
+# --------------------------------------------------------------------------- driver side, no fit
+
+
+def test_gather_labeled_keeps_only_labeled_rows_in_pool_order(data):
+    ids, x, y = gather_labeled(data["cfg"], data["labels"])
+    picked = data["picked"]
+    np.testing.assert_array_equal(ids, data["ids"][picked])
+    np.testing.assert_array_equal(x, data["x"][picked])
+    np.testing.assert_array_equal(y, data["y"][picked])
+    assert x.dtype == np.float32 and y.dtype == np.int64
+
+
+def test_train_settings_defaults_and_checks(data):
+    cfg = dict(data["cfg"], train={})
+    s = train_settings(cfg)
+    assert {k: s[k] for k in ("epochs", "lr", "batch_size", "workers", "use_gpu", "warm_start")} == {
+        "epochs": 20, "lr": 1e-3, "batch_size": 128, "workers": 2, "use_gpu": False, "warm_start": False}
+    assert s["seed"] == cfg["selection"]["seed"] and set(s) == set(TRAIN_DEFAULTS)
+    for key, bad in [("epochs", 0), ("lr", -1.0), ("batch_size", 1.5), ("workers", 0), ("use_gpu", "yes"),
+                     ("seed", -1), ("epochs", True)]:
+        with pytest.raises(ValueError, match=f"train.{key}"):
+            train_settings(dict(cfg, train={key: bad}))
+
+
+def _train_fails(data, labels, match, **kwargs):
+    uri = str(data["root"] / "errors" / "model.pt")
+    with pytest.raises(ValueError, match=match):
+        train(data["cfg"], labels, checkpoint_uri=uri, **kwargs)
+    assert not os.path.exists(os.path.dirname(uri))  # failed before Ray Train started or wrote anything
+
+
+def test_no_labeled_rows(ray_local, data):
+    _train_fails(data, {}, "no labeled rows")
+
+
+@pytest.mark.parametrize("bad", [K, -1])
+def test_label_outside_model_classes_names_the_id(ray_local, data, bad):
+    labels = dict(data["labels"])
+    some_id = next(iter(labels))
+    labels[some_id] = bad
+    _train_fails(data, labels, rf"label {bad} of id {some_id} is outside \[0, {K}\)")
+
+
+def test_non_integer_label(ray_local, data):
+    labels = dict(data["labels"])
+    labels[next(iter(labels))] = "cat"
+    _train_fails(data, labels, "must be an integer class index")
+
+
+def test_labeled_ids_missing_from_pool(ray_local, data):
+    labels = dict(data["labels"])
+    labels.update({10**9 + 1: 0, 10**9 + 2: 1, 10**9 + 3: 2})
+    _train_fails(data, labels, rf"3 of {N_LABELED + 3} labeled id\(s\) are not in pool .*e\.g\. 1000000001")
+
+
+def test_string_ids_against_integer_pool(ray_local, data):
+    labels = {str(k): v for k, v in data["labels"].items()}
+    _train_fails(data, labels, "pool's ids are integers")
+
+
+def test_warm_start_state_must_match_the_model(ray_local, data):
+    wrong = build_model(ModelSpec("dist_al.models:mlp", {"in_dim": D, "n_classes": K, "hidden": 16})).state_dict()
+    with pytest.raises(ModelError, match="does not match"):
+        train(data["cfg"], data["labels"], checkpoint_uri=str(data["root"] / "errors" / "model.pt"),
+              warm_start_state=wrong)
