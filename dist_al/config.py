@@ -44,6 +44,24 @@ SCHEMA: dict[str, dict[str, tuple[Any, tuple]]] = {
         "seed": (0, (int,)),
         # strategy options (lam, oversample, ...) are checked against the strategy
     },
+    "train": {
+        "epochs": (20, (int,)),
+        "lr": (1e-3, (float,)),
+        "batch_size": (128, (int,)),
+        "workers": (2, (int,)),
+        "use_gpu": (False, (bool,)),
+        "cpus_per_worker": (1, (int, float)),
+        "warm_start": (False, (bool,)),
+        "seed": (None, (int, None)),
+        "storage_path": (None, (str, None)),
+    },
+    "simulation": {
+        "initial_labeled": (100, (int,)),
+        "rounds": (5, (int,)),
+    },
+    "eval": {
+        "uri": (None, (str, None)),
+    },
     "cluster": {
         "address": (None, (str, None)),
         "workers": (2, (int,)),
@@ -53,7 +71,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, tuple]]] = {
 }
 TOP_LEVEL: dict[str, tuple[Any, tuple]] = {"workdir": ("./dist-al-work", (str,))}
 
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", dict: "a mapping", None: "null"}
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", dict: "a mapping", bool: "true or false",
+               None: "null"}
 
 
 def _suggest(key: str, valid) -> str:
@@ -65,7 +84,10 @@ def _check_type(key: str, value: Any, types: tuple) -> Any:
     if value is None and None in types:
         return None
     ok = tuple(t for t in types if t is not None)
-    if not isinstance(value, bool) and isinstance(value, ok):  # no key takes yaml's yes/no
+    if isinstance(value, bool):  # yaml's yes/no are booleans, never numbers
+        if bool in ok:
+            return value
+    elif isinstance(value, ok) or (float in ok and isinstance(value, int)):
         return value
     want = " or ".join(_TYPE_NAMES[t] for t in types)
     raise ConfigError(f"config key {key}: expected {want}, got {value!r}")
@@ -177,6 +199,13 @@ def _check_values(cfg: dict) -> None:
     for key in ("gpus_per_worker", "cpus_per_worker"):
         if cfg["cluster"][key] < 0:
             raise ConfigError(f"config key cluster.{key} must be >= 0, got {cfg['cluster'][key]}")
+    for key in ("epochs", "batch_size", "workers"):
+        if cfg["train"][key] < 1:
+            raise ConfigError(f"config key train.{key} must be >= 1, got {cfg['train'][key]}")
+    if cfg["train"]["lr"] <= 0:
+        raise ConfigError(f"config key train.lr must be positive, got {cfg['train']['lr']}")
+    if cfg["simulation"]["initial_labeled"] < 0 or cfg["simulation"]["rounds"] < 1:
+        raise ConfigError("config keys simulation.initial_labeled must be >= 0 and simulation.rounds >= 1")
     if cfg["model"]["batch_size"] < 1:
         raise ConfigError(f"config key model.batch_size must be >= 1, got {cfg['model']['batch_size']}")
     if cfg["model"]["autocast"] not in (None, "bf16", "fp16"):
