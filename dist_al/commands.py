@@ -76,3 +76,49 @@ def _read_csv(path: str, id_column: str, label_column: str | None):
         raise ValueError(f"--csv {path}: feature columns must be numeric ({', '.join(feature_cols)})") from None
     labels = table[label_column].to_numpy() if label_column else None
     return table[id_column].to_numpy(), feats, labels
+
+
+def _rounds_config(args):
+    from .config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def round_command(args) -> int:
+    from .rounds import advance
+
+    print(advance(_rounds_config(args), progress=not args.no_progress))
+    return 0
+
+
+def export_command(args) -> int:
+    from .rounds import export_step
+    from .workdir import open_workdir
+
+    cfg = _rounds_config(args)
+    print(export_step(cfg, open_workdir(cfg)))
+    return 0
+
+
+def ingest_command(args) -> int:
+    from .rounds import ingest
+
+    class_names = [c.strip() for c in args.class_names.split(",")] if args.class_names else None
+    print(ingest(_rounds_config(args), args.file, class_names))
+    return 0
+
+
+def train_command(args) -> int:
+    from .rounds import train_step
+    from .workdir import open_workdir
+
+    cfg = _rounds_config(args)
+    print(train_step(cfg, open_workdir(cfg)))
+    return 0
+
+
+def status_command(args) -> int:
+    from .rounds import status_table
+
+    print(status_table(_rounds_config(args)))
+    return 0

@@ -1,0 +1,202 @@
+"""Labeling rounds: SELECTED -> EXPORTED -> LABELED -> TRAINED, each step idempotent.
+
+`advance` moves the current round as far as it can and answers one status line, so it is
+safe to run from cron or a Kubernetes CronJob every few minutes: a step that already
+happened is not repeated, and a crash at any point leaves a state the next run resumes.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import fsspec
+
+from .config import strategy_options
+from .labels import append_label_records, export_selection, load_label_records, read_labels, validate_labels
+from .model import build_model, classifier_layer, load_state
+from .pool import open_pool, plan_shards, read_shard
+from .selection import ShardedPool, model_spec, pool_spec, ray_session
+from .storage import write_table_atomic
+from .workdir import Workdir, open_workdir
+
+log = logging.getLogger(__name__)
+
+
+def _local_cpus(cfg: dict) -> int:
+    """Logical CPUs for a local Ray: enough for the shard workers and the Ray Train workers."""
+    c, t = cfg["cluster"], cfg["train"]
+    need = max(c["workers"] * c["cpus_per_worker"], t["workers"] * t["cpus_per_worker"] + 1)
+    return max(os.cpu_count() or 1, int(need + 0.999))
+
+
+def _session(cfg: dict):
+    return ray_session(cfg["cluster"]["address"], num_cpus=_local_cpus(cfg))
+
+
+def _labels(cfg: dict, wd: Workdir) -> dict:
+    return load_label_records(wd.path("labels"), wd.storage_options)
+
+
+def latest_checkpoint(wd: Workdir) -> str | None:
+    for n in reversed(wd.rounds()):
+        state = wd.state(n)
+        if state and state["state"] == "TRAINED":
+            return wd.round_path(n, "model.pt")
+    return None
+
+
+def _read_selection(wd: Workdir, n: int) -> pa.Table:
+    with fsspec.open(wd.round_path(n, "selection.parquet"), "rb", **wd.storage_options) as f:
+        return pq.read_table(f)
+
+
+def _current(wd: Workdir) -> tuple[int, str | None]:
+    rounds = wd.rounds()
+    if not rounds:
+        return 0, None
+    state = wd.state(rounds[-1])
+    return rounds[-1], state["state"] if state else None
+
+
+# -- the steps ------------------------------------------------------------------------
+
+
+def select_step(cfg: dict, wd: Workdir, progress: bool = False) -> str:
+    n, state = _current(wd)
+    if state is not None and state != "TRAINED":
+        return f"round {n}: already selected ({state.lower()})"
+    if state == "TRAINED" or n == 0:
+        n += 1
+    round_cfg = copy.deepcopy(cfg)
+    round_cfg["model"]["checkpoint"] = latest_checkpoint(wd) or cfg["model"]["checkpoint"]
+    labeled = list(_labels(cfg, wd))
+    sel = cfg["selection"]
+    with _session(cfg):
+        pool = ShardedPool(round_cfg, progress=progress)
+        try:
+            result = pool.select(sel["strategy"], sel["budget"], seed=sel["seed"] + n, options=strategy_options(cfg),
+                                 labeled_ids=labeled or None)
+        finally:
+            pool.close()
+    write_table_atomic(wd.round_path(n, "selection.parquet"), result.table, wd.storage_options)
+    wd.set_state(n, "SELECTED", strategy=sel["strategy"], budget=result.table.num_rows,
+                 checkpoint=round_cfg["model"]["checkpoint"], selected_at=time.time())
+    return f"round {n}: selected {result.table.num_rows} rows with {sel['strategy']}"
+
+
+def export_step(cfg: dict, wd: Workdir) -> str:
+    n, state = _current(wd)
+    if state != "SELECTED":
+        return f"round {n}: nothing to export ({(state or 'no round').lower()})"
+    files = export_selection(_read_selection(wd, n), wd.round_path(n, "export"), pool_uri=cfg["pool"]["uri"],
+                             id_column=cfg["pool"]["id_column"], storage_options=wd.storage_options)
+    wd.set_state(n, "EXPORTED", exported_at=time.time())
+    return f"round {n}: exported {len(files)} files to {wd.round_path(n, 'export')}"
+
+
+def label_progress(cfg: dict, wd: Workdir, n: int) -> tuple[int, int]:
+    ids = _read_selection(wd, n).column("id").to_pylist()
+    labels = _labels(cfg, wd)
+    return sum(i in labels for i in ids), len(ids)
+
+
+def labeled_step(cfg: dict, wd: Workdir) -> str:
+    n, state = _current(wd)
+    if state != "EXPORTED":
+        return f"round {n}: not waiting for labels ({(state or 'no round').lower()})"
+    got, want = label_progress(cfg, wd, n)
+    if got < want:
+        return f"round {n}: waiting for labels, {got}/{want} received"
+    wd.set_state(n, "LABELED", labeled_at=time.time())
+    return f"round {n}: all {want} labels received"
+
+
+def train_step(cfg: dict, wd: Workdir) -> str:
+    from .train import train
+
+    n, state = _current(wd)
+    if state != "LABELED":
+        if state == "EXPORTED":
+            got, want = label_progress(cfg, wd, n)
+            return f"round {n}: not ready to train, waiting for labels, {got}/{want} received"
+        return f"round {n}: nothing to train ({(state or 'no round').lower()})"
+    labels = _labels(cfg, wd)
+    warm = None
+    if cfg["train"]["warm_start"]:
+        previous = latest_checkpoint(wd) or cfg["model"]["checkpoint"]
+        warm = load_state(previous, wd.storage_options) if previous else None
+    with _session(cfg):
+        result = train(cfg, labels, checkpoint_uri=wd.round_path(n, "model.pt"), eval_uri=cfg["eval"]["uri"],
+                       warm_start_state=warm, storage_options=wd.storage_options)
+    metrics = {"round": n, "train_rows": result.train_rows, "accuracy": result.accuracy, "epochs": result.epochs,
+               "seconds": result.seconds, "workers": result.workers}
+    wd.write_json(wd.round_path(n, "metrics.json"), metrics)
+    wd.set_state(n, "TRAINED", trained_at=time.time())
+    acc = "" if result.accuracy is None else f", eval accuracy {result.accuracy:.3f}"
+    return f"round {n}: trained on {result.train_rows} labeled rows{acc}"
+
+
+def advance(cfg: dict, progress: bool = False) -> str:
+    """Moves the current round as far as it can go; answers the last status line."""
+    wd = open_workdir(cfg)
+    n, state = _current(wd)
+    if state in (None, "TRAINED"):
+        log.info(select_step(cfg, wd, progress))
+    if _current(wd)[1] == "SELECTED":
+        log.info(export_step(cfg, wd))
+    if _current(wd)[1] == "EXPORTED":
+        line = labeled_step(cfg, wd)
+        if _current(wd)[1] != "LABELED":
+            return line
+    if _current(wd)[1] == "LABELED":
+        return train_step(cfg, wd)
+    n, state = _current(wd)
+    return f"round {n}: {state.lower()}"
+
+
+# -- labels in --------------------------------------------------------------------------
+
+
+def ingest(cfg: dict, uri: str, class_names: list[str] | None = None) -> str:
+    """Adds labels from a file; invalid rows are reported and rejected, valid rows land."""
+    wd = open_workdir(cfg)
+    pool = open_pool(pool_spec(cfg))
+    id_field = pool.schema.field(cfg["pool"]["id_column"])
+    id_type = "int" if pa.types.is_integer(id_field.type) else "str"
+    rows = read_labels(uri, storage_options=cfg["pool"]["storage_options"], id_type=id_type, class_names=class_names)
+    n_classes = classifier_layer(build_model(model_spec(cfg))).out_features
+
+    def known(ids):
+        wanted, found = set(ids), set()
+        for shard in plan_shards(pool, 1):
+            for batch in read_shard(pool, shard, columns=("id",)):
+                found.update(i for i in batch["ids"].tolist() if i in wanted)
+        return [i in found for i in ids]
+
+    report = validate_labels(rows, known_ids=known, n_classes=n_classes, existing=_labels(cfg, wd))
+    n, _ = _current(wd)
+    append_label_records(wd.path("labels"), report.accepted, source=os.path.basename(uri), round_=n,
+                         storage_options=wd.storage_options)
+    return report.summary()
+
+
+def status_table(cfg: dict) -> str:
+    wd = open_workdir(cfg)
+    labels = _labels(cfg, wd)
+    lines = [f"workdir {wd.uri}: {len(labels)} labels recorded", "",
+             "| round | state | strategy | selected | labels received | train rows | eval accuracy |",
+             "|---:|---|---|---:|---:|---:|---:|"]
+    for n in wd.rounds():
+        state = wd.state(n) or {"state": "INCOMPLETE"}
+        got, want = label_progress(cfg, wd, n) if wd.exists(wd.round_path(n, "selection.parquet")) else (0, 0)
+        metrics_uri = wd.round_path(n, "metrics.json")
+        m = wd.read_json(metrics_uri) if wd.exists(metrics_uri) else {}
+        acc = "" if m.get("accuracy") is None else f"{m['accuracy']:.3f}"
+        lines.append(f"| {n} | {state['state']} | {state.get('strategy', '')} | {want} | {got} | "
+                     f"{m.get('train_rows', '')} | {acc} |")
+    return "\n".join(lines)

@@ -1,0 +1,135 @@
+"""The workdir: all state of a labeling campaign, on local disk or an object store.
+
+Layout (WORKDIR is a local path or an s3:// prefix; the pool is never written):
+
+    WORKDIR/workdir.json                  pool fingerprint + the config keys rounds must keep
+    WORKDIR/config.yaml                   the config snapshot at creation, for people
+    WORKDIR/labels/*.parquet              append-only label records (dist_al.labels)
+    WORKDIR/rounds/NNNN/selection.parquet the round's selection (id, rank, strategy, score)
+    WORKDIR/rounds/NNNN/export/           selection.parquet, selection.csv, label_studio_tasks.json
+    WORKDIR/rounds/NNNN/model.pt          the checkpoint trained at the end of the round
+    WORKDIR/rounds/NNNN/metrics.json      training rows, eval accuracy, times
+    WORKDIR/rounds/NNNN/state.json        SELECTED -> EXPORTED -> LABELED -> TRAINED
+
+Every file is written atomically (temp + rename locally, one PUT on object stores), and each
+step writes its state last, so a crash leaves the previous state and the step runs again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import fsspec
+import yaml
+
+from .config import dump
+from .pool import open_pool
+from .storage import write_bytes_atomic
+
+STATES = ("SELECTED", "EXPORTED", "LABELED", "TRAINED")
+# Changing these between rounds would mix labels or models of different things.
+PINNED_KEYS = (("pool", "id_column"), ("pool", "feature_column"), ("model", "factory"), ("model", "kwargs"))
+
+
+class WorkdirError(ValueError):
+    """The workdir does not fit this config or pool; the message says what differs."""
+
+
+@dataclass
+class Workdir:
+    uri: str
+    storage_options: dict
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.uri.rstrip("/"), *parts])
+
+    def round_path(self, n: int, *parts: str) -> str:
+        return self.path("rounds", f"{n:04d}", *parts)
+
+    # -- small files ------------------------------------------------------------------
+
+    def _fs(self):
+        return fsspec.core.url_to_fs(self.uri, **self.storage_options)[0]
+
+    def exists(self, uri: str) -> bool:
+        fs, path = fsspec.core.url_to_fs(uri, **self.storage_options)
+        return fs.exists(path)
+
+    def read_json(self, uri: str):
+        with fsspec.open(uri, "r", **self.storage_options) as f:
+            return json.load(f)
+
+    def write_json(self, uri: str, value) -> None:
+        write_bytes_atomic(uri, json.dumps(value, indent=2, sort_keys=True).encode(), self.storage_options)
+
+    def rounds(self) -> list[int]:
+        fs, path = fsspec.core.url_to_fs(self.path("rounds"), **self.storage_options)
+        if not fs.exists(path):
+            return []
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
+        return sorted(int(n) for n in names if n.isdigit())
+
+    def state(self, n: int) -> dict | None:
+        uri = self.round_path(n, "state.json")
+        return self.read_json(uri) if self.exists(uri) else None
+
+    def set_state(self, n: int, state: str, **extra) -> dict:
+        assert state in STATES
+        record = {**(self.state(n) or {"round": n}), **extra, "state": state}
+        self.write_json(self.round_path(n, "state.json"), record)
+        return record
+
+
+def pool_fingerprint(cfg: dict) -> str:
+    """Hash of what the Parquet footers say (files, row counts, schema): the pool's identity."""
+    pool = open_pool(_pool_spec(cfg))
+    root = cfg["pool"]["uri"].rstrip("/")
+    parts = {
+        "files": [[pool.file_uri(i)[len(root):] if pool.file_uri(i).startswith(root) else pool.file_uri(i),
+                   sum(n for f, _, n in pool.row_groups if f == i)] for i in range(len(pool.files))],
+        "rows": pool.num_rows,
+        "schema": str(pool.schema),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _pool_spec(cfg):
+    from .selection import pool_spec
+
+    return pool_spec(cfg)
+
+
+def open_workdir(cfg: dict) -> Workdir:
+    """Opens the config's workdir, creating it on first use; refuses one made for another pool or model."""
+    wd = Workdir(cfg["workdir"], cfg["pool"]["storage_options"])
+    meta_uri = wd.path("workdir.json")
+    fingerprint = pool_fingerprint(cfg)
+    pinned = {".".join(k): cfg[k[0]][k[1]] for k in PINNED_KEYS}
+    if not wd.exists(meta_uri):
+        wd.write_json(meta_uri, {"version": 1, "pool_fingerprint": fingerprint, "pinned": pinned})
+        write_bytes_atomic(wd.path("config.yaml"), dump(_without_secrets(cfg)).encode(), wd.storage_options)
+        return wd
+    meta = wd.read_json(meta_uri)
+    if meta.get("pool_fingerprint") != fingerprint:
+        raise WorkdirError(f"workdir {wd.uri} was made from a different pool (fingerprint {meta.get('pool_fingerprint')}, "
+                           f"this pool {fingerprint}): use a new workdir for a new pool")
+    for key, value in pinned.items():
+        if meta.get("pinned", {}).get(key) != value:
+            raise WorkdirError(f"workdir {wd.uri} was made with {key} = {meta['pinned'].get(key)!r}, the config now says "
+                               f"{value!r}: labels and models of the two cannot mix; use a new workdir")
+    return wd
+
+
+def _without_secrets(cfg: dict) -> dict:
+    """Storage options can hold credentials; the snapshot keeps only their names."""
+    out = yaml.safe_load(dump(cfg))
+    opts = out["pool"].get("storage_options") or {}
+    out["pool"]["storage_options"] = {k: ("<redacted>" if _secret(k) else v) for k, v in opts.items()}
+    return out
+
+
+def _secret(key: str) -> bool:
+    k = key.lower()
+    return any(word in k for word in ("secret", "key", "token", "password", "credential", "client_kwargs"))
