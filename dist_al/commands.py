@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
 
@@ -16,7 +15,9 @@ def select_command(args) -> int:
     cfg = load_config(args.config, args.overrides)
     result = run_selection(cfg, progress=not args.no_progress)
     strategy = cfg["selection"]["strategy"]
-    out = args.out or f"{cfg['workdir'].rstrip('/')}/selections/{strategy}-{time.strftime('%Y%m%d-%H%M%S')}.parquet"
+    sel = cfg["selection"]
+    # named by what determines it, so running the same selection again rewrites the same bytes
+    out = args.out or f"{cfg['workdir'].rstrip('/')}/selections/{strategy}-budget{sel['budget']}-seed{sel['seed']}.parquet"
     write_table_atomic(out, result.table, cfg["pool"]["storage_options"])
     print(f"selected {result.table.num_rows} rows with {strategy} on {result.workers} workers "
           f"(embedding {result.seconds_embed:.1f}s, selection {result.seconds_select:.1f}s) -> {out}")
