@@ -12,7 +12,15 @@ EXAMPLES = {
     "make-pool": "examples:\n  dist-al make-pool ./pool --synthetic --rows 100000 --classes 10 --dim 64\n"
     "  dist-al make-pool ./pool --features X.npy --labels y.npy\n"
     "  dist-al make-pool ./pool --csv data.csv --id-column id --label-column label",
-    "demo": "examples:\n  dist-al demo\n  dist-al demo --rows 50000 --budget 200",
+    "demo": "examples:\n  dist-al demo\n  dist-al demo --workdir /tmp/al-demo --seeds 3\n"
+    "  dist-al demo --set simulation.rounds=8 --set train.epochs=100\n"
+    "reproduce it with the general command (after a first `dist-al demo` wrote the pools):\n"
+    "  dist-al simulate --config configs/demo.yaml --set pool.uri=./dist-al-demo/pool",
+    "simulate": "examples:\n  dist-al simulate --config configs/demo.yaml\n"
+    "  dist-al simulate --config my.yaml --strategies badge,bait,random --seeds 3\n"
+    "  dist-al simulate --config my.yaml --set simulation.rounds=10 --set train.backend=local --log-level INFO\n"
+    "needs pool.label_column (the hidden labels) and eval.uri (a labeled test set);\n"
+    "writes WORKDIR/simulation/curve.csv, curve.png and one checkpoint per round",
     "bench": "examples:\n  dist-al bench core\n  dist-al bench core --quick\n  dist-al bench core --device cuda --scale 10\n"
     "  dist-al bench distributed\n  dist-al bench distributed --quick --only coordination",
 }
@@ -35,13 +43,37 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="run every strategy on a synthetic pool and print a comparison table",
+        help="learning curves of badge, bait and random on scikit-learn's digits (local, a few minutes)",
+        description="Writes a pool and a test set from scikit-learn's bundled digits data under WORKDIR, then "
+        "runs `dist-al simulate` with configs/demo.yaml on a local Ray: prints mean test accuracy per "
+        "strategy and label count, writes WORKDIR/simulation/curve.csv and curve.png.",
         epilog=EXAMPLES["demo"],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    demo.add_argument("--rows", type=int, default=20_000, help="pool size (default 20000)")
-    demo.add_argument("--budget", type=int, default=100, help="rows to select (default 100)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument("--workdir", default="./dist-al-demo",
+                      help="where the pools, checkpoints and curve go (default ./dist-al-demo)")
+    demo.add_argument("--seeds", type=int, default=None, help="repetitions per strategy (default: the config's)")
+    demo.add_argument("--config", "-c", default=None, help="demo config (default: configs/demo.yaml)")
+    demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config key (repeatable)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    simulate = sub.add_parser(
+        "simulate",
+        help="learning curves: the whole active-learning loop against the pool's hidden labels",
+        description="For each strategy and seed: train on the labeled rows, score on eval.uri, select "
+        "selection.budget rows with the trained model, reveal their labels from pool.label_column; "
+        "simulation.rounds times. Prints mean accuracy per strategy and label count.",
+        epilog=EXAMPLES["simulate"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _config_args(simulate)
+    simulate.add_argument("--strategies", default=None, metavar="A,B,...",
+                          help="comma-separated strategies (default: simulation.strategies, else selection.strategy)")
+    simulate.add_argument("--seeds", type=int, default=None, help="repetitions per strategy (default: simulation.seeds)")
+    simulate.add_argument("--log-level", default="WARNING", type=str.upper,
+                          choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level (default WARNING)")
+    simulate.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     select = sub.add_parser(
         "select",
@@ -96,7 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from .demo import run_demo
 
-            return run_demo(rows=args.rows, budget=args.budget, seed=args.seed)
+            return run_demo(workdir=args.workdir, seeds=args.seeds, config=args.config, overrides=args.overrides,
+                            progress=not args.no_progress)
+        if args.command == "simulate":
+            from .simulate import simulate_command
+
+            return simulate_command(args)
         if args.command == "select":
             from .commands import select_command
 

@@ -54,10 +54,13 @@ SCHEMA: dict[str, dict[str, tuple[Any, tuple]]] = {
         "warm_start": (False, (bool,)),
         "seed": (None, (int, None)),
         "storage_path": (None, (str, None)),
+        "backend": ("ray", (str,)),
     },
     "simulation": {
         "initial_labeled": (100, (int,)),
         "rounds": (5, (int,)),
+        "strategies": (None, (str, None)),
+        "seeds": (1, (int,)),
     },
     "eval": {
         "uri": (None, (str, None)),
@@ -206,6 +209,10 @@ def _check_values(cfg: dict) -> None:
         raise ConfigError(f"config key train.lr must be positive, got {cfg['train']['lr']}")
     if cfg["simulation"]["initial_labeled"] < 0 or cfg["simulation"]["rounds"] < 1:
         raise ConfigError("config keys simulation.initial_labeled must be >= 0 and simulation.rounds >= 1")
+    if cfg["simulation"]["seeds"] < 1:
+        raise ConfigError(f"config key simulation.seeds must be >= 1, got {cfg['simulation']['seeds']}")
+    if cfg["train"]["backend"] not in ("ray", "local"):
+        raise ConfigError(f"config key train.backend must be 'ray' or 'local', got {cfg['train']['backend']!r}")
     if cfg["model"]["batch_size"] < 1:
         raise ConfigError(f"config key model.batch_size must be >= 1, got {cfg['model']['batch_size']}")
     if cfg["model"]["autocast"] not in (None, "bf16", "fp16"):

@@ -1,53 +1,85 @@
-"""The embedded demo: one active-learning round on a synthetic pool, every strategy side by side.
+"""`dist-al demo`: learning curves of badge, bait and random on scikit-learn's bundled digits.
 
-A softmax-regression head trained on a small random seed set gives p and h;
-each strategy picks a batch; the head is retrained on seed + batch and scored
-on held-out rows. No cluster, no files, no cloud account.
+Writes a pool (with its label column) and a test set from ``sklearn.datasets.load_digits``
+(shipped with scikit-learn: no download) under the workdir, then runs the
+simulation of ``configs/demo.yaml`` (``dist_al.simulate``) on a local Ray:
+ShardWorker actors embed the pool with each round's model, the strategies
+select, the hidden labels are revealed, the MLP is retrained in-process
+(``train.backend: local``) and scored on the test set.  Prints the mean
+accuracy per strategy and label count and writes
+``{workdir}/simulation/curve.csv`` and ``curve.png``.
+
+Reproduce it with the general command once the pools exist::
+
+    dist-al simulate --config configs/demo.yaml --set pool.uri=./dist-al-demo/pool
 """
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
-import torch
+import numpy as np
 
-from .core import STRATEGIES, select
-from .synthetic import gaussian_mixture
+__all__ = ["DEMO_CONFIG", "run_demo", "write_digits_pools"]
 
-N_CLASSES, DIM, SEED_LABELS, TEST_ROWS = 10, 32, 30, 5_000
-
-
-def _fit_head(x: torch.Tensor, y: torch.Tensor, steps: int = 300) -> torch.nn.Linear:
-    torch.manual_seed(0)
-    head = torch.nn.Linear(x.shape[1], N_CLASSES)
-    opt = torch.optim.Adam(head.parameters(), lr=0.05, weight_decay=1e-3)
-    for _ in range(steps):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(head(x), y).backward()
-        opt.step()
-    return head
+#: The demo's settings (a real config file: `dist-al simulate --config` runs it too).
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+EVAL_ROWS = 500
+_SPLIT_SEED = 0
 
 
-def run_demo(rows: int = 20_000, budget: int = 100, seed: int = 0) -> int:
-    if rows < SEED_LABELS + budget + 1:
-        raise ValueError(f"--rows must be larger than {SEED_LABELS} seed labels + the budget ({budget})")
-    feats, labels = gaussian_mixture(rows + TEST_ROWS, N_CLASSES, DIM, seed=seed)
-    pool, pool_y, test, test_y = feats[:rows], labels[:rows], feats[rows:], labels[rows:]
-    seed_rows = torch.randperm(rows, generator=torch.Generator().manual_seed(seed))[:SEED_LABELS]
-    head = _fit_head(pool[seed_rows], pool_y[seed_rows])
-    with torch.no_grad():
-        probs = torch.softmax(head(pool), 1)
-        start_acc = float((head(test).argmax(1) == test_y).float().mean())
-    print(f"pool: {rows} rows, {N_CLASSES} classes, {DIM} features; {SEED_LABELS} seed labels "
-          f"(test accuracy {start_acc:.3f}); budget {budget}\n")
-    print(f"| {'strategy':<15}| select time (s) | classes in batch | test accuracy after labeling |")
-    print(f"|{'-' * 16}|----------------:|-----------------:|-----------------------------:|")
-    for name in STRATEGIES:
-        t0 = time.perf_counter()
-        picks = torch.from_numpy(select(name, probs, pool, budget, labeled=seed_rows, seed=seed))
-        elapsed = time.perf_counter() - t0
-        rows_l = torch.cat([seed_rows, picks])
-        acc = float((_fit_head(pool[rows_l], pool_y[rows_l])(test).argmax(1) == test_y).float().mean())
-        covered = len(torch.unique(pool_y[picks]))
-        print(f"| {name:<15}| {elapsed:15.3f} | {covered:16d} | {acc:28.3f} |")
+def write_digits_pools(workdir: str) -> tuple[str, str, int, int]:
+    """Writes {workdir}/pool (ids, features in [0, 1], labels) and {workdir}/eval; returns (pool, eval, rows, rows).
+
+    Both are replaced if they exist (they are the demo's own, always the same data).
+    """
+    from sklearn.datasets import load_digits
+
+    from .pool import write_pool
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)  # pixel intensities 0..16
+    order = np.random.default_rng(_SPLIT_SEED).permutation(len(y))
+    test, pool = np.sort(order[:EVAL_ROWS]), np.sort(order[EVAL_ROWS:])
+    pool_uri, eval_uri = os.path.join(workdir, "pool"), os.path.join(workdir, "eval")
+    # ids are the rows' indices in load_digits; small row groups so the pool splits over the workers
+    write_pool(pool_uri, pool.astype(np.int64), x[pool], y[pool], rows_per_group=128, overwrite=True)
+    write_pool(eval_uri, test.astype(np.int64), x[test], y[test], overwrite=True)
+    return pool_uri, eval_uri, len(pool), len(test)
+
+
+def run_demo(workdir: str = "./dist-al-demo", *, seeds: int | None = None, config: str | None = None,
+             overrides: list[str] | tuple[str, ...] = (), progress: bool = True) -> int:
+    import yaml
+
+    from .config import ConfigError, load_config
+    from .simulate import curve_uris, format_table, simulate
+
+    path = Path(config) if config else DEMO_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"demo config {path} does not exist (it ships in the repository's configs/ directory; "
+                          "pass --config)")
+    t0 = time.perf_counter()
+    pool_uri, eval_uri, n_pool, n_eval = write_digits_pools(workdir)
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    raw.setdefault("pool", {})["uri"] = pool_uri
+    raw.setdefault("eval", {})["uri"] = eval_uri
+    raw["workdir"] = workdir
+    cfg = load_config(None, overrides, base=raw)
+    sim, sel = cfg["simulation"], cfg["selection"]
+    seeds = sim["seeds"] if seeds is None else seeds
+    print(f"digits (scikit-learn): {n_pool} pool rows with hidden labels, {n_eval} test rows, 64 features, "
+          f"10 classes\n{sim['strategies'] or sel['strategy']}: {sim['initial_labeled']} random labels, then "
+          f"{sim['rounds']} rounds of +{sel['budget']}; model {cfg['model']['factory']} {cfg['model']['kwargs']}, "
+          f"retrained each round ({cfg['train']['backend']} backend); {seeds} seed(s); "
+          f"{cfg['cluster']['workers']} Ray workers\n", flush=True)
+    records = simulate(cfg, seeds=seeds, progress=progress, name="digits (scikit-learn) pool")
+    csv_uri, png_uri = curve_uris(cfg)
+    print(format_table(records))
+    print(f"\ncurve: {csv_uri}, {png_uri} ({time.perf_counter() - t0:.0f}s)")
+    print(f"again with the general command: dist-al simulate --config {path} "
+          f"--set pool.uri={pool_uri} --set eval.uri={eval_uri} --set workdir={workdir}")
     return 0

@@ -37,7 +37,7 @@ class ShardWorker:
     """One shard of the pool, embedded once and kept resident for every selection step."""
 
     def __init__(self, pool_spec: PoolSpec, shard, model_spec: ModelSpec, state: dict, *,
-                 batch_size: int = 4096, autocast: str | None = None, threads: int = 1):
+                 batch_size: int = 4096, autocast: str | None = None, threads: int = 1, labels: bool = False):
         torch.set_num_threads(max(1, int(threads)))
         gpu = torch.cuda.is_available() and bool(ray.get_gpu_ids())
         self.device = torch.device("cuda" if gpu else "cpu")
@@ -50,33 +50,68 @@ class ShardWorker:
         self._ids: list[np.ndarray] = []
         self._p: list[torch.Tensor] = []
         self._h: list[torch.Tensor] = []
+        self._y: list[np.ndarray] = []
         self.rows = None
+        # Simulation reads the pool's label column once, with the ids, and keeps it resident.
+        self.with_labels = bool(labels and pool_spec.label_column)
+        self.labels: np.ndarray | None = None
+        self._id_order: tuple[np.ndarray, np.ndarray] | None = None  # (argsort of ids, sorted ids)
+        self._embedded = False
 
     # -- the embedding pass, in steps so the driver can show progress --------------------
 
     def embed_step(self, max_rows: int) -> int:
         """Embeds up to max_rows more rows (reading ahead in the background); 0 when the shard is done."""
         if self._batches is None:
-            self._batches = read_shard(self.pool, self.shard, batch_rows=self.batch_size)
+            # ids (and labels) are read on the first pass only; a re-embedding reads features alone
+            # (row order is fixed by the shard plan).
+            columns = ("features",) if self.rows is not None else \
+                ("id", "features") + (("label",) if self.with_labels else ())
+            self._batches = read_shard(self.pool, self.shard, columns=columns, batch_rows=self.batch_size)
         done = 0
         for batch in self._batches:
             p, h = self.embedder(torch.from_numpy(batch["features"].copy()))  # Arrow buffers are read-only
-            self._ids.append(batch["ids"])
+            if "ids" in batch:
+                self._ids.append(batch["ids"])
+            if "labels" in batch:
+                self._y.append(batch["labels"])
             self._p.append(p)
             self._h.append(h)
             done += len(p)
             if done >= max_rows:
                 return done
-        if self.rows is None:
+        if not self._embedded:
             self._finish()
         return done
 
     def _finish(self) -> None:
-        self.ids = np.concatenate(self._ids) if self._ids else np.zeros(0, np.int64)
+        if self.rows is None:
+            self.ids = np.concatenate(self._ids) if self._ids else np.zeros(0, np.int64)
+            if self.with_labels:
+                self.labels = np.concatenate(self._y) if self._y else np.zeros(0, np.int64)
+            self.rows = len(self.ids)
         self.probs = torch.cat(self._p) if self._p else torch.zeros(0, self.embedder.n_classes)
         self.feats = torch.cat(self._h) if self._h else torch.zeros(0, 0)
-        self._ids, self._p, self._h = [], [], []
-        self.rows = len(self.ids)
+        if len(self.probs) != self.rows:  # pragma: no cover - the pool changed under us
+            raise RuntimeError(f"shard {self.shard.index}: re-embedding read {len(self.probs)} rows, "
+                               f"the first pass {self.rows}")
+        self._ids, self._y, self._p, self._h = [], [], [], []
+        self._embedded = True
+
+    def load_state(self, state: dict) -> None:
+        """New model weights (same architecture): drops p, h and any strategy state, so the next
+        ``embed_step`` calls re-read the shard's features and embed them with these weights."""
+        self.embedder.model.load_state_dict(state)
+        self.embedder.model.eval()
+        if self._batches is not None:
+            self._batches.close()  # an unfinished pass stops its prefetch thread
+        self._batches = None
+        self._p, self._h = [], []
+        if self.rows is None:  # the first pass was cut short: it starts over, ids and labels too
+            self._ids, self._y = [], []
+        self.probs = self.feats = None
+        self.state = None
+        self._embedded = False
 
     def summary(self) -> dict:
         return {"rows": self.rows, "classes": self.probs.shape[1], "feat_dim": self.feats.shape[1],
@@ -107,6 +142,33 @@ class ShardWorker:
 
     def ids_at(self, local_rows: list[int]) -> np.ndarray:
         return self.ids[np.asarray(local_rows, dtype=np.int64)]
+
+    # -- labels (simulation: the pool's hidden label column) ---------------------------
+
+    def _check_labels(self) -> None:
+        if self.labels is None:
+            raise RuntimeError("this ShardWorker holds no labels: start it with labels=True on a pool with "
+                               "pool.label_column set")
+
+    def rows_at(self, local_rows) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, labels) of rows of this shard by position."""
+        self._check_labels()
+        rows = np.asarray(local_rows, dtype=np.int64)
+        return self.ids[rows], self.labels[rows]
+
+    def labels_of(self, ids) -> tuple[np.ndarray, np.ndarray]:
+        """(positions in ``ids`` of those held by this shard, their labels): a sorted-id lookup."""
+        self._check_labels()
+        if self._id_order is None:
+            order = np.argsort(self.ids, kind="stable")
+            self._id_order = (order, self.ids[order])
+        order, sorted_ids = self._id_order
+        ids = np.asarray(ids, dtype=self.ids.dtype)
+        if not len(sorted_ids):
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+        hit = sorted_ids[pos] == ids
+        return np.flatnonzero(hit), self.labels[order[pos[hit]]]
 
 
 def _hash_ids(ids: np.ndarray) -> np.ndarray:

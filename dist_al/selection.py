@@ -64,14 +64,14 @@ def ray_session(address: str | None, num_cpus: int | None = None):
         ray.shutdown()
 
 
-def start_workers(cfg: dict, state, shards) -> list:
+def start_workers(cfg: dict, state, shards, *, labels: bool = False) -> list:
     c = cfg["cluster"]
     actor = ray.remote(ShardWorker).options(
         num_cpus=c["cpus_per_worker"], num_gpus=c["gpus_per_worker"], scheduling_strategy="SPREAD", max_restarts=0
     )
     return [
         actor.remote(pool_spec(cfg), shard, model_spec(cfg), state, batch_size=cfg["model"]["batch_size"],
-                     autocast=cfg["model"]["autocast"], threads=max(1, int(c["cpus_per_worker"])))
+                     autocast=cfg["model"]["autocast"], threads=max(1, int(c["cpus_per_worker"])), labels=labels)
         for shard in shards
     ]
 
@@ -103,21 +103,73 @@ def check_unique_ids(workers: list) -> None:
 
 
 class ShardedPool:
-    """A pool embedded by ShardWorkers and kept resident, so several selections reuse one pass."""
+    """A pool embedded by ShardWorkers and kept resident, so several selections reuse one pass.
 
-    def __init__(self, cfg: dict, *, progress: bool = False):
+    ``labels=True`` (simulation) also keeps the pool's label column on the
+    workers (``pool.label_column`` must be set), for ``rows_at`` and
+    ``labels_of``; ``reembed`` swaps in new model weights without restarting
+    the actors.
+    """
+
+    def __init__(self, cfg: dict, *, progress: bool = False, labels: bool = False):
         self.cfg = cfg
         self.progress = progress
+        if labels and not cfg["pool"]["label_column"]:
+            raise ValueError("pool labels requested but config key pool.label_column is not set")
         pool = open_pool(pool_spec(cfg))  # schema problems surface here, before any model runs
+        self.num_rows = pool.num_rows
         self.shards = plan_shards(pool, cfg["cluster"]["workers"])
         model = build_model(model_spec(cfg), seed=cfg["selection"]["seed"])  # one init, shipped to all
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         t0 = time.perf_counter()
-        self.workers = start_workers(cfg, ray.put(state), self.shards)
+        self.workers = start_workers(cfg, ray.put(state), self.shards, labels=labels)
         embed(self.workers, pool.num_rows, progress)
         check_unique_ids(self.workers)
         self.summary = ray.get(self.workers[0].summary.remote())
         self.seconds_embed = time.perf_counter() - t0
+
+    def reembed(self, state: dict) -> float:
+        """Loads ``state`` (a state_dict of the same model) on every worker and embeds the pool again
+        with it (features only: ids and labels stay resident); returns the seconds it took."""
+        t0 = time.perf_counter()
+        ref = ray.put({k: v.detach().cpu() for k, v in state.items()})
+        ray.get([w.load_state.remote(ref) for w in self.workers])
+        embed(self.workers, self.num_rows, self.progress)
+        self.seconds_embed = time.perf_counter() - t0
+        return self.seconds_embed
+
+    def rows_at(self, rows) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, labels) of global row positions (pool order: shard order, then row order), in the given order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.num_rows):
+            raise ValueError(f"row positions must lie in [0, {self.num_rows})")
+        starts = np.array([s.first_row for s in self.shards], dtype=np.int64)
+        shard_of = np.searchsorted(starts, rows, side="right") - 1
+        ids, labels = np.zeros(len(rows), dtype=np.int64), np.zeros(len(rows), dtype=np.int64)
+        shards = np.unique(shard_of)
+        fetched = ray.get([self.workers[s].rows_at.remote(rows[shard_of == s] - starts[s]) for s in shards])
+        for s, (got_ids, got_labels) in zip(shards, fetched):
+            where = shard_of == s
+            if got_ids.dtype != ids.dtype:
+                ids = ids.astype(got_ids.dtype)  # string ids: an object array
+            ids[where] = got_ids
+            labels[where] = got_labels
+        return ids, labels
+
+    def labels_of(self, ids) -> np.ndarray:
+        """The labels of ``ids`` (in that order), looked up on the workers that hold them."""
+        ids = np.asarray(ids)
+        labels = np.full(len(ids), -1, dtype=np.int64)
+        found = np.zeros(len(ids), dtype=bool)
+        ref = ray.put(ids)
+        for pos, lab in ray.get([w.labels_of.remote(ref) for w in self.workers]):
+            labels[pos] = lab
+            found[pos] = True
+        if not found.all():
+            missing = ids[~found]
+            raise ValueError(f"{len(missing)} id(s) are not in pool {self.cfg['pool']['uri']}, "
+                             f"e.g. {missing[0].item() if isinstance(missing[0], np.generic) else missing[0]!r}")
+        return labels
 
     def select(self, strategy: str, budget: int, *, seed: int = 0, options: dict | None = None,
                labeled_ids=None) -> SelectionResult:

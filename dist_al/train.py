@@ -1,4 +1,4 @@
-"""Retrain the classifier on every labeled row with Ray Train (TorchTrainer, DDP).
+"""Retrain the classifier on every labeled row with Ray Train (TorchTrainer, DDP) or in-process.
 
 The labeled set is small (thousands of rows) next to the pool (millions), so
 the driver streams the pool once with column projection (id, features), keeps
@@ -23,8 +23,10 @@ Config: the ``train`` section (read with defaults by ``train_settings``)::
       warm_start: false     # start from model.checkpoint instead of a fresh init
       seed: <selection.seed>  # model init, shuffling
       storage_path: null    # Ray Train run storage; null = <dir of checkpoint_uri>/_ray_train
+      backend: ray          # "ray": TorchTrainer as above; "local": the same loop (``fit_loop``) in
+                            # this process as one worker -- no start-up cost, for simulations and small sets
 
-Ray must already be initialised by the caller (``dist_al.selection.ray_session``).
+Ray must already be initialised by the caller for the ``ray`` backend (``dist_al.selection.ray_session``).
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ from .storage import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TRAIN_DEFAULTS", "TrainResult", "evaluate", "gather_labeled", "train", "train_settings"]
+__all__ = ["TRAIN_BACKENDS", "TRAIN_DEFAULTS", "TrainResult", "evaluate", "fit_loop", "gather_labeled", "train",
+           "train_settings"]
 
 #: Defaults of the ``train`` config section (``seed`` defaults to ``selection.seed``).
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -64,7 +67,11 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "warm_start": False,
     "seed": None,
     "storage_path": None,
+    "backend": "ray",
 }
+
+#: ``train.backend`` values: Ray Train workers, or the same loop in the calling process.
+TRAIN_BACKENDS = ("ray", "local")
 
 _CHECKPOINT_FILE = "model.pt"
 _READ_BATCH_ROWS = 65536
@@ -81,6 +88,7 @@ class TrainResult:
     workers: int = 0  # world size Ray Train ran with (reported by the workers)
     loss: float | None = None  # mean training loss of the last epoch, over all workers
     metrics: dict = field(default_factory=dict)  # rank 0's final ray.train.report metrics
+    state: dict | None = None  # the trained state_dict (CPU), as loaded back from the checkpoint bytes
 
 
 # --------------------------------------------------------------------------- config
@@ -107,6 +115,7 @@ def train_settings(cfg: Mapping) -> dict:
     check("warm_start", lambda v: isinstance(v, bool), "true or false")
     check("seed", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
     check("storage_path", lambda v: v is None or (isinstance(v, str) and v), "a path/URI or null")
+    check("backend", lambda v: v in TRAIN_BACKENDS, " or ".join(repr(b) for b in TRAIN_BACKENDS))
     out["lr"] = float(out["lr"])
     return out
 
@@ -199,25 +208,25 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-def _train_loop(config: dict) -> None:
-    """Runs on every Ray Train worker: same seeded model, this rank's share of the rows, Adam + CE."""
-    import ray
-    import ray.train
-    import ray.train.torch
-    from ray.train import Checkpoint
+def fit_loop(config: dict, data: dict, state: dict | None, *, rank: int = 0, world: int = 1,
+             device: torch.device | str = "cpu", prepare=None) -> tuple[dict, dict]:
+    """The training loop both backends run: same seeded model, this rank's share of the rows, Adam + CE.
+
+    ``data`` holds ``x`` (n, D) float32 and ``y`` (n,) int64; ``state`` an
+    optional starting state_dict.  ``prepare`` wraps the model for the
+    backend (Ray Train's ``prepare_model``: device placement, DDP when
+    world > 1); None moves it to ``device``.  With ``world == 1`` this is plain
+    single-process training (the ``local`` backend).  Returns (the trained
+    state_dict on CPU, metrics).
+    """
     from torch.utils.data import DistributedSampler
 
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(config["threads"])
     torch.manual_seed(config["seed"] + rank)  # dropout etc.; weights come from build_model's own seed
-
-    data = ray.get(config["data"])
-    state = ray.get(config["state"]) if config["state"] is not None else None
     spec = ModelSpec(config["factory"], config["kwargs"], None, config["classifier"])
     model = build_model(spec, seed=config["seed"], state=state)
-    model = ray.train.torch.prepare_model(model)  # moves to the worker's device; DDP when world > 1
-    device = ray.train.torch.get_device()
+    model = prepare(model) if prepare is not None else model.to(device)
+    device = torch.device(device)
 
     x = torch.tensor(data["x"])  # copies: arrays from the object store are read-only
     y = torch.tensor(data["y"])
@@ -257,13 +266,41 @@ def _train_loop(config: dict) -> None:
         "rows_per_worker": len(sampler),
         "epochs": config["epochs"],
     }
+    state_dict = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
+    return state_dict, metrics
+
+
+def _train_loop(config: dict) -> None:
+    """Runs on every Ray Train worker: ``fit_loop`` on this rank; rank 0 reports the checkpoint."""
+    import ray
+    import ray.train
+    import ray.train.torch
+    from ray.train import Checkpoint
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    data = ray.get(config["data"])
+    state = ray.get(config["state"]) if config["state"] is not None else None
+    state_dict, metrics = fit_loop(config, data, state, rank=rank, world=world, device=ray.train.torch.get_device(),
+                                   prepare=ray.train.torch.prepare_model)
     if rank == 0:
-        state_dict = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(state_dict, os.path.join(tmp, _CHECKPOINT_FILE))
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
     else:
         ray.train.report(metrics, checkpoint=None)  # every rank must call report the same number of times
+
+
+def _train_local(config: dict, data: dict, state: dict | None, use_gpu: bool) -> tuple[dict, dict]:
+    """The ``local`` backend: ``fit_loop`` in this process as the only worker, leaving the caller's
+    torch RNG and thread count as they were."""
+    device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+    threads = torch.get_num_threads()
+    try:
+        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.type == "cuda" else []):
+            return fit_loop(config, data, state, device=device)
+    finally:
+        torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------- storage
@@ -361,7 +398,12 @@ def train(
     warm_start_state: dict | None = None,
     storage_options: dict | None = None,
 ) -> TrainResult:
-    """Train the config's model on every labeled row with Ray Train; write its state_dict to ``checkpoint_uri``.
+    """Train the config's model on every labeled row; write its state_dict to ``checkpoint_uri``.
+
+    ``train.backend: ray`` (default) runs ``train.workers`` Ray Train workers;
+    ``local`` runs the same loop (``fit_loop``) in this process as one worker
+    (``train.workers``, ``cpus_per_worker`` and ``storage_path`` are then unused;
+    torch threads: ``cpus_per_worker``).
 
     ``labels`` maps pool id -> integer class.  ``warm_start_state`` (a
     state_dict) is the starting point when given; otherwise with
@@ -374,14 +416,12 @@ def train(
     classes, or labeled ids missing from the pool, before any worker starts.
     """
     import ray
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     t0 = time.perf_counter()
     settings = train_settings(cfg)
     if not labels:
         raise ValueError("no labeled rows: the labels mapping is empty, nothing to train on")
-    if not ray.is_initialized():
+    if settings["backend"] == "ray" and not ray.is_initialized():
         raise RuntimeError("Ray is not initialised: call ray.init() or use dist_al.selection.ray_session first")
 
     spec = _model_spec(cfg)
@@ -394,18 +434,7 @@ def train(
     _check_labels(labels, n_classes)
 
     _, x, y = gather_labeled(cfg, labels)
-    log.info("training on %d labeled rows (D=%d) with %d Ray Train workers", len(y), x.shape[1], settings["workers"])
-
-    default_storage = settings["storage_path"] is None
-    storage_path, storage_fs = _run_storage(
-        settings["storage_path"] or _default_storage_path(checkpoint_uri), storage_options)
-    _check_resources(settings)
-    run_name = f"dist-al-train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-    data_ref = ray.put({"x": x, "y": y})
-    state_ref = ray.put({k: v.detach().cpu() for k, v in state.items()}) if state is not None else None
     loop_config = {
-        "data": data_ref,
-        "state": state_ref,
         "factory": spec.factory,
         "kwargs": spec.kwargs,
         "classifier": spec.classifier,
@@ -415,6 +444,26 @@ def train(
         "batch_size": settings["batch_size"],
         "threads": max(1, int(settings["cpus_per_worker"])),
     }
+    if settings["backend"] == "local":
+        log.info("training on %d labeled rows (D=%d) in this process", len(y), x.shape[1])
+        trained_state, metrics = _train_local(loop_config, {"x": x, "y": y}, state, settings["use_gpu"])
+        buf = io.BytesIO()
+        torch.save(trained_state, buf)
+        write_bytes_atomic(checkpoint_uri, buf.getvalue(), storage_options)
+        return _result(cfg, settings, driver_model, trained_state, metrics, checkpoint_uri, len(y), eval_uri, t0)
+
+    log.info("training on %d labeled rows (D=%d) with %d Ray Train workers", len(y), x.shape[1], settings["workers"])
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    default_storage = settings["storage_path"] is None
+    storage_path, storage_fs = _run_storage(
+        settings["storage_path"] or _default_storage_path(checkpoint_uri), storage_options)
+    _check_resources(settings)
+    run_name = f"dist-al-train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    data_ref = ray.put({"x": x, "y": y})
+    state_ref = ray.put({k: v.detach().cpu() for k, v in state.items()}) if state is not None else None
+    loop_config.update(data=data_ref, state=state_ref)
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config=loop_config,
@@ -430,19 +479,23 @@ def train(
     trained_state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)  # what readers will do
     write_bytes_atomic(checkpoint_uri, data, storage_options)
     _remove_run(result.checkpoint.filesystem, storage_path, run_name, default_storage)
+    return _result(cfg, settings, driver_model, trained_state, dict(result.metrics or {}), checkpoint_uri, len(y),
+                   eval_uri, t0)
 
+
+def _result(cfg, settings, driver_model, trained_state, metrics, checkpoint_uri, rows, eval_uri, t0) -> TrainResult:
     accuracy = None
     if eval_uri is not None:
         driver_model.load_state_dict(trained_state)
         accuracy = evaluate(cfg, driver_model, eval_uri)
-    metrics = dict(result.metrics or {})
     return TrainResult(
         checkpoint_uri=checkpoint_uri,
-        train_rows=len(y),
+        train_rows=rows,
         accuracy=accuracy,
         epochs=settings["epochs"],
         seconds=time.perf_counter() - t0,
         workers=int(metrics.get("world_size", 0)),
         loss=metrics.get("loss"),
         metrics=metrics,
+        state=trained_state,
     )

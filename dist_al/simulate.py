@@ -1,0 +1,320 @@
+"""Simulated active learning: the whole loop against the pool's hidden label column, for learning curves.
+
+For every strategy and seed, starting from ``simulation.initial_labeled``
+random rows (the same rows for every strategy at a given seed) whose labels
+are revealed from ``pool.label_column``, ``simulation.rounds`` times:
+
+1. train the model on the labeled rows (``dist_al.train.train``; with
+   ``train.backend: local`` in this process, else with Ray Train) and write the
+   checkpoint to ``{workdir}/simulation/{strategy}/seed{s}/round{r}.pt``;
+2. score it on ``eval.uri`` and record (strategy, seed, round, labeled, accuracy);
+3. re-embed the pool with those weights (one ``ShardedPool`` for the whole
+   run: the ShardWorker actors start once and keep ids and labels resident)
+   and select ``selection.budget`` unlabeled rows with the strategy;
+4. reveal the picked rows' labels (looked up on the workers that hold them:
+   the driver never loads the pool's label column).
+
+A last train + eval after the final round gives each curve ``rounds + 1``
+points.  Outputs (written atomically, local or object store):
+``{workdir}/simulation/curve.csv`` and ``curve.png`` (accuracy against labels,
+mean over seeds with a +-1 standard error band).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import posixpath
+import time
+from typing import Any
+
+import numpy as np
+
+from .config import SCHEMA
+from .core.api import STRATEGIES, strategy_spec
+from .core.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CURVE_COLUMNS", "curve_uris", "format_table", "parse_strategies", "simulate", "simulate_command"]
+
+#: Columns of curve.csv, in order.
+CURVE_COLUMNS = ["strategy", "seed", "round", "labeled", "accuracy", "train_seconds", "embed_seconds",
+                 "select_seconds"]
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def parse_strategies(value) -> list[str]:
+    """Strategy names from "badge,bait,random" (or a list); unknown names are a one-line ValueError."""
+    names = value.split(",") if isinstance(value, str) else list(value)
+    names = [str(n).strip() for n in names if str(n).strip()]
+    if not names:
+        raise ValueError("no strategies given: name one or more, e.g. badge,bait,random")
+    for name in names:
+        strategy_spec(name)  # raises "unknown strategy 'x' (did you mean ...); choose one of ..."
+    if len(set(names)) < len(names):
+        raise ValueError(f"strategies must not repeat: {','.join(names)}")
+    return names
+
+
+def _options_for(cfg: dict, strategy: str) -> dict:
+    """The selection section's strategy options that this strategy takes (bait's lam is not badge's)."""
+    given = {k: v for k, v in cfg["selection"].items() if k not in SCHEMA["selection"]}
+    return {k: v for k, v in given.items() if k in STRATEGIES[strategy].options and k != "progress"}
+
+
+def curve_uris(cfg: dict) -> tuple[str, str]:
+    """Where simulate writes (curve.csv, curve.png)."""
+    base = _join(cfg["workdir"], "simulation")
+    return _join(base, "curve.csv"), _join(base, "curve.png")
+
+
+def _join(base: str, *parts: str) -> str:
+    if "://" in base:
+        return posixpath.join(base.rstrip("/"), *parts)
+    return os.path.join(base, *parts)
+
+
+def _round_seed(seed: int, round_: int) -> int:
+    """A different, reproducible selection seed per round (random picks must not repeat a pattern)."""
+    return int(np.random.SeedSequence([seed, round_]).generate_state(1)[0])
+
+
+def _local_cpus(cfg: dict) -> int:
+    """Logical CPUs for a local Ray: the ShardWorkers hold theirs for the whole run, and Ray Train
+    workers (train.backend: ray) need room beside them."""
+    c, t = cfg["cluster"], cfg["train"]
+    need = c["workers"] * c["cpus_per_worker"]
+    if t["backend"] == "ray":
+        need += t["workers"] * t["cpus_per_worker"]
+    return max(os.cpu_count() or 1, math.ceil(need) + 1)
+
+
+def _check(cfg: dict, strategies: list[str], seeds: int):
+    from .pool import open_pool
+    from .selection import pool_spec
+    from .train import _pool_spec
+
+    if not cfg["pool"]["label_column"]:
+        raise ValueError("simulation reveals the pool's hidden labels: set config key pool.label_column "
+                         "(an integer label column of the pool)")
+    if not cfg["eval"]["uri"]:
+        raise ValueError("simulation needs a labeled evaluation set: set config key eval.uri (a Parquet dataset "
+                         "with the pool's id, feature and label column names)")
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    pool = open_pool(pool_spec(cfg))  # footers only: schema problems before anything starts
+    open_pool(_pool_spec(cfg, cfg["eval"]["uri"], with_labels=True))
+    sim, budget = cfg["simulation"], cfg["selection"]["budget"]
+    need = sim["initial_labeled"] + sim["rounds"] * budget
+    if need > pool.num_rows:
+        raise ValueError(f"the pool has {pool.num_rows} rows but simulation.initial_labeled "
+                         f"({sim['initial_labeled']}) + simulation.rounds ({sim['rounds']}) x selection.budget "
+                         f"({budget}) = {need} labels")
+    for name in strategies:
+        if name == "bait":
+            from .core.api import resolve_options
+            from .core.bait import check_reduction
+            from .model import build_model, classifier_layer
+            from .selection import model_spec
+
+            layer = classifier_layer(build_model(model_spec(cfg)), cfg["model"]["classifier"])
+            check_reduction(resolve_options("bait", _options_for(cfg, "bait")), layer.out_features, layer.in_features)
+    return pool
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def simulate(cfg: dict, *, strategies: list[str] | str | None = None, seeds: int | None = None,
+             progress: bool = False, name: str | None = None) -> list[dict]:
+    """Runs the simulated active-learning loop; returns the curve records (also written as curve.csv/png).
+
+    ``strategies`` defaults to ``simulation.strategies`` (comma-separated), else
+    ``[selection.strategy]``; ``seeds`` to ``simulation.seeds``.  Seed s of
+    ``range(seeds)`` uses ``selection.seed + s`` for the initial rows, the
+    selections and the model (``train.seed + s`` when ``train.seed`` is set).
+    Each record: strategy, seed, round, labeled, accuracy, train_seconds,
+    embed_seconds and select_seconds (None in the last round, which selects
+    nothing).  ``name`` names the data in the plot (default: the pool URI).  Starts a local Ray unless one is running or ``cluster.address``
+    names one.
+    """
+    from .selection import ShardedPool, ray_session
+
+    if strategies is None:
+        strategies = cfg["simulation"]["strategies"] or cfg["selection"]["strategy"]
+    strategies = parse_strategies(strategies)
+    seeds = cfg["simulation"]["seeds"] if seeds is None else seeds
+    if isinstance(seeds, bool) or not isinstance(seeds, int):
+        raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")  # noqa: TRY004
+    pool_info = _check(cfg, strategies, seeds)
+    sim, sel = cfg["simulation"], cfg["selection"]
+    n_runs = len(strategies) * seeds
+
+    records: list[dict] = []
+    t0 = time.perf_counter()
+    with ray_session(cfg["cluster"]["address"], num_cpus=_local_cpus(cfg)):
+        pool = ShardedPool(cfg, progress=progress, labels=True)
+        log.info("pool %s: %d rows on %d workers, embedded in %.1fs", cfg["pool"]["uri"], pool.num_rows,
+                 len(pool.workers), pool.seconds_embed)
+        bar = progress_bar(n_runs * (sim["rounds"] + 1), "simulation rounds", progress)
+        try:
+            for s in range(seeds):
+                seed = sel["seed"] + s
+                rng = np.random.default_rng(seed)
+                first = np.sort(rng.choice(pool.num_rows, size=sim["initial_labeled"], replace=False))
+                init_ids, init_labels = pool.rows_at(first)
+                shared_round0: dict[str, Any] = {}
+                for strategy in strategies:
+                    records += _run(cfg, pool, strategy, seed, s, init_ids, init_labels, shared_round0, bar)
+        finally:
+            bar.close()
+            pool.close()
+    log.info("simulation: %d runs in %.1fs", n_runs, time.perf_counter() - t0)
+    _write_outputs(cfg, records, seeds, pool_info.num_rows, name)
+    return records
+
+
+def _run_config(cfg: dict, seed: int, offset: int) -> dict:
+    run = {k: (dict(v) if isinstance(v, dict) else v) for k, v in cfg.items()}
+    run["selection"]["seed"] = seed
+    base = cfg["train"]["seed"]
+    run["train"]["seed"] = seed if base is None else base + offset
+    return run
+
+
+def _run(cfg, pool, strategy, seed, offset, init_ids, init_labels, shared_round0, bar) -> list[dict]:
+    """One strategy at one seed: rounds + 1 train/eval points, `rounds` selections."""
+    import torch
+
+    from .model import build_model
+    from .selection import model_spec
+    from .storage import write_bytes_atomic
+    from .train import _label_keys, evaluate, train
+
+    run_cfg = _run_config(cfg, seed, offset)
+    sim, budget = cfg["simulation"], cfg["selection"]["budget"]
+    storage = cfg["pool"]["storage_options"]
+    eval_uri = cfg["eval"]["uri"]
+    options = _options_for(cfg, strategy)
+    labeled = dict(zip(init_ids.tolist(), init_labels.tolist()))
+    out_dir = _join(cfg["workdir"], "simulation", strategy, f"seed{seed}")
+    warm = cfg["train"]["warm_start"]
+    state = None
+    records = []
+    for r in range(sim["rounds"] + 1):
+        uri = _join(out_dir, f"round{r}.pt")
+        t_train = time.perf_counter()
+        if r == 0 and "state" in shared_round0:
+            # Round 0 trains on the seed's initial rows only: the same model for every strategy.
+            state, accuracy = shared_round0["state"], shared_round0["accuracy"]
+            write_bytes_atomic(uri, shared_round0["bytes"], storage)
+            t_train -= shared_round0["seconds"]  # report the training it stands for
+        elif labeled:
+            result = train(run_cfg, labeled, checkpoint_uri=uri, eval_uri=eval_uri, storage_options=storage,
+                           warm_start_state=state if warm else None)
+            state, accuracy = result.state, result.accuracy
+        else:  # initial_labeled: 0 -- the untrained model selects the first batch
+            model = build_model(model_spec(run_cfg), seed=run_cfg["train"]["seed"])
+            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            accuracy = evaluate(run_cfg, model, eval_uri)
+            buf = io.BytesIO()
+            torch.save(state, buf)
+            write_bytes_atomic(uri, buf.getvalue(), storage)
+        if r == 0 and "state" not in shared_round0:
+            buf = io.BytesIO()
+            torch.save(state, buf)
+            shared_round0.update(state=state, accuracy=accuracy, bytes=buf.getvalue(),
+                                 seconds=time.perf_counter() - t_train)
+        record = {"strategy": strategy, "seed": seed, "round": r, "labeled": len(labeled), "accuracy": accuracy,
+                  "train_seconds": time.perf_counter() - t_train, "embed_seconds": None, "select_seconds": None}
+        if r < sim["rounds"]:
+            record["embed_seconds"] = pool.reembed(state)
+            picked = pool.select(strategy, budget, seed=_round_seed(seed, r), options=options,
+                                 labeled_ids=_label_keys(labeled))
+            ids = picked.table.column("id").to_numpy(zero_copy_only=False)
+            labeled.update(zip(ids.tolist(), pool.labels_of(ids).tolist()))
+            record["select_seconds"] = picked.seconds_select
+        log.info("%s seed %d round %d: %d labels, accuracy %.4f", strategy, seed, r, record["labeled"], accuracy)
+        records.append(record)
+        if hasattr(bar, "set_postfix_str"):
+            bar.set_postfix_str(f"{strategy} seed {seed}: {record['labeled']} labels, accuracy {accuracy:.3f}",
+                                refresh=False)
+        bar.update(1)
+    return records
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _csv_bytes(records: list[dict]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CURVE_COLUMNS)
+    for rec in records:
+        row = []
+        for col in CURVE_COLUMNS:
+            v = rec.get(col)
+            row.append("" if v is None else (f"{v:.6g}" if col.endswith("seconds") else v))
+        writer.writerow(row)
+    return buf.getvalue().encode()
+
+
+def _write_outputs(cfg: dict, records: list[dict], seeds: int, pool_rows: int, name: str | None) -> None:
+    from .plot import plot_curve
+    from .storage import write_bytes_atomic
+
+    csv_uri, png_uri = curve_uris(cfg)
+    storage = cfg["pool"]["storage_options"]
+    write_bytes_atomic(csv_uri, _csv_bytes(records), storage)
+    if name is None:
+        uri = cfg["pool"]["uri"]
+        name = "pool " + (uri if len(uri) <= 40 else "..." + uri[-37:])
+    subtitle = (f"{name} ({pool_rows:,} rows), {cfg['simulation']['initial_labeled']} initial labels, "
+                f"+{cfg['selection']['budget']} per round; "
+                + (f"mean ± 1 s.e. over {seeds} seeds" if seeds > 1 else "1 seed"))
+    png = plot_curve(records, title="Active learning: test accuracy vs labels", subtitle=subtitle)
+    write_bytes_atomic(png_uri, png, storage)
+
+
+def format_table(records: list[dict]) -> str:
+    """Markdown table: one row per strategy, one column per label count, mean accuracy over seeds."""
+    from .plot import curve_stats
+
+    stats = curve_stats(records)
+    counts = sorted({n for rows in stats.values() for n, *_ in rows})
+    seeds = len({r["seed"] for r in records})
+    header = f"| {'strategy':<14} |" + "".join(f" {n:>6} |" for n in counts) + " select s/round |"
+    rule = f"|{'-' * 16}|" + "".join(f"{'-' * 7}:|" for _ in counts) + f"{'-' * 15}:|"
+    lines = [f"mean test accuracy over {seeds} seed{'s' if seeds > 1 else ''}, by number of labels", "",
+             header, rule]
+    for strategy, rows in stats.items():
+        by_n = {n: mean for n, mean, _, _ in rows}
+        sel = [r["select_seconds"] for r in records if r["strategy"] == strategy and r["select_seconds"] is not None]
+        cells = "".join(f" {by_n[n]:6.3f} |" if n in by_n else f" {'':>6} |" for n in counts)
+        sel_cell = f"{np.mean(sel):14.3f}" if sel else f"{'':>14}"
+        lines.append(f"| {strategy:<14} |{cells} {sel_cell} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- command
+
+
+def simulate_command(args) -> int:
+    """`dist-al simulate`: config + overrides, run, print the table and where the curve went."""
+    from .config import load_config
+
+    logging.basicConfig(level=getattr(logging, args.log_level),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = load_config(args.config, args.overrides)
+    t0 = time.perf_counter()
+    records = simulate(cfg, strategies=args.strategies, seeds=args.seeds, progress=not args.no_progress)
+    csv_uri, png_uri = curve_uris(cfg)
+    print(format_table(records))
+    print(f"\n{len(records)} points in {time.perf_counter() - t0:.1f}s -> {csv_uri}, {png_uri}")
+    return 0
