@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 EXAMPLES = {
@@ -21,6 +22,17 @@ EXAMPLES = {
     "  dist-al simulate --config my.yaml --set simulation.rounds=10 --set train.backend=local --log-level INFO\n"
     "needs pool.label_column (the hidden labels) and eval.uri (a labeled test set);\n"
     "writes WORKDIR/simulation/curve.csv, curve.png and one checkpoint per round",
+    "round": "examples:\n  dist-al round --config configs/local-round.yaml\n"
+    "  */5 * * * *  dist-al round --config /etc/dist-al/prod.yaml     (crontab: one tick every 5 minutes)\n"
+    "prints one line, e.g. 'round 3: waiting for labels, 412/500 received'",
+    "export": "examples:\n  dist-al export --config configs/local-round.yaml\n"
+    "writes WORKDIR/rounds/NNNN/export/{selection.parquet,selection.csv,label_studio_tasks.json}",
+    "ingest": "examples:\n  dist-al ingest --config configs/local-round.yaml project-3-export.json   (Label Studio JSON export)\n"
+    "  dist-al ingest --config configs/local-round.yaml labels.csv                (columns id,label)\n"
+    "  dist-al ingest --config configs/local-round.yaml labels.json --class-names cat,dog,bird",
+    "train": "examples:\n  dist-al train --config configs/local-round.yaml\n"
+    "  dist-al train --config configs/local-round.yaml --set train.workers=4 --set train.use_gpu=true",
+    "status": "examples:\n  dist-al status --config configs/local-round.yaml",
     "bench": "examples:\n  dist-al bench core\n  dist-al bench core --quick\n  dist-al bench core --device cuda --scale 10\n"
     "  dist-al bench distributed\n  dist-al bench distributed --quick --only coordination",
 }
@@ -39,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Run `dist-al COMMAND --help` for the options and examples of each command.",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--log-level", dest="global_log_level", default=None, type=str.upper,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level (default WARNING)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = sub.add_parser(
@@ -107,6 +121,22 @@ def _parser() -> argparse.ArgumentParser:
     make_pool.add_argument("--rows-per-group", type=int, default=16_384, help="rows per row group")
     make_pool.add_argument("--overwrite", action="store_true", help="replace an existing pool at OUT")
 
+    for name, text in (
+        ("round", "advance the current labeling round as far as it can go (safe from cron)"),
+        ("export", "write the round's selection for labelers (Parquet, CSV, Label Studio tasks)"),
+        ("ingest", "add labels from a Label Studio JSON export or a CSV/Parquet file (id, label)"),
+        ("train", "retrain on all labeled rows with Ray Train and record eval accuracy"),
+        ("status", "rounds, their states, label counts and metrics, as a table"),
+    ):
+        cmd = sub.add_parser(name, help=text, description=text, epilog=EXAMPLES[name],
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+        _config_args(cmd)
+        if name == "round":
+            cmd.add_argument("--no-progress", action="store_true", help="no progress bars")
+        if name == "ingest":
+            cmd.add_argument("file", help="labels file or URI (.json Label Studio export, .csv, .parquet)")
+            cmd.add_argument("--class-names", help="comma-separated class names, in class-index order")
+
     bench = sub.add_parser(
         "bench",
         help="benchmarks that print ratios measured in one run",
@@ -124,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    level = args.global_log_level or getattr(args, "log_level", None) or "WARNING"
+    logging.basicConfig(level=getattr(logging, level), format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "demo":
             from .demo import run_demo
@@ -134,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
             from .simulate import simulate_command
 
             return simulate_command(args)
+        if args.command in ("round", "export", "ingest", "train", "status"):
+            from . import commands
+
+            return getattr(commands, f"{args.command}_command")(args)
         if args.command == "select":
             from .commands import select_command
 
@@ -148,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 from .bench.distributed import main as bench_main
             return bench_main(args.args)
-    except ValueError as err:  # user mistakes: one line, no traceback
+    except (ValueError, FileNotFoundError, PermissionError) as err:  # user mistakes: one line, no traceback
         if args.debug:
             raise
         print(f"dist-al: error: {err}", file=sys.stderr)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import math
 import os
@@ -31,11 +32,13 @@ import posixpath
 import time
 from typing import Any
 
+import fsspec
 import numpy as np
 
 from .config import SCHEMA
 from .core.api import STRATEGIES, strategy_spec
 from .core.progress import progress_bar
+from .storage import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -312,9 +315,20 @@ def simulate_command(args) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, args.overrides)
+    csv_uri, png_uri = curve_uris(cfg)
+    done_uri = _join(cfg["workdir"], "simulation", "run.json")
+    # what determines the curve: the same again is already done (durations aside)
+    run_key = json.dumps({"strategies": args.strategies, "seeds": args.seeds,
+                          **{k: cfg[k] for k in ("pool", "model", "selection", "train", "simulation", "eval")}},
+                         sort_keys=True, default=str)
+    opts = cfg["pool"]["storage_options"]
+    fs, done_path = fsspec.core.url_to_fs(done_uri, **opts)
+    if fs.exists(done_path) and fs.cat_file(done_path).decode() == run_key:
+        print(f"simulation already complete for this config: {csv_uri}, {png_uri} (remove {done_uri} to run it again)")
+        return 0
     t0 = time.perf_counter()
     records = simulate(cfg, strategies=args.strategies, seeds=args.seeds, progress=not args.no_progress)
-    csv_uri, png_uri = curve_uris(cfg)
+    write_bytes_atomic(done_uri, run_key.encode(), opts)
     print(format_table(records))
     print(f"\n{len(records)} points in {time.perf_counter() - t0:.1f}s -> {csv_uri}, {png_uri}")
     return 0

@@ -20,7 +20,8 @@ def run(*args, cwd=None):
                           cwd=cwd, timeout=600)
 
 
-@pytest.mark.parametrize("command", ["demo", "select", "make-pool", "bench"])
+@pytest.mark.parametrize("command", ["demo", "simulate", "select", "make-pool", "round", "export", "ingest", "train",
+                                     "status", "bench"])
 def test_every_command_has_help_with_examples(command):
     out = run(command, "--help")
     assert out.returncode == 0 and "examples:" in out.stdout
@@ -31,19 +32,26 @@ def test_shipped_configs_are_valid(path):
     load_config(path)
 
 
+def _select_args(tmp_path, out):
+    return ["--config", str(ROOT / "configs" / "local-select.yaml"),
+            "--set", f"pool.uri={tmp_path / 'pool'}", "--set", "model.kwargs={in_dim: 8, n_classes: 4, hidden: 16}",
+            "--set", "selection.budget=25", "--set", "selection.strategy=margin", "--set", "cluster.workers=2",
+            "--out", str(out), "--no-progress"]
+
+
 def test_make_pool_then_select_with_overrides(tmp_path):
     made = run("make-pool", str(tmp_path / "pool"), "--synthetic", "--rows", "3000", "--classes", "4", "--dim", "8",
                "--rows-per-group", "500")
     assert made.returncode == 0, made.stderr
     out = tmp_path / "sel.parquet"
-    sel = run("select", "--config", str(ROOT / "configs" / "local-select.yaml"),
-              "--set", f"pool.uri={tmp_path / 'pool'}", "--set", "model.kwargs={in_dim: 8, n_classes: 4, hidden: 16}",
-              "--set", "selection.budget=25", "--set", "selection.strategy=margin", "--set", "cluster.workers=2",
-              "--out", str(out), "--no-progress")
+    sel = run("select", *_select_args(tmp_path, out))
     assert sel.returncode == 0, sel.stderr
     assert "selected 25 rows with margin on 2 workers" in sel.stdout
     table = pq.read_table(out)
     assert table.column_names == ["id", "rank", "strategy", "score"] and table.num_rows == 25
+    first = out.read_bytes()
+    again = run("select", *_select_args(tmp_path, out))
+    assert again.returncode == 0 and out.read_bytes() == first  # the same selection, the same bytes
 
 
 @pytest.mark.parametrize("override, message", [

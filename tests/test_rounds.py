@@ -109,6 +109,11 @@ def test_production_loop_is_idempotent_and_trains_with_ray_train(campaign):
     assert metrics["workers"] == 2 and metrics["train_rows"] == BUDGET
     model_uri = f"{cfg['workdir']}/rounds/0001/model.pt"
     load_state(model_uri, cfg["pool"]["storage_options"])  # weights_only load works
+    trained = snapshot(cfg)
+    assert train_step(cfg, open_workdir(cfg)) == "round 1: nothing to train (trained)"
+    assert export_step(cfg, open_workdir(cfg)) == "round 1: nothing to export (trained)"
+    status_table(cfg)
+    assert snapshot(cfg) == trained
 
     assert advance(cfg) == f"round 2: waiting for labels, 0/{BUDGET} received"
     state2 = json.loads(snapshot(cfg)[next(p for p in snapshot(cfg) if p.endswith("0002/state.json"))])

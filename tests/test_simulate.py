@@ -284,3 +284,25 @@ def test_pool_and_workdir_on_s3(ray_local, data, s3_bucket, s3_storage_options):
     assert found == ["curve.csv", "curve.png", "margin/seed3/round0.pt", "margin/seed3/round1.pt",
                      "margin/seed3/round2.pt"]
     assert fs.cat(f"{s3_bucket}/work/simulation/curve.png")[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_rerun_of_a_finished_simulation_changes_nothing(ray_local, data, tmp_path, capsys):
+    import argparse
+
+    from dist_al.simulate import simulate_command
+
+    cfg_path = tmp_path / "sim.yaml"
+    cfg = data["cfg"]
+    cfg_path.write_text(
+        f"pool: {{uri: {cfg['pool']['uri']}, label_column: label}}\n"
+        f"model: {{kwargs: {{in_dim: {D}, n_classes: {K}, hidden: 16}}}}\n"
+        f"selection: {{strategy: random, budget: {BUDGET}}}\ntrain: {{backend: local, epochs: 5}}\n"
+        f"simulation: {{initial_labeled: {INITIAL}, rounds: 1}}\neval: {{uri: {data['eval_uri']}}}\n"
+        f"workdir: {tmp_path / 'work'}\n")
+    args = argparse.Namespace(config=str(cfg_path), overrides=[], strategies=None, seeds=None, no_progress=True,
+                              log_level="WARNING")
+    assert simulate_command(args) == 0
+    files = {p: p.read_bytes() for p in sorted((tmp_path / "work").rglob("*")) if p.is_file()}
+    assert simulate_command(args) == 0
+    assert "simulation already complete for this config" in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in sorted((tmp_path / "work").rglob("*")) if p.is_file()} == files
