@@ -1,6 +1,9 @@
 """Shared pytest fixtures."""
 
+import logging
+
 import pytest
+import ray
 import torch
 from s3server import s3_bucket, s3_server, s3_storage_options  # noqa: F401  (moto S3 on loopback)
 
@@ -13,3 +16,14 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray per test module. 4 logical CPUs on 2 cores: room for 2 shard workers or
+    2 Ray Train workers plus the trainer's controller."""
+    if ray.is_initialized():  # another module left Ray running
+        ray.shutdown()
+    ray.init(num_cpus=4, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    yield
+    ray.shutdown()

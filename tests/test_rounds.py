@@ -8,7 +8,6 @@ import fsspec
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import ray
 
 from dist_al.config import validate
 from dist_al.model import load_state
@@ -20,15 +19,8 @@ from dist_al.workdir import WorkdirError, open_workdir
 BUDGET = 20
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.fixture
-def campaign(s3_bucket, s3_storage_options, local_ray):
+def campaign(s3_bucket, s3_storage_options, ray_local):
     options, bucket = s3_storage_options, s3_bucket
     feats, labels = gaussian_mixture(600, 4, 8, seed=5)
     ids = np.arange(5000, 5600)

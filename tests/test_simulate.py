@@ -8,11 +8,9 @@ several sides; the rest are cheap checks around it.
 from __future__ import annotations
 
 import csv
-import logging
 
 import numpy as np
 import pytest
-import ray
 import torch
 
 from dist_al.cli import main as cli_main
@@ -31,15 +29,6 @@ INITIAL, BUDGET, ROUNDS, SEEDS = 12, 12, 3, 2
 STRATEGIES = ["badge", "random"]
 MODEL = {"factory": "dist_al.models:mlp", "kwargs": {"in_dim": D, "n_classes": K, "hidden": 16}}
 TRAIN = {"backend": "local", "epochs": 30, "lr": 0.01, "batch_size": 16}
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    if ray.is_initialized():  # pragma: no cover - another module left Ray running
-        ray.shutdown()
-    ray.init(num_cpus=4, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,11 @@ Ray Train starts.
 
 from __future__ import annotations
 
-import logging
 import os
 import uuid
 
 import numpy as np
 import pytest
-import ray
 import s3server
 import torch
 
@@ -34,16 +32,6 @@ from dist_al.train import (
 N_POOL, N_EVAL, K, D = 600, 300, 4, 8
 N_LABELED = 240
 TRAIN = {"epochs": 6, "lr": 0.02, "batch_size": 40, "workers": 2, "seed": 3}
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    if ray.is_initialized():  # pragma: no cover - another module left Ray running
-        ray.shutdown()
-    # 2 workers x 1 CPU each, plus room: logical CPUs, the machine has 2 cores.
-    ray.init(num_cpus=4, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
