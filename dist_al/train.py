@@ -453,8 +453,11 @@ def train(
         return _result(cfg, settings, driver_model, trained_state, metrics, checkpoint_uri, len(y), eval_uri, t0)
 
     log.info("training on %d labeled rows (D=%d) with %d Ray Train workers", len(y), x.shape[1], settings["workers"])
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    try:
+        from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+    except ImportError as err:
+        raise ValueError(f"training with train.backend=ray needs Ray Train ({err}): pip install 'ray[train]'") from None
 
     default_storage = settings["storage_path"] is None
     storage_path, storage_fs = _run_storage(
