@@ -44,6 +44,18 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
                         help="override a config key, e.g. --set selection.budget=500 (repeatable)")
 
 
+def _log_level_arg(parser: argparse.ArgumentParser, dest: str = "log_level") -> None:
+    parser.add_argument("--log-level", dest=dest, default=None, type=str.upper,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level (default WARNING)")
+
+
+def _command(sub, name: str, **kwargs) -> argparse.ArgumentParser:
+    """A subcommand; every one takes --log-level after its name too."""
+    cmd = sub.add_parser(name, **kwargs)
+    _log_level_arg(cmd)
+    return cmd
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dist-al",
@@ -51,11 +63,11 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Run `dist-al COMMAND --help` for the options and examples of each command.",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    parser.add_argument("--log-level", dest="global_log_level", default=None, type=str.upper,
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level (default WARNING)")
+    _log_level_arg(parser, "global_log_level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    demo = sub.add_parser(
+    demo = _command(
+        sub,
         "demo",
         help="learning curves of badge, bait and random on scikit-learn's digits (local, a few minutes)",
         description="Writes a pool and a test set from scikit-learn's bundled digits data under WORKDIR, then "
@@ -72,7 +84,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="override a config key (repeatable)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    simulate = sub.add_parser(
+    simulate = _command(
+        sub,
         "simulate",
         help="learning curves: the whole active-learning loop against the pool's hidden labels",
         description="For each strategy and seed: train on the labeled rows, score on eval.uri, select "
@@ -85,11 +98,10 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--strategies", default=None, metavar="A,B,...",
                           help="comma-separated strategies (default: simulation.strategies, else selection.strategy)")
     simulate.add_argument("--seeds", type=int, default=None, help="repetitions per strategy (default: simulation.seeds)")
-    simulate.add_argument("--log-level", default="WARNING", type=str.upper,
-                          choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level (default WARNING)")
     simulate.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    select = sub.add_parser(
+    select = _command(
+        sub,
         "select",
         help="select the next batch from a Parquet pool on Ray (config file)",
         epilog=EXAMPLES["select"],
@@ -99,7 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     select.add_argument("--out", help="where to write the selection (Parquet); default: WORKDIR/selections/")
     select.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    make_pool = sub.add_parser(
+    make_pool = _command(
+        sub,
         "make-pool",
         help="write a Parquet pool from arrays, a CSV file, or a synthetic Gaussian mixture",
         epilog=EXAMPLES["make-pool"],
@@ -128,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
         ("train", "retrain on all labeled rows with Ray Train and record eval accuracy"),
         ("status", "rounds, their states, label counts and metrics, as a table"),
     ):
-        cmd = sub.add_parser(name, help=text, description=text, epilog=EXAMPLES[name],
+        cmd = _command(sub, name, help=text, description=text, epilog=EXAMPLES[name],
                              formatter_class=argparse.RawDescriptionHelpFormatter)
         _config_args(cmd)
         if name == "round":
@@ -137,7 +150,8 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("file", help="labels file or URI (.json Label Studio export, .csv, .parquet)")
             cmd.add_argument("--class-names", help="comma-separated class names, in class-index order")
 
-    bench = sub.add_parser(
+    bench = _command(
+        sub,
         "bench",
         help="benchmarks that print ratios measured in one run",
         epilog=EXAMPLES["bench"],

@@ -92,13 +92,17 @@ def round_command(args) -> int:
     return 0
 
 
-def export_command(args) -> int:
-    from .rounds import export_step
+def _workdir_step(args, step: str) -> int:
+    from . import rounds
     from .workdir import open_workdir
 
     cfg = _rounds_config(args)
-    print(export_step(cfg, open_workdir(cfg)))
+    print(getattr(rounds, step)(cfg, open_workdir(cfg)))
     return 0
+
+
+def export_command(args) -> int:
+    return _workdir_step(args, "export_step")
 
 
 def ingest_command(args) -> int:
@@ -110,12 +114,7 @@ def ingest_command(args) -> int:
 
 
 def train_command(args) -> int:
-    from .rounds import train_step
-    from .workdir import open_workdir
-
-    cfg = _rounds_config(args)
-    print(train_step(cfg, open_workdir(cfg)))
-    return 0
+    return _workdir_step(args, "train_step")
 
 
 def status_command(args) -> int:

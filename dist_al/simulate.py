@@ -312,7 +312,7 @@ def simulate_command(args) -> int:
     """`dist-al simulate`: config + overrides, run, print the table and where the curve went."""
     from .config import load_config
 
-    logging.basicConfig(level=getattr(logging, args.log_level),
+    logging.basicConfig(level=getattr(logging, args.log_level or "WARNING"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, args.overrides)
     csv_uri, png_uri = curve_uris(cfg)
