@@ -50,8 +50,8 @@ def _log_level_arg(parser: argparse.ArgumentParser, dest: str = "log_level") -> 
 
 
 def _command(sub, name: str, **kwargs) -> argparse.ArgumentParser:
-    """A subcommand; every one takes --log-level after its name too."""
-    cmd = sub.add_parser(name, **kwargs)
+    """A subcommand: its examples in --help, and --log-level after its name too."""
+    cmd = sub.add_parser(name, epilog=EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
     _log_level_arg(cmd)
     return cmd
 
@@ -73,8 +73,6 @@ def _parser() -> argparse.ArgumentParser:
         description="Writes a pool and a test set from scikit-learn's bundled digits data under WORKDIR, then "
         "runs `dist-al simulate` with configs/demo.yaml on a local Ray: prints mean test accuracy per "
         "strategy and label count, writes WORKDIR/simulation/curve.csv and curve.png.",
-        epilog=EXAMPLES["demo"],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument("--workdir", default="./dist-al-demo",
                       help="where the pools, checkpoints and curve go (default ./dist-al-demo)")
@@ -91,8 +89,6 @@ def _parser() -> argparse.ArgumentParser:
         description="For each strategy and seed: train on the labeled rows, score on eval.uri, select "
         "selection.budget rows with the trained model, reveal their labels from pool.label_column; "
         "simulation.rounds times. Prints mean accuracy per strategy and label count.",
-        epilog=EXAMPLES["simulate"],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _config_args(simulate)
     simulate.add_argument("--strategies", default=None, metavar="A,B,...",
@@ -104,8 +100,6 @@ def _parser() -> argparse.ArgumentParser:
         sub,
         "select",
         help="select the next batch from a Parquet pool on Ray (config file)",
-        epilog=EXAMPLES["select"],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _config_args(select)
     select.add_argument("--out", help="where to write the selection (Parquet); default: WORKDIR/selections/")
@@ -115,8 +109,6 @@ def _parser() -> argparse.ArgumentParser:
         sub,
         "make-pool",
         help="write a Parquet pool from arrays, a CSV file, or a synthetic Gaussian mixture",
-        epilog=EXAMPLES["make-pool"],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     make_pool.add_argument("out", help="pool directory or prefix (local path or fsspec URL)")
     source = make_pool.add_mutually_exclusive_group(required=True)
@@ -141,8 +133,7 @@ def _parser() -> argparse.ArgumentParser:
         ("train", "retrain on all labeled rows with Ray Train and record eval accuracy"),
         ("status", "rounds, their states, label counts and metrics, as a table"),
     ):
-        cmd = _command(sub, name, help=text, description=text, epilog=EXAMPLES[name],
-                             formatter_class=argparse.RawDescriptionHelpFormatter)
+        cmd = _command(sub, name, help=text, description=text)
         _config_args(cmd)
         if name == "round":
             cmd.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -154,8 +145,6 @@ def _parser() -> argparse.ArgumentParser:
         sub,
         "bench",
         help="benchmarks that print ratios measured in one run",
-        epilog=EXAMPLES["bench"],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench.add_argument("suite", choices=["core", "distributed"], help="which benchmark suite")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="options of the suite (see `dist-al bench core --help`)")

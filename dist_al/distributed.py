@@ -17,7 +17,7 @@ import torch
 
 from .core.api import STRATEGIES
 from .model import Embedder, ModelSpec, build_model
-from .pool import PoolSpec, open_pool, read_shard
+from .pool import PoolError, PoolSpec, check_unique_ids, open_pool, read_shard
 
 
 def _to_cpu(value: Any) -> Any:
@@ -123,9 +123,13 @@ class ShardWorker:
         parts = [self.ids[keys == b] for b in range(n_buckets)]
         return parts if n_buckets > 1 else parts[0]
 
-    def duplicate_id(self, *parts: np.ndarray):
-        """An id occurring twice among every shard's parts of this worker's bucket, or None."""
-        return find_duplicate_id(list(parts))
+    def duplicate_id(self, *parts: np.ndarray) -> str | None:
+        """The error naming an id that occurs twice in this worker's bucket (every shard's part), or None."""
+        try:
+            check_unique_ids(parts)
+        except PoolError as err:
+            return str(err)
+        return None
 
     # -- selection --------------------------------------------------------------------
 
@@ -177,16 +181,6 @@ def _hash_ids(ids: np.ndarray) -> np.ndarray:
     import zlib
 
     return np.fromiter((zlib.crc32(str(i).encode()) for i in ids), dtype=np.uint64, count=len(ids))
-
-
-def find_duplicate_id(bucket_parts: list[np.ndarray]):
-    """One id that occurs twice among the parts, or None."""
-    ids = np.concatenate(bucket_parts) if bucket_parts else np.zeros(0)
-    if len(ids) < 2:
-        return None
-    uniq, counts = np.unique(ids, return_counts=True)
-    dup = uniq[counts > 1]
-    return dup[0].item() if len(dup) else None
 
 
 class RayShards:

@@ -90,16 +90,16 @@ def embed(workers: list, total_rows: int, progress: bool, step_rows: int = 65536
     bar.close()
 
 
-def check_unique_ids(workers: list) -> None:
+def check_unique_ids_on_workers(workers: list) -> None:
     """Hash-partitioned duplicate check: no process ever holds all ids."""
     n = len(workers)
     parts = [w.id_buckets.options(num_returns=n).remote(n) for w in workers]
     if n == 1:
         parts = [[p] for p in parts]
     found = ray.get([workers[b].duplicate_id.remote(*[parts[w][b] for w in range(n)]) for b in range(n)])
-    dup = next((d for d in found if d is not None), None)
-    if dup is not None:
-        raise PoolError(f"pool ids must be unique: id {dup!r} occurs more than once")
+    problem = next((d for d in found if d is not None), None)
+    if problem is not None:
+        raise PoolError(problem)
 
 
 class ShardedPool:
@@ -124,7 +124,7 @@ class ShardedPool:
         t0 = time.perf_counter()
         self.workers = start_workers(cfg, ray.put(state), self.shards, labels=labels)
         embed(self.workers, pool.num_rows, progress)
-        check_unique_ids(self.workers)
+        check_unique_ids_on_workers(self.workers)
         self.summary = ray.get(self.workers[0].summary.remote())
         self.seconds_embed = time.perf_counter() - t0
 
