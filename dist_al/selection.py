@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -49,15 +50,17 @@ def model_spec(cfg: dict) -> ModelSpec:
 
 @contextlib.contextmanager
 def ray_session(address: str | None, num_cpus: int | None = None):
-    """Connects to `address` (or RAY_ADDRESS), or starts a local Ray for the duration."""
+    """Connects to `address` (else RAY_ADDRESS, which a Ray Job's driver has), or starts a private local
+    Ray for the duration: never silently joins a cluster some other `ray start` left on this machine."""
     if ray.is_initialized():
         yield
         return
     kwargs = dict(logging_level=logging.ERROR, log_to_driver=False)
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
     try:
         yield
     finally:

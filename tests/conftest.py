@@ -24,6 +24,6 @@ def ray_local():
     2 Ray Train workers plus the trainer's controller."""
     if ray.is_initialized():  # another module left Ray running
         ray.shutdown()
-    ray.init(num_cpus=4, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
     yield
     ray.shutdown()
