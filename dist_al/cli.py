@@ -33,6 +33,14 @@ EXAMPLES = {
     "train": "examples:\n  dist-al train --config configs/local-round.yaml\n"
     "  dist-al train --config configs/local-round.yaml --set train.workers=4 --set train.use_gpu=true",
     "status": "examples:\n  dist-al status --config configs/local-round.yaml",
+    "submit": "examples:\n  dist-al submit --address http://HEAD:8265 --config configs/gpu-cluster.yaml --wait -- round\n"
+    "  RAY_ADDRESS=http://HEAD:8265 dist-al submit --config configs/s3-select.yaml --set selection.budget=500 -- select\n"
+    "  dist-al submit --config my.yaml --working-dir . --wait -- simulate --strategies badge,random\n"
+    "the working directory (default: the current one) is uploaded with the job; the config must lie inside it.\n"
+    "the Ray token comes from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, never from the config",
+    "jobs": "examples:\n  dist-al jobs --address http://HEAD:8265\n  RAY_ADDRESS=http://HEAD:8265 dist-al jobs --all",
+    "logs": "examples:\n  dist-al logs dist-al-round-20261121-101500-3fa2c1 --address http://HEAD:8265\n"
+    "  dist-al logs dist-al-round-20261121-101500-3fa2c1 --follow",
     "bench": "examples:\n  dist-al bench core\n  dist-al bench core --quick\n  dist-al bench core --device cuda --scale 10\n"
     "  dist-al bench distributed\n  dist-al bench distributed --quick --only coordination",
 }
@@ -42,6 +50,11 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", help="YAML config file (see README, Config reference)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set selection.budget=500 (repeatable)")
+
+
+def _address_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", default=None,
+                        help="the cluster's dashboard address, e.g. http://HEAD:8265 (default: RAY_ADDRESS)")
 
 
 def _log_level_arg(parser: argparse.ArgumentParser, dest: str = "log_level") -> None:
@@ -141,6 +154,32 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("file", help="labels file or URI (.json Label Studio export, .csv, .parquet)")
             cmd.add_argument("--class-names", help="comma-separated class names, in class-index order")
 
+    submit = _command(
+        sub,
+        "submit",
+        help="run a dist-al command on a Ray cluster as a Ray Job (select, round, train, simulate, ...)",
+        description="Submits `dist-al COMMAND --config FILE --set ...` as a Ray Job through the cluster's dashboard "
+        "address. The working directory travels with the job (runtime_env working_dir), so the config and any model "
+        "module it names are importable by the job's driver, its ShardWorkers and its Ray Train workers. Prints the "
+        "submission id.",
+    )
+    _address_arg(submit)
+    _config_args(submit)
+    submit.add_argument("--working-dir", default=None, help="directory uploaded with the job (default: current)")
+    submit.add_argument("--wait", action="store_true", help="stream the job's logs and exit with its status")
+    submit.add_argument("--submission-id", default=None, help="job id (default: dist-al-COMMAND-UTCTIME-RANDOM)")
+    submit.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS]",
+                        help="the dist-al command to run, after `--`")
+
+    jobs = _command(sub, "jobs", help="list the dist-al jobs on a Ray cluster")
+    _address_arg(jobs)
+    jobs.add_argument("--all", action="store_true", help="every job on the cluster, not only dist-al's")
+
+    logs = _command(sub, "logs", help="show the logs of a submitted job")
+    _address_arg(logs)
+    logs.add_argument("submission_id", help="the id `dist-al submit` printed")
+    logs.add_argument("--follow", "-f", action="store_true", help="stream until the job ends; exit with its status")
+
     bench = _command(
         sub,
         "bench",
@@ -181,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
             from .commands import make_pool_command
 
             return make_pool_command(args)
+        if args.command in ("submit", "jobs", "logs"):
+            from . import commands
+
+            return getattr(commands, f"{args.command}_command")(args)
         if args.command == "bench":
             if args.suite == "core":
                 from .bench.core import main as bench_main

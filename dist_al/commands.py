@@ -122,3 +122,26 @@ def status_command(args) -> int:
 
     print(status_table(_rounds_config(args)))
     return 0
+
+
+def submit_command(args) -> int:
+    from .jobs import submit
+
+    command_line = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
+    if not args.config:
+        raise ValueError("submit needs --config FILE (it travels with the job)")
+    return submit(address=args.address, config=args.config, overrides=args.overrides, command_line=command_line,
+                  working_dir=args.working_dir, wait=args.wait, job_id=args.submission_id)
+
+
+def jobs_command(args) -> int:
+    from .jobs import list_jobs
+
+    print(list_jobs(args.address, show_all=args.all))
+    return 0
+
+
+def logs_command(args) -> int:
+    from .jobs import show_logs
+
+    return show_logs(args.address, args.submission_id, follow_logs=args.follow)

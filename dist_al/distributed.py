@@ -115,7 +115,8 @@ class ShardWorker:
 
     def summary(self) -> dict:
         return {"rows": self.rows, "classes": self.probs.shape[1], "feat_dim": self.feats.shape[1],
-                "device": str(self.device), "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+                "device": str(self.device), "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+                "gpus": [str(g) for g in ray.get_gpu_ids()]}
 
     def id_buckets(self, n_buckets: int) -> list[np.ndarray]:
         """This shard's ids split by hash, so duplicate checks need no single holder of all ids."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import io
+import os
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -32,6 +34,8 @@ def _import_factory(path: str):
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
         raise ModelError(f"model.factory must look like 'package.module:function', got {path!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())  # a user's module next to the config, as `python -m` would find it
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:

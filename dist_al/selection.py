@@ -61,6 +61,9 @@ def ray_session(address: str | None, num_cpus: int | None = None):
         ray.init(address=address, **kwargs)
     else:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
+    resources = ray.cluster_resources()
+    log.info("Ray at %s: %d node(s), %g CPUs, %g GPUs", ray.get_runtime_context().gcs_address,
+             len([n for n in ray.nodes() if n["Alive"]]), resources.get("CPU", 0), resources.get("GPU", 0))
     try:
         yield
     finally:
@@ -128,7 +131,11 @@ class ShardedPool:
         self.workers = start_workers(cfg, ray.put(state), self.shards, labels=labels)
         embed(self.workers, pool.num_rows, progress)
         check_unique_ids_on_workers(self.workers)
-        self.summary = ray.get(self.workers[0].summary.remote())
+        placement = ray.get([w.summary.remote() for w in self.workers])
+        for shard, where in zip(self.shards, placement):
+            log.info("shard %d (%d rows): node %s, pid %d, %s, GPUs %s", shard.index, where["rows"], where["node"][:12],
+                     where["pid"], where["device"], ",".join(where["gpus"]) or "none")
+        self.summary = placement[0]
         self.seconds_embed = time.perf_counter() - t0
 
     def reembed(self, state: dict) -> float:

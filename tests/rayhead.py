@@ -1,0 +1,101 @@
+"""A real Ray head node on loopback, started with `ray start --head` as users start one.
+
+Free ports and a private temp dir keep it apart from any other Ray on the
+machine; token authentication is on with a token that lives only in the
+environment of the head and of the test's own client processes. Teardown kills
+the head's whole process group, then anything still running from its temp dir
+(never `ray stop`, which would stop every Ray on the machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RayHead:
+    dashboard: str  # http://127.0.0.1:PORT, what `dist-al submit --address` takes
+    gcs_port: int
+    token: str
+    temp_dir: str
+    log: str
+
+    def client_env(self, **extra) -> dict:
+        """Environment of a user's shell that holds the cluster's token."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        return {**env, "RAY_AUTH_TOKEN": self.token, "PATH": f"{BIN}:{env.get('PATH', '')}", **extra}
+
+
+def _wait_up(url: str, token: str, proc: subprocess.Popen, log: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray start exited with {proc.returncode}:\n{Path(log).read_text()[-3000:]}")
+        try:
+            req = urllib.request.Request(f"{url}/api/version", headers={"Authorization": f"Bearer {token}"})
+            urllib.request.urlopen(req, timeout=2).read()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"Ray dashboard at {url} did not come up in {timeout} s:\n{Path(log).read_text()[-3000:]}")
+
+
+def _kill_leftovers(temp_dir: str) -> None:
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if temp_dir.encode() in cmdline:
+            with contextlib.suppress(OSError):
+                os.kill(int(pid), signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def ray_head(num_cpus: int = 4, num_gpus: int = 0):
+    """Yields a RayHead; logical GPUs (`num_gpus`) let placement be tested on a machine without any."""
+    temp_dir = tempfile.mkdtemp(prefix="dal-head-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    token = secrets.token_hex(16)
+    gcs, dashboard = free_port(), free_port()
+    ports = {"--port": gcs, "--dashboard-port": dashboard, "--ray-client-server-port": free_port(),
+             "--dashboard-agent-listen-port": free_port()}
+    cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--temp-dir={temp_dir}", "--node-ip-address=127.0.0.1",
+           f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}", "--include-dashboard=true",
+           "--dashboard-host=127.0.0.1", "--disable-usage-stats", *[f"{k}={v}" for k, v in ports.items()]]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, PATH=f"{BIN}:{env.get('PATH', '')}")
+    log = os.path.join(temp_dir, "ray-start.log")
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{dashboard}"
+    try:
+        _wait_up(url, token, proc, log)
+        yield RayHead(url, gcs, token, temp_dir, log)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        _kill_leftovers(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
