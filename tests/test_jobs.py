@@ -13,16 +13,15 @@ import re
 import subprocess
 import sys
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from rayhead import ray_head
 
 from dist_al.pool import write_pool
 from dist_al.synthetic import gaussian_mixture
-from rayhead import ray_head
 
 pytest.importorskip("ray.job_submission")
 
