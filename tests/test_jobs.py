@@ -23,8 +23,6 @@ from rayhead import ray_head
 from dist_al.pool import write_pool
 from dist_al.synthetic import gaussian_mixture
 
-pytest.importorskip("ray.job_submission")
-
 SECRET = "AKIA-NOT-A-REAL-SECRET-7f3a9c"  # must never reach the cluster's job records
 MODEL_MODULE = '''"""A user's own model, importable only from the submitted working directory."""
 from torch import nn
