@@ -174,3 +174,36 @@ def test_the_address_is_required():
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("RAY_")}
     out = subprocess.run([sys.executable, "-m", "dist_al.cli", "jobs"], capture_output=True, text=True, env=env)
     assert out.returncode == 2 and "no cluster address" in out.stderr
+
+
+def test_the_token_file_in_home_is_used_when_the_environment_has_none(head, project, tmp_path):
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text(head.token + "\n")
+    env = head.client_env(HOME=str(tmp_path))
+    del env["RAY_AUTH_TOKEN"]
+    out = dist_al(head, project, "jobs", "--address", head.dashboard, env=env)
+    assert out.returncode == 0 and "| dist-al-" in out.stdout, out.stderr
+
+
+def test_token_lookup_order(monkeypatch, tmp_path):
+    from dist_al.jobs import JobError, auth_headers
+
+    for key in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert auth_headers() == {}
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("from-home\n")
+    assert auth_headers() == {"Authorization": "Bearer from-home"}
+    (tmp_path / "t").write_text("from-path")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "t"))
+    assert auth_headers() == {"Authorization": "Bearer from-path"}
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
+    assert auth_headers() == {"Authorization": "Bearer from-env"}
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert auth_headers() == {}
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    monkeypatch.delenv("RAY_AUTH_TOKEN")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "missing"))
+    with pytest.raises(JobError, match="RAY_AUTH_TOKEN_PATH"):
+        auth_headers()
