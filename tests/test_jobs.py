@@ -182,7 +182,7 @@ def test_the_token_file_in_home_is_used_when_the_environment_has_none(head, proj
     env = head.client_env(HOME=str(tmp_path))
     del env["RAY_AUTH_TOKEN"]
     out = dist_al(head, project, "jobs", "--address", head.dashboard, env=env)
-    assert out.returncode == 0 and "| dist-al-" in out.stdout, out.stderr
+    assert out.returncode == 0 and ("| dist-al-" in out.stdout or "no dist-al jobs on" in out.stdout), out.stderr
 
 
 def test_token_lookup_order(monkeypatch, tmp_path):
