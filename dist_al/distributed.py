@@ -113,6 +113,10 @@ class ShardWorker:
         self.state = None
         self._embedded = False
 
+    def where(self) -> tuple[str, int]:
+        """(node id, pid): answers at once, so the driver can tell a live worker from a lost one."""
+        return ray.get_runtime_context().get_node_id(), os.getpid()
+
     def summary(self) -> dict:
         return {"rows": self.rows, "classes": self.probs.shape[1], "feat_dim": self.feats.shape[1],
                 "device": str(self.device), "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
@@ -173,6 +177,16 @@ class ShardWorker:
         pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
         hit = sorted_ids[pos] == ids
         return np.flatnonzero(hit), self.labels[order[pos[hit]]]
+
+
+# What a Ray call raises when a ShardWorker (its process or its node) is gone; a worker's own
+# exceptions arrive as RayTaskError and are not among these.
+WORKER_LOST = (
+    ray.exceptions.RayActorError,  # ActorDiedError, ActorUnavailableError
+    ray.exceptions.ObjectLostError,  # a result that lived on a removed node
+    ray.exceptions.WorkerCrashedError,
+    ray.exceptions.NodeDiedError,
+)
 
 
 def _hash_ids(ids: np.ndarray) -> np.ndarray:
