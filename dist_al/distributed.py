@@ -8,6 +8,7 @@ sketches and the picked rows.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -188,6 +189,23 @@ WORKER_LOST = (
     ray.exceptions.NodeDiedError,
 )
 
+# A worker that has not answered in this long, while another was lost, is taken for lost too.
+PROBE_SECONDS = 60.0
+
+
+def get_all(refs: list) -> list:
+    """ray.get of every ref. When a worker is lost, the other results are read too (waiting at most
+    PROBE_SECONDS) before the loss is raised: a call that failed on a dead worker's result would
+    otherwise be logged by Ray as an unhandled error when its ref is dropped."""
+    try:
+        return ray.get(refs)
+    except WORKER_LOST:
+        ray.wait(refs, num_returns=len(refs), timeout=PROBE_SECONDS)
+        for ref in refs:
+            with contextlib.suppress(ray.exceptions.RayError):
+                ray.get(ref, timeout=0)
+        raise
+
 
 def _hash_ids(ids: np.ndarray) -> np.ndarray:
     if ids.dtype.kind in "iu":
@@ -208,7 +226,7 @@ class RayShards:
 
     def map(self, method: str, *args: Any) -> list:
         args = tuple(ray.put(a) if _nbytes(a) > self._PUT_BYTES else a for a in args)
-        return ray.get([w.invoke.remote(method, *args) for w in self.workers])
+        return get_all([w.invoke.remote(method, *args) for w in self.workers])
 
     def call(self, shard: int, method: str, *args: Any) -> Any:
         return ray.get(self.workers[shard].invoke.remote(method, *args))

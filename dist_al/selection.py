@@ -23,7 +23,7 @@ from .core.api import check_seed, resolve_options, run_strategy
 from .core.bait import check_reduction
 from .core.inputs import check_budget
 from .core.progress import progress_bar
-from .distributed import WORKER_LOST, RayShards, ShardWorker
+from .distributed import PROBE_SECONDS, WORKER_LOST, RayShards, ShardWorker, get_all
 from .model import ModelSpec, build_model
 from .pool import PoolError, PoolSpec, open_pool, plan_shards
 
@@ -33,9 +33,6 @@ log = logging.getLogger(__name__)
 # part of rerun from its start: workers are deterministic and the coordinator holds the only RNG,
 # so the rerun gives the same result. This many recoveries per operation, then WorkerLostError.
 MAX_RECOVERIES = 3
-# A worker that does not answer a probe within this long (it queues behind its unfinished calls)
-# is taken for lost.
-PROBE_SECONDS = 60.0
 EMBED_STEP_ROWS = 65536
 
 
@@ -98,7 +95,7 @@ def check_unique_ids_on_workers(workers: list) -> None:
     parts = [w.id_buckets.options(num_returns=n).remote(n) for w in workers]
     if n == 1:
         parts = [[p] for p in parts]
-    found = ray.get([workers[b].duplicate_id.remote(*[parts[w][b] for w in range(n)]) for b in range(n)])
+    found = get_all([workers[b].duplicate_id.remote(*[parts[w][b] for w in range(n)]) for b in range(n)])
     problem = next((d for d in found if d is not None), None)
     if problem is not None:
         raise PoolError(problem)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from ray.cluster_utils import Cluster
 from dist_al import selection
 from dist_al.config import validate
 from dist_al.core import select
-from dist_al.distributed import RayShards, ShardWorker
+from dist_al.distributed import RayShards, ShardWorker, get_all
 from dist_al.model import Embedder, ModelSpec, build_model
 from dist_al.pool import PoolSpec, open_pool, plan_shards, read_shard, write_pool
 from dist_al.selection import ShardedPool, WorkerLostError, model_spec
@@ -42,10 +43,11 @@ STRATEGIES = ("badge", "bait", "badge-scalable", "coreset")
 class TripWorker(ShardWorker):
     """A ShardWorker that exits its process in the middle of a call, once a trip file says so.
 
-    The trip file holds "shard method n": the worker of that shard dies during its n-th call
-    of method (an ``invoke`` method, or ``embed_step``), counted from when it reads the file
-    (its construction and every ``start``). Unless the file also says "always", the dying
-    worker deletes it, so its replacement lives; it writes its pid to the file's ".died" twin.
+    Each line of the trip file, "shard method n", makes the worker of that shard die during
+    its n-th call of method (an ``invoke`` method, ``embed_step`` or ``id_buckets``), counted
+    from when it reads the file (its construction and every ``start``). Unless the line also
+    says "always", the dying worker removes it, so its replacement lives; it appends its pid
+    to the file's ".died" twin.
     """
 
     trip: str = ""
@@ -54,24 +56,34 @@ class TripWorker(ShardWorker):
         super().__init__(*args, **kwargs)
         self._arm()
 
+    def _lines(self) -> list[str]:
+        try:
+            return Path(self.trip).read_text().splitlines()
+        except FileNotFoundError:
+            return []
+
     def _arm(self) -> None:
         self._armed = None
-        try:
-            shard, method, n, *always = Path(self.trip).read_text().split()
-        except (FileNotFoundError, ValueError):
-            return
-        if int(shard) == self.shard.index:
-            self._armed = [method, int(n), bool(always)]
+        for line in self._lines():
+            shard, method, n, *always = line.split()
+            if int(shard) == self.shard.index:
+                self._armed = [method, int(n), bool(always), line]
+                return
 
     def _tick(self, method: str) -> None:
         if self._armed and self._armed[0] == method:
             self._armed[1] -= 1
             if self._armed[1] == 0:
                 if not self._armed[2]:
-                    Path(self.trip).unlink()
+                    rest = [line for line in self._lines() if line != self._armed[3]]
+                    Path(self.trip).write_text("\n".join(rest))
                 with open(self.trip + ".died", "a") as f:
                     f.write(f"{os.getpid()}\n")
                 os._exit(1)
+
+    def id_buckets(self, n_buckets: int):
+        self._tick("id_buckets")
+        return super().id_buckets(n_buckets)
 
     def embed_step(self, max_rows: int) -> int:
         self._tick("embed_step")
@@ -101,7 +113,7 @@ def during(method: str, n: int, action) -> type:
                 if seen["calls"] == n:
                     refs = [w.invoke.remote(name, *args) for w in self.workers]
                     action(self)
-                    return ray.get(refs)
+                    return get_all(refs)
             return super().map(name, *args)
 
     return Shards
@@ -155,9 +167,10 @@ class _Messages(logging.Handler):
 
 @pytest.fixture(scope="module")
 def hurt_pool(cluster, pool_uri, trip):
-    """The pool every test uses, made of TripWorkers; shard 1's dies in its second embedding step,
-    after the first returned. Answers (pool, pids that died, warnings logged while embedding)."""
-    trip.write_text("1 embed_step 2")
+    """The pool every test uses, made of TripWorkers: shard 1's dies in its second embedding step
+    (after the first returned), shard 2's in the duplicate-id check. Answers (pool, pids that
+    died, warnings logged while it was built)."""
+    trip.write_text("1 embed_step 2\n2 id_buckets 1")
     mp = pytest.MonkeyPatch()
     mp.setattr(selection, "ShardWorker", trip_worker(trip))
     mp.setattr(selection, "EMBED_STEP_ROWS", 30)  # 4 steps per shard
@@ -215,10 +228,11 @@ def _recoveries(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "dist_al.selection" and "recovery" in r.getMessage()]
 
 
-def test_worker_dying_in_the_embedding_pass(hurt_pool, fault_free):
+def test_workers_dying_in_the_embedding_pass_and_the_id_check(hurt_pool, fault_free):
     pool, died, messages = hurt_pool
-    assert len(died) == 1 and pool.where[1][1] not in died
+    assert len(died) == 2 and pool.where[1][1] not in died and pool.where[2][1] not in died
     assert [m for m in messages if "recovery" in m and "shard 1 lost" in m and "embedding pass" in m]
+    assert [m for m in messages if "recovery" in m and "shard 2 lost" in m and "duplicate-id check" in m]
     assert {s: _select(pool, s) for s in STRATEGIES} == fault_free
 
 
@@ -258,20 +272,34 @@ def test_node_removed_during_badge_scalable_and_coreset(cluster, pool, fault_fre
         cluster.wait_for_nodes()
 
 
+def _kill(worker) -> None:
+    """ray.kill, and wait until the worker is gone (the kill lands asynchronously)."""
+    ray.kill(worker, no_restart=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            ray.get(worker.where.remote(), timeout=5)
+        except ray.exceptions.RayActorError:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the killed worker still answers")
+
+
 def test_labels_and_reembed_survive_a_killed_worker(pool, fault_free, caplog):
     caplog.set_level(logging.WARNING, logger="dist_al.selection")
-    rows = np.arange(0, N_ROWS, 37)
+    rows = np.arange(0, N_ROWS, 37)  # rows on every shard
     ids, labels = pool.rows_at(rows)
-    ray.kill(pool.workers[1], no_restart=True)
+    _kill(pool.workers[1])
     assert np.array_equal(pool.labels_of(ids), labels)
-    ray.kill(pool.workers[2], no_restart=True)
+    _kill(pool.workers[2])
     again_ids, again_labels = pool.rows_at(rows)
     assert np.array_equal(again_ids, ids) and np.array_equal(again_labels, labels)
-    ray.kill(pool.workers[0], no_restart=True)
+    _kill(pool.workers[0])
     pool.reembed(build_model(model_spec(pool.cfg), seed=7).state_dict())  # the same weights: the same ids
     assert _select(pool, "badge") == fault_free["badge"]
-    lost = " ".join(_recoveries(caplog))
-    assert "shard 1 lost" in lost and "shard 2 lost" in lost and "shard 0 lost" in lost
+    recoveries = _recoveries(caplog)
+    for shard, during in ((1, "reading labels by id"), (2, "reading labels by row"), (0, "loading new weights")):
+        assert [m for m in recoveries if f"during {during}: shard {shard} lost" in m], (shard, during, recoveries)
 
 
 def test_worker_that_keeps_dying_is_a_clear_error(pool, fault_free, trip, monkeypatch):
