@@ -126,7 +126,7 @@ class ShardedPool:
         t0 = time.perf_counter()
         self.workers = start_workers(cfg, self._weights, self.shards, labels=labels)
         self.where: list[tuple[str, int] | None] = [None] * len(self.shards)  # (node, pid) per shard
-        self._recovering("the embedding pass", self._embed)
+        self._embed()  # replaces the workers it loses itself
         self._recovering("the duplicate-id check", lambda: check_unique_ids_on_workers(self.workers))
         self.summary = self._recovering("the summary", lambda: ray.get(self.workers[0].summary.remote()))
         self.seconds_embed = time.perf_counter() - t0
@@ -219,7 +219,7 @@ class ShardedPool:
         self._weights = ray.put({k: v.detach().cpu() for k, v in state.items()})
         self._recovering("loading new weights",
                          lambda: ray.get([w.load_state.remote(self._weights) for w in self.workers]))
-        self._recovering("the re-embedding pass", self._embed)
+        self._embed()
         self.seconds_embed = time.perf_counter() - t0
         return self.seconds_embed
 
