@@ -8,6 +8,7 @@ sketches and the picked rows.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -113,6 +114,10 @@ class ShardWorker:
         self.state = None
         self._embedded = False
 
+    def where(self) -> tuple[str, int]:
+        """(node id, pid): answers at once, so the driver can tell a live worker from a lost one."""
+        return ray.get_runtime_context().get_node_id(), os.getpid()
+
     def summary(self) -> dict:
         return {"rows": self.rows, "classes": self.probs.shape[1], "feat_dim": self.feats.shape[1],
                 "device": str(self.device), "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
@@ -176,6 +181,33 @@ class ShardWorker:
         return np.flatnonzero(hit), self.labels[order[pos[hit]]]
 
 
+# What a Ray call raises when a ShardWorker (its process or its node) is gone; a worker's own
+# exceptions arrive as RayTaskError and are not among these.
+WORKER_LOST = (
+    ray.exceptions.RayActorError,  # ActorDiedError, ActorUnavailableError
+    ray.exceptions.ObjectLostError,  # a result that lived on a removed node
+    ray.exceptions.WorkerCrashedError,
+    ray.exceptions.NodeDiedError,
+)
+
+# A worker that has not answered in this long, while another was lost, is taken for lost too.
+PROBE_SECONDS = 60.0
+
+
+def get_all(refs: list) -> list:
+    """ray.get of every ref. When a worker is lost, the other results are read too (waiting at most
+    PROBE_SECONDS) before the loss is raised: a call that failed on a dead worker's result would
+    otherwise be logged by Ray as an unhandled error when its ref is dropped."""
+    try:
+        return ray.get(refs)
+    except WORKER_LOST:
+        ray.wait(refs, num_returns=len(refs), timeout=PROBE_SECONDS)
+        for ref in refs:
+            with contextlib.suppress(ray.exceptions.RayError):
+                ray.get(ref, timeout=0)
+        raise
+
+
 def _hash_ids(ids: np.ndarray) -> np.ndarray:
     if ids.dtype.kind in "iu":
         return (ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(33)
@@ -195,7 +227,7 @@ class RayShards:
 
     def map(self, method: str, *args: Any) -> list:
         args = tuple(ray.put(a) if _nbytes(a) > self._PUT_BYTES else a for a in args)
-        return ray.get([w.invoke.remote(method, *args) for w in self.workers])
+        return get_all([w.invoke.remote(method, *args) for w in self.workers])
 
     def call(self, shard: int, method: str, *args: Any) -> Any:
         return ray.get(self.workers[shard].invoke.remote(method, *args))

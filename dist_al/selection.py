@@ -23,11 +23,21 @@ from .core.api import check_seed, resolve_options, run_strategy
 from .core.bait import check_reduction
 from .core.inputs import check_budget
 from .core.progress import progress_bar
-from .distributed import RayShards, ShardWorker
+from .distributed import PROBE_SECONDS, WORKER_LOST, RayShards, ShardWorker, get_all
 from .model import ModelSpec, build_model
 from .pool import PoolError, PoolSpec, open_pool, plan_shards
 
 log = logging.getLogger(__name__)
+
+# A lost ShardWorker is replaced (same shard, same weights, re-embedded) and the operation it was
+# part of rerun from its start: workers are deterministic and the coordinator holds the only RNG,
+# so the rerun gives the same result. This many recoveries per operation, then WorkerLostError.
+MAX_RECOVERIES = 3
+EMBED_STEP_ROWS = 65536
+
+
+class WorkerLostError(RuntimeError):
+    """ShardWorkers kept dying: recovery gave up."""
 
 
 @dataclass
@@ -82,27 +92,13 @@ def start_workers(cfg: dict, state, shards, *, labels: bool = False) -> list:
     ]
 
 
-def embed(workers: list, total_rows: int, progress: bool, step_rows: int = 65536) -> None:
-    """Runs the embedding pass on every worker at once, with a progress bar over rows."""
-    bar = progress_bar(total_rows, "embedding", progress)
-    pending = {w.embed_step.remote(step_rows): w for w in workers}
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        worker = pending.pop(ready[0])
-        rows = ray.get(ready[0])
-        if rows:
-            bar.update(rows)
-            pending[worker.embed_step.remote(step_rows)] = worker
-    bar.close()
-
-
 def check_unique_ids_on_workers(workers: list) -> None:
     """Hash-partitioned duplicate check: no process ever holds all ids."""
     n = len(workers)
     parts = [w.id_buckets.options(num_returns=n).remote(n) for w in workers]
     if n == 1:
         parts = [[p] for p in parts]
-    found = ray.get([workers[b].duplicate_id.remote(*[parts[w][b] for w in range(n)]) for b in range(n)])
+    found = get_all([workers[b].duplicate_id.remote(*[parts[w][b] for w in range(n)]) for b in range(n)])
     problem = next((d for d in found if d is not None), None)
     if problem is not None:
         raise PoolError(problem)
@@ -114,7 +110,8 @@ class ShardedPool:
     ``labels=True`` (simulation) also keeps the pool's label column on the
     workers (``pool.label_column`` must be set), for ``rows_at`` and
     ``labels_of``; ``reembed`` swaps in new model weights without restarting
-    the actors.
+    the actors. A worker that dies (its process or its node) is replaced and
+    its shard re-embedded; the call that saw it die runs again (see MAX_RECOVERIES).
     """
 
     def __init__(self, cfg: dict, *, progress: bool = False, labels: bool = False):
@@ -122,29 +119,114 @@ class ShardedPool:
         self.progress = progress
         if labels and not cfg["pool"]["label_column"]:
             raise ValueError("pool labels requested but config key pool.label_column is not set")
+        self.with_labels = labels
         pool = open_pool(pool_spec(cfg))  # schema problems surface here, before any model runs
         self.num_rows = pool.num_rows
         self.shards = plan_shards(pool, cfg["cluster"]["workers"])
         model = build_model(model_spec(cfg), seed=cfg["selection"]["seed"])  # one init, shipped to all
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        # Kept for the pool's life: a replacement worker starts from the weights the others hold.
+        self._weights = ray.put({k: v.detach().cpu() for k, v in model.state_dict().items()})
         t0 = time.perf_counter()
-        self.workers = start_workers(cfg, ray.put(state), self.shards, labels=labels)
-        embed(self.workers, pool.num_rows, progress)
-        check_unique_ids_on_workers(self.workers)
-        placement = ray.get([w.summary.remote() for w in self.workers])
+        self.workers = start_workers(cfg, self._weights, self.shards, labels=labels)
+        self.where: list[tuple[str, int] | None] = [None] * len(self.shards)  # (node, pid) per shard
+        self._embed()  # replaces the workers it loses itself
+        self._recovering("the duplicate-id check", lambda: check_unique_ids_on_workers(self.workers))
+        placement = self._recovering("the summary", lambda: ray.get([w.summary.remote() for w in self.workers]))
         for shard, where in zip(self.shards, placement):
             log.info("shard %d (%d rows): node %s, pid %d, %s, GPUs %s", shard.index, where["rows"], where["node"][:12],
                      where["pid"], where["device"], ",".join(where["gpus"]) or "none")
         self.summary = placement[0]
         self.seconds_embed = time.perf_counter() - t0
 
+    # -- lost workers --------------------------------------------------------------------
+
+    def _recovering(self, what: str, run):
+        """run(), replacing lost workers and running it again, at most MAX_RECOVERIES times."""
+        for attempt in range(1, MAX_RECOVERIES + 2):
+            try:
+                return run()
+            except WORKER_LOST as err:
+                if attempt > MAX_RECOVERIES:
+                    lost = ", ".join(map(str, self._lost_shards())) or "none now"
+                    raise WorkerLostError(f"{what}: ShardWorkers kept dying (lost now: shard {lost}), gave up after "
+                                          f"{MAX_RECOVERIES} recoveries (last: {_first_line(err)})") from err
+                self._heal(what, err, attempt)
+
+    def _heal(self, what: str, err: Exception, attempt: int) -> None:
+        t0 = time.perf_counter()
+        lost = {s: self._replace(s) for s in self._lost_shards()}
+        self._embed(list(lost))
+        for s, (node, pid) in lost.items():
+            log.warning("recovery %d of %d during %s: shard %d lost its ShardWorker (node %s, pid %s: %s); a new one "
+                        "on node %s (pid %s) re-embedded the shard in %.1f s; rerunning %s from its start", attempt,
+                        MAX_RECOVERIES, what, s, node, pid, _first_line(err), *self.where[s],
+                        time.perf_counter() - t0, what)
+        if not lost:
+            log.warning("recovery %d of %d during %s: %s, but every ShardWorker answers; rerunning %s",
+                        attempt, MAX_RECOVERIES, what, _first_line(err), what)
+
+    def _lost_shards(self) -> list[int]:
+        probes = [w.where.remote() for w in self.workers]
+        ray.wait(probes, num_returns=len(probes), timeout=PROBE_SECONDS)
+        lost = []
+        for s, probe in enumerate(probes):
+            try:
+                self.where[s] = ray.get(probe, timeout=0)
+            except (*WORKER_LOST, ray.exceptions.GetTimeoutError):
+                lost.append(s)
+        return lost
+
+    def _replace(self, s: int) -> tuple[str, int | str]:
+        """Starts a new worker for shard s (not yet embedded); answers where the lost one was."""
+        lost = self.where[s] or ("not yet known", "not yet known")
+        ray.kill(self.workers[s], no_restart=True)  # one that hangs must not come back later
+        self.workers[s] = start_workers(self.cfg, self._weights, [self.shards[s]], labels=self.with_labels)[0]
+        self.where[s] = None
+        return lost
+
+    def _embed(self, shards=None) -> None:
+        """Runs the embedding pass on the given shards' workers (all by default) at once, with a
+        progress bar over rows; a worker lost on the way is replaced and its shard starts over.
+        Workers that are done answer their next step with 0 at once, so a rerun costs nothing."""
+        shards = list(range(len(self.workers)) if shards is None else shards)
+        rows = {s: 0 for s in shards}
+        bar = progress_bar(sum(self.shards[s].num_rows for s in shards), "embedding", self.progress)
+        pending = {self.workers[s].embed_step.remote(EMBED_STEP_ROWS): s for s in shards}
+        replaced = 0
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            s = pending.pop(ready[0])
+            try:
+                done = ray.get(ready[0])
+                if not done:
+                    self.where[s] = ray.get(self.workers[s].where.remote())
+                    continue
+            except WORKER_LOST as err:
+                replaced += 1
+                if replaced > MAX_RECOVERIES:
+                    raise WorkerLostError(f"the embedding pass: the ShardWorker of shard {s} kept dying, gave up after "
+                                          f"{MAX_RECOVERIES} recoveries (last: {_first_line(err)})") from err
+                node, pid = self._replace(s)
+                log.warning("recovery %d of %d during the embedding pass: shard %d lost its ShardWorker (node %s, "
+                            "pid %s: %s); a new one embeds the shard from its start", replaced, MAX_RECOVERIES, s,
+                            node, pid, _first_line(err))
+                bar.update(-rows[s])
+                done = rows[s] = 0
+            bar.update(done)
+            rows[s] += done
+            pending[self.workers[s].embed_step.remote(EMBED_STEP_ROWS)] = s
+        bar.close()
+
+    # -- the pool's operations --------------------------------------------------------------
+
     def reembed(self, state: dict) -> float:
         """Loads ``state`` (a state_dict of the same model) on every worker and embeds the pool again
         with it (features only: ids and labels stay resident); returns the seconds it took."""
         t0 = time.perf_counter()
-        ref = ray.put({k: v.detach().cpu() for k, v in state.items()})
-        ray.get([w.load_state.remote(ref) for w in self.workers])
-        embed(self.workers, self.num_rows, self.progress)
+        self._weights = ray.put({k: v.detach().cpu() for k, v in state.items()})
+        self._recovering("loading new weights",
+                         lambda: ray.get([w.load_state.remote(self._weights) for w in self.workers]))
+        self._embed()
         self.seconds_embed = time.perf_counter() - t0
         return self.seconds_embed
 
@@ -157,7 +239,8 @@ class ShardedPool:
         shard_of = np.searchsorted(starts, rows, side="right") - 1
         ids, labels = np.zeros(len(rows), dtype=np.int64), np.zeros(len(rows), dtype=np.int64)
         shards = np.unique(shard_of)
-        fetched = ray.get([self.workers[s].rows_at.remote(rows[shard_of == s] - starts[s]) for s in shards])
+        fetched = self._recovering("reading labels by row", lambda: ray.get(
+            [self.workers[s].rows_at.remote(rows[shard_of == s] - starts[s]) for s in shards]))
         for s, (got_ids, got_labels) in zip(shards, fetched):
             where = shard_of == s
             if got_ids.dtype != ids.dtype:
@@ -172,7 +255,8 @@ class ShardedPool:
         labels = np.full(len(ids), -1, dtype=np.int64)
         found = np.zeros(len(ids), dtype=bool)
         ref = ray.put(ids)
-        for pos, lab in ray.get([w.labels_of.remote(ref) for w in self.workers]):
+        for pos, lab in self._recovering("reading labels by id",
+                                         lambda: ray.get([w.labels_of.remote(ref) for w in self.workers])):
             labels[pos] = lab
             found[pos] = True
         if not found.all():
@@ -191,6 +275,12 @@ class ShardedPool:
             check_reduction(options, self.summary["classes"], self.summary["feat_dim"])
         labeled = None if labeled_ids is None else np.asarray(labeled_ids)
         t0 = time.perf_counter()
+        table = self._recovering(f"selection {strategy!r}",
+                                 lambda: self._select(strategy, budget, seed, options, labeled))
+        return SelectionResult(table, self.seconds_embed, time.perf_counter() - t0, len(self.workers))
+
+    def _select(self, strategy: str, budget: int, seed: int, options: dict, labeled) -> pa.Table:
+        """One run of the strategy from its start: every worker's strategy state is built afresh."""
         counts = ray.get([w.start.remote(strategy, labeled, s.first_row) for w, s in zip(self.workers, self.shards)])
         budget = check_budget(budget, sum(counts))
         with torch.inference_mode():
@@ -201,18 +291,22 @@ class ShardedPool:
         fetched = {s: iter(ray.get(self.workers[s].ids_at.remote(rows))) for s, rows in by_shard.items()}
         ids = [next(fetched[s]) for s, _ in selection.picks]
         scores = selection.scores if selection.scores is not None else [None] * len(ids)
-        table = pa.table({
+        return pa.table({
             "id": pa.array(ids),
             "rank": pa.array(np.arange(1, len(ids) + 1, dtype=np.int64)),
             "strategy": pa.array([strategy] * len(ids), pa.string()),
             "score": pa.array(scores, pa.float64()),
         })
-        return SelectionResult(table, self.seconds_embed, time.perf_counter() - t0, len(self.workers))
 
     def close(self) -> None:
         for w in self.workers:
             ray.kill(w)
         self.workers = []
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
 
 
 def run_selection(cfg: dict, *, labeled_ids=None, progress: bool = False) -> SelectionResult:
