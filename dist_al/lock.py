@@ -51,7 +51,6 @@ class WorkdirLock:
         self.token = uuid.uuid4().hex
         self.fs, self.path = fsspec.core.url_to_fs(self.uri, **self.storage_options)
         self.local = isinstance(self.fs, LocalFileSystem)
-        self.lost = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._created_dir = False
@@ -59,12 +58,10 @@ class WorkdirLock:
 
     # -- the lock record -----------------------------------------------------------------
 
-    def _record(self, acquired_at: float | None = None) -> bytes:
-        now = time.time()
-        self.acquired_at = acquired_at or now
+    def _record(self) -> bytes:
         return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
-                           "command": self.command, "acquired_at": acquired_at or now,
-                           "expires_at": now + self.ttl}, indent=1).encode()
+                           "command": self.command, "acquired_at": self.acquired_at,
+                           "expires_at": time.time() + self.ttl}, indent=1).encode()
 
     def _read(self) -> tuple[dict | None, str | None]:
         """(record, etag) of the lock now; (None, None) if there is none."""
@@ -96,7 +93,7 @@ class WorkdirLock:
         current, etag = self._read()
         if current is None or current.get("token") != expected_token:
             return False
-        data = self._record(self.acquired_at)
+        data = self._record()
         if self.local:
             write_bytes_atomic(self.uri, data, self.storage_options)
             return True
@@ -114,6 +111,7 @@ class WorkdirLock:
         if self.local and not os.path.isdir(os.path.dirname(self.path)):
             os.makedirs(os.path.dirname(self.path))
             self._created_dir = True
+        self.acquired_at = time.time()
         for _ in range(5):
             if create_exclusive(self.uri, self._record(), self.storage_options):
                 break
@@ -125,8 +123,9 @@ class WorkdirLock:
             if not self._stale(held):
                 raise WorkdirLocked(self._message(held))
             if self._take_over(held):
-                log.warning("took over the lock of %s: %s (pid %s on %s) stopped refreshing it", self.workdir,
-                            held.get("command") or "dist-al", held.get("pid"), held.get("host"))
+                log.warning("took over the stale lock of %s from %s (pid %s on %s): its lease expired or its "
+                            "process is gone", self.workdir, held.get("command") or "dist-al", held.get("pid"),
+                            held.get("host"))
                 break
         else:
             raise WorkdirLocked(f"workdir {self.workdir}: could not take its lock, it keeps changing hands")
@@ -149,7 +148,6 @@ class WorkdirLock:
         while not self._stop.wait(self.ttl / 4):
             try:
                 if not self._swap(self.token):
-                    self.lost = True
                     log.error("lost the lock of %s to another dist-al (this one stalled past its lease)", self.workdir)
                     return
             except Exception as err:  # noqa: BLE001 - keep trying; the lease gives us ttl of slack

@@ -159,7 +159,7 @@ def test_sigkill_at_every_step_resumes_to_the_uninterrupted_result(tmp_path, ray
     out = cli("round", *args, "--no-progress")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"round 1: waiting for labels, 0/{BUDGET} received"
-    assert "took over the lock" in out.stderr
+    assert "took over the stale lock" in out.stderr
 
     # 4. ingest killed while the label record's temp file is written, before its rename
     out = cli("ingest", *args, labels, crash_at="write.before_rename:/labels/")
@@ -274,7 +274,9 @@ def test_lock_lease_expiry_heartbeat_and_release(tmp_path, where, request):
         WorkdirLock(workdir, options, command="round").acquire()
 
     _foreign_lock(workdir, expires_in=-1, storage_options=options)  # its holder stopped refreshing
+    stale = json.loads(read(f"{workdir}/lock.json", options))
     lock = WorkdirLock(workdir, options, command="round", ttl=1.0).acquire()
+    assert not WorkdirLock(workdir, options)._take_over(stale)  # a second taker of the same stale lock loses
     first = json.loads(read(f"{workdir}/lock.json", options))
     assert first["token"] == lock.token and first["host"] == socket.gethostname() and first["pid"] == os.getpid()
     with pytest.raises(WorkdirLocked):
@@ -333,17 +335,20 @@ def test_transient_store_faults_are_retried_and_a_persistent_one_changes_nothing
     work = f"s3://{bucket}/work"
     args = ("--config", write_config(tmp_path, config(f"s3://{bucket}/pool", work, options)))
 
-    # 6 faults per request: s3fs's 5 tries fail, our layer's second try succeeds
+    # s3fs tries a SlowDown 5 times, botocore's retries are off: 6 SlowDowns reach our layer; a reset is
+    # tried once or twice below us (aiohttp retries one on a reused connection), so 2 resets may reach it
     faults = [proxy.add("PUT", f"/{bucket}/work/rounds/0001/selection.parquet", "503", times=6),
-              proxy.add("GET", f"/{bucket}/work/rounds/0001/selection.parquet", "reset", times=6),
-              proxy.add("PUT", f"/{bucket}/work/lock.json", "reset", times=6)]
+              proxy.add("GET", f"/{bucket}/work/rounds/0001/selection.parquet", "reset", times=2),
+              proxy.add("PUT", f"/{bucket}/work/lock.json", "reset", times=2)]
     out = cli("round", *args, "--no-progress")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"round 1: waiting for labels, 0/{BUDGET} received"
-    assert [f["hits"] for f in faults] == [6, 6, 6]
+    assert [f["hits"] for f in faults] == [6, 2, 2]
     warnings = [line for line in out.stderr.splitlines() if line.startswith("WARNING dist_al.storage")]
-    assert len(warnings) == 3 and all("retry 1 of 2" in w for w in warnings), out.stderr
-    assert any("SlowDown" in w or "reduce your request rate" in w for w in warnings)
+    assert all(re.search(r"; retry [12] of 2 in [\d.]+ s$", w) for w in warnings), out.stderr
+    assert sum("writing" in w and "selection.parquet" in w and "reduce your request rate" in w for w in warnings) == 1
+    assert 1 <= sum("reading" in w and "selection.parquet" in w and "EndpointConnectionError" in w for w in warnings)
+    assert 1 <= sum("creating" in w and "lock.json" in w for w in warnings)
     assert "Traceback" not in out.stderr
 
     fs, _ = fsspec.core.url_to_fs(work, **options)
