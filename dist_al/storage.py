@@ -1,9 +1,10 @@
 """Workdir I/O: atomic writes, exclusive creates and reads, retried when the store fails transiently.
 
-Retries sit here, in one place, for every workdir read and write.  s3fs already retries
-connection errors and SlowDown 5 times (0.1 s .. 0.8 s apart) and botocore's default
-("legacy") mode retries 5xx and connection errors up to 5 attempts inside each of those; what
-still fails after that reaches :func:`retrying`, which tries the whole operation again
+Retries sit here, in one place: every object-store read and write of the workdir (and of its
+lock) goes through :func:`retrying`.  Below it, s3fs already retries SlowDown, timeouts and
+dropped responses 5 times (0.1 s .. 0.8 s apart), and botocore's default ("legacy") mode
+retries 5xx and connection errors, a reset connection included, up to 5 attempts inside each
+of those.  What still fails reaches :func:`retrying`, which tries the whole operation
 ``RETRY_ATTEMPTS`` times in all with exponential backoff and jitter, logging each retry at
 WARNING.  Non-transient errors (missing file, permission, a lost exclusive create) are never
 retried.  When the store stays down, :class:`StorageUnavailable` says what failed and how
