@@ -13,7 +13,9 @@ so two processes can never both take over one stale lock there.  Local filesyste
 compare-and-swap: a takeover first creates ``lock.json.takeover-<stale token>`` exclusively
 (one taker wins), re-reads the lock, then replaces it; a heartbeat re-reads before it
 rewrites.  What remains is a window of microseconds between that re-read and the rename,
-and on NFS the guarantees of its link/rename.
+and on NFS the guarantees of its link/rename.  An object store that ignores ``If-None-Match``
+(AWS S3 and moto honour it) would let two creates succeed; each creator reads the lock back
+and only the one whose token is there proceeds, which narrows but does not close that race.
 """
 
 from __future__ import annotations
@@ -113,13 +115,14 @@ class WorkdirLock:
             self._created_dir = True
         self.acquired_at = time.time()
         for _ in range(5):
-            if create_exclusive(self.uri, self._record(), self.storage_options):
-                break
+            create_exclusive(self.uri, self._record(), self.storage_options)
+            # Read back even after a create that reported success: a store that ignores If-None-Match
+            # lets the last writer win; and a create whose reply was lost reports failure yet holds.
             held, _ = self._read()
             if held is None:
                 continue  # released meanwhile: try again
             if held.get("token") == self.token:
-                break  # our create went through, its reply was lost and the retry found it
+                break
             if not self._stale(held):
                 raise WorkdirLocked(self._message(held))
             if self._take_over(held):
