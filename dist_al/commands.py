@@ -85,11 +85,33 @@ def _rounds_config(args):
     return load_config(args.config, args.overrides)
 
 
+EXIT_LOCKED = 75  # sysexits EX_TEMPFAIL: another dist-al holds the workdir; the next tick will try again
+EXIT_STORAGE = 1
+
+
+def _locked(cfg, command: str, step) -> int:
+    """Runs a mutating step under the workdir lock; a held lock or a store that stays down is one line."""
+    from .lock import WorkdirLocked
+    from .storage import StorageUnavailable
+    from .workdir import workdir_lock
+
+    try:
+        with workdir_lock(cfg, command):
+            print(step())
+    except WorkdirLocked as err:
+        print(f"dist-al: {err}", file=sys.stderr)
+        return EXIT_LOCKED
+    except StorageUnavailable as err:
+        print(f"dist-al: error: {err}; the workdir was left as it was", file=sys.stderr)
+        return EXIT_STORAGE
+    return 0
+
+
 def round_command(args) -> int:
     from .rounds import advance
 
-    print(advance(_rounds_config(args), progress=not args.no_progress))
-    return 0
+    cfg = _rounds_config(args)
+    return _locked(cfg, "round", lambda: advance(cfg, progress=not args.no_progress))
 
 
 def _workdir_step(args, step: str) -> int:
@@ -97,8 +119,7 @@ def _workdir_step(args, step: str) -> int:
     from .workdir import open_workdir
 
     cfg = _rounds_config(args)
-    print(getattr(rounds, step)(cfg, open_workdir(cfg)))
-    return 0
+    return _locked(cfg, step.removesuffix("_step"), lambda: getattr(rounds, step)(cfg, open_workdir(cfg)))
 
 
 def export_command(args) -> int:
@@ -109,8 +130,8 @@ def ingest_command(args) -> int:
     from .rounds import ingest
 
     class_names = [c.strip() for c in args.class_names.split(",")] if args.class_names else None
-    print(ingest(_rounds_config(args), args.file, class_names))
-    return 0
+    cfg = _rounds_config(args)
+    return _locked(cfg, "ingest", lambda: ingest(cfg, args.file, class_names))
 
 
 def train_command(args) -> int:

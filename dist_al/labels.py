@@ -80,7 +80,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from .storage import write_bytes_atomic, write_table_atomic
+from .faults import crash_point
+from .storage import exists, retrying, write_bytes_atomic, write_table_atomic
 
 __all__ = [
     "EXPORT_FILES",
@@ -186,6 +187,7 @@ def export_selection(
 
     uris = {name: _join(out_prefix, name) for name in EXPORT_FILES}
     write_bytes_atomic(uris[SELECTION_CSV], csv_buf.getvalue(), storage_options)
+    crash_point("export.after_first_file")
     write_bytes_atomic(uris[LABEL_STUDIO_TASKS], tasks_bytes, storage_options)
     write_table_atomic(uris[SELECTION_PARQUET], table, storage_options)  # last: marks a complete export
     return uris
@@ -619,8 +621,7 @@ def append_label_records(
         json.dumps([int(round_), str(source), [[i, lab] for i, lab in accepted]], sort_keys=True).encode()
     ).hexdigest()[:16]
     uri = _join(records_prefix, f"{now.strftime('%Y%m%dT%H%M%S%fZ')}-{digest}.parquet")
-    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
-    if fs.exists(path):  # same content in the same microsecond: never overwrite a record
+    if exists(uri, storage_options):  # same content in the same microsecond: never overwrite a record
         raise FileExistsError(f"label record {uri} already exists")
     return write_table_atomic(uri, table, storage_options)
 
@@ -630,7 +631,7 @@ def load_label_records(records_prefix: str, storage_options: dict | None = None)
     fs, root = fsspec.core.url_to_fs(records_prefix, **(storage_options or {}))
     fs.invalidate_cache(root)  # s3fs caches listings; a record written by another process must show
     try:
-        entries = fs.ls(root, detail=True)
+        entries = retrying(f"listing {records_prefix}", fs.ls, root, detail=True)
     except FileNotFoundError:
         return {}
     names = sorted(
@@ -642,8 +643,7 @@ def load_label_records(records_prefix: str, storage_options: dict | None = None)
     out: dict = {}
     for name in names:
         display = _join(records_prefix, name.rsplit("/", 1)[-1])
-        with fs.open(name, "rb") as f:
-            pf = pq.ParquetFile(io.BytesIO(f.read()))
+        pf = pq.ParquetFile(io.BytesIO(retrying(f"reading {display}", fs.cat_file, name)))
         missing = [c for c in ("id", "label") if c not in pf.schema_arrow.names]
         if missing:
             raise LabelFileError(

@@ -7,7 +7,9 @@ happened is not repeated, and a crash at any point leaves a state the next run r
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import logging
 import os
 import time
@@ -17,11 +19,12 @@ import pyarrow.parquet as pq
 import fsspec
 
 from .config import strategy_options
+from .faults import crash_point
 from .labels import append_label_records, export_selection, load_label_records, read_labels, validate_labels
 from .model import build_model, classifier_layer, load_state
 from .pool import open_pool, plan_shards, read_shard
 from .selection import ShardedPool, model_spec, pool_spec, ray_session
-from .storage import write_table_atomic
+from .storage import read_bytes, retrying, write_table_atomic
 from .workdir import Workdir, open_workdir
 
 log = logging.getLogger(__name__)
@@ -51,8 +54,7 @@ def latest_checkpoint(wd: Workdir) -> str | None:
 
 
 def _read_selection(wd: Workdir, n: int) -> pa.Table:
-    with fsspec.open(wd.round_path(n, "selection.parquet"), "rb", **wd.storage_options) as f:
-        return pq.read_table(f)
+    return pq.read_table(io.BytesIO(read_bytes(wd.round_path(n, "selection.parquet"), wd.storage_options)))
 
 
 def _current(wd: Workdir) -> tuple[int, str | None]:
@@ -84,6 +86,7 @@ def select_step(cfg: dict, wd: Workdir, progress: bool = False) -> str:
         finally:
             pool.close()
     write_table_atomic(wd.round_path(n, "selection.parquet"), result.table, wd.storage_options)
+    crash_point("select.after_write")
     wd.set_state(n, "SELECTED", strategy=sel["strategy"], budget=result.table.num_rows,
                  checkpoint=round_cfg["model"]["checkpoint"], selected_at=time.time())
     return f"round {n}: selected {result.table.num_rows} rows with {sel['strategy']}"
@@ -126,11 +129,17 @@ def train_step(cfg: dict, wd: Workdir) -> str:
             return f"round {n}: not ready to train, waiting for labels, {got}/{want} received"
         return f"round {n}: nothing to train ({(state or 'no round').lower()})"
     labels = _labels(cfg, wd)
+    if cfg["train"]["storage_path"] is None:  # a Ray Train run killed with its driver leaves its files
+        fs, leftover = fsspec.core.url_to_fs(wd.round_path(n, "_ray_train"), **wd.storage_options)
+        if retrying(f"checking {leftover}", fs.exists, leftover):
+            log.info("removing %s, left by a training run that was killed", leftover)
+            retrying(f"removing {leftover}", fs.rm, leftover, recursive=True)
     warm = None
     if cfg["train"]["warm_start"]:
         previous = latest_checkpoint(wd) or cfg["model"]["checkpoint"]
         warm = load_state(previous, wd.storage_options) if previous else None
-    with _session(cfg):
+    local = cfg["train"]["backend"] == "local"  # trains in this process: no Ray to start
+    with contextlib.nullcontext() if local else _session(cfg):
         result = train(cfg, labels, checkpoint_uri=wd.round_path(n, "model.pt"), eval_uri=cfg["eval"]["uri"],
                        warm_start_state=warm, storage_options=wd.storage_options)
     metrics = {"round": n, "train_rows": result.train_rows, "accuracy": result.accuracy, "epochs": result.epochs,

@@ -10,23 +10,34 @@ Layout (WORKDIR is a local path or an s3:// prefix; the pool is never written):
     WORKDIR/rounds/NNNN/model.pt          the checkpoint trained at the end of the round
     WORKDIR/rounds/NNNN/metrics.json      training rows, eval accuracy, times
     WORKDIR/rounds/NNNN/state.json        SELECTED -> EXPORTED -> LABELED -> TRAINED
+    WORKDIR/lock.json                     while a mutating command runs (dist_al.lock)
 
 Every file is written atomically (temp + rename locally, one PUT on object stores), and each
 step writes its state last, so a crash leaves the previous state and the step runs again.
+A local write killed midway leaves a ``.NAME.tmp-<hex>`` file; the next command that takes
+the lock removes those (no writer can be running then).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import fsspec
 import yaml
+from fsspec.implementations.local import LocalFileSystem
 
 from .config import dump
+from .lock import WorkdirLock
 from .pool import open_pool
-from .storage import write_bytes_atomic
+from .storage import exists, read_bytes, retrying, write_bytes_atomic
+
+log = logging.getLogger(__name__)
 
 STATES = ("SELECTED", "EXPORTED", "LABELED", "TRAINED")
 # Changing these between rounds would mix labels or models of different things.
@@ -54,21 +65,19 @@ class Workdir:
         return fsspec.core.url_to_fs(self.uri, **self.storage_options)[0]
 
     def exists(self, uri: str) -> bool:
-        fs, path = fsspec.core.url_to_fs(uri, **self.storage_options)
-        return fs.exists(path)
+        return exists(uri, self.storage_options)
 
     def read_json(self, uri: str):
-        with fsspec.open(uri, "r", **self.storage_options) as f:
-            return json.load(f)
+        return json.loads(read_bytes(uri, self.storage_options))
 
     def write_json(self, uri: str, value) -> None:
         write_bytes_atomic(uri, json.dumps(value, indent=2, sort_keys=True).encode(), self.storage_options)
 
     def rounds(self) -> list[int]:
         fs, path = fsspec.core.url_to_fs(self.path("rounds"), **self.storage_options)
-        if not fs.exists(path):
+        if not retrying(f"checking {self.path('rounds')}", fs.exists, path):
             return []
-        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in retrying(f"listing {path}", fs.ls, path, detail=False)]
         return sorted(int(n) for n in names if n.isdigit())
 
     def state(self, n: int) -> dict | None:
@@ -80,6 +89,23 @@ class Workdir:
         record = {**(self.state(n) or {"round": n}), **extra, "state": state}
         self.write_json(self.round_path(n, "state.json"), record)
         return record
+
+
+_TEMP_FILE = re.compile(r"^\..+\.tmp-[0-9a-f]{32}$")  # storage.write_bytes_atomic's local temp files
+
+
+@contextmanager
+def workdir_lock(cfg: dict, command: str):
+    """Holds the workdir's lock (see dist_al.lock) and clears what killed writers left behind."""
+    with WorkdirLock(cfg["workdir"], cfg["pool"]["storage_options"], command=command) as lock:
+        fs, root = fsspec.core.url_to_fs(cfg["workdir"], **cfg["pool"]["storage_options"])
+        if isinstance(fs, LocalFileSystem):
+            for directory, _, files in os.walk(root):
+                for name in files:
+                    if _TEMP_FILE.match(name):
+                        log.info("removing %s, left by a write that was killed", os.path.join(directory, name))
+                        os.remove(os.path.join(directory, name))
+        yield lock
 
 
 def pool_fingerprint(cfg: dict) -> str:

@@ -136,3 +136,112 @@ def s3_bucket(s3_server, monkeypatch):
 def s3_storage_options(s3_server, s3_bucket):
     """storage_options for the test server; the test's fresh bucket is ``s3_bucket``."""
     return storage_options_for(s3_server)
+
+
+# ------------------------------------------------------------------------------------ fault proxy
+
+
+class FaultProxy:
+    """An HTTP proxy on loopback in front of the S3 server that fails chosen requests, then forwards.
+
+    ``add(method, pattern, kind, times)``: the next ``times`` requests whose method is
+    ``method`` (or any, for ``"*"``) and whose path matches the regex ``pattern`` are
+    answered with ``kind``: ``"503"`` (S3's ``SlowDown`` error, as S3 sends when throttling)
+    or ``"reset"`` (the TCP connection is reset before any reply); ``times=None`` fails
+    them forever.  Everything else goes to the server unchanged.  ``hits`` counts the
+    failures served per rule.  Point a client's ``endpoint_url`` at ``proxy.url``.
+    """
+
+    SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+                 b"<Message>Please reduce your request rate.</Message></Error>")
+
+    def __init__(self, upstream: str):
+        import http.server
+        import threading
+        from urllib.parse import urlparse
+
+        self.upstream = urlparse(upstream)
+        self.rules: list[dict] = []
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _handle(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                kind = proxy._fault(self.command, self.path)
+                if kind == "reset":
+                    import socket
+                    import struct
+
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                if kind == "503":
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(proxy.SLOW_DOWN)))
+                    self.end_headers()
+                    self.wfile.write(proxy.SLOW_DOWN)
+                    return
+                status, headers, data = proxy._forward(self.command, self.path, dict(self.headers), body)
+                self.send_response(status)
+                for k, v in headers:
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length", "date", "server"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def add(self, method: str, pattern: str, kind: str, times: int | None = 1) -> dict:
+        import re
+
+        assert kind in ("503", "reset")
+        rule = {"method": method, "pattern": re.compile(pattern), "kind": kind, "left": times, "hits": 0}
+        with self.lock:
+            self.rules.append(rule)
+        return rule
+
+    def clear(self) -> None:
+        with self.lock:
+            self.rules.clear()
+
+    def _fault(self, method: str, path: str) -> str | None:
+        with self.lock:
+            for rule in self.rules:
+                if rule["method"] in ("*", method) and rule["pattern"].search(path) and rule["left"] != 0:
+                    if rule["left"] is not None:
+                        rule["left"] -= 1
+                    rule["hits"] += 1
+                    return rule["kind"]
+        return None
+
+    def _forward(self, method: str, path: str, headers: dict, body: bytes):
+        import http.client
+
+        conn = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=60)
+        try:
+            headers = {k: v for k, v in headers.items() if k.lower() not in ("connection", "proxy-connection")}
+            conn.request(method, path, body=body or None, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, resp.getheaders(), resp.read()
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
