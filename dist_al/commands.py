@@ -97,7 +97,7 @@ def _workdir_step(args, step: str) -> int:
     from .workdir import open_workdir
 
     cfg = _rounds_config(args)
-    print(getattr(rounds, step)(cfg, open_workdir(cfg)))
+    print(getattr(rounds, step)(cfg, open_workdir(cfg, create=False)))
     return 0
 
 
