@@ -216,6 +216,14 @@ def test_credentials_never_reach_the_workdir_exports_or_logs(tmp_path, s3_server
     assert leaked == {}
 
 
+def test_config_errors_do_not_echo_storage_options(tmp_path):
+    res = cli("select", "--set", f"pool.uri={tmp_path}", "--set", "selection.budget=5",
+              "--set", f"pool.storage_options=key={CFG_KEY} secret={CFG_SECRET}", cwd=tmp_path)
+    line = assert_one_line_error(res, "config key pool.storage_options: expected a mapping, got a str")
+    assert _leaks(res.stdout + res.stderr) == [] and not os.listdir(tmp_path)
+    print("OBSERVED", line)
+
+
 # ------------------------------------------------------------------------------------- file names
 
 ODD_IDS = ["../../etc/x", "/abs/path", "..", ".", "a/b/../c", "C:\\Windows\\x", "name with spaces", "tab\there",
