@@ -46,6 +46,16 @@ EXAMPLES = {
 }
 
 
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError)
+_WIRE_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3transfer", "urllib3", "s3fs", "gcsfs", "adlfs", "google")
+
+
+def _remote_cause(err: BaseException) -> BaseException:
+    """A user mistake found on a Ray worker arrives wrapped with the worker's traceback; show the mistake."""
+    cause = getattr(err, "cause", None)  # ray.exceptions.RayTaskError keeps the original exception here
+    return _remote_cause(cause) if isinstance(cause, USER_ERRORS) else err
+
+
 def _config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", help="YAML config file (see README, Config reference)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -198,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     level = args.global_log_level or getattr(args, "log_level", None) or "WARNING"
     logging.basicConfig(level=getattr(logging, level), format="%(levelname)s %(name)s: %(message)s")
+    for name in _WIRE_LOGGERS:  # their DEBUG lines carry request headers (access key ids, signatures)
+        logging.getLogger(name).setLevel(max(getattr(logging, level), logging.INFO))
     try:
         if args.command == "demo":
             from .demo import run_demo
@@ -230,10 +242,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 from .bench.distributed import main as bench_main
             return bench_main(args.args)
-    except (ValueError, FileNotFoundError, PermissionError) as err:  # user mistakes: one line, no traceback
+    except USER_ERRORS as err:  # user mistakes: one line, no traceback
         if args.debug:
             raise
-        print(f"dist-al: error: {err}", file=sys.stderr)
+        print(f"dist-al: error: {_remote_cause(err)}", file=sys.stderr)
         return 2
     return 0
 

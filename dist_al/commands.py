@@ -119,7 +119,7 @@ def _workdir_step(args, step: str) -> int:
     from .workdir import open_workdir
 
     cfg = _rounds_config(args)
-    return _locked(cfg, step.removesuffix("_step"), lambda: getattr(rounds, step)(cfg, open_workdir(cfg)))
+    return _locked(cfg, step.removesuffix("_step"), lambda: getattr(rounds, step)(cfg, open_workdir(cfg, create=False)))
 
 
 def export_command(args) -> int:

@@ -93,7 +93,8 @@ def _check_type(key: str, value: Any, types: tuple) -> Any:
     elif isinstance(value, ok) or (float in ok and isinstance(value, int)):
         return value
     want = " or ".join(_TYPE_NAMES[t] for t in types)
-    raise ConfigError(f"config key {key}: expected {want}, got {value!r}")
+    shown = f"a {type(value).__name__}" if key == "pool.storage_options" else repr(value)  # may hold credentials
+    raise ConfigError(f"config key {key}: expected {want}, got {shown}")
 
 
 def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None) -> dict:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import importlib
 import io
 import os
+import pickle  # only for its exception type: checkpoints are read by torch's weights_only unpickler
 import sys
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -56,14 +58,31 @@ def load_state(uri: str, storage_options: dict | None = None) -> dict:
     except (FileNotFoundError, OSError) as err:
         raise ModelError(f"model.checkpoint {uri!r} cannot be read: {err}") from None
     try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt or unsafe files
-        raise ModelError(f"model.checkpoint {uri!r} is not a loadable state_dict: {err}") from None
+        with warnings.catch_warnings():  # e.g. "pickle protocol 4": noise on top of the one error line
+            warnings.simplefilter("ignore")
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # torch's weights_only unpickler refused something
+        raise ModelError(f"model.checkpoint {uri!r} holds more than tensors and is refused (loading it could run "
+                         f"code; save model.state_dict() only): {_unpickling_reason(err)}") from None
+    except Exception as err:  # torch raises several types for corrupt files
+        raise ModelError(f"model.checkpoint {uri!r} is not a torch state_dict file (torch.save of "
+                         f"model.state_dict()): {type(err).__name__}: {_first_line(err)}") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict):
         raise ModelError(f"model.checkpoint {uri!r} holds a {type(state).__name__}, not a state_dict")
     return state
+
+
+def _first_line(err: BaseException) -> str:
+    return next((line.strip() for line in str(err).splitlines() if line.strip()), "(no detail)")
+
+
+def _unpickling_reason(err: BaseException) -> str:
+    """The line of torch's long weights_only message that says what was refused (not its advice to turn it off)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    found = [line for line in lines if "GLOBAL" in line or "Unsupported" in line or "WeightsUnpickler error" in line]
+    return (found[-1] if found else lines[-1] if lines else type(err).__name__).rstrip(":")
 
 
 def build_model(spec: ModelSpec, *, seed: int = 0, state: dict | None = None) -> nn.Module:

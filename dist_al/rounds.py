@@ -23,7 +23,7 @@ from .faults import crash_point
 from .labels import append_label_records, export_selection, load_label_records, read_labels, validate_labels
 from .model import build_model, classifier_layer, load_state
 from .pool import open_pool, plan_shards, read_shard
-from .selection import ShardedPool, model_spec, pool_spec, ray_session
+from .selection import ShardedPool, model_spec, pool_spec, preflight, ray_session
 from .storage import read_bytes, retrying, write_table_atomic
 from .workdir import Workdir, open_workdir
 
@@ -78,6 +78,7 @@ def select_step(cfg: dict, wd: Workdir, progress: bool = False) -> str:
     round_cfg["model"]["checkpoint"] = latest_checkpoint(wd) or cfg["model"]["checkpoint"]
     labeled = list(_labels(cfg, wd))
     sel = cfg["selection"]
+    preflight(round_cfg, len(labeled))  # ingest only records ids of this pool
     with _session(cfg):
         pool = ShardedPool(round_cfg, progress=progress)
         try:
@@ -85,6 +86,7 @@ def select_step(cfg: dict, wd: Workdir, progress: bool = False) -> str:
                                  labeled_ids=labeled or None)
         finally:
             pool.close()
+    wd.create()
     write_table_atomic(wd.round_path(n, "selection.parquet"), result.table, wd.storage_options)
     crash_point("select.after_write")
     wd.set_state(n, "SELECTED", strategy=sel["strategy"], budget=result.table.num_rows,
@@ -152,7 +154,7 @@ def train_step(cfg: dict, wd: Workdir) -> str:
 
 def advance(cfg: dict, progress: bool = False) -> str:
     """Moves the current round as far as it can go; answers the last status line."""
-    wd = open_workdir(cfg)
+    wd = open_workdir(cfg, create=False)
     n, state = _current(wd)
     if state in (None, "TRAINED"):
         log.info(select_step(cfg, wd, progress))
@@ -172,8 +174,9 @@ def advance(cfg: dict, progress: bool = False) -> str:
 
 
 def ingest(cfg: dict, uri: str, class_names: list[str] | None = None) -> str:
-    """Adds labels from a file; invalid rows are reported and rejected, valid rows land."""
-    wd = open_workdir(cfg)
+    """Adds labels from a file; invalid rows are reported and rejected, valid rows land. A file whose rows
+    are all rejected is a ValueError and writes nothing."""
+    wd = open_workdir(cfg, create=False)
     pool = open_pool(pool_spec(cfg))
     id_field = pool.schema.field(cfg["pool"]["id_column"])
     id_type = "int" if pa.types.is_integer(id_field.type) else "str"
@@ -188,6 +191,10 @@ def ingest(cfg: dict, uri: str, class_names: list[str] | None = None) -> str:
         return [i in found for i in ids]
 
     report = validate_labels(rows, known_ids=known, n_classes=n_classes, existing=_labels(cfg, wd))
+    if report.n_rejected and not report.accepted:
+        raise ValueError(f"labels file {uri}: no label accepted; {report.summary().split('; ', 1)[1]}")
+    if report.accepted:
+        wd.create()
     n, _ = _current(wd)
     append_label_records(wd.path("labels"), report.accepted, source=os.path.basename(uri), round_=n,
                          storage_options=wd.storage_options)
@@ -195,7 +202,7 @@ def ingest(cfg: dict, uri: str, class_names: list[str] | None = None) -> str:
 
 
 def status_table(cfg: dict) -> str:
-    wd = open_workdir(cfg)
+    wd = open_workdir(cfg, create=False)
     labels = _labels(cfg, wd)
     lines = [f"workdir {wd.uri}: {len(labels)} labels recorded", "",
              "| round | state | strategy | selected | labels received | train rows | eval accuracy |",

@@ -24,7 +24,7 @@ from .core.bait import check_reduction
 from .core.inputs import check_budget
 from .core.progress import progress_bar
 from .distributed import PROBE_SECONDS, WORKER_LOST, RayShards, ShardWorker, get_all
-from .model import ModelSpec, build_model
+from .model import ModelSpec, build_model, classifier_layer
 from .pool import PoolError, PoolSpec, open_pool, plan_shards
 
 log = logging.getLogger(__name__)
@@ -309,9 +309,23 @@ def _first_line(err: Exception) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}"
 
 
+def preflight(cfg: dict, n_labeled: int = 0) -> None:
+    """What can be checked without Ray (pool footers, model and checkpoint, budget, BAIT's size), so bad input
+    fails in seconds, before any worker starts or anything is written. ``n_labeled``: labeled ids known to be
+    in the pool."""
+    pool = open_pool(pool_spec(cfg))
+    model = build_model(model_spec(cfg), seed=cfg["selection"]["seed"])
+    check_budget(cfg["selection"]["budget"], pool.num_rows - n_labeled)
+    strategy = cfg["selection"]["strategy"]
+    if strategy == "bait":
+        layer = classifier_layer(model, cfg["model"]["classifier"])
+        check_reduction(resolve_options(strategy, strategy_options(cfg)), layer.out_features, layer.in_features)
+
+
 def run_selection(cfg: dict, *, labeled_ids=None, progress: bool = False) -> SelectionResult:
     """One selection as the config says: embed the pool on Ray, select, return the ids."""
     sel = cfg["selection"]
+    preflight(cfg)
     with ray_session(cfg["cluster"]["address"]):
         pool = ShardedPool(cfg, progress=progress)
         try:

@@ -26,7 +26,7 @@ import logging
 import os
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import fsspec
 import yaml
@@ -52,6 +52,17 @@ class WorkdirError(ValueError):
 class Workdir:
     uri: str
     storage_options: dict
+    # (workdir.json record, config.yaml bytes) of a workdir not yet on storage; `create` writes them
+    pending: tuple | None = field(default=None, repr=False)
+
+    def create(self) -> None:
+        """Puts a new workdir on storage; steps call it just before their first write, so a command that fails
+        on bad input leaves no workdir behind."""
+        if self.pending is not None:
+            meta, config_yaml = self.pending
+            self.write_json(self.path("workdir.json"), meta)
+            write_bytes_atomic(self.path("config.yaml"), config_yaml, self.storage_options)
+            self.pending = None
 
     def path(self, *parts: str) -> str:
         return "/".join([self.uri.rstrip("/"), *parts])
@@ -97,15 +108,21 @@ _TEMP_FILE = re.compile(r"^\..+\.tmp-[0-9a-f]{32}$")  # storage.write_bytes_atom
 @contextmanager
 def workdir_lock(cfg: dict, command: str):
     """Holds the workdir's lock (see dist_al.lock) and clears what killed writers left behind."""
-    with WorkdirLock(cfg["workdir"], cfg["pool"]["storage_options"], command=command) as lock:
-        fs, root = fsspec.core.url_to_fs(cfg["workdir"], **cfg["pool"]["storage_options"])
-        if isinstance(fs, LocalFileSystem):
-            for directory, _, files in os.walk(root):
-                for name in files:
-                    if _TEMP_FILE.match(name):
-                        log.info("removing %s, left by a write that was killed", os.path.join(directory, name))
-                        os.remove(os.path.join(directory, name))
-        yield lock
+    fs, root = fsspec.core.url_to_fs(cfg["workdir"], **cfg["pool"]["storage_options"])
+    local = isinstance(fs, LocalFileSystem)
+    made_here = local and not os.path.exists(root)  # a command that fails on bad input leaves no workdir behind
+    try:
+        with WorkdirLock(cfg["workdir"], cfg["pool"]["storage_options"], command=command) as lock:
+            if local:
+                for directory, _, files in os.walk(root):
+                    for name in files:
+                        if _TEMP_FILE.match(name):
+                            log.info("removing %s, left by a write that was killed", os.path.join(directory, name))
+                            os.remove(os.path.join(directory, name))
+            yield lock
+    finally:
+        if made_here and os.path.isdir(root) and not os.listdir(root):
+            os.rmdir(root)
 
 
 def pool_fingerprint(cfg: dict) -> str:
@@ -127,15 +144,18 @@ def _pool_spec(cfg):
     return pool_spec(cfg)
 
 
-def open_workdir(cfg: dict) -> Workdir:
-    """Opens the config's workdir, creating it on first use; refuses one made for another pool or model."""
+def open_workdir(cfg: dict, create: bool = True) -> Workdir:
+    """Opens the config's workdir; refuses one made for another pool or model. A new workdir is written now,
+    or with ``create=False`` only when a step calls ``Workdir.create`` before its first write."""
     wd = Workdir(cfg["workdir"], cfg["pool"]["storage_options"])
     meta_uri = wd.path("workdir.json")
     fingerprint = pool_fingerprint(cfg)
     pinned = {".".join(k): cfg[k[0]][k[1]] for k in PINNED_KEYS}
     if not wd.exists(meta_uri):
-        wd.write_json(meta_uri, {"version": 1, "pool_fingerprint": fingerprint, "pinned": pinned})
-        write_bytes_atomic(wd.path("config.yaml"), dump(_without_secrets(cfg)).encode(), wd.storage_options)
+        wd.pending = ({"version": 1, "pool_fingerprint": fingerprint, "pinned": pinned},
+                      dump(_without_secrets(cfg)).encode())
+        if create:
+            wd.create()
         return wd
     meta = wd.read_json(meta_uri)
     if meta.get("pool_fingerprint") != fingerprint:

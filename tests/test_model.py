@@ -74,7 +74,7 @@ def test_checkpoint_with_arbitrary_pickle_is_refused(tmp_path):
             return (print, ("pwned",))
 
     torch.save({"weight": Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(ModelError, match="not a loadable state_dict"):
+    with pytest.raises(ModelError, match="holds more than tensors and is refused"):
         build_model(ModelSpec(kwargs={"in_dim": 6, "n_classes": 3}, checkpoint=str(tmp_path / "evil.pt")))
 
 

@@ -1,0 +1,323 @@
+"""Bad input through the real `dist-al` command: one clear line, exit != 0, no traceback, nothing written.
+
+Every case runs `python -m dist_al.cli ...` in a fresh directory holding the case's config (and, for
+cases on an existing workdir, a copy of a workdir that already has labels). The directory, the pool
+and the workdir are snapshotted byte for byte before and after: a failed command may not create,
+change or delete a single file (no workdir.json, no partial --out, no temp files).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from dist_al.config import load_config
+from dist_al.models import mlp
+from dist_al.pool import write_pool
+from dist_al.rounds import ingest
+
+ROWS, CLASSES, DIM = 120, 4, 8
+MODEL = {"in_dim": DIM, "n_classes": CLASSES, "hidden": 16}
+LABELED = 5  # rows labeled in the shared workdir
+
+
+def cli(*args, cwd, env=None, timeout=300):
+    full_env = {**os.environ, **(env or {})}
+    full_env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), full_env.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-m", "dist_al.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env=full_env, timeout=timeout)
+
+
+def snapshot(*roots: Path) -> dict:
+    """Every path under the roots (directories too, hidden files too) -> its bytes (None for a directory)."""
+    out = {}
+    for root in roots:
+        if not root.exists():
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            for d in dirnames:
+                out[os.path.join(dirpath, d)] = None
+            for f in filenames:
+                p = os.path.join(dirpath, f)
+                out[p] = Path(p).read_bytes()
+    return out
+
+
+def assert_one_line_error(res, *needles: str) -> str:
+    """Exit code 2, exactly one stderr line starting 'dist-al: error:', holding every needle; returns it."""
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2, (res.returncode, res.stderr[-3000:])
+    assert "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert len(lines) == 1, res.stderr[-3000:]
+    assert lines[0].startswith("dist-al: error: "), lines[0]
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _table(ids, feats, id_type=None, feature_name="features"):
+    flat = pa.array(np.asarray(feats, dtype=np.float32).reshape(-1))
+    return pa.table({"id": pa.array(ids, id_type), feature_name: pa.FixedSizeListArray.from_arrays(flat, DIM)})
+
+
+def _feats(n, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, DIM)).astype(np.float32)
+
+
+def _write(path: Path, table: pa.Table) -> str:
+    path.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path / "part-00000.parquet")
+    return str(path)
+
+
+def make_bad_pools(root: Path) -> dict[str, str]:
+    ids = np.arange(ROWS, dtype=np.int64)
+    f = _feats(ROWS)
+    pools = {}
+    pools["missing_column"] = _write(root / "missing_column", _table(ids, f, feature_name="embedding"))
+    pools["mistyped_id"] = _write(root / "mistyped_id", _table(ids.astype(np.float64), f))
+    ragged = pa.array([[0.5] * (DIM if i != 70 else DIM - 3) for i in range(ROWS)], pa.list_(pa.float32()))
+    pools["ragged"] = _write(root / "ragged", pa.table({"id": ids, "features": ragged}))
+    nan = f.copy()
+    nan[77, 3] = np.nan
+    pools["nan"] = _write(root / "nan", _table(ids, nan))
+    inf = f.copy()
+    inf[33, 0] = np.inf
+    pools["inf"] = _write(root / "inf", _table(ids, inf))
+    dup = ids.copy()
+    dup[90] = 12
+    pools["duplicate_ids"] = _write(root / "duplicate_ids", _table(dup, f))
+    pools["empty_pool"] = _write(root / "empty_pool", _table(np.zeros(0, np.int64), np.zeros((0, DIM))))
+    (root / "empty_dir").mkdir()
+    (root / "empty_dir" / "_SUCCESS").write_text("")
+    pools["empty_dir"] = str(root / "empty_dir")
+    trunc = root / "truncated"
+    write_pool(str(trunc), ids, f, rows_per_file=60)
+    data = (trunc / "part-00001.parquet").read_bytes()
+    (trunc / "part-00001.parquet").write_bytes(data[: len(data) // 2])
+    pools["truncated"] = str(trunc)
+    text = root / "not_parquet"
+    write_pool(str(text), ids, f, rows_per_file=60)
+    (text / "part-00002.parquet").write_text("id,features\n1,0.5\n")
+    pools["not_parquet"] = str(text)
+    return pools
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """A good pool, bad pools, checkpoints, label files and a workdir that already holds labels."""
+    root = tmp_path_factory.mktemp("bad-input")
+    feats = _feats(ROWS, seed=1)
+    labels = np.arange(ROWS) % CLASSES
+    write_pool(str(root / "pool"), np.arange(1000, 1000 + ROWS), feats, labels, rows_per_file=60, rows_per_group=30)
+    bad = make_bad_pools(root / "bad")
+    torch.save(mlp(DIM + 1, CLASSES, 16).state_dict(), root / "wrong_shape.pt")
+    good_cfg = {
+        "pool": {"uri": str(root / "pool"), "label_column": "label"},
+        "model": {"kwargs": MODEL},
+        "selection": {"strategy": "margin", "budget": 10, "seed": 0},
+        "cluster": {"workers": 2},
+        "train": {"workers": 1, "epochs": 1},
+        "workdir": str(root / "work"),
+    }
+    (root / "labels.csv").write_text("id,label\n" + "".join(f"{1000 + i},{i % CLASSES}\n" for i in range(LABELED)))
+    print(ingest(load_config(None, base=good_cfg), str(root / "labels.csv")))
+    assert (root / "work" / "workdir.json").exists()
+    return {"root": root, "bad": bad, "cfg": good_cfg}
+
+
+def case_dir(env, tmp_path, *, existing_workdir: bool, **sections) -> tuple[Path, Path]:
+    """A directory with config.yaml (the good config with `sections` merged in) and maybe a workdir copy."""
+    cfg = yaml.safe_load(yaml.safe_dump(env["cfg"]))
+    cfg["workdir"] = str(tmp_path / "work")
+    for key, value in sections.items():
+        section, _, name = key.partition("__")
+        if name:
+            cfg.setdefault(section, {})[name] = value
+        else:
+            cfg[section] = value
+    if existing_workdir:
+        shutil.copytree(env["root"] / "work", tmp_path / "work")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return tmp_path, tmp_path / "config.yaml"
+
+
+def run_and_check(env, tmp_path, command: list[str], *needles, existing_workdir=False, cli_env=None, **sections):
+    """Runs the command on the case's config; asserts a clean one-line failure and nothing written."""
+    cwd, config = case_dir(env, tmp_path, existing_workdir=existing_workdir, **sections)
+    watched = (cwd, env["root"] / "pool", env["root"] / "bad", env["root"] / "work")
+    before = snapshot(*watched)
+    res = cli(*command[:1], "--config", str(config), *command[1:], cwd=cwd, env=cli_env)
+    line = assert_one_line_error(res, *needles)
+    print(f"OBSERVED {' '.join(command[:1])}: {line}")
+    after = snapshot(*watched)
+    assert sorted(after) == sorted(before), set(after) ^ set(before)
+    assert after == before
+    return line
+
+
+SELECT = ["select", "--out", "out/sel.parquet", "--no-progress"]
+ROUND = ["round", "--no-progress"]
+
+# id, command, use a copy of the existing workdir, config sections, substrings of the error line
+POOL_CASES = [
+    ("missing column", SELECT, False, "missing_column", ["part-00000.parquet", "has no column 'features'", "embedding"]),
+    ("mistyped id column", ROUND, True, "mistyped_id", ["part-00000.parquet", "id column 'id' has type double"]),
+    ("feature lists of different lengths", SELECT, False, "ragged",
+     ["part-00000.parquet", "ragged 'features'", "id 70", "expected D=8"]),
+    ("NaN feature", ROUND, False, "nan", ["part-00000.parquet", "NaN or inf in 'features'", "id 77"]),
+    ("inf feature", SELECT, False, "inf", ["part-00000.parquet", "NaN or inf in 'features'", "id 33"]),
+    ("duplicate ids", ROUND, False, "duplicate_ids", ["ids are not unique", "id 12"]),
+    ("empty pool (0 rows)", SELECT, False, "empty_pool", ["empty pool (0 rows"]),
+    ("empty pool (no data files)", ROUND, False, "empty_dir", ["empty pool (no data files"]),
+    ("truncated Parquet file", ROUND, True, "truncated", ["part-00001.parquet", "not Parquet or is truncated"]),
+    ("non-Parquet file", SELECT, False, "not_parquet", ["part-00002.parquet", "not Parquet or is truncated"]),
+]
+
+
+@pytest.mark.parametrize("name, command, existing, pool, needles", POOL_CASES, ids=[c[0] for c in POOL_CASES])
+def test_bad_pool(env, tmp_path, name, command, existing, pool, needles):
+    where = [] if pool == "duplicate_ids" else [env["bad"][pool]]  # found across workers: named by the id
+    run_and_check(env, tmp_path, command, *where, *needles, existing_workdir=existing, pool={"uri": env["bad"][pool]})
+
+
+def test_pool_that_does_not_exist(env, tmp_path):
+    run_and_check(env, tmp_path, ROUND, "no such file, directory, bucket or prefix",
+                  pool={"uri": str(tmp_path / "nowhere")})
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_pool_that_is_not_readable(env, tmp_path):
+    locked = tmp_path / "locked"
+    shutil.copytree(env["root"] / "pool", locked)
+    (locked / "part-00001.parquet").chmod(0)
+    try:
+        run_and_check(env, tmp_path, SELECT, "part-00001.parquet", "permission denied", pool={"uri": str(locked)})
+    finally:
+        (locked / "part-00001.parquet").chmod(0o644)
+
+
+CONFIG_CASES = [
+    ("budget zero", ROUND, True, {"selection__budget": 0}, ["selection.budget must be positive, got 0"]),
+    ("budget negative", SELECT, False, {"selection__budget": -3}, ["selection.budget must be positive, got -3"]),
+    ("budget above unlabeled rows (select)", SELECT, False, {"selection__budget": ROWS + 1},
+     [f"budget {ROWS + 1} is larger than the {ROWS} unlabeled rows"]),
+    ("budget above unlabeled rows (round)", ROUND, True, {"selection__budget": ROWS - LABELED + 1},
+     [f"budget {ROWS - LABELED + 1} is larger than the {ROWS - LABELED} unlabeled rows"]),
+    ("model factory cannot be imported", ROUND, False, {"model__factory": "no_such_pkg.nets:build"},
+     ["model.factory 'no_such_pkg.nets:build'", "cannot import module 'no_such_pkg.nets'"]),
+    ("model factory attribute missing", SELECT, False, {"model__factory": "dist_al.models:resnet"},
+     ["module 'dist_al.models' has no attribute 'resnet'"]),
+    ("checkpoint shapes do not match", SELECT, False, {"model__checkpoint": "CKPT"},
+     ["checkpoint does not match the model", "size mismatch"]),
+    ("checkpoint missing", ROUND, True, {"model__checkpoint": "/nonexistent/model.pt"},
+     ["model.checkpoint '/nonexistent/model.pt' cannot be read"]),
+    ("model class count differs from the labels", ["train"], True,
+     {"model__kwargs": {**MODEL, "n_classes": CLASSES + 1}},
+     ["model.kwargs", f"'n_classes': {CLASSES}", f"'n_classes': {CLASSES + 1}"]),
+    ("unknown config key", ROUND, False, {"selection__budgett": 5}, ["unknown config key selection.budgett",
+                                                                      "did you mean 'budget'?"]),
+    ("unknown section", SELECT, False, {"clustr": {"workers": 2}}, ["unknown config key 'clustr'",
+                                                                     "did you mean 'cluster'?"]),
+    ("wrong type", ROUND, True, {"cluster__workers": "two"}, ["config key cluster.workers: expected an integer",
+                                                             "'two'"]),
+]
+
+
+@pytest.mark.parametrize("name, command, existing, sections, needles", CONFIG_CASES, ids=[c[0] for c in CONFIG_CASES])
+def test_bad_config_or_model(env, tmp_path, name, command, existing, sections, needles):
+    if sections.get("model__checkpoint") == "CKPT":
+        sections = {**sections, "model__checkpoint": str(env["root"] / "wrong_shape.pt")}
+    run_and_check(env, tmp_path, command, *needles, existing_workdir=existing, **sections)
+
+
+def test_debug_shows_the_traceback(env, tmp_path):
+    cwd, config = case_dir(env, tmp_path, existing_workdir=False, model__factory="no_such_pkg.nets:build")
+    res = cli("--debug", "select", "--config", str(config), "--out", "out/sel.parquet", cwd=cwd)
+    assert res.returncode != 0
+    assert "Traceback (most recent call last)" in res.stderr and "cannot import module 'no_such_pkg.nets'" in res.stderr
+    assert not (cwd / "out").exists() and not (cwd / "work").exists()
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def _label_files(work: Path) -> list[Path]:
+    return sorted((work / "labels").glob("*.parquet")) if (work / "labels").exists() else []
+
+
+def test_ingest_rejects_bad_rows_and_lands_the_valid_ones(env, tmp_path):
+    cwd, config = case_dir(env, tmp_path, existing_workdir=True)
+    labels = cwd / "mixed.csv"
+    labels.write_text("id,label\n1010,1\n99999,2\n1011,7\n1012,0\n1012,3\n1013,cat\n1000,0\n1001,3\n")
+    before = _label_files(cwd / "work")
+    res = cli("ingest", "--config", str(config), str(labels), cwd=cwd)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    out = res.stdout.strip()
+    print("OBSERVED ingest:", out)
+    assert out.startswith("1 label accepted; rejected: "), out
+    for part in ("1 unknown id (99999)", "1 out-of-range label (id 1011: 7)", "id 1012: 0 vs 3",
+                 "1 non-integer label (id 1013: 'cat')", "id 1001: 3, recorded 1"):
+        assert part in out, (part, out)
+    new = sorted(set(_label_files(cwd / "work")) - set(before))
+    assert len(new) == 1
+    assert pq.read_table(new[0]).select(["id", "label"]).to_pylist() == [{"id": 1010, "label": 1}]
+
+
+@pytest.mark.parametrize("existing", [True, False], ids=["existing workdir", "fresh workdir"])
+def test_ingest_with_every_row_bad_writes_nothing(env, tmp_path, existing):
+    labels = tmp_path / "in" / "bad.csv"
+    labels.parent.mkdir()
+    labels.write_text("id,label\n99999,2\n1011,7\n1012,0\n1012,3\n")
+    line = run_and_check(env, tmp_path, ["ingest", str(labels)], "labels file", "bad.csv", "no label accepted",
+                         "unknown id (99999)", existing_workdir=existing)
+    assert "id 1011: 7" in line
+
+
+def test_ingest_labels_file_with_missing_column(env, tmp_path):
+    labels = tmp_path / "in" / "bad.csv"
+    labels.parent.mkdir()
+    labels.write_text("id,class\n1010,1\n")
+    run_and_check(env, tmp_path, ["ingest", str(labels)], "bad.csv", "missing column(s) label")
+
+
+# --------------------------------------------------------------------------- object store
+
+
+def s3_env(endpoint, key="testing-key", secret="testing-secret"):
+    return {"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/nonexistent",
+            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "NO_PROXY": "127.0.0.1,localhost",
+            "no_proxy": "127.0.0.1,localhost"}
+
+
+def test_s3_bucket_that_does_not_exist(env, tmp_path, s3_server):
+    run_and_check(env, tmp_path, SELECT, "s3://no-such-bucket-7f3a/pool", "no such file, directory, bucket or prefix",
+                  cli_env=s3_env(s3_server),
+                  pool={"uri": "s3://no-such-bucket-7f3a/pool", "storage_options": {"endpoint_url": s3_server}})
+
+
+def test_s3_bad_credentials(env, tmp_path, s3_server, s3_bucket, s3_storage_options, monkeypatch):
+    """moto checks signatures once its 'no auth' allowance is spent: unknown keys get a 403."""
+    from moto import settings
+    from moto.core.authorization import ActionAuthenticatorMixin
+
+    write_pool(f"s3://{s3_bucket}/pool", np.arange(ROWS), _feats(ROWS), storage_options=s3_storage_options)
+    monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
+    monkeypatch.setattr(ActionAuthenticatorMixin, "request_count", 0)
+    uri = f"s3://{s3_bucket}/pool"
+    run_and_check(env, tmp_path, ROUND, uri, "permission denied", cli_env=s3_env(s3_server, "AKIAWRONG", "wrong"),
+                  pool={"uri": uri, "storage_options": {"endpoint_url": s3_server}})
