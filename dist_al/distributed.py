@@ -18,7 +18,7 @@ import torch
 
 from .core.api import STRATEGIES
 from .model import Embedder, ModelSpec, build_model
-from .pool import PoolError, PoolSpec, check_unique_ids, open_pool, read_shard
+from .pool import PoolSpec, duplicated_id, id_locations, open_pool, read_shard
 
 
 def _to_cpu(value: Any) -> Any:
@@ -129,13 +129,13 @@ class ShardWorker:
         parts = [self.ids[keys == b] for b in range(n_buckets)]
         return parts if n_buckets > 1 else parts[0]
 
-    def duplicate_id(self, *parts: np.ndarray) -> str | None:
-        """The error naming an id that occurs twice in this worker's bucket (every shard's part), or None."""
-        try:
-            check_unique_ids(parts)
-        except PoolError as err:
-            return str(err)
-        return None
+    def duplicate_id(self, *parts: np.ndarray):
+        """An id that occurs twice in this worker's bucket (every shard's part of it), or None."""
+        return duplicated_id(parts)
+
+    def locate_id(self, value) -> list[str]:
+        """Where in this shard's files ``value`` occurs, for an error that names them."""
+        return id_locations(self.pool, self.shard, self.ids, value)
 
     # -- selection --------------------------------------------------------------------
 

@@ -51,6 +51,8 @@ __all__ = [
     "plan_shards",
     "read_shard",
     "check_unique_ids",
+    "duplicated_id",
+    "id_locations",
     "write_pool",
     "LOGICAL_COLUMNS",
 ]
@@ -597,37 +599,48 @@ def _features_to_numpy(pool: Pool, fi: int, rg: int, col: pa.ChunkedArray) -> np
 # --------------------------------------------------------------------------- ids
 
 
-def check_unique_ids(id_arrays: Iterable[np.ndarray]) -> None:
-    """Raise ``PoolError`` naming one duplicated id (and the arrays holding it).
-
-    Run by the coordinator over every shard's ids before any model runs:
-    selections are reported by id, so a duplicate would make a pick ambiguous.
-    """
-    all_arrays = [np.asarray(a) for a in id_arrays]
-    arrays = [a for a in all_arrays if a.size]
+def duplicated_id(id_arrays: Iterable[np.ndarray]):
+    """One id that occurs more than once across the arrays, or None."""
+    arrays = [a for a in (np.asarray(a) for a in id_arrays) if a.size]
     if not arrays:
-        return
+        return None
     kinds = {"int" if np.issubdtype(a.dtype, np.integer) else "str" for a in arrays}
     if len(kinds) > 1:
         raise PoolError("pool ids mix integers and strings across shards")
     if kinds == {"int"}:
         allv = np.sort(np.concatenate([a.astype(np.int64, copy=False) for a in arrays]))
         dup = np.flatnonzero(allv[1:] == allv[:-1])
-        if not dup.size:
-            return
-        value = allv[dup[0]].item()
-    else:
-        import pyarrow.compute as pc
+        return allv[dup[0]].item() if dup.size else None
+    import pyarrow.compute as pc
 
-        chunked = pa.chunked_array([pa.array(a, type=pa.large_string()) for a in arrays])
-        counts = pc.value_counts(chunked)
-        mask = pc.greater(counts.field("counts"), 1)
-        dups = pc.filter(counts.field("values"), mask)
-        if not len(dups):
-            return
-        value = dups[0].as_py()
+    chunked = pa.chunked_array([pa.array(a, type=pa.large_string()) for a in arrays])
+    counts = pc.value_counts(chunked)
+    dups = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
+    return dups[0].as_py() if len(dups) else None
+
+
+def check_unique_ids(id_arrays: Iterable[np.ndarray]) -> None:
+    """Raise ``PoolError`` naming one duplicated id (and the arrays holding it).
+
+    Selections are reported by id, so a duplicate would make a pick ambiguous.
+    """
+    all_arrays = [np.asarray(a) for a in id_arrays]
+    value = duplicated_id(all_arrays)
+    if value is None:
+        return
     where = [i for i, a in enumerate(all_arrays) if a.size and np.any(a == value)]
     raise PoolError(f"pool ids are not unique: id {value!r} appears more than once (in id array(s) {where})")
+
+
+def id_locations(pool: Pool, shard: Shard, ids: np.ndarray, value) -> list[str]:
+    """'FILE row group G' for each row of the shard (whose ids, in row order, are ``ids``) holding ``value``."""
+    ends = np.cumsum([n for _, _, n in shard.row_groups])
+    out = []
+    for pos in np.flatnonzero(ids == value):
+        k = int(np.searchsorted(ends, pos, side="right"))
+        file_index, group, _ = shard.row_groups[k]
+        out.append(f"{pool.file_uri(file_index)} row group {group}")
+    return out
 
 
 # --------------------------------------------------------------------------- write

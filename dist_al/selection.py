@@ -99,9 +99,10 @@ def check_unique_ids_on_workers(workers: list) -> None:
     if n == 1:
         parts = [[p] for p in parts]
     found = get_all([workers[b].duplicate_id.remote(*[parts[w][b] for w in range(n)]) for b in range(n)])
-    problem = next((d for d in found if d is not None), None)
-    if problem is not None:
-        raise PoolError(problem)
+    value = next((d for d in found if d is not None), None)
+    if value is not None:
+        places = [place for where in get_all([w.locate_id.remote(value) for w in workers]) for place in where]
+        raise PoolError(f"pool ids are not unique: id {value!r} appears {len(places)} times: in {', '.join(places)}")
 
 
 class ShardedPool:

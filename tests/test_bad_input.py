@@ -180,7 +180,8 @@ POOL_CASES = [
      ["part-00000.parquet", "ragged 'features'", "id 70", "expected D=8"]),
     ("NaN feature", ROUND, False, "nan", ["part-00000.parquet", "NaN or inf in 'features'", "id 77"]),
     ("inf feature", SELECT, False, "inf", ["part-00000.parquet", "NaN or inf in 'features'", "id 33"]),
-    ("duplicate ids", ROUND, False, "duplicate_ids", ["ids are not unique", "id 12"]),
+    ("duplicate ids", ROUND, False, "duplicate_ids", ["ids are not unique: id 12 appears 2 times",
+                                                       "part-00000.parquet row group 0"]),
     ("empty pool (0 rows)", SELECT, False, "empty_pool", ["empty pool (0 rows"]),
     ("empty pool (no data files)", ROUND, False, "empty_dir", ["empty pool (no data files"]),
     ("truncated Parquet file", ROUND, True, "truncated", ["part-00001.parquet", "not Parquet or is truncated"]),
@@ -190,8 +191,7 @@ POOL_CASES = [
 
 @pytest.mark.parametrize("name, command, existing, pool, needles", POOL_CASES, ids=[c[0] for c in POOL_CASES])
 def test_bad_pool(env, tmp_path, name, command, existing, pool, needles):
-    where = [] if pool == "duplicate_ids" else [env["bad"][pool]]  # found across workers: named by the id
-    run_and_check(env, tmp_path, command, *where, *needles, existing_workdir=existing, pool={"uri": env["bad"][pool]})
+    run_and_check(env, tmp_path, command, env["bad"][pool], *needles, existing_workdir=existing, pool={"uri": env["bad"][pool]})
 
 
 def test_pool_that_does_not_exist(env, tmp_path):

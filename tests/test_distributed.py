@@ -139,5 +139,6 @@ def test_duplicate_ids_are_reported_before_selection(cluster, tmp_path):
     ids = np.arange(300)
     ids[250] = 17
     write_pool(str(tmp_path / "dup"), ids, feats.numpy(), rows_per_file=100, rows_per_group=50)
-    with pytest.raises(ValueError, match="id 17"):
+    with pytest.raises(ValueError, match=r"id 17 appears 2 times: in \S+part-00000.parquet row group 0, "
+                                         r"\S+part-00002.parquet row group 1$"):
         run_selection(_config(str(tmp_path / "dup"), "badge", 3, label_column=None))
