@@ -13,16 +13,16 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1   # one torch thread per process: set
 
 # name                 config                      budget rounds warm_start (longest first)
 SETTINGS="
-synthetic-scratch-b200 configs/eval-synthetic.yaml 200 3   false
 digits-scratch-b10     configs/eval-digits.yaml    10  24  false
-synthetic-scratch-b50  configs/eval-synthetic.yaml 50  6   false
 digits-warm-b10        configs/eval-digits.yaml    10  24  true
-weather-scratch-b10    configs/eval-weather.yaml   10  20  false
-weather-warm-b10       configs/eval-weather.yaml   10  20  true
+synthetic-scratch-b40  configs/eval-synthetic.yaml 40  5   false
+weather-scratch-b10    configs/eval-weather.yaml   10  14  false
+weather-warm-b10       configs/eval-weather.yaml   10  14  true
+synthetic-scratch-b200 configs/eval-synthetic.yaml 200 2   false
 digits-scratch-b60     configs/eval-digits.yaml    60  4   false
 digits-warm-b60        configs/eval-digits.yaml    60  4   true
-weather-scratch-b50    configs/eval-weather.yaml   50  4   false
-weather-warm-b50       configs/eval-weather.yaml   50  4   true
+weather-scratch-b50    configs/eval-weather.yaml   50  3   false
+weather-warm-b50       configs/eval-weather.yaml   50  3   true
 "
 
 "$PY" -m dist_al.eval_data "$DATA" --synthetic-rows 20000
