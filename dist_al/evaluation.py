@@ -244,14 +244,15 @@ def write_report(run_dirs: list[str], out: str) -> list[str]:
     """Writes the figures and tables for these runs into ``out``; returns the paths written."""
     from .plot import plot_curve_panels, plot_penalty
 
-    settings = [load_setting(d) for d in run_dirs]
+    settings = sorted((load_setting(d) for d in run_dirs),
+                      key=lambda s: (s.info.get("dataset", s.name), s.info.get("warm_start", False),
+                                     s.info.get("budget", 0), s.name))
     os.makedirs(out, exist_ok=True)
     written = []
     by_dataset: dict[str, list[Setting]] = {}
     for s in settings:
         by_dataset.setdefault(s.info.get("dataset", s.name), []).append(s)
     for dataset, group in by_dataset.items():
-        group.sort(key=lambda s: (s.info.get("warm_start", False), s.info.get("budget", 0), s.name))
         panels = [(_title(s), s.labels, {n: s.acc[n] for n in s.strategies}) for s in group]
         path = os.path.join(out, f"eval-curves-{dataset}.png")
         with open(path, "wb") as f:

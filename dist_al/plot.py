@@ -75,7 +75,7 @@ def plot_curve(records: list[dict], *, title: str = "Active learning: test accur
     return buf.getvalue()
 
 
-def plot_curve_panels(panels, *, title: str, dpi: int = 90) -> bytes:
+def plot_curve_panels(panels, *, title: str, dpi: int = 72) -> bytes:
     """A PNG of several settings side by side: panels are (title, labels, {strategy: (seeds, labels) accuracy})."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -91,7 +91,7 @@ def plot_curve_panels(panels, *, title: str, dpi: int = 90) -> bytes:
             mean = a.mean(0)
             se = a.std(0, ddof=1) / math.sqrt(len(a)) if len(a) > 1 else np.zeros_like(mean)
             style = "--" if strategy in _BASELINES else "-"
-            line, = ax.plot(labels, mean, style, marker="o", markersize=2.5, linewidth=1.5,
+            line, = ax.plot(labels, mean, style, marker="o" if len(labels) < 8 else None, markersize=3, linewidth=1.5,
                             color=_COLOURS.get(strategy), label=strategy)
             ax.fill_between(labels, mean - se, mean + se, color=line.get_color(), alpha=0.15, linewidth=0)
         ax.set_title(name, fontsize=10)

@@ -3,7 +3,7 @@
 # `dist-al evaluate` draws the figures and tables into docs/.  From a clean clone:
 #   pip install -e '.[eval]' && scripts/evaluate.sh
 # Environment: PARALLEL=N settings at a time (default 1); ONLY=REGEX runs only the matching settings
-# (e.g. ONLY='^digits-'); DATA, RUNS, OUT change the directories (default ./eval-data, ./eval-runs, docs).
+# (e.g. ONLY='^digits-'); SKIP_DATA=1 keeps the data sets written before; DATA, RUNS, OUT change the directories (default ./eval-data, ./eval-runs, docs).
 # A setting whose run.json matches is skipped by simulate, so an interrupted run resumes where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,16 +16,17 @@ SETTINGS="
 digits-scratch-b10     configs/eval-digits.yaml    10  24  false
 digits-warm-b10        configs/eval-digits.yaml    10  24  true
 synthetic-scratch-b40  configs/eval-synthetic.yaml 40  5   false
+synthetic-scratch-b200 configs/eval-synthetic.yaml 200 2   false
 weather-scratch-b10    configs/eval-weather.yaml   10  14  false
 weather-warm-b10       configs/eval-weather.yaml   10  14  true
-synthetic-scratch-b200 configs/eval-synthetic.yaml 200 2   false
 digits-scratch-b60     configs/eval-digits.yaml    60  4   false
 digits-warm-b60        configs/eval-digits.yaml    60  4   true
 weather-scratch-b50    configs/eval-weather.yaml   50  3   false
 weather-warm-b50       configs/eval-weather.yaml   50  3   true
 "
 
-"$PY" -m dist_al.eval_data "$DATA" --synthetic-rows 20000
+# SKIP_DATA=1: keep the data sets already under $DATA (other settings may be reading them right now)
+[ -n "${SKIP_DATA:-}" ] || "$PY" -m dist_al.eval_data "$DATA" --synthetic-rows 20000
 
 run_setting() {  # name config budget rounds warm
   "$PY" -m dist_al.cli simulate --config "$2" --no-progress \
