@@ -22,6 +22,9 @@ EXAMPLES = {
     "  dist-al simulate --config my.yaml --set simulation.rounds=10 --set train.backend=local --log-level INFO\n"
     "needs pool.label_column (the hidden labels) and eval.uri (a labeled test set);\n"
     "writes WORKDIR/simulation/curve.csv, curve.png and one checkpoint per round",
+    "evaluate": "examples:\n  dist-al evaluate eval-runs/digits-scratch-b10 eval-runs/digits-scratch-b60 --out docs\n"
+    "  scripts/evaluate.sh     (every run and figure of docs/EVALUATION.md)\n"
+    "writes OUT/eval-curves-DATASET.png, eval-penalty.png, eval-tables.md and eval-summary.csv",
     "round": "examples:\n  dist-al round --config configs/local-round.yaml\n"
     "  */5 * * * *  dist-al round --config /etc/dist-al/prod.yaml     (crontab: one tick every 5 minutes)\n"
     "prints one line, e.g. 'round 3: waiting for labels, 412/500 received'",
@@ -118,6 +121,16 @@ def _parser() -> argparse.ArgumentParser:
                           help="comma-separated strategies (default: simulation.strategies, else selection.strategy)")
     simulate.add_argument("--seeds", type=int, default=None, help="repetitions per strategy (default: simulation.seeds)")
     simulate.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    evaluate = _command(
+        sub,
+        "evaluate",
+        help="compare strategies over `dist-al simulate` runs: AUC, labels to target, penalty matrix, plots",
+        description="Reads RUN_DIR/simulation/curve.csv of each run (one setting each) and writes learning-curve "
+        "panels per data set, the pairwise penalty heatmap and markdown tables (docs/EVALUATION.md).",
+    )
+    evaluate.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="workdirs of `dist-al simulate` runs")
+    evaluate.add_argument("--out", default="docs", help="where the figures and tables go (default docs)")
 
     select = _command(
         sub,
@@ -220,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
             from .simulate import simulate_command
 
             return simulate_command(args)
+        if args.command == "evaluate":
+            from .evaluation import evaluate_command
+
+            return evaluate_command(args)
         if args.command in ("round", "export", "ingest", "train", "status"):
             from . import commands
 

@@ -21,7 +21,7 @@ def run(*args, cwd=None):
 
 
 @pytest.mark.parametrize("command", ["demo", "simulate", "select", "make-pool", "round", "export", "ingest", "train",
-                                     "status", "bench", "submit", "jobs", "logs"])
+                                     "status", "bench", "submit", "jobs", "logs", "evaluate"])
 def test_every_command_has_help_with_examples(command):
     out = run(command, "--help")
     assert out.returncode == 0 and "examples:" in out.stdout

@@ -1,0 +1,122 @@
+"""The evaluation's data sets (docs/EVALUATION.md): a pool and a disjoint held-out test split each, as Parquet.
+
+All three are available offline, and the same bytes come out on every run:
+
+* ``digits``: scikit-learn's bundled handwritten digits (1,797 rows, 64 pixel
+  features scaled to [0, 1], 10 classes);
+* ``weather``: the Seattle daily weather records shipped in the
+  ``vega_datasets`` wheel (1,461 days, 2012-2015; features: precipitation,
+  max/min temperature, wind and the day of year as sine/cosine, standardised
+  with the pool's mean and std; 5 classes: sun, fog, rain, drizzle, snow;
+  ``pip install dist-al[eval]``);
+* ``synthetic``: ``dist_al.synthetic.gaussian_mixture`` at ``--synthetic-rows``.
+
+Each test split is stratified with a fixed seed and never overlaps its pool
+(ids are the rows' indices in the source).  Run::
+
+    python -m dist_al.eval_data ./eval-data            # all three
+    python -m dist_al.eval_data ./eval-data --only digits
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+__all__ = ["DATASETS", "load", "write_dataset"]
+
+SPLIT_SEED = 0
+SYNTHETIC = {"classes": 10, "dim": 32, "separation": 1.5, "test": 2000}
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray, int]:
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    return (x / 16.0).astype(np.float32), y.astype(np.int64), 500
+
+
+def _weather() -> tuple[np.ndarray, np.ndarray, int]:
+    try:
+        from vega_datasets import local_data
+    except ImportError:
+        raise ValueError("the weather data set ships in the vega_datasets package: "
+                         "pip install 'dist-al[eval]' (or vega_datasets)") from None
+    df = local_data.seattle_weather()
+    day = df["date"].dt.day_of_year.to_numpy() / 365.25 * 2 * np.pi
+    x = np.column_stack([df[c].to_numpy(dtype=np.float64) for c in ("precipitation", "temp_max", "temp_min", "wind")]
+                        + [np.sin(day), np.cos(day)])
+    classes = sorted(df["weather"].unique())
+    y = np.searchsorted(classes, df["weather"].to_numpy()).astype(np.int64)
+    return x, y, 400
+
+
+def _synthetic(rows: int) -> tuple[np.ndarray, np.ndarray, int]:
+    from .synthetic import gaussian_mixture
+
+    s = SYNTHETIC
+    x, y = gaussian_mixture(rows + s["test"], s["classes"], s["dim"], seed=SPLIT_SEED, separation=s["separation"])
+    return x.numpy(), y.numpy().astype(np.int64), s["test"]
+
+
+DATASETS = ("digits", "weather", "synthetic")
+
+
+def load(name: str, synthetic_rows: int = 20_000) -> tuple[np.ndarray, np.ndarray, int]:
+    """(features, labels, test rows) of a data set by name."""
+    if name == "digits":
+        return _digits()
+    if name == "weather":
+        return _weather()
+    if name == "synthetic":
+        return _synthetic(synthetic_rows)
+    raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def split(y: np.ndarray, test_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pool indices, test indices): a stratified split with a fixed seed, both sorted."""
+    from sklearn.model_selection import train_test_split
+
+    pool, test = train_test_split(np.arange(len(y)), test_size=test_rows, stratify=y, random_state=SPLIT_SEED)
+    return np.sort(pool), np.sort(test)
+
+
+def write_dataset(out: str, name: str, synthetic_rows: int = 20_000) -> dict:
+    """Writes {out}/{name}/pool and {out}/{name}/test (replacing them); returns a summary."""
+    from .pool import write_pool
+
+    x, y, test_rows = load(name, synthetic_rows)
+    pool, test = split(y, test_rows)
+    if name == "weather":  # standardise with the pool's statistics only
+        mean, std = x[pool].mean(0), x[pool].std(0)
+        x = ((x - mean) / std).astype(np.float32)
+    base = os.path.join(out, name)
+    group = max(64, len(pool) // 8)  # several row groups, so the pool splits over the workers
+    write_pool(os.path.join(base, "pool"), pool, x[pool], y[pool], rows_per_group=group, overwrite=True)
+    write_pool(os.path.join(base, "test"), test, x[test], y[test], overwrite=True)
+    return {"name": name, "pool": len(pool), "test": len(test), "features": x.shape[1],
+            "classes": int(y.max()) + 1}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dist_al.eval_data", description=__doc__.split("\n")[0])
+    parser.add_argument("out", help="directory for {dataset}/pool and {dataset}/test")
+    parser.add_argument("--only", default=",".join(DATASETS), help="comma-separated data sets (default: all)")
+    parser.add_argument("--synthetic-rows", type=int, default=20_000, help="synthetic pool rows (default 20000)")
+    args = parser.parse_args(argv)
+    try:
+        for name in [n.strip() for n in args.only.split(",") if n.strip()]:
+            info = write_dataset(args.out, name, args.synthetic_rows)
+            print(f"{name}: {info['pool']} pool rows, {info['test']} test rows, {info['features']} features, "
+                  f"{info['classes']} classes -> {os.path.join(args.out, name)}")
+    except ValueError as err:
+        print(f"dist_al.eval_data: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
