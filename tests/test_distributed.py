@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import ray
 import torch
-from ray.cluster_utils import Cluster
+from raycluster import multi_node_cluster
 
 from dist_al.config import validate
 from dist_al.core import STRATEGIES, select
@@ -26,14 +26,8 @@ OPTIONS = {"bait": {"oversample": 1.5}, "badge-scalable": {"rounds": 3}}
 
 @pytest.fixture(scope="module")
 def cluster():
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
-    for _ in range(2):
-        c.add_node(num_cpus=2)
-    c.wait_for_nodes()
-    ray.init(address=c.address, logging_level="ERROR", log_to_driver=False)
-    yield c
-    ray.shutdown()
-    c.shutdown()
+    with multi_node_cluster(head_cpus=2) as c:
+        yield c
 
 
 def _write(uri, storage_options=None):

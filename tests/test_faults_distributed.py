@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import ray
 import torch
-from ray.cluster_utils import Cluster
+from raycluster import multi_node_cluster
 
 from dist_al import selection
 from dist_al.config import validate
@@ -121,16 +121,8 @@ def during(method: str, n: int, action) -> type:
 
 @pytest.fixture(scope="module")
 def cluster():
-    if ray.is_initialized():
-        ray.shutdown()
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    for _ in range(2):
-        c.add_node(num_cpus=2)
-    c.wait_for_nodes()
-    ray.init(address=c.address, logging_level="ERROR", log_to_driver=False)
-    yield c
-    ray.shutdown()
-    c.shutdown()
+    with multi_node_cluster(head_cpus=1) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")
