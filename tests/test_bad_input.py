@@ -228,6 +228,10 @@ CONFIG_CASES = [
     ("model class count differs from the labels", ["train"], True,
      {"model__kwargs": {**MODEL, "n_classes": CLASSES + 1}},
      ["model.kwargs", f"'n_classes': {CLASSES}", f"'n_classes': {CLASSES + 1}"]),
+    ("model has fewer classes than the pool's labels (simulate)", ["simulate", "--no-progress"], False,
+     {"model__kwargs": {**MODEL, "n_classes": CLASSES - 1}, "train__backend": "local", "eval__uri": "POOL",
+      "simulation": {"initial_labeled": 20, "rounds": 1}},
+     [f"is outside [0, {CLASSES - 1})", f"the model has {CLASSES - 1} classes"]),
     ("unknown config key", ROUND, False, {"selection__budgett": 5}, ["unknown config key selection.budgett",
                                                                       "did you mean 'budget'?"]),
     ("unknown section", SELECT, False, {"clustr": {"workers": 2}}, ["unknown config key 'clustr'",
@@ -241,6 +245,8 @@ CONFIG_CASES = [
 def test_bad_config_or_model(env, tmp_path, name, command, existing, sections, needles):
     if sections.get("model__checkpoint") == "CKPT":
         sections = {**sections, "model__checkpoint": str(env["root"] / "wrong_shape.pt")}
+    if sections.get("eval__uri") == "POOL":
+        sections = {**sections, "eval__uri": str(env["root"] / "pool")}
     run_and_check(env, tmp_path, command, *needles, existing_workdir=existing, **sections)
 
 
