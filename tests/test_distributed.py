@@ -9,13 +9,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import ray
-import torch
 from raycluster import multi_node_cluster
+from reference import embed_pool
 
 from dist_al.config import validate
 from dist_al.core import STRATEGIES, select
-from dist_al.model import Embedder, ModelSpec, build_model
-from dist_al.pool import PoolSpec, open_pool, plan_shards, read_shard, write_pool
+from dist_al.model import build_model
+from dist_al.pool import open_pool, plan_shards, write_pool
 from dist_al.selection import ShardedPool, run_selection
 from dist_al.synthetic import gaussian_mixture
 
@@ -56,18 +56,9 @@ def _config(uri, strategy, workers, storage_options=None, budget=15, label_colum
 
 def _core_selection(uri, strategy, labeled_ids, budget=15):
     """The single-process reference: the same model over the whole pool, then dist_al.core.select."""
-    spec = PoolSpec(uri, label_column="label")
-    pool = open_pool(spec)
-    embed = Embedder(build_model(ModelSpec(**MODEL), seed=7))
-    ids, probs, feats = [], [], []
-    for batch in read_shard(pool, plan_shards(pool, 1)[0]):
-        p, h = embed(torch.from_numpy(batch["features"].copy()))
-        ids.append(batch["ids"])
-        probs.append(p)
-        feats.append(h)
-    ids = np.concatenate(ids)
+    ids, probs, feats = embed_pool(uri, MODEL)
     labeled = np.isin(ids, labeled_ids)
-    picks = select(strategy, torch.cat(probs), torch.cat(feats), budget, labeled=labeled, seed=7,
+    picks = select(strategy, probs, feats, budget, labeled=labeled, seed=7,
                    **OPTIONS.get(strategy, {}))
     return ids[picks].tolist()
 

@@ -19,15 +19,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray
-import torch
 from raycluster import multi_node_cluster
+from reference import embed_pool
 
 from dist_al import selection
 from dist_al.config import validate
 from dist_al.core import select
 from dist_al.distributed import RayShards, ShardWorker, get_all
-from dist_al.model import Embedder, ModelSpec, build_model
-from dist_al.pool import PoolSpec, open_pool, plan_shards, read_shard, write_pool
+from dist_al.model import build_model
+from dist_al.pool import write_pool
 from dist_al.selection import ShardedPool, WorkerLostError, model_spec
 from dist_al.synthetic import gaussian_mixture
 
@@ -188,15 +188,7 @@ def pool(hurt_pool):
 def fault_free(pool_uri):
     """The selections without Ray: the same model over the whole pool, then dist_al.core.select
     (tests/test_distributed.py shows the fault-free distributed selection equals it)."""
-    pool = open_pool(PoolSpec(pool_uri, label_column="label"))
-    embed = Embedder(build_model(ModelSpec(**MODEL), seed=7))
-    ids, probs, feats = [], [], []
-    for batch in read_shard(pool, plan_shards(pool, 1)[0]):
-        p, h = embed(torch.from_numpy(batch["features"].copy()))
-        ids.append(batch["ids"])
-        probs.append(p)
-        feats.append(h)
-    ids, probs, feats = np.concatenate(ids), torch.cat(probs), torch.cat(feats)
+    ids, probs, feats = embed_pool(pool_uri, MODEL)
     return {s: ids[select(s, probs, feats, BUDGET, seed=7, **OPTIONS.get(s, {}))].tolist() for s in STRATEGIES}
 
 
