@@ -78,9 +78,9 @@ def select_step(cfg: dict, wd: Workdir, progress: bool = False) -> str:
     round_cfg["model"]["checkpoint"] = latest_checkpoint(wd) or cfg["model"]["checkpoint"]
     labeled = list(_labels(cfg, wd))
     sel = cfg["selection"]
-    preflight(round_cfg, len(labeled))  # ingest only records ids of this pool
+    model = preflight(round_cfg, len(labeled))  # ingest only records ids of this pool
     with _session(cfg):
-        pool = ShardedPool(round_cfg, progress=progress)
+        pool = ShardedPool(round_cfg, progress=progress, model=model)
         try:
             result = pool.select(sel["strategy"], sel["budget"], seed=sel["seed"] + n, options=strategy_options(cfg),
                                  labeled_ids=labeled or None)

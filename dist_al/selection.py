@@ -111,11 +111,12 @@ class ShardedPool:
     ``labels=True`` (simulation) also keeps the pool's label column on the
     workers (``pool.label_column`` must be set), for ``rows_at`` and
     ``labels_of``; ``reembed`` swaps in new model weights without restarting
-    the actors. A worker that dies (its process or its node) is replaced and
+    the actors. ``model``: the model already built from the config (``preflight``'s), else it is
+    built here. A worker that dies (its process or its node) is replaced and
     its shard re-embedded; the call that saw it die runs again (see MAX_RECOVERIES).
     """
 
-    def __init__(self, cfg: dict, *, progress: bool = False, labels: bool = False):
+    def __init__(self, cfg: dict, *, progress: bool = False, labels: bool = False, model=None):
         self.cfg = cfg
         self.progress = progress
         if labels and not cfg["pool"]["label_column"]:
@@ -124,7 +125,8 @@ class ShardedPool:
         pool = open_pool(pool_spec(cfg))  # schema problems surface here, before any model runs
         self.num_rows = pool.num_rows
         self.shards = plan_shards(pool, cfg["cluster"]["workers"])
-        model = build_model(model_spec(cfg), seed=cfg["selection"]["seed"])  # one init, shipped to all
+        if model is None:  # one init, shipped to all
+            model = build_model(model_spec(cfg), seed=cfg["selection"]["seed"])
         # Kept for the pool's life: a replacement worker starts from the weights the others hold.
         self._weights = ray.put({k: v.detach().cpu() for k, v in model.state_dict().items()})
         t0 = time.perf_counter()
@@ -310,10 +312,10 @@ def _first_line(err: Exception) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}"
 
 
-def preflight(cfg: dict, n_labeled: int = 0) -> None:
+def preflight(cfg: dict, n_labeled: int = 0):
     """What can be checked without Ray (pool footers, model and checkpoint, budget, BAIT's size), so bad input
     fails in seconds, before any worker starts or anything is written. ``n_labeled``: labeled ids known to be
-    in the pool."""
+    in the pool. Answers the built model, for ShardedPool to ship (the checkpoint is read once)."""
     pool = open_pool(pool_spec(cfg))
     model = build_model(model_spec(cfg), seed=cfg["selection"]["seed"])
     check_budget(cfg["selection"]["budget"], pool.num_rows - n_labeled)
@@ -321,14 +323,15 @@ def preflight(cfg: dict, n_labeled: int = 0) -> None:
     if strategy == "bait":
         layer = classifier_layer(model, cfg["model"]["classifier"])
         check_reduction(resolve_options(strategy, strategy_options(cfg)), layer.out_features, layer.in_features)
+    return model
 
 
 def run_selection(cfg: dict, *, labeled_ids=None, progress: bool = False) -> SelectionResult:
     """One selection as the config says: embed the pool on Ray, select, return the ids."""
     sel = cfg["selection"]
-    preflight(cfg)
+    model = preflight(cfg)
     with ray_session(cfg["cluster"]["address"]):
-        pool = ShardedPool(cfg, progress=progress)
+        pool = ShardedPool(cfg, progress=progress, model=model)
         try:
             return pool.select(sel["strategy"], sel["budget"], seed=sel["seed"], options=strategy_options(cfg),
                                labeled_ids=labeled_ids)
