@@ -201,9 +201,12 @@ def test_a_lock_put_whose_reply_was_lost_gets_412_from_itself_and_holds(flaky_s3
 def test_an_unrelated_einval_on_a_lock_put_is_raised_not_taken_for_a_lost_lock(flaky_s3):
     proxy, options, bucket = flaky_s3
     work = f"s3://{bucket}/work"
-    lock = WorkdirLock(work, options, command="round", ttl=60.0).acquire()
+    proxy.add("PUT", f"/{bucket}/work/lock.json", "lost-reply")
+    proxy.add("PUT", f"/{bucket}/work/lock.json", "400")  # answers the create's retry
+    lock = WorkdirLock(work, options, command="round", ttl=60.0).acquire()  # the create landed: read back, held
     try:
         before = lock_record(work, options)
+        assert before["token"] == lock.token
         proxy.add("PUT", f"/{bucket}/work/lock.json", "400")  # InvalidRequest: EINVAL, as a 412 would be
         with pytest.raises(OSError) as err:
             lock.refresh()  # what the heartbeat logs as a failed refresh, and tries again
