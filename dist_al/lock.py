@@ -248,12 +248,12 @@ class WorkdirLock:
             try:
                 self.refresh()
             except Exception as err:  # noqa: BLE001 - keep trying; check_held stops writes when the lease runs low
-                self._refresh_error = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+                self._refresh_error = _one_line(err)
                 log.warning("could not refresh the lock of %s: %s", self.workdir, self._refresh_error)
                 continue
             if self._lost:
-                log.warning("lost the lock of %s to another dist-al (this one stalled past its lease): this command "
-                            "stops before its next write", self.workdir)
+                log.warning("lost the lock of %s (taken over or removed, or its lease ran out): this command stops "
+                            "before its next write", self.workdir)
                 return
 
     def check_held(self) -> None:
@@ -299,7 +299,7 @@ class WorkdirLock:
         try:
             held, _ = self._read()
         except Exception as err:  # noqa: BLE001 - the message is all that is at stake
-            held, self._refresh_error = {"token": self.token}, f"{type(err).__name__}: {err}".splitlines()[0][:300]
+            held, self._refresh_error = {"token": self.token}, _one_line(err)  # say what this process knows
         if held is None:
             return f"{lost}: its lock file was removed"
         if held.get("token") != self.token:
@@ -308,3 +308,7 @@ class WorkdirLock:
         return (f"{lost}: its lease was last refreshed {time.monotonic() - self._confirmed_at:.0f} s ago, "
                 f"{FENCED_AFTER * self.ttl:g} s is the most a write may follow one (last refresh error: "
                 f"{self._refresh_error})")
+
+
+def _one_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}".splitlines()[0][:300]

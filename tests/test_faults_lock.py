@@ -28,10 +28,10 @@ from dist_al.lock import LockLost, WorkdirLock, WorkdirLocked
 from dist_al.rounds import ingest
 from dist_al.storage import remove_tree, write_bytes_atomic
 from dist_al.workdir import workdir_lock
-from test_faults_rounds import _foreign_lock, config, flaky_s3, labels_csv, make_pool, read, write_config  # noqa: F401
+from test_faults_rounds import (TEMP, _foreign_lock, config, flaky_s3, labels_csv, make_pool, read,  # noqa: F401
+                                write_config)
 
 HOST = socket.gethostname()
-TEMP = re.compile(r"^\..+\.tmp-[0-9a-f]{32}$")
 # the CLI with a lease of argv[1] seconds; the lock reads LEASE_S when it is made
 LEASED_CLI = ("import sys, dist_al.lock; dist_al.lock.LEASE_S = float(sys.argv[1]); from dist_al.cli import main; "
               "sys.exit(main(sys.argv[2:]))")
