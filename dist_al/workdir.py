@@ -131,9 +131,9 @@ def _remove_temp_files(root: str, lock: WorkdirLock) -> None:
     lock_files = "." + os.path.basename(lock.path)
     for directory, _, files in os.walk(root):
         for name in files:
-            path = os.path.join(directory, name)
             if not _TEMP_FILE.match(name):
                 continue
+            path = os.path.join(directory, name)
             with suppress(FileNotFoundError):
                 if name.startswith(lock_files) and time.time() - os.path.getmtime(path) < lock.ttl:
                     continue
