@@ -86,12 +86,13 @@ def _rounds_config(args):
 
 
 EXIT_LOCKED = 75  # sysexits EX_TEMPFAIL: another dist-al holds the workdir; the next tick will try again
+EXIT_LOCK_LOST = 76  # this one lost the workdir's lock midway and stopped before its next write; the next tick resumes
 EXIT_STORAGE = 1
 
 
 def _locked(cfg, command: str, step) -> int:
-    """Runs a mutating step under the workdir lock; a held lock or a store that stays down is one line."""
-    from .lock import WorkdirLocked
+    """Runs a mutating step under the workdir lock; a held or lost lock or a store that stays down is one line."""
+    from .lock import LockLost, WorkdirLocked
     from .storage import StorageUnavailable
     from .workdir import workdir_lock
 
@@ -101,6 +102,9 @@ def _locked(cfg, command: str, step) -> int:
     except WorkdirLocked as err:
         print(f"dist-al: {err}", file=sys.stderr)
         return EXIT_LOCKED
+    except LockLost as err:
+        print(f"dist-al: error: {err}; nothing more was written; the next tick resumes", file=sys.stderr)
+        return EXIT_LOCK_LOST
     except StorageUnavailable as err:
         print(f"dist-al: error: {err}; the workdir was left as it was", file=sys.stderr)
         return EXIT_STORAGE

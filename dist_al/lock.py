@@ -1,4 +1,4 @@
-"""One writer per workdir: a lease in WORKDIR/lock.json that every mutating command takes.
+"""One writer per workdir: a lease in WORKDIR/lock.json that every mutating command takes, and that fences its writes.
 
 The lock file holds ``host, pid, token, command, acquired_at, expires_at``.  It is created
 only if absent (local: a complete temp file hard-linked to the name; S3: a PUT with
@@ -8,19 +8,44 @@ pushes ``expires_at`` forward every ``ttl / 4`` seconds while the command runs, 
 is deleted at the end.  A holder that died leaves its lock behind: it is taken over once it
 has expired, or at once when the holder ran on this host and its pid is gone.
 
+Fencing.  While held, the lock fences its workdir (:func:`dist_al.storage.fence`): every write
+or removal under it first calls :meth:`WorkdirLock.check_held`, which raises :class:`LockLost`
+once the heartbeat has found the lock taken over or removed, or once the lease this process
+last confirmed is within ``ttl / 4`` of running out.  That check is a flag and a monotonic
+clock reading, no I/O, and it is sound: a taker moves in only after ``expires_at`` has passed
+(by its clock) or when this process is gone, and the fence closes ``ttl / 4`` (30 s) earlier,
+which is what is left for a write already past its check and for clock skew between hosts.
+Re-reading the lock before each write instead would cost a GET per file on S3 and still leave
+a window between that read and the write, so it would close no gap this leaves open.  A write
+refused is never half-done (files are written whole, the round state last), so the aborted
+step is resumed by the next holder.  Not fenced: files other processes write (Ray Train's
+scratch under ``_ray_train``, which each run names uniquely).
+
+Deciding by content.  A conditional write's error does not say what happened: a PUT whose
+reply was lost is retried (by botocore, s3fs or :func:`dist_al.storage.retrying`) and then
+gets 412 from its own write, and s3fs maps many unrelated errors to EINVAL just as it maps 412.
+So after a create or a compare-and-swap that failed, the lock is read back: if it holds what we
+wrote, the write landed; if it is unchanged, the error was real and is raised; otherwise
+another process wrote first.
+
 Takeover and heartbeat are compare-and-swap on S3 (a PUT with ``If-Match`` on the ETag read),
 so two processes can never both take over one stale lock there.  Local filesystems have no
-compare-and-swap: a takeover first creates ``lock.json.takeover-<stale token>`` exclusively
-(one taker wins), re-reads the lock, then replaces it; a heartbeat re-reads before it
-rewrites.  What remains is a window of microseconds between that re-read and the rename,
-and on NFS the guarantees of its link/rename.  An object store that ignores ``If-None-Match``
-(AWS S3 and moto honour it) would let two creates succeed; each creator reads the lock back
-and only the one whose token is there proceeds, which narrows but does not close that race.
+compare-and-swap: a takeover first creates a guard ``lock.json.takeover-<stale token>.<k>``
+exclusively (one taker wins), re-reads the lock, then replaces it; a heartbeat re-reads before
+it rewrites.  A guard holds its taker's host, pid and an expiry ``TAKEOVER_GUARD_S`` ahead (the
+work it guards takes milliseconds): a taker that finds guard k left by a taker that died (pid
+gone on this host, or expired) does not remove it but tries guard k + 1, so two takers that
+both find a dead guard still race for one name.  Whoever then holds the lock removes the guards
+of other tokens (void, since a taker re-reads the lock before it swaps).  What remains is a
+window of microseconds between that re-read and the rename, and on NFS the guarantees of its
+link/rename.  An object store that ignores ``If-None-Match`` (AWS S3 and moto honour it) would
+let two creates succeed; each creator reads the lock back and only the one whose token is there
+proceeds, which narrows but does not close that race.
 """
 
 from __future__ import annotations
 
-import errno
+import itertools
 import json
 import logging
 import os
@@ -28,34 +53,47 @@ import socket
 import threading
 import time
 import uuid
+from contextlib import suppress
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from .storage import create_exclusive, read_bytes, retrying, write_bytes_atomic
+from .faults import crash_point
+from .storage import StorageUnavailable, create_exclusive, fence, read_bytes, retrying, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
 LEASE_S = 120.0  # a holder that stops heartbeating loses the lock this long after its last refresh
+FENCED_AFTER = 0.75  # writes stop this fraction of the lease after the last confirmed refresh
+TAKEOVER_GUARD_S = 30.0  # a local takeover guard older than this was left by a taker that died
 
 
 class WorkdirLocked(RuntimeError):
     """Another dist-al holds the workdir; the message says who and until when."""
 
 
+class LockLost(RuntimeError):
+    """This command no longer holds its workdir's lock; nothing more may be written."""
+
+
 class WorkdirLock:
-    def __init__(self, workdir: str, storage_options: dict | None = None, *, command: str = "", ttl: float = LEASE_S):
+    def __init__(self, workdir: str, storage_options: dict | None = None, *, command: str = "",
+                 ttl: float | None = None):
         self.uri = workdir.rstrip("/") + "/lock.json"
         self.workdir = workdir
         self.storage_options = storage_options or {}
         self.command = command
-        self.ttl = ttl
+        self.ttl = LEASE_S if ttl is None else ttl
         self.token = uuid.uuid4().hex
         self.fs, self.path = fsspec.core.url_to_fs(self.uri, **self.storage_options)
         self.local = isinstance(self.fs, LocalFileSystem)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._created_dir = False
+        self._lift_fence = None
+        self._confirmed_at = 0.0  # monotonic time at which the lease last confirmed was written
+        self._lost = False
+        self._refresh_error = "none"  # the last heartbeat failure, for LockLost's message
         self.acquired_at = time.time()
 
     # -- the lock record -----------------------------------------------------------------
@@ -79,6 +117,7 @@ class WorkdirLock:
 
     @staticmethod
     def _stale(rec: dict) -> bool:
+        """Expired, or its holder ran on this host and is gone (lock records and takeover guards alike)."""
         if rec.get("expires_at", 0) < time.time():
             return True
         if rec.get("host") == socket.gethostname() and rec.get("pid"):
@@ -95,17 +134,24 @@ class WorkdirLock:
         current, etag = self._read()
         if current is None or current.get("token") != expected_token:
             return False
+        if expected_token == self.token and time.monotonic() > self._confirmed_at + self.ttl:
+            return False  # our lease ran out, so a taker may be moving in: never revive it
         data = self._record()
         if self.local:
-            write_bytes_atomic(self.uri, data, self.storage_options)
+            write_bytes_atomic(self.uri, data, self.storage_options, fenced=False)
             return True
         try:
             retrying(f"writing {self.uri}", self.fs.pipe_file, self.path, data, IfMatch=etag)
             return True
-        except OSError as err:  # 412 PreconditionFailed: written by someone else since we read it
-            if "Precondition" in str(err) or err.errno == errno.EINVAL:
-                return False
-            raise
+        except Exception as err:  # noqa: BLE001 - the error does not say whether the PUT landed; the lock does
+            now, _ = self._read()
+            if now == json.loads(data):
+                log.info("the lock of %s holds our write although the store answered %s (a retried PUT)",
+                         self.workdir, type(err).__name__)
+                return True
+            if now == current:
+                raise  # nothing changed: the PUT failed for a reason of its own
+            return False
 
     # -- acquire / refresh / release --------------------------------------------------------
 
@@ -115,16 +161,24 @@ class WorkdirLock:
             self._created_dir = True
         self.acquired_at = time.time()
         for _ in range(5):
-            create_exclusive(self.uri, self._record(), self.storage_options)
+            since = time.monotonic()
+            failure = None
+            try:
+                create_exclusive(self.uri, self._record(), self.storage_options)
+            except (OSError, StorageUnavailable) as err:  # whether it landed is read back, as after any create
+                failure = err
             # Read back even after a create that reported success: a store that ignores If-None-Match
             # lets the last writer win; and a create whose reply was lost reports failure yet holds.
             held, _ = self._read()
             if held is None:
+                if failure is not None:
+                    raise failure
                 continue  # released meanwhile: try again
             if held.get("token") == self.token:
                 break
             if not self._stale(held):
                 raise WorkdirLocked(self._message(held))
+            since = time.monotonic()
             if self._take_over(held):
                 log.warning("took over the stale lock of %s from %s (pid %s on %s): its lease expired or its "
                             "process is gone", self.workdir, held.get("command") or "dist-al", held.get("pid"),
@@ -132,6 +186,10 @@ class WorkdirLock:
                 break
         else:
             raise WorkdirLocked(f"workdir {self.workdir}: could not take its lock, it keeps changing hands")
+        self._confirmed_at = since
+        if self.local:
+            self._clear_guards()
+        self._lift_fence = fence(self.workdir, self.storage_options, self.check_held)
         self._thread = threading.Thread(target=self._heartbeat, name="dist-al-lock-heartbeat", daemon=True)
         self._thread.start()
         return self
@@ -139,24 +197,76 @@ class WorkdirLock:
     def _take_over(self, held: dict) -> bool:
         if not self.local:
             return self._swap(held.get("token"))
-        guard = f"{self.uri}.takeover-{held.get('token')}"
-        if not create_exclusive(guard, self.token.encode(), self.storage_options):
+        guard = self._claim_guard(str(held.get("token")))
+        if guard is None:
             return False
+        crash_point("lock.after_guard", guard)
         try:
             return self._swap(held.get("token"))
         finally:
-            os.remove(self.fs._strip_protocol(guard))
+            with suppress(FileNotFoundError):  # the new holder may have cleared it already
+                os.remove(guard)
+
+    def _claim_guard(self, stale_token: str) -> str | None:
+        """Creates the first free takeover guard of ``stale_token``, passing over those of takers that died; None
+        if the guards vanished (the lock changed hands); WorkdirLocked while a live taker holds one."""
+        record = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
+                             "command": self.command, "expires_at": time.time() + TAKEOVER_GUARD_S}).encode()
+        for k in itertools.count():
+            uri = f"{self.uri}.takeover-{stale_token}.{k}"
+            if create_exclusive(uri, record, self.storage_options):
+                return self.fs._strip_protocol(uri)
+            try:
+                guard = json.loads(read_bytes(uri, self.storage_options))
+            except FileNotFoundError:
+                return None
+            except json.JSONDecodeError:  # never written by us
+                continue
+            if not self._stale(guard):
+                raise WorkdirLocked(f"workdir {self.workdir}: its stale lock is being taken over by "
+                                    f"{guard.get('host')}/{guard.get('pid')}; another dist-al is running")
+        raise AssertionError("unreachable")
+
+    def _clear_guards(self) -> None:
+        """Removes the takeover guards of other tokens, left by takers killed midway: void once we hold the lock."""
+        directory, name = os.path.split(self.path)
+        for entry in os.listdir(directory):
+            if entry.startswith(f"{name}.takeover-") and not entry.startswith(f"{name}.takeover-{self.token}."):
+                with suppress(FileNotFoundError):
+                    os.remove(os.path.join(directory, entry))
+
+    def refresh(self) -> None:
+        """One heartbeat: extends the lease, or marks the lock lost when another holds it or none does."""
+        since = time.monotonic()
+        if self._swap(self.token):
+            self._confirmed_at = since
+        else:
+            self._lost = True
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.ttl / 4):
             try:
-                if not self._swap(self.token):
-                    log.error("lost the lock of %s to another dist-al (this one stalled past its lease)", self.workdir)
-                    return
-            except Exception as err:  # noqa: BLE001 - keep trying; the lease gives us ttl of slack
-                log.warning("could not refresh the lock of %s: %s", self.workdir, err)
+                self.refresh()
+            except Exception as err:  # noqa: BLE001 - keep trying; check_held stops writes when the lease runs low
+                self._refresh_error = _one_line(err)
+                log.warning("could not refresh the lock of %s: %s", self.workdir, self._refresh_error)
+                continue
+            if self._lost:
+                log.warning("lost the lock of %s (taken over or removed, or its lease ran out): this command stops "
+                            "before its next write", self.workdir)
+                return
+
+    def check_held(self) -> None:
+        """Raises LockLost unless this process still holds the lock; the fence every workdir write passes."""
+        if not self._lost and time.monotonic() < self._confirmed_at + FENCED_AFTER * self.ttl:
+            return
+        self._lost = True
+        raise LockLost(self._lost_message())
 
     def release(self) -> None:
+        if self._lift_fence is not None:
+            self._lift_fence()
+            self._lift_fence = None
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -182,3 +292,23 @@ class WorkdirLock:
         what = f" ({held['command']})" if held.get("command") else ""
         return (f"workdir {self.workdir} is locked by {held.get('host')}/{held.get('pid')}{what} since {since} "
                 f"(expires in {left} s); another dist-al is running")
+
+    def _lost_message(self) -> str:
+        """Who holds the lock now (one read, on this error path only)."""
+        lost = f"lost the workdir lock of {self.workdir}"
+        try:
+            held, _ = self._read()
+        except Exception as err:  # noqa: BLE001 - the message is all that is at stake
+            held, self._refresh_error = {"token": self.token}, _one_line(err)  # say what this process knows
+        if held is None:
+            return f"{lost}: its lock file was removed"
+        if held.get("token") != self.token:
+            what = f" ({held['command']})" if held.get("command") else ""
+            return f"{lost} to {held.get('host')}/{held.get('pid')}{what}"
+        return (f"{lost}: its lease was last refreshed {time.monotonic() - self._confirmed_at:.0f} s ago, "
+                f"{FENCED_AFTER * self.ttl:g} s is the most a write may follow one (last refresh error: "
+                f"{self._refresh_error})")
+
+
+def _one_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}".splitlines()[0][:300]

@@ -16,7 +16,6 @@ import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import fsspec
 
 from .config import strategy_options
 from .faults import crash_point
@@ -24,7 +23,7 @@ from .labels import append_label_records, export_selection, load_label_records, 
 from .model import build_model, classifier_layer, load_state
 from .pool import open_pool, plan_shards, read_shard
 from .selection import ShardedPool, model_spec, pool_spec, preflight, ray_session
-from .storage import read_bytes, retrying, write_table_atomic
+from .storage import read_bytes, remove_tree, write_table_atomic
 from .workdir import Workdir, open_workdir
 
 log = logging.getLogger(__name__)
@@ -132,10 +131,10 @@ def train_step(cfg: dict, wd: Workdir) -> str:
         return f"round {n}: nothing to train ({(state or 'no round').lower()})"
     labels = _labels(cfg, wd)
     if cfg["train"]["storage_path"] is None:  # a Ray Train run killed with its driver leaves its files
-        fs, leftover = fsspec.core.url_to_fs(wd.round_path(n, "_ray_train"), **wd.storage_options)
-        if retrying(f"checking {leftover}", fs.exists, leftover):
+        leftover = wd.round_path(n, "_ray_train")
+        if wd.exists(leftover):
             log.info("removing %s, left by a training run that was killed", leftover)
-            retrying(f"removing {leftover}", fs.rm, leftover, recursive=True)
+            remove_tree(leftover, wd.storage_options)
     warm = None
     if cfg["train"]["warm_start"]:
         previous = latest_checkpoint(wd) or cfg["model"]["checkpoint"]

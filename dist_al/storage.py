@@ -9,6 +9,12 @@ of those.  What still fails reaches :func:`retrying`, which tries the whole oper
 WARNING.  Non-transient errors (missing file, permission, a lost exclusive create) are never
 retried.  When the store stays down, :class:`StorageUnavailable` says what failed and how
 often; since every file is written whole and the round state last, the workdir is unchanged.
+
+Writes are also where a workdir's lock is enforced: :func:`fence` registers a check for every
+path under a workdir, and :func:`write_bytes_atomic` and :func:`remove_tree` run it first
+(locally just before the rename that makes a file visible), so a command that lost its lock
+stops before its next write, whichever module writes.  Only the lock's own files bypass it:
+its record (``fenced=False``) and :func:`create_exclusive`, which only the lock uses.
 """
 
 from __future__ import annotations
@@ -18,8 +24,11 @@ import io
 import logging
 import os
 import random
+import threading
 import time
 import uuid
+from collections.abc import Callable
+from contextlib import suppress
 
 import fsspec
 import pyarrow as pa
@@ -84,6 +93,34 @@ def _fs(uri: str, storage_options: dict | None):
     return fsspec.core.url_to_fs(uri, **(storage_options or {}))
 
 
+_fences: list[tuple[type, str, Callable[[], None]]] = []  # (filesystem class, root path, check)
+_fences_guard = threading.Lock()
+
+
+def fence(root_uri: str, storage_options: dict | None, check: Callable[[], None]) -> Callable[[], None]:
+    """Makes every later fenced write or removal under ``root_uri`` in this process call ``check()`` first
+    (which raises to refuse it); returns the function that lifts the fence."""
+    fs, root = _fs(root_uri, storage_options)
+    entry = (type(fs), root.rstrip("/"), check)
+    with _fences_guard:
+        _fences.append(entry)
+
+    def lift() -> None:
+        with _fences_guard:
+            if entry in _fences:
+                _fences.remove(entry)
+
+    return lift
+
+
+def _check_fences(fs, path: str) -> None:
+    with _fences_guard:
+        checks = [check for cls, root, check in _fences
+                  if isinstance(fs, cls) and (path == root or path.startswith(root + "/"))]
+    for check in checks:
+        check()
+
+
 def _tmp_name(path: str) -> str:
     return os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
 
@@ -98,18 +135,23 @@ def _write_local_tmp(path: str, data: bytes) -> str:
     return tmp
 
 
-def write_bytes_atomic(uri: str, data: bytes, storage_options: dict | None = None) -> str:
-    """Local: temp file + rename. Object stores: one PUT, which is atomic there."""
+def write_bytes_atomic(uri: str, data: bytes, storage_options: dict | None = None, *, fenced: bool = True) -> str:
+    """Local: temp file + rename. Object stores: one PUT, which is atomic there. ``fenced=False``: the lock's
+    own record only."""
     fs, path = _fs(uri, storage_options)
     if isinstance(fs, LocalFileSystem):
         tmp = _write_local_tmp(path, data)
         try:
             crash_point("write.before_rename", path)
+            if fenced:
+                _check_fences(fs, path)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
     else:
+        if fenced:
+            _check_fences(fs, path)
         retrying(f"writing {uri}", fs.pipe_file, path, data)
     return uri
 
@@ -130,17 +172,26 @@ def create_exclusive(uri: str, data: bytes, storage_options: dict | None = None)
     if isinstance(fs, LocalFileSystem):
         tmp = _write_local_tmp(path, data)
         try:
+            crash_point("create.before_link", path)
             os.link(tmp, path)
             return True
         except FileExistsError:
             return False
         finally:
-            os.remove(tmp)
+            with suppress(FileNotFoundError):
+                os.remove(tmp)
     try:
         retrying(f"creating {uri}", fs.pipe_file, path, data, mode="create")
         return True
     except FileExistsError:
         return False
+
+
+def remove_tree(uri: str, storage_options: dict | None = None) -> None:
+    """Deletes a file or folder and everything under it (fenced, as writes are)."""
+    fs, path = _fs(uri, storage_options)
+    _check_fences(fs, path)
+    retrying(f"removing {uri}", fs.rm, path, recursive=True)
 
 
 def read_bytes(uri: str, storage_options: dict | None = None) -> bytes:

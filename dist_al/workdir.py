@@ -15,7 +15,10 @@ Layout (WORKDIR is a local path or an s3:// prefix; the pool is never written):
 Every file is written atomically (temp + rename locally, one PUT on object stores), and each
 step writes its state last, so a crash leaves the previous state and the step runs again.
 A local write killed midway leaves a ``.NAME.tmp-<hex>`` file; the next command that takes
-the lock removes those (no writer can be running then).
+the lock removes those (no other writer can be running then: the lock fences every write).
+The lock's own temp files are the exception: a competing acquirer writes ``.lock.json.tmp-<hex>``
+(or a guard's) and links it to its name a moment later, lock or no lock, so those are removed
+only once older than a lease, the bound the lock already trusts for a process that went quiet.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import json
 import logging
 import os
 import re
-from contextlib import contextmanager
+import time
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
 import fsspec
@@ -114,15 +118,27 @@ def workdir_lock(cfg: dict, command: str):
     try:
         with WorkdirLock(cfg["workdir"], cfg["pool"]["storage_options"], command=command) as lock:
             if local:
-                for directory, _, files in os.walk(root):
-                    for name in files:
-                        if _TEMP_FILE.match(name):
-                            log.info("removing %s, left by a write that was killed", os.path.join(directory, name))
-                            os.remove(os.path.join(directory, name))
+                _remove_temp_files(root, lock)
             yield lock
     finally:
         if made_here and os.path.isdir(root) and not os.listdir(root):
             os.rmdir(root)
+
+
+def _remove_temp_files(root: str, lock: WorkdirLock) -> None:
+    """Removes what killed writes left; spares the lock's own temp files younger than a lease (see the module
+    docstring): a competing acquirer's is about to be linked, and removing it would crash that acquirer."""
+    lock_files = "." + os.path.basename(lock.path)
+    for directory, _, files in os.walk(root):
+        for name in files:
+            if not _TEMP_FILE.match(name):
+                continue
+            path = os.path.join(directory, name)
+            with suppress(FileNotFoundError):
+                if name.startswith(lock_files) and time.time() - os.path.getmtime(path) < lock.ttl:
+                    continue
+                log.info("removing %s, left by a write that was killed", path)
+                os.remove(path)
 
 
 def pool_fingerprint(cfg: dict) -> str:

@@ -146,14 +146,18 @@ class FaultProxy:
 
     ``add(method, pattern, kind, times)``: the next ``times`` requests whose method is
     ``method`` (or any, for ``"*"``) and whose path matches the regex ``pattern`` are
-    answered with ``kind``: ``"503"`` (S3's ``SlowDown`` error, as S3 sends when throttling)
-    or ``"reset"`` (the TCP connection is reset before any reply); ``times=None`` fails
-    them forever.  Everything else goes to the server unchanged.  ``hits`` counts the
-    failures served per rule.  Point a client's ``endpoint_url`` at ``proxy.url``.
+    answered with ``kind``: ``"503"`` (S3's ``SlowDown`` error, as S3 sends when throttling),
+    ``"400"`` (S3's ``InvalidRequest``, which s3fs maps to EINVAL as it maps 412),
+    ``"reset"`` (the TCP connection is reset before any reply) or ``"lost-reply"`` (the
+    request reaches the server and is carried out, then the connection is reset instead of
+    the reply); ``times=None`` fails them forever.  Everything else goes to the server
+    unchanged.  ``hits`` counts the failures served per rule.  Point a client's ``endpoint_url`` at ``proxy.url``.
     """
 
     SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
                  b"<Message>Please reduce your request rate.</Message></Error>")
+    INVALID_REQUEST = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InvalidRequest</Code>'
+                       b"<Message>The request is not valid.</Message></Error>")
 
     def __init__(self, upstream: str):
         import http.server
@@ -174,7 +178,9 @@ class FaultProxy:
             def _handle(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 kind = proxy._fault(self.command, self.path)
-                if kind == "reset":
+                if kind == "lost-reply":
+                    proxy._forward(self.command, self.path, dict(self.headers), body)
+                if kind in ("reset", "lost-reply"):
                     import socket
                     import struct
 
@@ -182,12 +188,13 @@ class FaultProxy:
                     self.close_connection = True
                     self.connection.close()
                     return
-                if kind == "503":
-                    self.send_response(503)
+                if kind in ("503", "400"):
+                    error = proxy.SLOW_DOWN if kind == "503" else proxy.INVALID_REQUEST
+                    self.send_response(int(kind))
                     self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(proxy.SLOW_DOWN)))
+                    self.send_header("Content-Length", str(len(error)))
                     self.end_headers()
-                    self.wfile.write(proxy.SLOW_DOWN)
+                    self.wfile.write(error)
                     return
                 status, headers, data = proxy._forward(self.command, self.path, dict(self.headers), body)
                 self.send_response(status)
@@ -210,7 +217,7 @@ class FaultProxy:
     def add(self, method: str, pattern: str, kind: str, times: int | None = 1) -> dict:
         import re
 
-        assert kind in ("503", "reset")
+        assert kind in ("503", "400", "reset", "lost-reply")
         rule = {"method": method, "pattern": re.compile(pattern), "kind": kind, "left": times, "hits": 0}
         with self.lock:
             self.rules.append(rule)
