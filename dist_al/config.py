@@ -99,6 +99,11 @@ def _check_type(key: str, value: Any, types: tuple) -> Any:
 
 def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None) -> dict:
     """Reads YAML (safe loader), applies `key=value` overrides, checks and fills defaults."""
+    return validate(read_config(path, overrides, base))
+
+
+def read_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None) -> dict:
+    """What `load_config` checks: the YAML file with the overrides applied, as given (no defaults, unchecked)."""
     raw: dict = copy.deepcopy(base) if base else {}
     if path is not None:
         try:
@@ -122,7 +127,7 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
         except yaml.YAMLError:
             value = text
         _set_path(raw, key.strip(), value)
-    return validate(raw)
+    return raw
 
 
 def _merge(a: dict, b: dict) -> dict:

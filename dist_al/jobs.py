@@ -8,8 +8,8 @@ job fails exactly as a local run would, with the same one-line errors in its log
 
 Credentials never travel with the job: the Ray token is read from the
 environment or Ray's token file and sent as an HTTP header only, and a config
-that carries storage credentials is refused (the cluster gets them from its own
-environment: IRSA, a Kubernetes Secret, an instance profile).
+or --set that carries a credential anywhere is refused (the cluster gets its own
+from its environment: IRSA, a Kubernetes Secret, an instance profile).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
+from .config import read_config
+from .credentials import credential_paths
 
 COMMANDS = ("select", "round", "export", "ingest", "train", "status", "simulate")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -97,40 +98,23 @@ def _call(url: str, fn, *args, **kwargs):
 # -- what a job carries --------------------------------------------------------------------
 
 
-def _secret_key(key: str) -> bool:
-    from .workdir import _secret
-
-    return _secret(key)
-
-
 def check_no_credentials(config_path: Path, overrides: list[str]) -> None:
-    """Credentials in a submitted config would sit in the uploaded package and the job's entrypoint."""
-    for item in overrides:
-        key = item.partition("=")[0]
-        if "storage_options" in key and _secret_key(key.rsplit(".", 1)[-1]):
-            raise JobError(f"--set {key}=...: credentials must not travel with a job; give the cluster its own "
-                           "(IRSA, a Kubernetes Secret, an instance profile; see deploy/README.md)")
-    try:
-        cfg = yaml.safe_load(config_path.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return  # the job itself reports an unreadable config, with the same error a local run gives
-    options = (cfg.get("pool") or {}).get("storage_options") if isinstance(cfg, dict) else None
-    for key in options or {}:
-        if _secret_key(str(key)):
-            raise JobError(f"{config_path}: pool.storage_options.{key} holds a credential; credentials must not "
-                           "travel with a job: remove it and give the cluster its own (IRSA, a Kubernetes Secret, "
-                           "an instance profile; see deploy/README.md)")
+    """Credentials in a submitted config would sit in the uploaded package, the job's entrypoint and the cluster's
+    job record. The file and each --set are read as the job will read them (dist_al.config.read_config) and every
+    value is checked, at any depth (dist_al.credentials)."""
+    sources = [(str(config_path), read_config(str(config_path)))]
+    sources += [(f"--set {item.partition('=')[0].strip()}", read_config(None, [item])) for item in overrides]
+    for where, raw in sources:
+        found = credential_paths(raw)
+        if found:
+            raise JobError(f"{where}: {found[0]} holds a credential; credentials must not travel with a job: remove "
+                           "it and give the cluster its own (IRSA, a Kubernetes Secret, an instance profile; see "
+                           "deploy/README.md)")
 
 
-def relative_workdir_warning(config_path: Path, overrides: list[str]) -> str | None:
+def relative_workdir_warning(raw: dict) -> str | None:
     """A relative local workdir would land in the job's temporary copy of the working directory."""
-    workdir = next((o.partition("=")[2] for o in reversed(overrides) if o.partition("=")[0] == "workdir"), None)
-    if workdir is None:
-        try:
-            cfg = yaml.safe_load(config_path.read_text()) or {}
-            workdir = cfg.get("workdir", "./dist-al-work") if isinstance(cfg, dict) else None
-        except (OSError, yaml.YAMLError):
-            return None
+    workdir = raw.get("workdir", "./dist-al-work")
     if isinstance(workdir, str) and "://" not in workdir and not os.path.isabs(workdir):
         return (f"warning: workdir {workdir!r} is a relative path: on the cluster it resolves inside the job's "
                 "temporary working directory and is lost when the job ends; use s3://... or a path every node shares")
@@ -169,7 +153,7 @@ def submit(*, address: str | None, config: str, overrides: list[str], command_li
         raise JobError(f"config {config_path} is outside the working directory {root} that travels with the job: "
                        "move it under that directory or pass --working-dir") from None
     check_no_credentials(config_path, overrides)
-    warning = relative_workdir_warning(config_path, overrides)
+    warning = relative_workdir_warning(read_config(str(config_path), overrides))
     if warning:
         print(warning, file=err)
 

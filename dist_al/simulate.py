@@ -311,15 +311,16 @@ def format_table(records: list[dict]) -> str:
 def simulate_command(args) -> int:
     """`dist-al simulate`: config + overrides, run, print the table and where the curve went."""
     from .config import load_config
+    from .credentials import redact
 
     logging.basicConfig(level=getattr(logging, args.log_level or "WARNING"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, args.overrides)
     csv_uri, png_uri = curve_uris(cfg)
     done_uri = _join(cfg["workdir"], "simulation", "run.json")
-    # what determines the curve: the same again is already done (durations aside)
-    run_key = json.dumps({"strategies": args.strategies, "seeds": args.seeds,
-                          **{k: cfg[k] for k in ("pool", "model", "selection", "train", "simulation", "eval")}},
+    # what determines the curve: the same again is already done (durations aside); credentials do not
+    run_key = json.dumps(redact({"strategies": args.strategies, "seeds": args.seeds,
+                                 **{k: cfg[k] for k in ("pool", "model", "selection", "train", "simulation", "eval")}}),
                          sort_keys=True, default=str)
     opts = cfg["pool"]["storage_options"]
     fs, done_path = fsspec.core.url_to_fs(done_uri, **opts)

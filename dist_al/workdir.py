@@ -3,7 +3,7 @@
 Layout (WORKDIR is a local path or an s3:// prefix; the pool is never written):
 
     WORKDIR/workdir.json                  pool fingerprint + the config keys rounds must keep
-    WORKDIR/config.yaml                   the config snapshot at creation, for people
+    WORKDIR/config.yaml                   the config snapshot at creation, for people (credentials redacted)
     WORKDIR/labels/*.parquet              append-only label records (dist_al.labels)
     WORKDIR/rounds/NNNN/selection.parquet the round's selection (id, rank, strategy, score)
     WORKDIR/rounds/NNNN/export/           selection.parquet, selection.csv, label_studio_tasks.json
@@ -33,10 +33,10 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
 import fsspec
-import yaml
 from fsspec.implementations.local import LocalFileSystem
 
 from .config import dump
+from .credentials import redact
 from .lock import WorkdirLock
 from .pool import open_pool
 from .storage import exists, read_bytes, retrying, write_bytes_atomic
@@ -166,10 +166,10 @@ def open_workdir(cfg: dict, create: bool = True) -> Workdir:
     wd = Workdir(cfg["workdir"], cfg["pool"]["storage_options"])
     meta_uri = wd.path("workdir.json")
     fingerprint = pool_fingerprint(cfg)
-    pinned = {".".join(k): cfg[k[0]][k[1]] for k in PINNED_KEYS}
+    pinned = redact({".".join(k): cfg[k[0]][k[1]] for k in PINNED_KEYS})
     if not wd.exists(meta_uri):
         wd.pending = ({"version": 1, "pool_fingerprint": fingerprint, "pinned": pinned},
-                      dump(_without_secrets(cfg)).encode())
+                      dump(redact(cfg)).encode())
         if create:
             wd.create()
         return wd
@@ -182,16 +182,3 @@ def open_workdir(cfg: dict, create: bool = True) -> Workdir:
             raise WorkdirError(f"workdir {wd.uri} was made with {key} = {meta['pinned'].get(key)!r}, the config now says "
                                f"{value!r}: labels and models of the two cannot mix; use a new workdir")
     return wd
-
-
-def _without_secrets(cfg: dict) -> dict:
-    """Storage options can hold credentials; the snapshot keeps only their names."""
-    out = yaml.safe_load(dump(cfg))
-    opts = out["pool"].get("storage_options") or {}
-    out["pool"]["storage_options"] = {k: ("<redacted>" if _secret(k) else v) for k, v in opts.items()}
-    return out
-
-
-def _secret(key: str) -> bool:
-    k = key.lower()
-    return any(word in k for word in ("secret", "key", "token", "password", "credential", "client_kwargs"))

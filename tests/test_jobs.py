@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from rayhead import ray_head
+from test_bad_input import assert_one_line_error
 
 from dist_al.pool import write_pool
 from dist_al.synthetic import gaussian_mixture
@@ -149,14 +150,27 @@ def test_without_the_token_the_cluster_refuses_and_says_how_to_pass_it(head, pro
 
 
 def test_credentials_in_a_submitted_config_are_refused_before_anything_is_sent(head, project):
+    """Wherever a credential sits, in the config file or a --set, at any depth, as a key or inside a URI: one
+    line naming where (never the value), exit 2, and the cluster never hears of the job."""
     root = project[0]
     cfg = yaml.safe_load((root / "configs" / "al.yaml").read_text())
-    cfg["pool"]["storage_options"] = {"key": "AKIA...", "secret": SECRET}
+    cfg["pool"]["storage_options"] = {"client_kwargs": {"region_name": "us-east-1", "aws_secret_access_key": SECRET}}
     (root / "configs" / "creds.yaml").write_text(yaml.safe_dump(cfg))
+    cases = [
+        ("configs/creds.yaml", [],
+         f"{root}/configs/creds.yaml: pool.storage_options.client_kwargs.aws_secret_access_key holds a credential"),
+        ("configs/al.yaml", ["--set", f"pool.storage_options={{key: AKIAIOSFODNN7EXAMPLE, secret: {SECRET}}}"],
+         "--set pool.storage_options: pool.storage_options.key holds a credential"),
+        ("configs/al.yaml", ["--set", f"pool.storage_options.client_kwargs.aws_session_token={SECRET}"],
+         "pool.storage_options.client_kwargs.aws_session_token holds a credential"),
+        ("configs/al.yaml", ["--set", f"eval.uri=https://alice:{SECRET}@data.example.com/eval"],
+         "--set eval.uri: eval.uri holds a credential"),
+    ]
     before = dist_al(head, project, "jobs", "--address", head.dashboard).stdout
-    out = submit(head, project, "select", config="configs/creds.yaml")
-    assert out.returncode == 2 and "credentials must not travel with a job" in out.stderr
-    assert SECRET not in out.stderr + out.stdout
+    for config, extra, where in cases:
+        out = submit(head, project, "select", config=config, extra=extra)
+        assert_one_line_error(out, where, "credentials must not travel with a job")
+        assert SECRET not in out.stderr + out.stdout and "AKIAIOSFODNN7EXAMPLE" not in out.stderr + out.stdout
     assert dist_al(head, project, "jobs", "--address", head.dashboard).stdout == before
 
 
@@ -207,3 +221,15 @@ def test_token_lookup_order(monkeypatch, tmp_path):
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "missing"))
     with pytest.raises(JobError, match="RAY_AUTH_TOKEN_PATH"):
         auth_headers()
+
+
+def test_a_relative_workdir_is_warned_about_wherever_it_is_set(tmp_path):
+    from dist_al.config import read_config
+    from dist_al.jobs import relative_workdir_warning
+
+    config = str(tmp_path / "c.yaml")
+    (tmp_path / "c.yaml").write_text("workdir: /shared/work\n")
+    assert relative_workdir_warning(read_config(config)) is None
+    assert "'./w' is a relative path" in relative_workdir_warning(read_config(config, ["workdir=./w"]))
+    assert relative_workdir_warning(read_config(None, ["workdir=s3://bucket/work"])) is None
+    assert "'./dist-al-work' is a relative path" in relative_workdir_warning(read_config(None))

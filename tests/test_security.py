@@ -4,12 +4,22 @@ name taken from pool values. Behavioural checks run the real `dist-al` command."
 from __future__ import annotations
 
 import ast
+import base64
+import gzip
+import io
 import json
 import os
 import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+import zipfile
 from pathlib import Path
+from urllib.parse import quote, quote_plus
 
-import fsspec
+import boto3
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -17,6 +27,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from rayhead import _kill_leftovers
+from s3server import FAKE_KEY, FAKE_SECRET, create_bucket, s3_filesystem, storage_options_for
 from test_bad_input import assert_one_line_error, cli, snapshot
 
 from dist_al.labels import EXPORT_FILES
@@ -137,88 +149,205 @@ def test_checkpoint_with_a_code_payload_is_refused_and_does_not_run(tmp_path, po
 
 # --------------------------------------------------------------------------------- credentials
 
-ENV_KEY, ENV_SECRET = "AKIAENVKEYQ7Z3XW9P2M", "envSecret/Kx81+qLm0VzT4yB6nR2cH9wJ5sD3fG7aE1uI8oP"
-CFG_KEY, CFG_SECRET = "AKIACFGKEYR4T6Y8U0I2", "cfgSecret/Mn73+wQe5RtY9uIo1pAs3dF5gH7jK9lZ2xC4vB6"
-SECRETS = (ENV_KEY, ENV_SECRET, CFG_KEY, CFG_SECRET)
+RUN = uuid.uuid4().hex
 
 
-def _aws_env(key=None, secret=None) -> dict:
-    env = {"AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/nonexistent",
-           "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "NO_PROXY": "127.0.0.1,localhost",
-           "no_proxy": "127.0.0.1,localhost"}
-    if key:
-        env.update(AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=secret)
-    else:  # only the config's storage_options carry credentials
-        env.update(AWS_ACCESS_KEY_ID="", AWS_SECRET_ACCESS_KEY="")
-    return env
+def _fake(name: str) -> str:
+    """Recognisable and unique to this run, with the '/' and '+' of real AWS secrets (URL-encoding changes it)."""
+    return f"FAKESECRET-{RUN}-{name}/+"
+
+
+ENV_KEY_ID, CFG_KEY_ID = f"AKIA{RUN[:16].upper()}", f"AKIA{RUN[16:].upper()}"
+SECRETS = {  # where each is planted -> the secret
+    "env AWS_ACCESS_KEY_ID": ENV_KEY_ID, "env AWS_SECRET_ACCESS_KEY": _fake("env-secret"),
+    "env AWS_SESSION_TOKEN": _fake("env-session"), "env HF_TOKEN": _fake("env-hf"),
+    "pool.storage_options.key": CFG_KEY_ID, "pool.storage_options.secret": _fake("cfg-secret"),
+    "pool.storage_options.client_kwargs.aws_session_token": _fake("cfg-nested-token"),
+    "demo --set pool.storage_options.password": _fake("demo-password"),
+}
+
+
+def _forms(secret: str) -> set[bytes]:
+    """The secret as raw bytes, URL-encoded, JSON-escaped, and base64 (standard and URL-safe) at each of the three
+    alignments it can have inside a longer encoded blob (the 4 characters at either end, shared with its
+    neighbours, are left out)."""
+    raw = secret.encode()
+    forms = {raw, quote(secret, safe="").encode(), quote_plus(secret).encode(), secret.replace("/", "\\/").encode()}
+    for encode in (base64.b64encode, base64.urlsafe_b64encode):
+        forms.update(encode(b"\0" * k + raw)[4 if k else 0:-4] for k in range(3))
+    return forms
+
+
+FORMS = {where: _forms(secret) for where, secret in SECRETS.items()}
+
+
+def _views(blob: bytes) -> list[bytes]:
+    """A file's bytes, and what its container holds decoded: Parquet values and metadata, zip members (torch
+    checkpoints), gzip."""
+    views = [blob]
+    if blob[:4] == b"PAR1":
+        table = pq.read_table(pa.BufferReader(blob))
+        views.append(repr((table.to_pylist(), table.schema.metadata)).encode())
+    elif blob[:4] == b"PK\x03\x04":
+        with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+            views += [archive.read(name) for name in archive.namelist()]
+    elif blob[:2] == b"\x1f\x8b":
+        views.append(gzip.decompress(blob))
+    return views
 
 
 def _leaks(blob: bytes | str) -> list[str]:
-    text = blob.decode("utf-8", errors="replace") if isinstance(blob, bytes) else blob
-    return [s for s in SECRETS if s in text]
+    """Where each secret found in `blob` was planted."""
+    views = _views(blob.encode() if isinstance(blob, str) else blob)
+    return [where for where, forms in FORMS.items() if any(form in view for form in forms for view in views)]
 
 
-def test_credentials_never_reach_the_workdir_exports_or_logs(tmp_path, s3_server, s3_bucket, s3_storage_options):
-    """Credentials from the environment (workdir on local disk: select, round, ...) and from
-    pool.storage_options (workdir on S3: round, ...): round selects and exports, then ingest, status and an
-    error on a missing object, all at --log-level DEBUG; no secret may appear in any output stream or in any
-    file written locally or to the bucket."""
-    rows = 90
-    feats = np.random.default_rng(1).normal(size=(rows, DIM)).astype(np.float32)
-    write_pool(f"s3://{s3_bucket}/pool", np.arange(rows), feats, np.arange(rows) % CLASSES, rows_per_file=45,
-               storage_options=s3_storage_options)
-    base = {"pool": {"uri": f"s3://{s3_bucket}/pool", "label_column": "label",
-                     "storage_options": {"endpoint_url": s3_server, "client_kwargs": {"region_name": "us-east-1"}}},
-            "model": {"kwargs": MODEL}, "selection": {"strategy": "margin", "budget": 6},
-            "cluster": {"workers": 2}}
-    runs = {
-        "env": ({**base, "workdir": str(tmp_path / "work-env")}, _aws_env(ENV_KEY, ENV_SECRET)),
-        "config": ({**base, "pool": {**base["pool"], "storage_options": {**base["pool"]["storage_options"],
-                                                                          "key": CFG_KEY, "secret": CFG_SECRET}},
-                    "workdir": f"s3://{s3_bucket}/work-config"}, _aws_env()),
-    }
-    streams, users_files = [], set()
-    for name, (cfg, env) in runs.items():
-        config = tmp_path / f"user-{name}.yaml"  # the user's own file: the one place the config secret may be
-        config.write_text(yaml.safe_dump(cfg))
-        users_files.add(str(config))
-        common = ["--config", str(config), "--log-level", "DEBUG"]
-        steps = (["select", "--no-progress"], ["round", "--no-progress"]) if name == "env" else (["round", "--no-progress"],)
-        for args in steps:
-            res = cli(args[0], *common, *args[1:], cwd=tmp_path, env=env)
-            assert res.returncode == 0, res.stderr[-3000:]
-            streams.append((f"{name} {args[0]}", res.stdout + res.stderr))
-        selection_uri = f"{cfg['workdir']}/rounds/0001/selection.parquet"
-        opts = s3_storage_options if cfg["workdir"].startswith("s3://") else {}
-        with fsspec.open(selection_uri, "rb", **opts) as f:
+def _files(*roots: Path) -> dict[str, bytes]:
+    """Every regular file under the roots (hidden ones too; links and sockets are not files)."""
+    return {path: Path(path).read_bytes() for root in roots for directory, _, names in os.walk(root)
+            for path in (os.path.join(directory, name) for name in names)
+            if os.path.isfile(path) and not os.path.islink(path)}
+
+
+@pytest.fixture(scope="module")
+def credential_run(tmp_path_factory, s3_server):
+    """Every dist-al command that writes, run once at --log-level DEBUG with secrets planted in the environment
+    of each command and in the config's pool.storage_options (top level and under client_kwargs): pools, workdir
+    and selections on moto S3, the simulation's workdir, the demo, the evaluation and the benchmarks on local
+    disk. HOME, TMPDIR and RAY_TMPDIR point into the test's own directories, so whatever the commands (and the
+    local Rays they start: Ray 2.60 puts its session logs under RAY_TMPDIR/ray) write there is scanned too.
+    The bucket keeps versions, so every object ever written there is scanned, also those deleted since (the
+    lock's, Ray Train's run directory). Yields the local roots, the bucket's objects and each command's output."""
+    root = tmp_path_factory.mktemp("credentials")
+    private_tmp = Path(tempfile.mkdtemp(prefix="dal-sec-", dir="/tmp"))  # short: Ray's socket paths fit 107 bytes
+    bucket = f"creds-{RUN[:12]}"
+    create_bucket(s3_server, bucket)
+    client = boto3.client("s3", endpoint_url=s3_server, aws_access_key_id=FAKE_KEY, aws_secret_access_key=FAKE_SECRET,
+                          region_name="us-east-1")
+    client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})  # keeps what is deleted
+    (root / "home").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
+    env.update({name.split()[1]: SECRETS[name] for name in SECRETS if name.startswith("env ")})
+    env.update(AWS_ENDPOINT_URL=s3_server, AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true",
+               AWS_CONFIG_FILE="/nonexistent", AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
+               NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost", HOME=str(root / "home"),
+               TMPDIR=str(private_tmp), RAY_TMPDIR=str(private_tmp),
+               PYTHONPATH=os.pathsep.join([str(PACKAGE.parent), os.environ.get("PYTHONPATH", "")]))
+    outputs: dict[str, str] = {}
+
+    def run(*args: str, expect: int = 0) -> subprocess.CompletedProcess:
+        res = subprocess.run([sys.executable, "-m", "dist_al.cli", *args], capture_output=True, text=True,
+                             cwd=root, env=env, timeout=600)
+        name = f"{len(outputs):02d} {' '.join(args[:2])}"
+        outputs[name] = res.stdout + res.stderr
+        (root / "logs").mkdir(exist_ok=True)
+        (root / "logs" / f"{len(outputs):02d}.log").write_text(outputs[name])
+        assert res.returncode == expect, (name, res.stderr[-3000:])
+        return res
+
+    s3 = f"s3://{bucket}"
+    user = root / "user"  # the user's own files: the one place the config's secrets may be
+    user.mkdir()
+    nested = {"region_name": "us-east-1",
+              "aws_session_token": SECRETS["pool.storage_options.client_kwargs.aws_session_token"]}
+    config = {"pool": {"uri": f"{s3}/pool", "label_column": "label",
+                       "storage_options": {"endpoint_url": s3_server, "key": CFG_KEY_ID, "client_kwargs": nested,
+                                           "secret": SECRETS["pool.storage_options.secret"]}},
+              "model": {"kwargs": MODEL}, "selection": {"strategy": "margin", "budget": 6},
+              "train": {"epochs": 2, "workers": 1, "batch_size": 16}, "eval": {"uri": f"{s3}/eval"},
+              "simulation": {"initial_labeled": 6, "rounds": 1, "seeds": 1, "strategies": "random"},
+              "cluster": {"workers": 1}, "workdir": f"{s3}/work"}
+    (user / "config.yaml").write_text(yaml.safe_dump(config))
+    common = ["--config", str(user / "config.yaml"), "--log-level", "DEBUG"]
+    debug = ["--log-level", "DEBUG"]
+    try:
+        for name, rows, seed in (("pool", 120, 0), ("eval", 60, 1)):  # credentials from the environment only
+            run("make-pool", f"{s3}/{name}", "--synthetic", "--rows", str(rows), "--classes", str(CLASSES), "--dim",
+                str(DIM), "--seed", str(seed), "--rows-per-file", "60", *debug)
+        run("select", *common, "--no-progress")
+        run("round", *common, "--no-progress")  # round 1: select + export
+        run("export", *common)
+        fs = s3_filesystem(storage_options_for(s3_server), fresh=True)
+        with fs.open(f"{s3}/work/rounds/0001/selection.parquet", "rb") as f:
             ids = pq.read_table(f).column("id").to_pylist()
-        labels = tmp_path / f"{name}-labels.csv"
-        labels.write_text("id,label\n" + "".join(f"{i},{i % CLASSES}\n" for i in ids[:3]))
-        users_files.add(str(labels))
-        for args in (["ingest", str(labels)], ["status"]):
-            res = cli(args[0], *common, *args[1:], cwd=tmp_path, env=env)
-            assert res.returncode == 0, res.stderr[-3000:]
-            streams.append((f"{name} {args[0]}", res.stdout + res.stderr))
-        missing = cli("ingest", *common, f"s3://{s3_bucket}/inbox/none.json", cwd=tmp_path, env=env)
-        assert missing.returncode == 2 and "Traceback" not in missing.stderr  # DEBUG lines come before the error
-        assert missing.stderr.strip().splitlines()[-1].endswith("inbox/none.json does not exist"), missing.stderr
-        streams.append((f"{name} missing labels file", missing.stdout + missing.stderr))
-    assert any("DEBUG" in text for _, text in streams)  # the debug level really was on
+        (user / "labels.csv").write_text("id,label\n" + "".join(f"{i},{i % CLASSES}\n" for i in ids))
+        run("ingest", *common, str(user / "labels.csv"))
+        run("ingest", *common, f"{s3}/inbox/none.json", expect=2)  # an error at DEBUG level
+        run("train", *common)
+        run("round", *common, "--no-progress")  # round 1: all labels in, trains with Ray Train
+        run("status", *common)
+        run("simulate", *common, "--no-progress", "--set", f"workdir={root / 'simulation'}",
+            "--set", "train.backend=local")
+        run("evaluate", str(root / "simulation"), "--out", str(root / "evaluation"), *debug)
+        run("demo", "--workdir", str(root / "demo"), "--no-progress", *debug, "--set", "simulation.rounds=1",
+            "--set", "simulation.seeds=1", "--set", "simulation.strategies=random", "--set", "train.epochs=1",
+            "--set", "simulation.initial_labeled=10", "--set", "selection.budget=10", "--set", "cluster.workers=1",
+            "--set", f"pool.storage_options={{password: {SECRETS['demo --set pool.storage_options.password']}}}")
+        run("--log-level", "DEBUG", "bench", "core", "--quick", "--repeats", "1", "--only", "badge-dense")
+        run("--log-level", "DEBUG", "bench", "distributed", "--quick", "--only", "embedding")
+        objects = {f"{bucket}/{v['Key']}@{v['VersionId']}":
+                   client.get_object(Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"])["Body"].read()
+                   for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket)
+                   for v in page.get("Versions", [])}
+        yield {"root": root, "tmp": private_tmp, "user": user, "objects": objects, "outputs": outputs}
+    finally:
+        _kill_leftovers(str(private_tmp))
+        shutil.rmtree(private_tmp, ignore_errors=True)
 
-    files = {p: v for p, v in snapshot(tmp_path).items() if v is not None and p not in users_files}
-    fs = fsspec.filesystem("s3", **s3_storage_options)
-    fs.invalidate_cache()
-    objects = {p: fs.cat_file(p) for p in fs.find(s3_bucket)}
-    assert any(p.endswith("export/label_studio_tasks.json") for p in files)  # local export happened
-    assert any(p.endswith("export/label_studio_tasks.json") for p in objects)  # s3 export happened
-    assert any("/labels/" in p for p in objects) and any("/labels/" in p for p in files)
-    leaked = {where: _leaks(blob) for where, blob in [*streams, *files.items(), *objects.items()] if _leaks(blob)}
+
+def test_every_writer_ran(credential_run):
+    """The scan below covers real writes: each command wrote what it writes, at DEBUG; the bucket's history holds
+    what was deleted since (Ray Train's run directory); Ray's session logs of each local Ray are in the scanned
+    temp dir; the configs written for people keep the keys and lose the values."""
+    root, objects = credential_run["root"], credential_run["objects"]
+    written = set(objects) | {os.path.relpath(p, root) for p in _files(root)}
+    for expected in ("/pool/part-", "/eval/part-", "/work/selections/margin-budget6-seed0.parquet",
+                     "/work/config.yaml@", "/work/workdir.json@", "/work/lock.json@", "/work/labels/",
+                     "/work/rounds/0001/export/label_studio_tasks.json@", "/work/rounds/0001/model.pt@",
+                     "/work/rounds/0001/metrics.json@", "/work/rounds/0001/_ray_train/",
+                     "simulation/simulation/run.json", "simulation/simulation/curve.png", "evaluation/eval-tables.md",
+                     "demo/simulation/curve.csv", "demo/pool/", "home/"):
+        assert any(expected in path for path in written), expected
+    assert any("DEBUG" in text for text in credential_run["outputs"].values())
+    sessions = {p.split("/ray/")[1].split("/")[0] for p in _files(credential_run["tmp"]) if "/logs/" in p}
+    assert len(sessions) == 5  # select, round (select), round (Ray Train), simulate, demo
+    snapshots = [objects[p].decode() for p in objects if "/work/config.yaml@" in p]
+    snapshots.append((root / "simulation" / "simulation" / "run.json").read_text())
+    for text in snapshots:
+        assert text.count("<redacted>") == 3 and "aws_session_token" in text and "endpoint_url" in text
+
+
+def test_credentials_never_reach_a_file_an_object_or_a_log(credential_run):
+    """No planted secret, raw or encoded, in any command's output, in any file under the workdirs, pools,
+    outputs, HOME or the temp dir with Ray's session logs, or in any object of the bucket."""
+    user = str(credential_run["user"])
+    files = {p: v for p, v in _files(credential_run["root"], credential_run["tmp"]).items()
+             if not p.startswith(user + os.sep)}
+    assert len(files) > 100 and credential_run["objects"]
+    scanned = [*credential_run["outputs"].items(), *files.items(), *credential_run["objects"].items()]
+    leaked = {where: _leaks(blob) for where, blob in scanned if _leaks(blob)}
     assert leaked == {}
+    print("OBSERVED", f"{len(credential_run['outputs'])} command outputs, {len(files)} local files "
+          f"({sum(map(len, files.values())) / 2**20:.1f} MiB), {len(credential_run['objects'])} object versions: "
+          f"none holds any of the {len(SECRETS)} secrets in any of their forms")
+
+
+def test_the_scan_finds_each_planted_secret_in_each_form():
+    for where, secret in SECRETS.items():
+        encoded = [f"x{quote(secret, safe='')}y", json.dumps({"s": secret}).replace("/", "\\/"),
+                   *(b"<" + base64.b64encode(pad + secret.encode() + b"!!") + b">" for pad in (b"", b"a", b"ab")),
+                   gzip.compress(secret.encode() * 3)]
+        for blob in [secret, *encoded]:
+            assert _leaks(blob) == [where], (where, blob)
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"note": [SECRETS["env HF_TOKEN"]]}), buf, compression="gzip", write_statistics=False)
+    assert SECRETS["env HF_TOKEN"].encode() not in buf.getvalue() and _leaks(buf.getvalue()) == ["env HF_TOKEN"]
 
 
 def test_config_errors_do_not_echo_storage_options(tmp_path):
     res = cli("select", "--set", f"pool.uri={tmp_path}", "--set", "selection.budget=5",
-              "--set", f"pool.storage_options=key={CFG_KEY} secret={CFG_SECRET}", cwd=tmp_path)
+              "--set", f"pool.storage_options=key={CFG_KEY_ID} secret={SECRETS['pool.storage_options.secret']}",
+              cwd=tmp_path)
     line = assert_one_line_error(res, "config key pool.storage_options: expected a mapping, got a str")
     assert _leaks(res.stdout + res.stderr) == [] and not os.listdir(tmp_path)
     print("OBSERVED", line)
