@@ -44,8 +44,12 @@ EXAMPLES = {
     "jobs": "examples:\n  dist-al jobs --address http://HEAD:8265\n  RAY_ADDRESS=http://HEAD:8265 dist-al jobs --all",
     "logs": "examples:\n  dist-al logs dist-al-round-20261121-101500-3fa2c1 --address http://HEAD:8265\n"
     "  dist-al logs dist-al-round-20261121-101500-3fa2c1 --follow",
-    "bench": "examples:\n  dist-al bench core\n  dist-al bench core --quick\n  dist-al bench core --device cuda --scale 10\n"
-    "  dist-al bench distributed\n  dist-al bench distributed --quick --only coordination",
+    "bench": "examples:\n  dist-al bench core\n  dist-al bench core --quick --only badge-bound,bait-step\n"
+    "  dist-al bench core --device cuda --scale 10\n"
+    "  dist-al bench distributed\n  dist-al bench distributed --quick --only coordination,gather\n"
+    "  dist-al bench distributed --device cuda --only embedding,full\n"
+    "both suites take --quick (small sizes, seconds), --device cpu|cuda and --only ROW,ROW,...;\n"
+    "`dist-al bench SUITE --help` lists a suite's rows and its other options",
 }
 
 
@@ -209,7 +213,9 @@ def _parser() -> argparse.ArgumentParser:
         help="benchmarks that print ratios measured in one run",
     )
     bench.add_argument("suite", choices=["core", "distributed"], help="which benchmark suite")
-    bench.add_argument("args", nargs=argparse.REMAINDER, help="options of the suite (see `dist-al bench core --help`)")
+    bench.add_argument("args", nargs=argparse.REMAINDER,
+                       help="options of the suite: --quick, --device, --only ROW,... "
+                       "(see `dist-al bench SUITE --help`)")
     return parser
 
 

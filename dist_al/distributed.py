@@ -13,12 +13,13 @@ import os
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import ray
 import torch
 
 from .core.api import STRATEGIES
 from .model import Embedder, ModelSpec, build_model
-from .pool import PoolSpec, duplicated_id, id_locations, open_pool, read_shard
+from .pool import PoolSpec, duplicated_id, id_locations, open_pool, read_rows, read_shard, rows_table, shard_places
 
 
 def _to_cpu(value: Any) -> Any:
@@ -152,6 +153,12 @@ class ShardWorker:
 
     def ids_at(self, local_rows: list[int]) -> np.ndarray:
         return self.ids[np.asarray(local_rows, dtype=np.int64)]
+
+    def located_rows(self, local_rows: list[int]) -> pa.Table:
+        """Rows of this shard by position, with where they live and their features (``pool.rows_table``):
+        reads only the row groups holding them."""
+        places = shard_places(self.shard, local_rows)
+        return rows_table(self.pool, self.ids_at(local_rows), places, read_rows(self.pool, places))
 
     # -- labels (simulation: the pool's hidden label column) ---------------------------
 

@@ -27,6 +27,7 @@ requests and only the projected column chunks are fetched.
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 import queue
 import threading
@@ -53,6 +54,11 @@ __all__ = [
     "check_unique_ids",
     "duplicated_id",
     "id_locations",
+    "find_ids",
+    "shard_places",
+    "read_rows",
+    "rows_table",
+    "recorded_rows",
     "write_pool",
     "LOGICAL_COLUMNS",
 ]
@@ -63,6 +69,7 @@ LOGICAL_COLUMNS = {"id": "ids", "features": "features", "label": "labels"}
 
 _PREFETCH_DEPTH = 2
 _FOOTER_THREADS = 16
+_READ_THREADS = 8  # row groups read at once by read_rows
 
 
 class PoolError(ValueError):
@@ -121,10 +128,16 @@ class Pool:
     num_rows: int
     feature_dim: int
     schema: pa.Schema
+    root: str = ""  # the pool's URI as an ``fs`` path: files are named relative to it in recorded rows
 
     def file_uri(self, file_index: int) -> str:
         """Full URI of a file, for messages."""
         return _display(self.fs, self.files[file_index])
+
+    def file_key(self, file_index: int) -> str:
+        """A file's path relative to the pool's root ("" for a one-file pool): how recorded rows name it."""
+        path, root = self.files[file_index], self.root.rstrip("/")
+        return path[len(root):].lstrip("/") if path.startswith(root) else path
 
 
 # --------------------------------------------------------------------------- open
@@ -198,6 +211,7 @@ def open_pool(spec: PoolSpec) -> Pool:
         num_rows=num_rows,
         feature_dim=int(feature_dim),
         schema=metadata[0].schema.to_arrow_schema(),
+        root=root,
     )
 
 
@@ -490,7 +504,7 @@ def _iter_batches(pool: Pool, shard: Shard, wanted: tuple[str, ...], batch_rows:
     open_file = None  # (file_index, ParquetFile, source) reused across a file's row groups
     try:
         for fi, rg, n in shard.row_groups:
-            try:
+            with _reading(pool, fi, rg):
                 if open_file is None or open_file[0] != fi:
                     if open_file is not None and not isinstance(open_file[2], str):
                         open_file[2].close()
@@ -498,12 +512,6 @@ def _iter_batches(pool: Pool, shard: Shard, wanted: tuple[str, ...], batch_rows:
                     src = _open_input(pool.fs, pool.files[fi])
                     open_file = (fi, pq.ParquetFile(src, metadata=pool.metadata[fi]), src)
                 table = open_file[1].read_row_group(rg, columns=read_cols)
-            except pa.ArrowInvalid as exc:
-                raise PoolError(f"{_where(pool, fi, rg)} is corrupt ({exc})") from exc
-            except OSError as exc:  # I/O errors stay OSError (callers may retry them), with context
-                if hasattr(exc, "add_note"):
-                    exc.add_note(f"while reading {_where(pool, fi, rg)}")
-                raise
             if table.num_rows != n:
                 raise PoolError(
                     f"pool {spec.uri}: file {pool.file_uri(fi)} row group {rg} has {table.num_rows} rows, "
@@ -523,6 +531,19 @@ def _iter_batches(pool: Pool, shard: Shard, wanted: tuple[str, ...], batch_rows:
     finally:
         if open_file is not None and not isinstance(open_file[2], str):
             open_file[2].close()
+
+
+@contextlib.contextmanager
+def _reading(pool: Pool, fi: int, rg: int):
+    """A corrupt row group is a PoolError naming it; I/O errors stay OSError (callers may retry them), with context."""
+    try:
+        yield
+    except pa.ArrowInvalid as exc:
+        raise PoolError(f"{_where(pool, fi, rg)} is corrupt ({exc})") from exc
+    except OSError as exc:
+        if hasattr(exc, "add_note"):
+            exc.add_note(f"while reading {_where(pool, fi, rg)}")
+        raise
 
 
 def _id_at(pool: Pool, fi: int, rg: int, row: int):
@@ -559,15 +580,23 @@ def _labels_to_numpy(pool: Pool, fi: int, rg: int, col: pa.ChunkedArray) -> np.n
     return np.asarray(arr.to_numpy(), dtype=np.int64)
 
 
-def _features_to_numpy(pool: Pool, fi: int, rg: int, col: pa.ChunkedArray) -> np.ndarray:
-    """Arrow list column -> float32 (rows, D) via the flat values buffer; no per-row Python."""
+def _features_to_numpy(pool: Pool, fi: int, rg: int, col: pa.ChunkedArray, rows: np.ndarray | None = None
+                       ) -> np.ndarray:
+    """Arrow list column -> float32 (rows, D) via the flat values buffer; no per-row Python.
+
+    ``rows``: the row group's rows that ``col`` holds when it is a selection of them (messages name their ids).
+    """
+
+    def id_of(i: int):
+        return _id_at(pool, fi, rg, i if rows is None else int(rows[i]))
+
     d = pool.feature_dim
     name = pool.spec.feature_column
     arr = col.combine_chunks()
     n = len(arr)
     if arr.null_count:
         row = _first_null(arr)
-        raise PoolError(f"{_where(pool, fi, rg)}: null {name!r} for id {_id_at(pool, fi, rg, row)!r}")
+        raise PoolError(f"{_where(pool, fi, rg)}: null {name!r} for id {id_of(row)!r}")
     if pa.types.is_fixed_size_list(arr.type):
         if arr.type.list_size != d:
             raise PoolError(
@@ -579,20 +608,20 @@ def _features_to_numpy(pool: Pool, fi: int, rg: int, col: pa.ChunkedArray) -> np
         if bad.size:
             row = int(bad[0])
             raise PoolError(
-                f"{_where(pool, fi, rg)}: ragged {name!r}: id {_id_at(pool, fi, rg, row)!r} has length "
+                f"{_where(pool, fi, rg)}: ragged {name!r}: id {id_of(row)!r} has length "
                 f"{int(lengths[row])}, expected D={d}"
             )
     values = arr.flatten()  # honours slicing; offsets are dense once lengths are all D
     if values.null_count:
         row = _first_null(values) // d
-        raise PoolError(f"{_where(pool, fi, rg)}: null value inside {name!r} for id {_id_at(pool, fi, rg, row)!r}")
+        raise PoolError(f"{_where(pool, fi, rg)}: null value inside {name!r} for id {id_of(row)!r}")
     flat = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32)
     if flat.size != n * d:  # pragma: no cover - guarded by the length checks above
         raise PoolError(f"{_where(pool, fi, rg)}: {name!r} has {flat.size} values for {n} rows of D={d}")
     finite = np.isfinite(flat)
     if not finite.all():
         row = int(np.argmin(finite)) // d
-        raise PoolError(f"{_where(pool, fi, rg)}: NaN or inf in {name!r} for id {_id_at(pool, fi, rg, row)!r}")
+        raise PoolError(f"{_where(pool, fi, rg)}: NaN or inf in {name!r} for id {id_of(row)!r}")
     return np.ascontiguousarray(flat.reshape(n, d))
 
 
@@ -641,6 +670,103 @@ def id_locations(pool: Pool, shard: Shard, ids: np.ndarray, value) -> list[str]:
         file_index, group, _ = shard.row_groups[k]
         out.append(f"{pool.file_uri(file_index)} row group {group}")
     return out
+
+
+# --------------------------------------------------------------------------- rows by place
+#
+# A place is (file index, row group, row in the group): int64 arrays of shape (n, 3). Sorted
+# lexicographically, places are in pool order.
+
+
+def shard_places(shard: Shard, local_rows) -> np.ndarray:
+    """Places of rows of ``shard`` given by their positions in it."""
+    local = np.asarray(local_rows, dtype=np.int64)
+    sizes = np.asarray([n for _, _, n in shard.row_groups], dtype=np.int64)
+    ends = np.cumsum(sizes)
+    k = np.searchsorted(ends, local, side="right")
+    groups = np.asarray([(fi, rg) for fi, rg, _ in shard.row_groups], dtype=np.int64)
+    return np.column_stack([groups[k], local - (ends - sizes)[k]])
+
+
+def find_ids(pool: Pool, ids) -> tuple[np.ndarray, np.ndarray]:
+    """(the pool's ids that are in ``ids``, their places), in pool order: one pass over the id column
+    alone. An id the pool holds twice comes back twice."""
+    wanted = np.asarray(ids)
+    shard = plan_shards(pool, 1)[0]
+    batches = read_shard(pool, shard, columns=("id",), batch_rows=max(n for _, _, n in shard.row_groups))
+    found, places = [], []
+    for batch, (fi, rg, _) in zip(batches, shard.row_groups):  # one batch per row group
+        hit = np.flatnonzero(np.isin(batch["ids"], wanted))
+        if hit.size:
+            found.append(batch["ids"][hit])
+            places.append(np.column_stack([np.full(hit.size, fi), np.full(hit.size, rg), hit]))
+    if not found:
+        return wanted[:0], np.zeros((0, 3), dtype=np.int64)
+    return np.concatenate(found), np.concatenate(places).astype(np.int64)
+
+
+def read_rows(pool: Pool, places) -> np.ndarray:
+    """Features (n, D) float32 of the rows at ``places``, in that order, checked as ``read_shard`` checks them.
+
+    Reads only the feature column chunks of the row groups that hold them, several at once (decoding
+    releases the GIL; object stores answer in parallel), and keeps only those rows.
+    """
+    places = np.asarray(places, dtype=np.int64).reshape(-1, 3)
+    out = np.empty((len(places), pool.feature_dim), dtype=np.float32)
+    if not len(places):
+        return out
+    order = np.lexsort((places[:, 1], places[:, 0]))
+    starts = np.flatnonzero(np.any(np.diff(places[order, :2], axis=0) != 0, axis=1)) + 1
+    groups = np.split(order, starts)
+
+    def read(idx: np.ndarray) -> None:
+        fi, rg = int(places[idx[0], 0]), int(places[idx[0], 1])
+        rows = places[idx, 2]
+        with _reading(pool, fi, rg):
+            col = _read_row_group(pool.fs, pool.files[fi], pool.metadata[fi], rg, [pool.spec.feature_column])
+        out[idx] = _features_to_numpy(pool, fi, rg, col.column(0).take(pa.array(rows)), rows)
+
+    with ThreadPoolExecutor(max_workers=min(_READ_THREADS, len(groups))) as ex:
+        list(ex.map(read, groups))
+    return out
+
+
+def rows_table(pool: Pool, ids, places, features: np.ndarray) -> pa.Table:
+    """Pool rows with where they live: id, file (its path relative to the pool's root), row_group, row, features."""
+    places = np.asarray(places, dtype=np.int64).reshape(-1, 3)
+    flat = pa.array(np.ascontiguousarray(features, dtype=np.float32).reshape(-1))
+    return pa.table({
+        "id": pa.array(ids),
+        "file": pa.array([pool.file_key(int(fi)) for fi in places[:, 0]], pa.string()),
+        "row_group": pa.array(places[:, 1]),
+        "row": pa.array(places[:, 2]),
+        "features": pa.FixedSizeListArray.from_arrays(flat, pool.feature_dim),
+    })
+
+
+def recorded_rows(pool: Pool, table: pa.Table | None, ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, places, features) of the rows of ``table`` (``rows_table``) whose id is in ``ids``, one per id.
+
+    A row whose file, row group or row this pool does not have, or whose features are not D wide,
+    is left out (the caller finds those ids in the pool itself).
+    """
+    none = (np.asarray(ids)[:0], np.zeros((0, 3), dtype=np.int64), np.zeros((0, pool.feature_dim), np.float32))
+    if table is None or not table.num_rows or table.schema.field("features").type.list_size != pool.feature_dim:
+        return none
+    rec_ids = table.column("id").to_numpy()
+    if rec_ids.dtype.kind in "iu":
+        rec_ids = rec_ids.astype(np.int64)
+    _, first = np.unique(rec_ids, return_index=True)  # an id recorded twice (two rounds) is the same row
+    keep = first[np.isin(rec_ids[first], ids)]
+    files = {pool.file_key(i): i for i in range(len(pool.files))}
+    group_rows = {(fi, rg): n for fi, rg, n in pool.row_groups}
+    fi = np.asarray([files.get(k, -1) for k in table.column("file").take(keep).to_pylist()], dtype=np.int64)
+    places = np.column_stack([fi, table.column("row_group").to_numpy()[keep], table.column("row").to_numpy()[keep]])
+    exists = np.asarray([0 <= r < group_rows.get((f, g), 0) for f, g, r in places.tolist()], dtype=bool)
+    keep, places = keep[exists], places[exists].astype(np.int64)
+    values = table.column("features").take(keep).combine_chunks().flatten()
+    feats = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, pool.feature_dim)
+    return rec_ids[keep], places, feats
 
 
 # --------------------------------------------------------------------------- write

@@ -14,6 +14,8 @@ import logging
 import os
 import time
 
+import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -21,12 +23,16 @@ from .config import strategy_options
 from .faults import crash_point
 from .labels import append_label_records, export_selection, load_label_records, read_labels, validate_labels
 from .model import build_model, classifier_layer, load_state
-from .pool import open_pool, plan_shards, read_shard
+from .pool import find_ids, open_pool
 from .selection import ShardedPool, model_spec, pool_spec, preflight, ray_session
 from .storage import read_bytes, remove_tree, write_table_atomic
 from .workdir import Workdir, open_workdir
 
 log = logging.getLogger(__name__)
+
+# Each round's selected rows, with where they live in the pool and their features (pool.rows_table): the
+# ShardWorkers read them right after selecting, so training reads them here rather than scanning the pool.
+SELECTED_ROWS = "selected_rows.parquet"
 
 
 def _local_cpus(cfg: dict) -> int:
@@ -52,8 +58,15 @@ def latest_checkpoint(wd: Workdir) -> str | None:
     return None
 
 
-def _read_selection(wd: Workdir, n: int) -> pa.Table:
-    return pq.read_table(io.BytesIO(read_bytes(wd.round_path(n, "selection.parquet"), wd.storage_options)))
+def _read_selection(wd: Workdir, n: int, name: str = "selection.parquet", columns=None) -> pa.Table:
+    return pq.read_table(io.BytesIO(read_bytes(wd.round_path(n, name), wd.storage_options)), columns=columns)
+
+
+def _recorded_rows(wd: Workdir) -> pa.Table | None:
+    """Every round's selected rows with their places and features (rounds from before they were recorded
+    have none: their labeled rows are found in the pool)."""
+    tables = [_read_selection(wd, n, SELECTED_ROWS) for n in wd.rounds() if wd.exists(wd.round_path(n, SELECTED_ROWS))]
+    return pa.concat_tables(tables, promote_options="permissive") if tables else None
 
 
 def _current(wd: Workdir) -> tuple[int, str | None]:
@@ -83,9 +96,11 @@ def select_step(cfg: dict, wd: Workdir, progress: bool = False) -> str:
         try:
             result = pool.select(sel["strategy"], sel["budget"], seed=sel["seed"] + n, options=strategy_options(cfg),
                                  labeled_ids=labeled or None)
+            rows = pool.picked_rows(result)
         finally:
             pool.close()
     wd.create()
+    write_table_atomic(wd.round_path(n, SELECTED_ROWS), rows, wd.storage_options)
     write_table_atomic(wd.round_path(n, "selection.parquet"), result.table, wd.storage_options)
     crash_point("select.after_write")
     wd.set_state(n, "SELECTED", strategy=sel["strategy"], budget=result.table.num_rows,
@@ -142,7 +157,7 @@ def train_step(cfg: dict, wd: Workdir) -> str:
     local = cfg["train"]["backend"] == "local"  # trains in this process: no Ray to start
     with contextlib.nullcontext() if local else _session(cfg):
         result = train(cfg, labels, checkpoint_uri=wd.round_path(n, "model.pt"), eval_uri=cfg["eval"]["uri"],
-                       warm_start_state=warm, storage_options=wd.storage_options)
+                       warm_start_state=warm, storage_options=wd.storage_options, recorded=_recorded_rows(wd))
     metrics = {"round": n, "train_rows": result.train_rows, "accuracy": result.accuracy, "epochs": result.epochs,
                "seconds": result.seconds, "workers": result.workers}
     wd.write_json(wd.round_path(n, "metrics.json"), metrics)
@@ -174,7 +189,8 @@ def advance(cfg: dict, progress: bool = False) -> str:
 
 def ingest(cfg: dict, uri: str, class_names: list[str] | None = None) -> str:
     """Adds labels from a file; invalid rows are reported and rejected, valid rows land. A file whose rows
-    are all rejected is a ValueError and writes nothing."""
+    are all rejected is a ValueError and writes nothing. An id some round selected is in the pool (the workdir
+    is bound to it); only the others are looked for, in one pass over the pool's id column."""
     wd = open_workdir(cfg, create=False)
     pool = open_pool(pool_spec(cfg))
     id_field = pool.schema.field(cfg["pool"]["id_column"])
@@ -183,10 +199,18 @@ def ingest(cfg: dict, uri: str, class_names: list[str] | None = None) -> str:
     n_classes = classifier_layer(build_model(model_spec(cfg))).out_features
 
     def known(ids):
-        wanted, found = set(ids), set()
-        for shard in plan_shards(pool, 1):
-            for batch in read_shard(pool, shard, columns=("id",)):
-                found.update(i for i in batch["ids"].tolist() if i in wanted)
+        """Ids dist-al selected from this pool are in it; the others are looked for in its id column."""
+        found = {i for n in wd.rounds() if wd.exists(wd.round_path(n, "selection.parquet"))
+                 for i in _read_selection(wd, n, columns=["id"]).column("id").to_pylist()}
+        rest = [i for i in ids if i not in found]
+        if id_type == "int":  # only ids of the pool's kind can be in it
+            rest = np.asarray([i for i in rest if isinstance(i, int) and -2**63 <= i < 2**63], dtype=np.int64)
+        else:
+            rest = np.asarray([i for i in rest if isinstance(i, str)], dtype=object)
+        if len(rest):
+            log.info("%d of %d ids were never selected: looking for them in one pass over the id column of pool %s",
+                     len(rest), len(ids), pool.spec.uri)
+            found.update(find_ids(pool, rest)[0].tolist())
         return [i in found for i in ids]
 
     report = validate_labels(rows, known_ids=known, n_classes=n_classes, existing=_labels(cfg, wd))

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -46,6 +46,7 @@ class SelectionResult:
     seconds_embed: float
     seconds_select: float
     workers: int
+    picks: list[tuple[int, int]] = field(default_factory=list)  # (shard, row in the shard) per pick, in rank order
 
 
 def pool_spec(cfg: dict) -> PoolSpec:
@@ -278,11 +279,22 @@ class ShardedPool:
             check_reduction(options, self.summary["classes"], self.summary["feat_dim"])
         labeled = None if labeled_ids is None else np.asarray(labeled_ids)
         t0 = time.perf_counter()
-        table = self._recovering(f"selection {strategy!r}",
-                                 lambda: self._select(strategy, budget, seed, options, labeled))
-        return SelectionResult(table, self.seconds_embed, time.perf_counter() - t0, len(self.workers))
+        table, picks = self._recovering(f"selection {strategy!r}",
+                                        lambda: self._select(strategy, budget, seed, options, labeled))
+        return SelectionResult(table, self.seconds_embed, time.perf_counter() - t0, len(self.workers), picks)
 
-    def _select(self, strategy: str, budget: int, seed: int, options: dict, labeled) -> pa.Table:
+    def picked_rows(self, result: SelectionResult) -> pa.Table:
+        """The picked rows with where they live and their features (``pool.rows_table``), in rank order: each
+        ShardWorker reads the row groups of its own picks, all at once, so that training reads these rows
+        instead of the pool."""
+        picks = np.asarray(result.picks, dtype=np.int64).reshape(-1, 2)
+        shards = np.unique(picks[:, 0])
+        parts = self._recovering("reading the picked rows", lambda: get_all(
+            [self.workers[s].located_rows.remote(picks[picks[:, 0] == s, 1]) for s in shards]))
+        rank = np.argsort(np.argsort(picks[:, 0], kind="stable"))  # the parts hold the picks grouped by shard
+        return pa.concat_tables(parts).take(rank)
+
+    def _select(self, strategy: str, budget: int, seed: int, options: dict, labeled) -> tuple[pa.Table, list]:
         """One run of the strategy from its start: every worker's strategy state is built afresh."""
         counts = ray.get([w.start.remote(strategy, labeled, s.first_row) for w, s in zip(self.workers, self.shards)])
         budget = check_budget(budget, sum(counts))
@@ -299,7 +311,7 @@ class ShardedPool:
             "rank": pa.array(np.arange(1, len(ids) + 1, dtype=np.int64)),
             "strategy": pa.array([strategy] * len(ids), pa.string()),
             "score": pa.array(scores, pa.float64()),
-        })
+        }), list(selection.picks)
 
     def close(self) -> None:
         for w in self.workers:

@@ -6,6 +6,8 @@ Layout (WORKDIR is a local path or an s3:// prefix; the pool is never written):
     WORKDIR/config.yaml                   the config snapshot at creation, for people (credentials redacted)
     WORKDIR/labels/*.parquet              append-only label records (dist_al.labels)
     WORKDIR/rounds/NNNN/selection.parquet the round's selection (id, rank, strategy, score)
+    WORKDIR/rounds/NNNN/selected_rows.parquet  the selected rows: id, where in the pool (file, row group, row),
+                                          features; training reads these instead of the pool
     WORKDIR/rounds/NNNN/export/           selection.parquet, selection.csv, label_studio_tasks.json
     WORKDIR/rounds/NNNN/model.pt          the checkpoint trained at the end of the round
     WORKDIR/rounds/NNNN/metrics.json      training rows, eval accuracy, times

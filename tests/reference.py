@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from dist_al.model import Embedder, ModelSpec, build_model
@@ -20,3 +21,36 @@ def embed_pool(uri: str, model: dict, seed: int = 7) -> tuple[np.ndarray, torch.
         probs.append(p)
         feats.append(h)
     return np.concatenate(ids), torch.cat(probs), torch.cat(feats)
+
+
+
+def full_scan_labeled(cfg: dict, labels: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`dist_al.train.gather_labeled` as it was: one pass over every row of the pool, keeping the labeled ones."""
+    from dist_al.train import _label_keys, _pool_spec
+
+    keys = _label_keys(labels)
+    pool = open_pool(_pool_spec(cfg))
+    ids_parts, feat_parts = [], []
+    for batch in read_shard(pool, plan_shards(pool, 1)[0], columns=("id", "features")):
+        mask = np.isin(batch["ids"], keys)
+        ids_parts.append(batch["ids"][mask])
+        feat_parts.append(batch["features"][mask])
+    ids, feats = np.concatenate(ids_parts), np.concatenate(feat_parts)
+    uniq, counts = np.unique(ids, return_counts=True)
+    if len(uniq) < len(ids):
+        dup = uniq[counts > 1][0]
+        raise ValueError(f"labeled id {dup.item() if isinstance(dup, np.generic) else dup!r} appears more than "
+                         f"once in pool {pool.spec.uri}")
+    if len(ids) < len(keys):
+        missing = keys[~np.isin(keys, ids)]
+        examples = ", ".join(repr(k.item() if isinstance(k, np.generic) else k) for k in missing[:5])
+        hint = ""
+        id_type = pool.schema.field(pool.spec.id_column).type
+        if keys.dtype == object and pa.types.is_integer(id_type):
+            hint = " (the pool's ids are integers, the labels' ids are not)"
+        elif keys.dtype != object and not pa.types.is_integer(id_type):
+            hint = " (the pool's ids are strings, the labels' ids are integers)"
+        raise ValueError(f"{len(missing)} of {len(keys)} labeled id(s) are not in pool {pool.spec.uri}{hint}; "
+                         f"e.g. {examples}")
+    y = np.fromiter((int(labels[k]) for k in ids.tolist()), dtype=np.int64, count=len(ids))
+    return ids, feats, y

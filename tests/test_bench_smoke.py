@@ -1,4 +1,4 @@
-"""Smoke test of `python -m dist_al.bench core --quick`: it runs and prints every row.
+"""Smoke tests of `dist-al bench core --quick` (every row) and `dist-al bench distributed` (its options, one row).
 
 Behaviour only: no timing assertions (the machines are shared and noisy).
 """
@@ -69,6 +69,27 @@ def test_bad_arguments_are_usage_errors(argv, capsys):
         core.main(argv)
     assert e.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--only", "nope,x"], "--only: unknown row(s) nope, x; choose from "),
+    (["--device", "meta"], "--device must be cpu or cuda, got 'meta'"),
+])
+def test_both_benchmarks_take_the_same_options(argv, message, capsys):
+    for suite in ("core", "distributed"):
+        with pytest.raises(SystemExit) as e:
+            bench_cli.main([suite, *argv])
+        assert e.value.code == 2
+        assert f"dist-al bench {suite}: error: {message}" in capsys.readouterr().err
+
+
+def test_distributed_quick_gather_row(capsys):
+    assert bench_cli.main(["distributed", "--quick", "--only", "gather"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("command: dist-al bench distributed --quick --only gather\n")
+    [row] = _table_rows(out)  # name, measured, ratio, goal, met
+    assert row[0].startswith("gather 250 labeled rows for training from recorded rows / one full pass")
+    assert "same rows: True" in row[1] and row[4] in ("yes", "NO")
 
 
 def test_unknown_benchmark(capsys):

@@ -286,6 +286,17 @@ def test_labels_and_reembed_survive_a_killed_worker(pool, fault_free, caplog):
         assert [m for m in recoveries if f"during {during}: shard {shard} lost" in m], (shard, during, recoveries)
 
 
+def test_picked_rows_survive_a_killed_worker(pool, fault_free, caplog):
+    caplog.set_level(logging.WARNING, logger="dist_al.selection")
+    result = pool.select("badge", BUDGET, seed=7)
+    rows = pool.picked_rows(result)
+    assert rows.column("id").to_pylist() == fault_free["badge"]
+    shard = result.picks[0][0]
+    _kill(pool.workers[shard])
+    assert pool.picked_rows(result).equals(rows)  # a new worker for that shard reads the same rows
+    assert [m for m in _recoveries(caplog) if f"during reading the picked rows: shard {shard} lost" in m]
+
+
 def test_worker_that_keeps_dying_is_a_clear_error(pool, fault_free, trip, monkeypatch):
     monkeypatch.setattr(selection, "MAX_RECOVERIES", 1)  # the default 3 costs two more worker starts
     trip.write_text("1 add_centre 2 always")  # every replacement of shard 1 dies the same way

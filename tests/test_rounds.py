@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import fsspec
 import numpy as np
@@ -71,8 +72,9 @@ def put(cfg, name: str, text: str) -> str:
     return uri
 
 
-def test_production_loop_is_idempotent_and_trains_with_ray_train(campaign):
+def test_production_loop_is_idempotent_and_trains_with_ray_train(campaign, caplog):
     cfg, truth, _ = campaign
+    caplog.set_level(logging.INFO, logger="dist_al")
 
     assert advance(cfg) == f"round 1: waiting for labels, 0/{BUDGET} received"
     before = snapshot(cfg)
@@ -83,8 +85,12 @@ def test_production_loop_is_idempotent_and_trains_with_ray_train(campaign):
     assert snapshot(cfg) == before  # re-running changes nothing
 
     ids = selected_ids(cfg, 1)
+    recorded = f"{cfg['workdir']}/rounds/0001/selected_rows.parquet"
+    with fsspec.open(recorded, "rb", **cfg["pool"]["storage_options"]) as f:
+        assert pq.read_table(f).column("id").to_pylist() == ids  # the picked rows, recorded by the ShardWorkers
     first = put(cfg, "batch1.json", label_studio_export(ids[:12], truth))
     assert ingest(cfg, first).startswith("12 labels accepted")
+    assert not [r for r in caplog.records if "never selected" in r.getMessage()]  # selected ids: no pass
     after_first = snapshot(cfg)
     assert ingest(cfg, first).startswith("0 labels accepted")  # the same export again: all no-ops
     assert snapshot(cfg) == after_first
@@ -92,10 +98,15 @@ def test_production_loop_is_idempotent_and_trains_with_ray_train(campaign):
 
     rest = ids[12:]
     csv = "id,label\n" + "".join(f"{i},{truth[i]}\n" for i in rest) + "123456,1\n" + f"{ids[0]},{(truth[ids[0]] + 1) % 4}\n"
+    caplog.clear()
     summary = ingest(cfg, put(cfg, "batch2.csv", csv))
     assert summary.startswith(f"{len(rest)} labels accepted") and "unknown" in summary and "conflict" in summary
+    never_selected = [r.getMessage() for r in caplog.records if "never selected" in r.getMessage()]
+    assert [m.split(":")[0] for m in never_selected] == ["1 of 10 ids were never selected"]  # 123456, by its pass
 
+    caplog.clear()
     line = advance(cfg)  # all labels in: LABELED, then Ray Train
+    assert not [r for r in caplog.records if "no recorded row" in r.getMessage()]  # no pass over the pool
     assert line.startswith(f"round 1: trained on {BUDGET} labeled rows, eval accuracy")
     metrics = json.loads(snapshot(cfg)[next(p for p in snapshot(cfg) if p.endswith("0001/metrics.json"))])
     assert metrics["workers"] == 2 and metrics["train_rows"] == BUDGET

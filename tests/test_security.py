@@ -389,6 +389,7 @@ def test_export_file_names_never_come_from_pool_values(tmp_path):
     assert len(labels) == 1 and labels[0].endswith(".parquet")
     assert set(created) - set(labels) == {
         "work", "work/workdir.json", "work/config.yaml", "work/labels", "work/rounds", "work/rounds/0001",
-        "work/rounds/0001/selection.parquet", "work/rounds/0001/state.json", "work/rounds/0001/export",
+        "work/rounds/0001/selection.parquet", "work/rounds/0001/selected_rows.parquet", "work/rounds/0001/state.json",
+        "work/rounds/0001/export",
         *(f"work/rounds/0001/export/{name}" for name in EXPORT_FILES)}
     assert not Path("/abs/path").exists() and not (tmp_path / "pwned").exists()

@@ -6,7 +6,7 @@ import sys
 
 BENCHMARKS = {
     "core": "the numeric core on one device: BADGE and BAIT against bandwidth bound and dense reference",
-    "distributed": "the Ray layer: coordination per centre, embedding-pass throughput, a full select",
+    "distributed": "the Ray layer: coordination per centre, embedding-pass throughput, a full select, training's read",
 }
 
 

@@ -48,6 +48,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import options
+
 GIB = float(1 << 30)
 CHILD_TIMEOUT_S = 1800
 ROWS = ("badge-bound", "badge-dense", "bait-step", "bait-e2e", "bait-reduced")
@@ -118,15 +120,13 @@ class Config:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m dist_al.bench core",
+        prog="dist-al bench core",
         description="Benchmark the numeric core (BADGE, BAIT); prints one markdown table of ratios.",
     )
-    p.add_argument("--quick", action="store_true", help="every N / 20 and smaller budgets (CI smoke run)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (or cuda:1, ...); default cpu")
+    options.add_common(p, ROWS, quick="every N / 20 and smaller budgets (CI smoke run)")
     p.add_argument(
         "--scale", type=float, default=1.0, help="multiply N of the rows that run only our code (default 1)"
     )
-    p.add_argument("--only", default=None, help=f"comma-separated subset of rows: {','.join(ROWS)}")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic pools and of the selections")
     p.add_argument("--repeats", type=int, default=3, help="best-of repeats for short measurements (default 3)")
     p.add_argument("--pca-dim", type=int, default=32, help="bait-reduced: feature dimension after PCA (default 32)")
@@ -135,14 +135,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config:
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as e:
-        parser.error(f"--device: {e}")
-    if device.type not in ("cpu", "cuda"):
-        parser.error(f"--device must be cpu or cuda, got {args.device!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: this torch build has no usable CUDA device")
+    device = options.device(parser, args.device)
     if not (args.scale > 0 and math.isfinite(args.scale)):
         parser.error("--scale must be a positive number")
     if args.repeats < 1:
@@ -629,10 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     cfg = _config(args, parser)
-    only = ROWS if args.only is None else tuple(x.strip() for x in args.only.split(",") if x.strip())
-    unknown = [x for x in only if x not in BENCHES]
-    if unknown:
-        parser.error(f"--only: unknown row(s) {', '.join(unknown)}; choose from {', '.join(ROWS)}")
+    only = options.only(parser, args.only, ROWS)
 
     start = time.perf_counter()
     rows: list[Row] = []
