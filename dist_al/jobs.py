@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from .core.errors import UserError
+
 COMMANDS = ("select", "round", "export", "ingest", "train", "status", "simulate")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 # Never uploaded: version control, environments, caches, and dist-al's default local outputs.
@@ -32,7 +34,7 @@ EXCLUDES = [".git", ".venv", "venv", ".tox", "__pycache__", "*.pyc", ".pytest_ca
 SUBMISSION_PREFIX = "dist-al-"
 
 
-class JobError(ValueError):
+class JobError(UserError):
     """A submission problem the user can fix; the message says what and how."""
 
 
