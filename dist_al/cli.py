@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
 import sys
+import traceback
+
+from .core.errors import UserError
 
 EXAMPLES = {
     "select": "examples:\n  dist-al select --config configs/local-select.yaml\n"
@@ -53,14 +58,48 @@ EXAMPLES = {
 }
 
 
-USER_ERRORS = (ValueError, FileNotFoundError, PermissionError)
 _WIRE_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3transfer", "urllib3", "s3fs", "gcsfs", "adlfs", "google")
+# Failures of the environment, not of dist-al (a store that stays down, workers that keep dying): their message is
+# the whole story. (module, class): a module not imported cannot have raised its error.
+_ENVIRONMENT_FAILURES = (("dist_al.storage", "StorageUnavailable"), ("dist_al.selection", "WorkerLostError"))
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_FRAME = re.compile(r'File "[^"]*/(dist_al/[^"]+)", line (\d+), in (\S+)')  # in a traceback's text
 
 
 def _remote_cause(err: BaseException) -> BaseException:
-    """A user mistake found on a Ray worker arrives wrapped with the worker's traceback; show the mistake."""
+    """An exception raised on a Ray worker arrives wrapped with the worker's traceback; answer the original."""
     cause = getattr(err, "cause", None)  # ray.exceptions.RayTaskError keeps the original exception here
-    return _remote_cause(cause) if isinstance(cause, USER_ERRORS) else err
+    return _remote_cause(cause) if isinstance(cause, BaseException) else err
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0][:300] if lines else ""
+
+
+def _is_environment_failure(err: BaseException) -> bool:
+    kinds = (getattr(sys.modules.get(module), name, None) for module, name in _ENVIRONMENT_FAILURES)
+    return any(kind is not None and isinstance(err, kind) for kind in kinds)
+
+
+def _where(err: BaseException) -> str:
+    """The innermost place in dist-al's own code the error went through, on the Ray worker that raised it
+    if one did, as "dist_al/x.py:123 in fn"."""
+    wrapped = isinstance(getattr(err, "cause", None), BaseException)  # a RayTaskError: its text holds the traceback
+    remote = _FRAME.findall(str(err)) if wrapped else []
+    if remote:
+        return "{}:{} in {}".format(*remote[-1])
+    frames = traceback.extract_tb(err.__traceback__)
+    ours = [f for f in frames if os.path.abspath(f.filename).startswith(_PACKAGE_DIR + os.sep)]
+    if not ours:
+        return f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else "an unknown place"
+    return f"{os.path.relpath(ours[-1].filename, os.path.dirname(_PACKAGE_DIR))}:{ours[-1].lineno} in {ours[-1].name}"
+
+
+def _internal_error_line(err: BaseException) -> str:
+    cause = _remote_cause(err)
+    return (f"dist-al: internal error: {type(cause).__name__}: {_first_line(cause)} (at {_where(err)}); "
+            "run with --debug for the traceback, and please report it")
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -265,11 +304,19 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 from .bench.distributed import main as bench_main
             return bench_main(args.args)
-    except USER_ERRORS as err:  # user mistakes: one line, no traceback
+    except UserError as err:  # a mistake the user can fix (also when a Ray worker found it): one line, exit 2
         if args.debug:
             raise
         print(f"dist-al: error: {_remote_cause(err)}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001 - a bug, or the environment failed: one line that says where, exit 1
+        if args.debug:
+            raise
+        if _is_environment_failure(err):
+            print(f"dist-al: error: {_first_line(err)}", file=sys.stderr)
+        else:
+            print(_internal_error_line(err), file=sys.stderr)
+        return 1
     return 0
 
 

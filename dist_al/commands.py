@@ -6,6 +6,8 @@ import sys
 
 import numpy as np
 
+from .core.errors import UserError
+
 
 def select_command(args) -> int:
     from .config import load_config
@@ -37,7 +39,7 @@ def make_pool_command(args) -> int:
     elif args.features:
         feats = _load_npy(args.features, "--features")
         if feats.ndim != 2:
-            raise ValueError(f"--features {args.features} must hold a 2-D array, got shape {feats.shape}")
+            raise UserError(f"--features {args.features} must hold a 2-D array, got shape {feats.shape}")
         if args.labels:
             labels = _load_npy(args.labels, "--labels")
         ids = np.arange(len(feats), dtype=np.int64)
@@ -54,7 +56,7 @@ def _load_npy(path: str, flag: str) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)  # never unpickle user files
     except (OSError, ValueError) as err:
-        raise ValueError(f"{flag} {path}: cannot read a .npy array ({err})") from None
+        raise UserError(f"{flag} {path}: cannot read a .npy array ({err})") from None
 
 
 def _read_csv(path: str, id_column: str, label_column: str | None):
@@ -63,18 +65,18 @@ def _read_csv(path: str, id_column: str, label_column: str | None):
     try:
         table = pacsv.read_csv(path)
     except (OSError, ValueError) as err:  # pyarrow.ArrowInvalid is a ValueError
-        raise ValueError(f"--csv {path}: {err}") from None
+        raise UserError(f"--csv {path}: {err}") from None
     names = table.column_names
     for col in [id_column] + ([label_column] if label_column else []):
         if col not in names:
-            raise ValueError(f"--csv {path}: no column {col!r} (columns: {', '.join(names)})")
+            raise UserError(f"--csv {path}: no column {col!r} (columns: {', '.join(names)})")
     feature_cols = [c for c in names if c not in (id_column, label_column)]
     if not feature_cols:
-        raise ValueError(f"--csv {path}: no feature columns besides the id and label")
+        raise UserError(f"--csv {path}: no feature columns besides the id and label")
     try:
         feats = np.column_stack([table[c].to_numpy().astype(np.float32) for c in feature_cols])
     except (ValueError, TypeError):
-        raise ValueError(f"--csv {path}: feature columns must be numeric ({', '.join(feature_cols)})") from None
+        raise UserError(f"--csv {path}: feature columns must be numeric ({', '.join(feature_cols)})") from None
     labels = table[label_column].to_numpy() if label_column else None
     return table[id_column].to_numpy(), feats, labels
 
@@ -154,7 +156,7 @@ def submit_command(args) -> int:
 
     command_line = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
     if not args.config:
-        raise ValueError("submit needs --config FILE (it travels with the job)")
+        raise UserError("submit needs --config FILE (it travels with the job)")
     return submit(address=args.address, config=args.config, overrides=args.overrides, command_line=command_line,
                   working_dir=args.working_dir, wait=args.wait, job_id=args.submission_id)
 

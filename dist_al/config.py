@@ -13,9 +13,10 @@ from typing import Any
 import yaml
 
 from .core.api import STRATEGIES, resolve_options
+from .core.errors import UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config problem; the message names the key."""
 
 
@@ -70,6 +71,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, tuple]]] = {
         "workers": (2, (int,)),
         "gpus_per_worker": (0, (int, float)),
         "cpus_per_worker": (1, (int, float)),
+        "start_timeout_s": (300.0, (int, float)),  # waiting for a cluster dist-al connects to: dist_al/cluster.py
     },
 }
 TOP_LEVEL: dict[str, tuple[Any, tuple]] = {"workdir": ("./dist-al-work", (str,))}
@@ -111,6 +113,8 @@ def read_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
                 loaded = yaml.safe_load(f)
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except OSError as err:
+            raise ConfigError(f"config file {path} cannot be read: {err.strerror or err}") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
         if loaded is None:
@@ -193,7 +197,7 @@ def _strategy_options(given: dict, fields: dict) -> dict:
                               f"valid keys: {', '.join(valid)}")
     try:
         resolve_options(strategy, options)
-    except ValueError as err:
+    except UserError as err:
         raise ConfigError(f"config key selection: {err}") from None
     return options
 
@@ -208,6 +212,9 @@ def _check_values(cfg: dict) -> None:
     for key in ("gpus_per_worker", "cpus_per_worker"):
         if cfg["cluster"][key] < 0:
             raise ConfigError(f"config key cluster.{key} must be >= 0, got {cfg['cluster'][key]}")
+    if not cfg["cluster"]["start_timeout_s"] > 0:
+        raise ConfigError("config key cluster.start_timeout_s must be positive, "
+                          f"got {cfg['cluster']['start_timeout_s']}")
     for key in ("epochs", "batch_size", "workers"):
         if cfg["train"][key] < 1:
             raise ConfigError(f"config key train.{key} must be >= 1, got {cfg['train'][key]}")

@@ -26,6 +26,8 @@ import sys
 
 import numpy as np
 
+from .core.errors import UserError
+
 __all__ = ["DATASETS", "load", "write_dataset"]
 
 SPLIT_SEED = 0
@@ -43,8 +45,8 @@ def _weather() -> tuple[np.ndarray, np.ndarray, int]:
     try:
         from vega_datasets import local_data
     except ImportError:
-        raise ValueError("the weather data set ships in the vega_datasets package: "
-                         "pip install 'dist-al[eval]' (or vega_datasets)") from None
+        raise UserError("the weather data set ships in the vega_datasets package: "
+                        "pip install 'dist-al[eval]' (or vega_datasets)") from None
     df = local_data.seattle_weather()
     day = df["date"].dt.day_of_year.to_numpy() / 365.25 * 2 * np.pi
     x = np.column_stack([df[c].to_numpy(dtype=np.float64) for c in ("precipitation", "temp_max", "temp_min", "wind")]
@@ -73,7 +75,7 @@ def load(name: str, synthetic_rows: int = 20_000) -> tuple[np.ndarray, np.ndarra
         return _weather()
     if name == "synthetic":
         return _synthetic(synthetic_rows)
-    raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    raise UserError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
 
 
 def split(y: np.ndarray, test_rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             info = write_dataset(args.out, name, args.synthetic_rows)
             print(f"{name}: {info['pool']} pool rows, {info['test']} test rows, {info['features']} features, "
                   f"{info['classes']} classes -> {os.path.join(args.out, name)}")
-    except ValueError as err:
+    except UserError as err:
         print(f"dist_al.eval_data: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -31,6 +31,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .core.errors import UserError
+from .storage import writable
+
 __all__ = ["Setting", "auc", "evaluate_command", "labels_to_target", "load_setting", "paired_t", "penalty_matrix",
            "t_critical", "write_report"]
 
@@ -60,11 +63,11 @@ def load_setting(run_dir: str) -> Setting:
     sim = os.path.join(run_dir, "simulation")
     path = os.path.join(sim, "curve.csv")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} does not exist: run `dist-al simulate` with workdir={run_dir} first")
+        raise UserError(f"{path} does not exist: run `dist-al simulate` with workdir={run_dir} first")
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows:
-        raise ValueError(f"{path} has no rows")
+        raise UserError(f"{path} has no rows")
     labels = np.array(sorted({int(r["labeled"]) for r in rows}))
     seeds = sorted({int(r["seed"]) for r in rows})
     acc, sel, emb = {}, {}, {}
@@ -74,7 +77,7 @@ def load_setting(run_dir: str) -> Setting:
         for r in mine:
             a[seeds.index(int(r["seed"])), np.searchsorted(labels, int(r["labeled"]))] = float(r["accuracy"])
         if np.isnan(a).any():
-            raise ValueError(f"{path}: strategy {strategy} lacks some (seed, label count) points")
+            raise UserError(f"{path}: strategy {strategy} lacks some (seed, label count) points")
         acc[strategy] = a
         sel[strategy] = float(np.mean([float(r["select_seconds"]) for r in mine if r["select_seconds"]] or [np.nan]))
         emb[strategy] = float(np.mean([float(r["embed_seconds"]) for r in mine if r["embed_seconds"]] or [np.nan]))
@@ -247,7 +250,8 @@ def write_report(run_dirs: list[str], out: str) -> list[str]:
     settings = sorted((load_setting(d) for d in run_dirs),
                       key=lambda s: (s.info.get("dataset", s.name), s.info.get("warm_start", False),
                                      s.info.get("budget", 0), s.name))
-    os.makedirs(out, exist_ok=True)
+    with writable(out):
+        os.makedirs(out, exist_ok=True)
     written = []
     by_dataset: dict[str, list[Setting]] = {}
     for s in settings:

@@ -25,6 +25,8 @@ from pathlib import Path
 from .config import read_config
 from .credentials import credential_paths
 
+from .core.errors import UserError
+
 COMMANDS = ("select", "round", "export", "ingest", "train", "status", "simulate")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 # Never uploaded: version control, environments, caches, and dist-al's default local outputs.
@@ -33,7 +35,7 @@ EXCLUDES = [".git", ".venv", "venv", ".tox", "__pycache__", "*.pyc", ".pytest_ca
 SUBMISSION_PREFIX = "dist-al-"
 
 
-class JobError(ValueError):
+class JobError(UserError):
     """A submission problem the user can fix; the message says what and how."""
 
 

@@ -80,6 +80,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from .core.errors import UserError
 from .faults import crash_point
 from .storage import exists, retrying, write_bytes_atomic, write_table_atomic
 
@@ -118,7 +119,7 @@ _INT_RE = re.compile(r"\s*[+-]?\d+\s*")
 _FRACTION_RE = re.compile(r"\.(\d+)")
 
 
-class LabelFileError(ValueError):
+class LabelFileError(UserError):
     """A labels file that cannot be read as labels at all (format, columns, structure)."""
 
 
@@ -239,7 +240,7 @@ def read_labels(
         raise ValueError(f"id_type must be 'int' or 'str', got {id_type!r}")
     names = {str(c): i for i, c in enumerate(class_names)} if class_names is not None else None
     if class_names is not None and len(names) != len(class_names):
-        raise ValueError("class_names has repeated names")
+        raise UserError(f"class names repeat: {', '.join(map(str, class_names))}")
     path_part = uri.split("?", 1)[0].rstrip("/")
     base = path_part.rsplit("/", 1)[-1]
     ext = "." + base.rsplit(".", 1)[-1].lower() if "." in base else ""
@@ -253,7 +254,9 @@ def read_labels(
         with fs.open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"labels file {uri} does not exist") from e
+        raise LabelFileError(f"labels file {uri} does not exist") from e
+    except (PermissionError, IsADirectoryError) as e:
+        raise LabelFileError(f"labels file {uri} cannot be read: {e.strerror or e}") from e
 
     if ext == ".json":
         raw = _label_studio_rows(uri, data, from_name)

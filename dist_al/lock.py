@@ -59,7 +59,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from .faults import crash_point
-from .storage import StorageUnavailable, create_exclusive, fence, read_bytes, retrying, write_bytes_atomic
+from .storage import StorageUnavailable, create_exclusive, fence, read_bytes, retrying, writable, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,8 @@ class WorkdirLock:
 
     def acquire(self) -> "WorkdirLock":
         if self.local and not os.path.isdir(os.path.dirname(self.path)):
-            os.makedirs(os.path.dirname(self.path))
+            with writable(self.workdir):
+                os.makedirs(os.path.dirname(self.path))
             self._created_dir = True
         self.acquired_at = time.time()
         for _ in range(5):

@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .core.errors import UserError
 
-class ModelError(ValueError):
+
+class ModelError(UserError):
     """A model that cannot be built, loaded or used; the message says which and why."""
 
 

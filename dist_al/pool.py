@@ -41,7 +41,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .storage import write_table_atomic
+from .core.errors import UserError
+from .storage import writable, write_table_atomic
 
 __all__ = [
     "PoolError",
@@ -72,7 +73,7 @@ _FOOTER_THREADS = 16
 _READ_THREADS = 8  # row groups read at once by read_rows
 
 
-class PoolError(ValueError):
+class PoolError(UserError):
     """A pool is missing, unreadable or malformed; the message is one line naming the file."""
 
     def __init__(self, message: str):
@@ -800,10 +801,10 @@ def write_pool(
     if feature_type not in ("fixed", "list"):
         raise ValueError(f"feature_type must be 'fixed' or 'list', got {feature_type!r}")
     if rows_per_file < 1 or rows_per_group < 1:
-        raise ValueError("rows_per_file and rows_per_group must be >= 1")
+        raise PoolError(f"pool {uri}: rows per file and rows per group must be >= 1")
     feats = np.asarray(features)
     if feats.ndim != 2 or feats.shape[1] < 1:
-        raise ValueError(f"features must be a 2-D array (rows, D) with D >= 1, got shape {feats.shape}")
+        raise PoolError(f"pool {uri}: features must be a 2-D array (rows, D) with D >= 1, got shape {feats.shape}")
     if feats.dtype != np.float64:
         feats = feats.astype(np.float32, copy=False)
     feats = np.ascontiguousarray(feats)
@@ -812,23 +813,24 @@ def write_pool(
     if pa.types.is_integer(id_arr.type):
         id_arr = id_arr.cast(pa.int64())
     if len(id_arr) != n:
-        raise ValueError(f"ids has {len(id_arr)} rows, features has {n}")
+        raise PoolError(f"pool {uri}: ids has {len(id_arr)} rows, features has {n}")
     lab_arr = None
     if labels is not None:
         lab_arr = pa.array(np.asarray(labels, dtype=np.int64))
         if len(lab_arr) != n:
-            raise ValueError(f"labels has {len(lab_arr)} rows, features has {n}")
+            raise PoolError(f"pool {uri}: labels has {len(lab_arr)} rows, features has {n}")
 
     fs, root = _url_to_fs(uri, storage_options)
     root = root.rstrip("/")
-    if fs.exists(root):
-        existing = fs.find(root) if fs.isdir(root) else [root]
-        if existing:
-            if not overwrite:
-                raise PoolError(f"pool {uri}: target is not empty ({len(existing)} file(s)); pass overwrite=True")
-            fs.rm(root, recursive=True)
-    if _is_local(fs):
-        fs.makedirs(root, exist_ok=True)
+    with writable(uri):
+        if fs.exists(root):
+            existing = fs.find(root) if fs.isdir(root) else [root]
+            if existing:
+                if not overwrite:
+                    raise PoolError(f"pool {uri}: target is not empty ({len(existing)} file(s)); pass overwrite=True")
+                fs.rm(root, recursive=True)
+        if _is_local(fs):
+            fs.makedirs(root, exist_ok=True)
 
     written = []
     for part, start in enumerate(range(0, max(n, 1), rows_per_file)):

@@ -19,12 +19,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .cluster import cluster_session
 from .config import strategy_options
 from .faults import crash_point
-from .labels import append_label_records, export_selection, load_label_records, read_labels, validate_labels
+from .labels import (LabelFileError, append_label_records, export_selection, load_label_records, read_labels,
+                     validate_labels)
 from .model import build_model, classifier_layer, load_state
 from .pool import find_ids, open_pool
-from .selection import ShardedPool, model_spec, pool_spec, preflight, ray_session
+from .selection import ShardedPool, model_spec, pool_spec, preflight
 from .storage import read_bytes, remove_tree, write_table_atomic
 from .workdir import Workdir, open_workdir
 
@@ -33,17 +35,6 @@ log = logging.getLogger(__name__)
 # Each round's selected rows, with where they live in the pool and their features (pool.rows_table): the
 # ShardWorkers read them right after selecting, so training reads them here rather than scanning the pool.
 SELECTED_ROWS = "selected_rows.parquet"
-
-
-def _local_cpus(cfg: dict) -> int:
-    """Logical CPUs for a local Ray: enough for the shard workers and the Ray Train workers."""
-    c, t = cfg["cluster"], cfg["train"]
-    need = max(c["workers"] * c["cpus_per_worker"], t["workers"] * t["cpus_per_worker"] + 1)
-    return max(os.cpu_count() or 1, int(need + 0.999))
-
-
-def _session(cfg: dict):
-    return ray_session(cfg["cluster"]["address"], num_cpus=_local_cpus(cfg))
 
 
 def _labels(cfg: dict, wd: Workdir) -> dict:
@@ -91,7 +82,7 @@ def select_step(cfg: dict, wd: Workdir, progress: bool = False) -> str:
     labeled = list(_labels(cfg, wd))
     sel = cfg["selection"]
     model = preflight(round_cfg, len(labeled))  # ingest only records ids of this pool
-    with _session(cfg):
+    with cluster_session(cfg):
         pool = ShardedPool(round_cfg, progress=progress, model=model)
         try:
             result = pool.select(sel["strategy"], sel["budget"], seed=sel["seed"] + n, options=strategy_options(cfg),
@@ -155,7 +146,7 @@ def train_step(cfg: dict, wd: Workdir) -> str:
         previous = latest_checkpoint(wd) or cfg["model"]["checkpoint"]
         warm = load_state(previous, wd.storage_options) if previous else None
     local = cfg["train"]["backend"] == "local"  # trains in this process: no Ray to start
-    with contextlib.nullcontext() if local else _session(cfg):
+    with contextlib.nullcontext() if local else cluster_session(cfg, shards=False, train=True):
         result = train(cfg, labels, checkpoint_uri=wd.round_path(n, "model.pt"), eval_uri=cfg["eval"]["uri"],
                        warm_start_state=warm, storage_options=wd.storage_options, recorded=_recorded_rows(wd))
     metrics = {"round": n, "train_rows": result.train_rows, "accuracy": result.accuracy, "epochs": result.epochs,
@@ -189,7 +180,7 @@ def advance(cfg: dict, progress: bool = False) -> str:
 
 def ingest(cfg: dict, uri: str, class_names: list[str] | None = None) -> str:
     """Adds labels from a file; invalid rows are reported and rejected, valid rows land. A file whose rows
-    are all rejected is a ValueError and writes nothing. An id some round selected is in the pool (the workdir
+    are all rejected is a LabelFileError and writes nothing. An id some round selected is in the pool (the workdir
     is bound to it); only the others are looked for, in one pass over the pool's id column."""
     wd = open_workdir(cfg, create=False)
     pool = open_pool(pool_spec(cfg))
@@ -215,7 +206,7 @@ def ingest(cfg: dict, uri: str, class_names: list[str] | None = None) -> str:
 
     report = validate_labels(rows, known_ids=known, n_classes=n_classes, existing=_labels(cfg, wd))
     if report.n_rejected and not report.accepted:
-        raise ValueError(f"labels file {uri}: no label accepted; {report.summary().split('; ', 1)[1]}")
+        raise LabelFileError(f"labels file {uri}: no label accepted; {report.summary().split('; ', 1)[1]}")
     if report.accepted:
         wd.create()
     n, _ = _current(wd)

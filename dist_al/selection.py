@@ -7,20 +7,21 @@ on sketches the workers send back.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
 import ray
 import torch
 
+from .cluster import cluster_session, shard_workers, start_timeout, wait_started, worker_threads
+from .cluster import ray_session  # noqa: F401 - where callers have always found it
 from .config import strategy_options
 from .core.api import check_seed, resolve_options, run_strategy
 from .core.bait import check_reduction
+from .core.errors import UserError
 from .core.inputs import check_budget
 from .core.progress import progress_bar
 from .distributed import PROBE_SECONDS, WORKER_LOST, RayShards, ShardWorker, get_all
@@ -59,38 +60,21 @@ def model_spec(cfg: dict) -> ModelSpec:
     return ModelSpec(m["factory"], m["kwargs"], m["checkpoint"], m["classifier"], cfg["pool"]["storage_options"])
 
 
-@contextlib.contextmanager
-def ray_session(address: str | None, num_cpus: int | None = None):
-    """Connects to `address` (else RAY_ADDRESS, which a Ray Job's driver has), or starts a private local
-    Ray for the duration: never silently joins a cluster some other `ray start` left on this machine."""
-    if ray.is_initialized():
-        yield
-        return
-    kwargs = dict(logging_level=logging.ERROR, log_to_driver=False)
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
-    resources = ray.cluster_resources()
-    log.info("Ray at %s: %d node(s), %g CPUs, %g GPUs", ray.get_runtime_context().gcs_address,
-             len([n for n in ray.nodes() if n["Alive"]]), resources.get("CPU", 0), resources.get("GPU", 0))
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
 def start_workers(cfg: dict, state, shards, *, labels: bool = False) -> list:
+    """A ShardWorker per shard, once each has started: on a cluster that cannot place them all within
+    cluster.start_timeout_s, none is left running and ClusterTooSmall says what they need (dist_al.cluster)."""
     c = cfg["cluster"]
     actor = ray.remote(ShardWorker).options(
         num_cpus=c["cpus_per_worker"], num_gpus=c["gpus_per_worker"], scheduling_strategy="SPREAD", max_restarts=0
     )
-    return [
+    workers = [
         actor.remote(pool_spec(cfg), shard, model_spec(cfg), state, batch_size=cfg["model"]["batch_size"],
-                     autocast=cfg["model"]["autocast"], threads=max(1, int(c["cpus_per_worker"])), labels=labels)
+                     autocast=cfg["model"]["autocast"], threads=worker_threads(c["cpus_per_worker"]), labels=labels)
         for shard in shards
     ]
+    group = replace(shard_workers(cfg), count=len(workers))
+    wait_started(workers, [w.where.remote() for w in workers], group, start_timeout(cfg))
+    return workers
 
 
 def check_unique_ids_on_workers(workers: list) -> None:
@@ -121,7 +105,7 @@ class ShardedPool:
         self.cfg = cfg
         self.progress = progress
         if labels and not cfg["pool"]["label_column"]:
-            raise ValueError("pool labels requested but config key pool.label_column is not set")
+            raise UserError("pool labels requested but config key pool.label_column is not set")
         self.with_labels = labels
         pool = open_pool(pool_spec(cfg))  # schema problems surface here, before any model runs
         self.num_rows = pool.num_rows
@@ -265,8 +249,8 @@ class ShardedPool:
             found[pos] = True
         if not found.all():
             missing = ids[~found]
-            raise ValueError(f"{len(missing)} id(s) are not in pool {self.cfg['pool']['uri']}, "
-                             f"e.g. {missing[0].item() if isinstance(missing[0], np.generic) else missing[0]!r}")
+            raise UserError(f"{len(missing)} id(s) are not in pool {self.cfg['pool']['uri']}, "
+                            f"e.g. {missing[0].item() if isinstance(missing[0], np.generic) else missing[0]!r}")
         return labels
 
     def select(self, strategy: str, budget: int, *, seed: int = 0, options: dict | None = None,
@@ -342,7 +326,7 @@ def run_selection(cfg: dict, *, labeled_ids=None, progress: bool = False) -> Sel
     """One selection as the config says: embed the pool on Ray, select, return the ids."""
     sel = cfg["selection"]
     model = preflight(cfg)
-    with ray_session(cfg["cluster"]["address"]):
+    with cluster_session(cfg):
         pool = ShardedPool(cfg, progress=progress, model=model)
         try:
             return pool.select(sel["strategy"], sel["budget"], seed=sel["seed"], options=strategy_options(cfg),

@@ -26,7 +26,6 @@ import csv
 import io
 import json
 import logging
-import math
 import os
 import posixpath
 import time
@@ -37,6 +36,7 @@ import numpy as np
 
 from .config import SCHEMA
 from .core.api import STRATEGIES, strategy_spec
+from .core.errors import UserError
 from .core.progress import progress_bar
 from .storage import write_bytes_atomic
 
@@ -53,15 +53,15 @@ CURVE_COLUMNS = ["strategy", "seed", "round", "labeled", "accuracy", "train_seco
 
 
 def parse_strategies(value) -> list[str]:
-    """Strategy names from "badge,bait,random" (or a list); unknown names are a one-line ValueError."""
+    """Strategy names from "badge,bait,random" (or a list); unknown names are a one-line UserError."""
     names = value.split(",") if isinstance(value, str) else list(value)
     names = [str(n).strip() for n in names if str(n).strip()]
     if not names:
-        raise ValueError("no strategies given: name one or more, e.g. badge,bait,random")
+        raise UserError("no strategies given: name one or more, e.g. badge,bait,random")
     for name in names:
         strategy_spec(name)  # raises "unknown strategy 'x' (did you mean ...); choose one of ..."
     if len(set(names)) < len(names):
-        raise ValueError(f"strategies must not repeat: {','.join(names)}")
+        raise UserError(f"strategies must not repeat: {','.join(names)}")
     return names
 
 
@@ -88,37 +88,27 @@ def _round_seed(seed: int, round_: int) -> int:
     return int(np.random.SeedSequence([seed, round_]).generate_state(1)[0])
 
 
-def _local_cpus(cfg: dict) -> int:
-    """Logical CPUs for a local Ray: the ShardWorkers hold theirs for the whole run, and Ray Train
-    workers (train.backend: ray) need room beside them."""
-    c, t = cfg["cluster"], cfg["train"]
-    need = c["workers"] * c["cpus_per_worker"]
-    if t["backend"] == "ray":
-        need += t["workers"] * t["cpus_per_worker"]
-    return max(os.cpu_count() or 1, math.ceil(need) + 1)
-
-
 def _check(cfg: dict, strategies: list[str], seeds: int):
     from .pool import open_pool
     from .selection import pool_spec
     from .train import _pool_spec
 
     if not cfg["pool"]["label_column"]:
-        raise ValueError("simulation reveals the pool's hidden labels: set config key pool.label_column "
-                         "(an integer label column of the pool)")
+        raise UserError("simulation reveals the pool's hidden labels: set config key pool.label_column "
+                        "(an integer label column of the pool)")
     if not cfg["eval"]["uri"]:
-        raise ValueError("simulation needs a labeled evaluation set: set config key eval.uri (a Parquet dataset "
-                         "with the pool's id, feature and label column names)")
+        raise UserError("simulation needs a labeled evaluation set: set config key eval.uri (a Parquet dataset "
+                        "with the pool's id, feature and label column names)")
     if seeds < 1:
-        raise ValueError(f"seeds must be >= 1, got {seeds}")
+        raise UserError(f"seeds must be >= 1, got {seeds}")
     pool = open_pool(pool_spec(cfg))  # footers only: schema problems before anything starts
     open_pool(_pool_spec(cfg, cfg["eval"]["uri"], with_labels=True))
     sim, budget = cfg["simulation"], cfg["selection"]["budget"]
     need = sim["initial_labeled"] + sim["rounds"] * budget
     if need > pool.num_rows:
-        raise ValueError(f"the pool has {pool.num_rows} rows but simulation.initial_labeled "
-                         f"({sim['initial_labeled']}) + simulation.rounds ({sim['rounds']}) x selection.budget "
-                         f"({budget}) = {need} labels")
+        raise UserError(f"the pool has {pool.num_rows} rows but simulation.initial_labeled "
+                        f"({sim['initial_labeled']}) + simulation.rounds ({sim['rounds']}) x selection.budget "
+                        f"({budget}) = {need} labels")
     for name in strategies:
         if name == "bait":
             from .core.api import resolve_options
@@ -147,21 +137,22 @@ def simulate(cfg: dict, *, strategies: list[str] | str | None = None, seeds: int
     nothing).  ``name`` names the data in the plot (default: the pool URI).  Starts a local Ray unless one is running or ``cluster.address``
     names one.
     """
-    from .selection import ShardedPool, ray_session
+    from .cluster import cluster_session
+    from .selection import ShardedPool
 
     if strategies is None:
         strategies = cfg["simulation"]["strategies"] or cfg["selection"]["strategy"]
     strategies = parse_strategies(strategies)
     seeds = cfg["simulation"]["seeds"] if seeds is None else seeds
     if isinstance(seeds, bool) or not isinstance(seeds, int):
-        raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")  # noqa: TRY004
+        raise UserError(f"seeds must be an integer >= 1, got {seeds!r}")  # noqa: TRY004
     pool_info = _check(cfg, strategies, seeds)
     sim, sel = cfg["simulation"], cfg["selection"]
     n_runs = len(strategies) * seeds
 
     records: list[dict] = []
     t0 = time.perf_counter()
-    with ray_session(cfg["cluster"]["address"], num_cpus=_local_cpus(cfg)):
+    with cluster_session(cfg, train=True):  # the ShardWorkers live through every training
         pool = ShardedPool(cfg, progress=progress, labels=True)
         log.info("pool %s: %d rows on %d workers, embedded in %.1fs", cfg["pool"]["uri"], pool.num_rows,
                  len(pool.workers), pool.seconds_embed)

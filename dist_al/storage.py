@@ -19,7 +19,9 @@ its record (``fenced=False``) and :func:`create_exclusive`, which only the lock 
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import functools
 import io
 import logging
 import os
@@ -35,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from .core.errors import UserError
 from .faults import crash_point
 
 log = logging.getLogger(__name__)
@@ -89,6 +92,25 @@ def retrying(what: str, fn, *args, **kwargs):
     raise AssertionError("unreachable")
 
 
+@contextlib.contextmanager
+def writable(uri: str):
+    """Writing to a place the user named (workdir, --out, a pool to make): one that cannot be written (no such
+    bucket, permission denied, a file where a directory should be) is theirs to fix, a UserError naming it."""
+    try:
+        yield
+    except (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError) as err:
+        raise UserError(f"cannot write {uri}: {err.strerror or err}") from err
+
+
+def _writes(fn):
+    @functools.wraps(fn)
+    def write(uri: str, *args, **kwargs):
+        with writable(uri):
+            return fn(uri, *args, **kwargs)
+
+    return write
+
+
 def _fs(uri: str, storage_options: dict | None):
     return fsspec.core.url_to_fs(uri, **(storage_options or {}))
 
@@ -135,6 +157,7 @@ def _write_local_tmp(path: str, data: bytes) -> str:
     return tmp
 
 
+@_writes
 def write_bytes_atomic(uri: str, data: bytes, storage_options: dict | None = None, *, fenced: bool = True) -> str:
     """Local: temp file + rename. Object stores: one PUT, which is atomic there. ``fenced=False``: the lock's
     own record only."""
@@ -162,6 +185,7 @@ def write_table_atomic(uri: str, table: pa.Table, storage_options: dict | None =
     return write_bytes_atomic(uri, buf.getvalue(), storage_options)
 
 
+@_writes
 def create_exclusive(uri: str, data: bytes, storage_options: dict | None = None) -> bool:
     """Writes ``data`` to ``uri`` only if nothing is there; False if something is.
 

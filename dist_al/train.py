@@ -40,14 +40,14 @@ Config: the ``train`` section (read with defaults by ``train_settings``)::
       batch_size: 128       # rows per optimiser step on each worker
       workers: 2            # Ray Train workers (DDP processes)
       use_gpu: false        # one GPU per worker
-      cpus_per_worker: 1    # CPUs reserved per worker (also its torch threads)
+      cpus_per_worker: 1    # CPUs reserved per worker (and its torch threads: dist_al.cluster.worker_threads)
       warm_start: false     # start from model.checkpoint instead of a fresh init
       seed: <selection.seed>  # model init, shuffling
       storage_path: null    # Ray Train run storage; null = <dir of checkpoint_uri>/_ray_train
       backend: ray          # "ray": TorchTrainer as above; "local": the same loop (``fit_loop``) in
                             # this process as one worker -- no start-up cost, for simulations and small sets
 
-Ray must already be initialised by the caller for the ``ray`` backend (``dist_al.selection.ray_session``).
+Ray must already be initialised by the caller for the ``ray`` backend (``dist_al.cluster.cluster_session``).
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ import pyarrow as pa
 import torch
 from torch import nn
 
+from .core.errors import UserError
 from .model import ModelSpec, build_model, classifier_layer, load_state
 from .pool import PoolSpec, find_ids, open_pool, plan_shards, read_rows, read_shard, recorded_rows
 from .storage import write_bytes_atomic
@@ -115,7 +116,7 @@ class TrainResult:
 
 
 def train_settings(cfg: Mapping) -> dict:
-    """The ``train`` section with defaults filled in and values checked (ValueError names the key)."""
+    """The ``train`` section with defaults filled in and values checked (a UserError names the key)."""
     given = dict(cfg.get("train") or {})
     out = {k: given.get(k, v) for k, v in TRAIN_DEFAULTS.items()}
     if out["seed"] is None:
@@ -124,7 +125,7 @@ def train_settings(cfg: Mapping) -> dict:
     def check(key, ok, want):
         value = out[key]
         if isinstance(value, bool) and want != "true or false" or not ok(value):
-            raise ValueError(f"config key train.{key} must be {want}, got {value!r}")
+            raise UserError(f"config key train.{key} must be {want}, got {value!r}")
 
     check("epochs", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
     check("lr", lambda v: isinstance(v, (int, float)) and v > 0, "a positive number")
@@ -169,9 +170,9 @@ def _label_keys(labels: Mapping) -> np.ndarray:
 def _check_labels(labels: Mapping, n_classes: int) -> None:
     for key, value in labels.items():
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-            raise ValueError(f"label of id {key!r} must be an integer class index, got {value!r}")  # noqa: TRY004
+            raise UserError(f"label of id {key!r} must be an integer class index, got {value!r}")  # noqa: TRY004
         if not 0 <= int(value) < n_classes:
-            raise ValueError(f"label {int(value)} of id {key!r} is outside [0, {n_classes}): "
+            raise UserError(f"label {int(value)} of id {key!r} is outside [0, {n_classes}): "
                              f"the model has {n_classes} classes")
 
 
@@ -181,11 +182,11 @@ def gather_labeled(cfg: Mapping, labels: Mapping, recorded: pa.Table | None = No
 
     ``recorded``: rows recorded at selection (``pool.rows_table``: id, place, features); a labeled id
     found there is not read from the pool. The other labeled ids are found with one pass over the
-    pool's id column, and only the row groups holding them are read. Raises ValueError when a labeled
+    pool's id column, and only the row groups holding them are read. Raises UserError when a labeled
     id is not in the pool (count and examples) or appears in it more than once.
     """
     if not labels:
-        raise ValueError("no labeled rows: the labels mapping is empty, nothing to train on")
+        raise UserError("no labeled rows: the labels mapping is empty, nothing to train on")
     keys = _label_keys(labels)
     pool = open_pool(_pool_spec(cfg))
     ids, places, feats = recorded_rows(pool, recorded, keys)
@@ -209,8 +210,8 @@ def _check_found(pool, keys: np.ndarray, wanted: np.ndarray, found: np.ndarray) 
     uniq, counts = np.unique(found, return_counts=True)
     if len(uniq) < len(found):
         dup = uniq[counts > 1][0]
-        raise ValueError(f"labeled id {dup.item() if isinstance(dup, np.generic) else dup!r} appears more than "
-                         f"once in pool {pool.spec.uri}")
+        raise UserError(f"labeled id {dup.item() if isinstance(dup, np.generic) else dup!r} appears more than "
+                        f"once in pool {pool.spec.uri}")
     if len(found) < len(wanted):
         missing = wanted[~np.isin(wanted, found)]
         examples = ", ".join(repr(k.item() if isinstance(k, np.generic) else k) for k in missing[:5])
@@ -220,8 +221,8 @@ def _check_found(pool, keys: np.ndarray, wanted: np.ndarray, found: np.ndarray) 
             hint = " (the pool's ids are integers, the labels' ids are not)"
         elif keys.dtype != object and not pa.types.is_integer(id_type):
             hint = " (the pool's ids are strings, the labels' ids are integers)"
-        raise ValueError(f"{len(missing)} of {len(keys)} labeled id(s) are not in pool {pool.spec.uri}{hint}; "
-                         f"e.g. {examples}")
+        raise UserError(f"{len(missing)} of {len(keys)} labeled id(s) are not in pool {pool.spec.uri}{hint}; "
+                        f"e.g. {examples}")
 
 
 # --------------------------------------------------------------------------- worker side
@@ -373,21 +374,6 @@ def _remove_run(fs, storage_path: str, run_name: str, default_storage: bool) -> 
         log.warning("could not remove Ray Train run directory %s: %s", run_dir, err)
 
 
-def _check_resources(settings: dict) -> None:
-    """Warn when the cluster, as it is now, cannot hold the worker group (Ray Train would wait for it)."""
-    import ray
-
-    total = ray.cluster_resources()
-    need = {"CPU": settings["workers"] * settings["cpus_per_worker"]}
-    if settings["use_gpu"]:
-        need["GPU"] = settings["workers"]
-    short = {k: (v, total.get(k, 0)) for k, v in need.items() if v > total.get(k, 0)}
-    if short:
-        detail = ", ".join(f"{k}: needs {v:g}, cluster has {have:g}" for k, (v, have) in short.items())
-        log.warning("Ray Train will wait until the cluster can place %d workers (%s); lower train.workers "
-                    "or train.cpus_per_worker, or add nodes", settings["workers"], detail)
-
-
 # --------------------------------------------------------------------------- evaluation
 
 
@@ -439,17 +425,19 @@ def train(
     ``eval_uri`` use ``pool.storage_options``.  ``recorded``: rows recorded at selection, read
     instead of the pool (``gather_labeled``).
 
-    Raises ValueError for an empty ``labels``, a label outside the model's
+    Raises UserError for an empty ``labels``, a label outside the model's
     classes, or labeled ids missing from the pool, before any worker starts.
     """
     import ray
 
+    from .cluster import start_timeout, train_workers, wait_placeable, worker_threads
+
     t0 = time.perf_counter()
     settings = train_settings(cfg)
     if not labels:
-        raise ValueError("no labeled rows: the labels mapping is empty, nothing to train on")
+        raise UserError("no labeled rows: the labels mapping is empty, nothing to train on")
     if settings["backend"] == "ray" and not ray.is_initialized():
-        raise RuntimeError("Ray is not initialised: call ray.init() or use dist_al.selection.ray_session first")
+        raise RuntimeError("Ray is not initialised: call ray.init() or use dist_al.cluster.cluster_session first")
 
     spec = _model_spec(cfg)
     state = warm_start_state
@@ -469,7 +457,7 @@ def train(
         "epochs": settings["epochs"],
         "lr": settings["lr"],
         "batch_size": settings["batch_size"],
-        "threads": max(1, int(settings["cpus_per_worker"])),
+        "threads": worker_threads(settings["cpus_per_worker"]),
     }
     if settings["backend"] == "local":
         log.info("training on %d labeled rows (D=%d) in this process", len(y), x.shape[1])
@@ -484,12 +472,13 @@ def train(
         from ray.train import CheckpointConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
     except ImportError as err:
-        raise ValueError(f"training with train.backend=ray needs Ray Train ({err}): pip install 'ray[train]'") from None
+        raise UserError(f"training with train.backend=ray needs Ray Train ({err}): pip install 'ray[train]'") from None
 
     default_storage = settings["storage_path"] is None
     storage_path, storage_fs = _run_storage(
         settings["storage_path"] or _default_storage_path(checkpoint_uri), storage_options)
-    _check_resources(settings)
+    # Ray Train V2 would wait for its worker group without end (60 s tries, retried forever): wait here, and say so.
+    wait_placeable(train_workers(settings), start_timeout(cfg))
     run_name = f"dist-al-train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     data_ref = ray.put({"x": x, "y": y})
     state_ref = ray.put({k: v.detach().cpu() for k, v in state.items()}) if state is not None else None

@@ -39,6 +39,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from .config import dump
 from .credentials import redact
+from .core.errors import UserError
 from .lock import WorkdirLock
 from .pool import open_pool
 from .storage import exists, read_bytes, retrying, write_bytes_atomic
@@ -50,7 +51,7 @@ STATES = ("SELECTED", "EXPORTED", "LABELED", "TRAINED")
 PINNED_KEYS = (("pool", "id_column"), ("pool", "feature_column"), ("model", "factory"), ("model", "kwargs"))
 
 
-class WorkdirError(ValueError):
+class WorkdirError(UserError):
     """The workdir does not fit this config or pool; the message says what differs."""
 
 

@@ -21,6 +21,7 @@ import pytest
 import torch
 import yaml
 
+from dist_al.cluster import LOCAL_WORKERS_PER_CORE, cores
 from dist_al.config import load_config
 from dist_al.models import mlp
 from dist_al.pool import write_pool
@@ -29,6 +30,7 @@ from dist_al.rounds import ingest
 ROWS, CLASSES, DIM = 120, 4, 8
 MODEL = {"in_dim": DIM, "n_classes": CLASSES, "hidden": 16}
 LABELED = 5  # rows labeled in the shared workdir
+LOCAL_LIMIT = LOCAL_WORKERS_PER_CORE * cores()  # worker processes a local Ray runs on this machine
 
 
 def cli(*args, cwd, env=None, timeout=300):
@@ -238,6 +240,17 @@ CONFIG_CASES = [
                                                                      "did you mean 'cluster'?"]),
     ("wrong type", ROUND, True, {"cluster__workers": "two"}, ["config key cluster.workers: expected an integer",
                                                              "'two'"]),
+    ("GPUs the local Ray does not have (select)", SELECT, False, {"cluster__gpus_per_worker": 16},
+     ["2 ShardWorkers with 16 GPU each need 32 GPUs, the local Ray has ",
+      "change cluster.workers or cluster.gpus_per_worker, or set cluster.address"]),
+    ("more ShardWorkers than a local Ray runs (round)", ROUND, True, {"cluster__workers": LOCAL_LIMIT + 1},
+     [f"{LOCAL_LIMIT + 1} ShardWorkers are more worker processes than a local Ray runs on this machine's",
+      "lower cluster.workers, or set cluster.address"]),
+    ("Ray Train GPUs the local Ray does not have (simulate)", ["simulate", "--no-progress"], False,
+     {"train__use_gpu": True, "train__workers": LOCAL_LIMIT - 2, "eval__uri": "POOL",
+      "simulation": {"initial_labeled": 20, "rounds": 1}},
+     [f"{LOCAL_LIMIT - 2} Ray Train workers with 1 GPU each need {LOCAL_LIMIT - 2} GPUs, the local Ray has ",
+      "change train.workers or train.use_gpu"]),
 ]
 
 

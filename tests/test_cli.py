@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from dist_al.cluster import cores
 from dist_al.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,3 +68,16 @@ def test_user_mistakes_are_one_line_and_write_nothing(tmp_path, override, messag
     assert message in sel.stderr and "Traceback" not in sel.stderr
     assert len(sel.stderr.strip().splitlines()) == 1
     assert not out.exists() and not (tmp_path / "dist-al-work").exists()
+
+
+def test_a_local_ray_holds_more_cpu_workers_than_the_machine_has_cores(tmp_path):
+    """A private local Ray cannot grow, so it is sized to the job: 3 workers asking for all the cores each run
+    (one torch thread each) instead of waiting forever for CPUs that will never come."""
+    made = run("make-pool", str(tmp_path / "pool"), "--synthetic", "--rows", "300", "--classes", "4", "--dim", "8",
+               "--rows-per-group", "100")
+    assert made.returncode == 0, made.stderr
+    out = tmp_path / "sel.parquet"
+    sel = run("select", *_select_args(tmp_path, out), "--set", "cluster.workers=3",
+              "--set", f"cluster.cpus_per_worker={cores()}")
+    assert sel.returncode == 0, sel.stderr
+    assert "selected 25 rows with margin on 3 workers" in sel.stdout and pq.read_table(out).num_rows == 25

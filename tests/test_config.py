@@ -36,6 +36,7 @@ def test_yaml_file_and_override_precedence(tmp_path):
     (BASE + ["cluster.workers=yes"], "config key cluster.workers: expected an integer, got True"),
     (BASE + ["selection.strategy=bait", "selection.weighting=median"], "option weighting must be one of"),
     (BASE + ["model.autocast=int8"], "model.autocast must be bf16, fp16 or null"),
+    (BASE + ["cluster.start_timeout_s=0"], "config key cluster.start_timeout_s must be positive, got 0"),
     (BASE + ["noequals"], "--set expects key=value"),
 ])
 def test_errors_name_the_key(overrides, message):
@@ -47,6 +48,8 @@ def test_errors_name_the_key(overrides, message):
 def test_bad_files(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigError, match=r"config file \S+ cannot be read: Is a directory"):
+        load_config(str(tmp_path))
     bad = tmp_path / "bad.yaml"
     bad.write_text("pool: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):

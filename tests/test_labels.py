@@ -198,8 +198,11 @@ def test_read_labels_unsupported_or_missing_file(tmp_path):
     (tmp_path / "labels.txt").write_text("1,2\n")
     with pytest.raises(LabelFileError, match=r"labels\.txt: unsupported extension '\.txt'.*\.parquet.*\.csv.*\.json"):
         read_labels(str(tmp_path / "labels.txt"), id_type="int")
-    with pytest.raises(FileNotFoundError, match="nope.csv"):
+    with pytest.raises(LabelFileError, match=r"labels file \S*nope.csv does not exist"):
         read_labels(str(tmp_path / "nope.csv"), id_type="int")
+    (tmp_path / "folder.csv").mkdir()
+    with pytest.raises(LabelFileError, match=r"labels file \S*folder.csv cannot be read: Is a directory"):
+        read_labels(str(tmp_path / "folder.csv"), id_type="int")
     with pytest.raises(ValueError, match="id_type"):
         read_labels(str(tmp_path / "x.csv"), id_type="int64")
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from . import badge, bait, baselines
+from .errors import UserError
 from .inputs import check_budget, check_labeled, check_probs_feats
 from .shards import LocalShards, ShardGroup
 
@@ -26,7 +27,7 @@ class Selection:
 def _positive_number(name):
     def check(v):
         if isinstance(v, bool) or not isinstance(v, numbers.Real) or not np.isfinite(v) or v <= 0:
-            raise ValueError(f"option {name} must be a positive number, got {v!r}")
+            raise UserError(f"option {name} must be a positive number, got {v!r}")
         return float(v)
 
     return check
@@ -36,7 +37,7 @@ def _at_least_one(name):
     def check(v):
         v = _positive_number(name)(v)
         if v < 1:
-            raise ValueError(f"option {name} must be >= 1, got {v!r}")
+            raise UserError(f"option {name} must be >= 1, got {v!r}")
         return v
 
     return check
@@ -47,7 +48,7 @@ def _positive_int_or_none(name):
         if v is None:
             return None
         if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0:
-            raise ValueError(f"option {name} must be a positive integer or None, got {v!r}")
+            raise UserError(f"option {name} must be a positive integer or None, got {v!r}")
         return int(v)
 
     return check
@@ -56,7 +57,7 @@ def _positive_int_or_none(name):
 def _positive_int(name):
     def check(v):
         if v is None:
-            raise ValueError(f"option {name} must be a positive integer, got None")
+            raise UserError(f"option {name} must be a positive integer, got None")
         return _positive_int_or_none(name)(v)
 
     return check
@@ -65,7 +66,7 @@ def _positive_int(name):
 def _choice(name, values):
     def check(v):
         if v not in values:
-            raise ValueError(f"option {name} must be one of {', '.join(map(repr, values))}, got {v!r}")
+            raise UserError(f"option {name} must be one of {', '.join(map(repr, values))}, got {v!r}")
         return v
 
     return check
@@ -147,25 +148,25 @@ def strategy_spec(name: str) -> Strategy:
     if not isinstance(name, str) or name not in STRATEGIES:
         hint = difflib.get_close_matches(str(name), STRATEGIES, n=1)
         extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise ValueError(f"unknown strategy {name!r}{extra}; choose one of {', '.join(STRATEGIES)}")
+        raise UserError(f"unknown strategy {name!r}{extra}; choose one of {', '.join(STRATEGIES)}")
     return STRATEGIES[name]
 
 
 def resolve_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Options with defaults filled in; unknown names and bad values are ValueErrors."""
+    """Options with defaults filled in; unknown names and bad values are UserErrors."""
     spec = strategy_spec(name)
     for key in options:
         if key not in spec.options:
             valid = ", ".join(spec.options) or "none"
             hint = difflib.get_close_matches(key, spec.options, n=1)
             extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise ValueError(f"unknown option {key!r} for strategy {name!r}{extra}; valid options: {valid}")
+            raise UserError(f"unknown option {key!r} for strategy {name!r}{extra}; valid options: {valid}")
     return {k: check(options.get(k, default)) for k, (default, check) in spec.options.items()}
 
 
 def check_seed(seed) -> int:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        raise UserError(f"seed must be a non-negative integer, got {seed!r}")
     return int(seed)
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .errors import UserError
 from .progress import progress_bar
 from .shards import LocalShards, ShardGroup, argmax_first
 
@@ -35,13 +36,13 @@ _BLOCK_ELEMENTS = 1 << 23
 def check_reduction(options: dict, n_classes: int, n_feats: int) -> None:
     c, dp = options.get("top_classes"), options.get("pca_dim")
     if c is not None and not 2 <= c <= n_classes:
-        raise ValueError(f"option top_classes must be between 2 and the number of classes ({n_classes}), got {c}")
+        raise UserError(f"option top_classes must be between 2 and the number of classes ({n_classes}), got {c}")
     if dp is not None and dp > n_feats:
-        raise ValueError(f"option pca_dim must be at most the feature width ({n_feats}), got {dp}")
+        raise UserError(f"option pca_dim must be at most the feature width ({n_feats}), got {dp}")
     d = n_classes * (dp or n_feats)
     if d > MAX_FISHER_DIM:
         hint = max(1, MAX_FISHER_DIM // n_classes)
-        raise ValueError(
+        raise UserError(
             f"BAIT needs d x d matrices with d = classes * feature width = {d}, above the limit {MAX_FISHER_DIM}: "
             f"set pca_dim (at most {hint} for {n_classes} classes) and consider top_classes"
         )
@@ -245,11 +246,11 @@ def _embedding_columns(p, idx, h, w_s: float, n_classes: int) -> torch.Tensor:
 
 @contextlib.contextmanager
 def numerical_errors():
-    """Linear-algebra failures on extreme inputs become a ValueError that says what to change."""
+    """Linear-algebra failures on extreme inputs become a UserError that says what to change."""
     try:
         yield
     except torch.linalg.LinAlgError as err:
-        raise ValueError(
+        raise UserError(
             f"BAIT is numerically unstable on these inputs ({str(err).splitlines()[0]}): "
             "increase lam or rescale feats"
         ) from None

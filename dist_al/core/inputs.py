@@ -1,4 +1,4 @@
-"""Input checking for the core: every user mistake becomes one clear ValueError."""
+"""Input checking for the core: every user mistake becomes one clear UserError."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import numbers
 
 import numpy as np
 import torch
+
+from .errors import UserError
 
 # Probabilities from a float32 softmax over many classes drift from 1 by ~1e-6;
 # a 1e-3 gap means the caller passed logits, unnormalised scores or a wrong axis.
@@ -16,14 +18,14 @@ def as_tensor(name: str, x, ndim: int) -> torch.Tensor:
     """Wraps numpy or torch input without copying and checks rank and values."""
     if isinstance(x, np.ndarray):
         if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
-            raise ValueError(f"{name} must be a real numeric array, got dtype {x.dtype}")
+            raise UserError(f"{name} must be a real numeric array, got dtype {x.dtype}")
         x = torch.from_numpy(np.ascontiguousarray(x))
     elif not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}")
+        raise UserError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}")
     if x.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
+        raise UserError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
     if x.is_complex() or x.dtype == torch.bool:
-        raise ValueError(f"{name} must be real-valued, got dtype {x.dtype}")
+        raise UserError(f"{name} must be real-valued, got dtype {x.dtype}")
     return x
 
 
@@ -39,15 +41,15 @@ def check_probs_feats(probs, feats) -> tuple[torch.Tensor, torch.Tensor]:
     feats = as_tensor("feats", feats, 2)
     n, k = probs.shape
     if feats.shape[0] != n:
-        raise ValueError(f"probs has {n} rows but feats has {feats.shape[0]}: they must describe the same rows")
+        raise UserError(f"probs has {n} rows but feats has {feats.shape[0]}: they must describe the same rows")
     if probs.device != feats.device:
-        raise ValueError(f"probs is on {probs.device} but feats is on {feats.device}: put both on one device")
+        raise UserError(f"probs is on {probs.device} but feats is on {feats.device}: put both on one device")
     if n == 0:
-        raise ValueError("the pool is empty: probs and feats have 0 rows")
+        raise UserError("the pool is empty: probs and feats have 0 rows")
     if k < 2:
-        raise ValueError(f"probs must have at least 2 classes (columns), got {k}")
+        raise UserError(f"probs must have at least 2 classes (columns), got {k}")
     if feats.shape[1] == 0:
-        raise ValueError("feats has 0 columns")
+        raise UserError("feats has 0 columns")
     dtype = common_float_dtype(probs, feats)
     tol = PROB_SUM_TOLERANCE[torch.float64 if probs.dtype == torch.float64 else torch.float32]
     probs, feats = probs.to(dtype), feats.to(dtype)
@@ -55,14 +57,14 @@ def check_probs_feats(probs, feats) -> tuple[torch.Tensor, torch.Tensor]:
         lo, hi = torch.aminmax(t)  # one pass; NaN and +-inf all show up in min or max
         if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
             row = int((~torch.isfinite(t)).any(1).nonzero()[0, 0])
-            raise ValueError(f"{name} contains NaN or inf values (first at row {row})")
+            raise UserError(f"{name} contains NaN or inf values (first at row {row})")
     if bool((probs < 0).any()):
         row = int((probs < 0).any(1).nonzero()[0, 0])
-        raise ValueError(f"probs has negative entries (first at row {row}): pass softmax probabilities, not logits")
+        raise UserError(f"probs has negative entries (first at row {row}): pass softmax probabilities, not logits")
     gap = (probs.sum(1) - 1).abs()
     if bool((gap > tol).any()):
         row = int((gap > tol).nonzero()[0, 0])
-        raise ValueError(
+        raise UserError(
             f"probs rows must sum to 1 (tolerance {tol:g}); row {row} sums to {float(probs[row].sum()):.6g}: "
             "pass softmax probabilities over the class axis"
         )
@@ -81,9 +83,9 @@ def check_labeled(labeled, n: int, device: torch.device) -> torch.Tensor:
         try:
             lab = np.asarray(labeled)
         except (ValueError, TypeError):
-            raise ValueError("labeled must be a boolean mask or an array of row indices") from None
+            raise UserError("labeled must be a boolean mask or an array of row indices") from None
     if lab.ndim != 1:
-        raise ValueError(f"labeled must be 1-dimensional (a mask or row indices), got shape {tuple(lab.shape)}")
+        raise UserError(f"labeled must be 1-dimensional (a mask or row indices), got shape {tuple(lab.shape)}")
     if isinstance(lab, np.ndarray):
         if lab.dtype == bool:
             lab = torch.from_numpy(np.ascontiguousarray(lab))
@@ -91,21 +93,21 @@ def check_labeled(labeled, n: int, device: torch.device) -> torch.Tensor:
             lab = torch.zeros(0, dtype=torch.long)
         elif lab.dtype.kind == "f":
             if not np.isfinite(lab).all() or (lab != np.round(lab)).any():
-                raise ValueError("labeled indices must be integers (or pass a boolean mask)")
+                raise UserError("labeled indices must be integers (or pass a boolean mask)")
             lab = torch.from_numpy(lab.astype(np.float64))
         elif lab.dtype.kind in "iu":
             lab = torch.from_numpy(np.clip(lab, -1, n).astype(np.int64))  # out-of-range stays out of range
         else:
-            raise ValueError(f"labeled must be a boolean mask or integer row indices, got values of type {lab.dtype}")
+            raise UserError(f"labeled must be a boolean mask or integer row indices, got values of type {lab.dtype}")
     if lab.dtype == torch.bool:
         if lab.numel() != n:
-            raise ValueError(f"labeled mask has length {lab.numel()} but the pool has {n} rows")
+            raise UserError(f"labeled mask has length {lab.numel()} but the pool has {n} rows")
         return lab.to(device)
     bad = (lab < 0) | (lab >= n)
     if bool(bad.any()):
         first = labeled[int(bad.nonzero()[0, 0])]
         first = first.item() if hasattr(first, "item") else first
-        raise ValueError(f"labeled index {first} is out of range for a pool of {n} rows")
+        raise UserError(f"labeled index {first} is out of range for a pool of {n} rows")
     mask = torch.zeros(n, dtype=torch.bool, device=device)
     mask[lab.to(device=device, dtype=torch.long)] = True
     return mask
@@ -113,10 +115,10 @@ def check_labeled(labeled, n: int, device: torch.device) -> torch.Tensor:
 
 def check_budget(budget, n_unlabeled: int) -> int:
     if isinstance(budget, bool) or not isinstance(budget, numbers.Integral):
-        raise ValueError(f"budget must be an integer, got {budget!r}")
+        raise UserError(f"budget must be an integer, got {budget!r}")
     budget = int(budget)
     if budget <= 0:
-        raise ValueError(f"budget must be positive, got {budget}")
+        raise UserError(f"budget must be positive, got {budget}")
     if budget > n_unlabeled:
-        raise ValueError(f"budget {budget} is larger than the {n_unlabeled} unlabeled rows")
+        raise UserError(f"budget {budget} is larger than the {n_unlabeled} unlabeled rows")
     return budget
