@@ -14,7 +14,6 @@ import logging
 import os
 import time
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
