@@ -9,7 +9,7 @@ import re
 import sys
 import traceback
 
-from .core.errors import UserError
+from dist_al.core.errors import UserError
 
 EXAMPLES = {
     "select": "examples:\n  dist-al select --config configs/local-select.yaml\n"
@@ -61,7 +61,7 @@ EXAMPLES = {
 _WIRE_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3transfer", "urllib3", "s3fs", "gcsfs", "adlfs", "google")
 # Failures of the environment, not of dist-al (a store that stays down, workers that keep dying): their message is
 # the whole story. (module, class): a module not imported cannot have raised its error.
-_ENVIRONMENT_FAILURES = (("dist_al.storage", "StorageUnavailable"), ("dist_al.selection", "WorkerLostError"))
+_ENVIRONMENT_FAILURES = (("dist_al.data.storage", "StorageUnavailable"), ("dist_al.runtime.sharded_pool", "WorkerLostError"))
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _FRAME = re.compile(r'File "[^"]*/(dist_al/[^"]+)", line (\d+), in (\S+)')  # in a traceback's text
 
@@ -270,39 +270,39 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(max(getattr(logging, level), logging.INFO))
     try:
         if args.command == "demo":
-            from .demo import run_demo
+            from dist_al.experiments.demo import run_demo
 
             return run_demo(workdir=args.workdir, seeds=args.seeds, config=args.config, overrides=args.overrides,
                             progress=not args.no_progress)
         if args.command == "simulate":
-            from .simulate import simulate_command
+            from dist_al.experiments.simulate import simulate_command
 
             return simulate_command(args)
         if args.command == "evaluate":
-            from .evaluation import evaluate_command
+            from dist_al.experiments.report import evaluate_command
 
             return evaluate_command(args)
         if args.command in ("round", "export", "ingest", "train", "status"):
-            from . import commands
+            from dist_al import commands
 
             return getattr(commands, f"{args.command}_command")(args)
         if args.command == "select":
-            from .commands import select_command
+            from dist_al.commands import select_command
 
             return select_command(args)
         if args.command == "make-pool":
-            from .commands import make_pool_command
+            from dist_al.commands import make_pool_command
 
             return make_pool_command(args)
         if args.command in ("submit", "jobs", "logs"):
-            from . import commands
+            from dist_al import commands
 
             return getattr(commands, f"{args.command}_command")(args)
         if args.command == "bench":
             if args.suite == "core":
-                from .bench.core import main as bench_main
+                from dist_al.bench.core import main as bench_main
             else:
-                from .bench.distributed import main as bench_main
+                from dist_al.bench.distributed import main as bench_main
             return bench_main(args.args)
     except UserError as err:  # a mistake the user can fix (also when a Ray worker found it): one line, exit 2
         if args.debug:

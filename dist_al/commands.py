@@ -6,13 +6,13 @@ import sys
 
 import numpy as np
 
-from .core.errors import UserError
+from dist_al.core.errors import UserError
 
 
 def select_command(args) -> int:
-    from .config import load_config
-    from .selection import run_selection
-    from .storage import write_table_atomic
+    from dist_al.config import load_config
+    from dist_al.runtime.sharded_pool import run_selection
+    from dist_al.data.storage import write_table_atomic
 
     cfg = load_config(args.config, args.overrides)
     result = run_selection(cfg, progress=not args.no_progress)
@@ -27,11 +27,11 @@ def select_command(args) -> int:
 
 
 def make_pool_command(args) -> int:
-    from .pool import write_pool
+    from dist_al.data.pool import write_pool
 
     labels = None
     if args.synthetic:
-        from .synthetic import gaussian_mixture
+        from dist_al.data.synthetic import gaussian_mixture
 
         feats, labels = gaussian_mixture(args.rows, args.classes, args.dim, seed=args.seed)
         feats, labels = feats.numpy(), labels.numpy()
@@ -82,7 +82,7 @@ def _read_csv(path: str, id_column: str, label_column: str | None):
 
 
 def _rounds_config(args):
-    from .config import load_config
+    from dist_al.config import load_config
 
     return load_config(args.config, args.overrides)
 
@@ -94,9 +94,9 @@ EXIT_STORAGE = 1
 
 def _locked(cfg, command: str, step) -> int:
     """Runs a mutating step under the workdir lock; a held or lost lock or a store that stays down is one line."""
-    from .lock import LockLost, WorkdirLocked
-    from .storage import StorageUnavailable
-    from .workdir import workdir_lock
+    from dist_al.campaign.lock import LockLost, WorkdirLocked
+    from dist_al.data.storage import StorageUnavailable
+    from dist_al.campaign.workdir import workdir_lock
 
     try:
         with workdir_lock(cfg, command):
@@ -114,15 +114,15 @@ def _locked(cfg, command: str, step) -> int:
 
 
 def round_command(args) -> int:
-    from .rounds import advance
+    from dist_al.campaign.rounds import advance
 
     cfg = _rounds_config(args)
     return _locked(cfg, "round", lambda: advance(cfg, progress=not args.no_progress))
 
 
 def _workdir_step(args, step: str) -> int:
-    from . import rounds
-    from .workdir import open_workdir
+    from dist_al.campaign import rounds
+    from dist_al.campaign.workdir import open_workdir
 
     cfg = _rounds_config(args)
     return _locked(cfg, step.removesuffix("_step"), lambda: getattr(rounds, step)(cfg, open_workdir(cfg, create=False)))
@@ -133,7 +133,7 @@ def export_command(args) -> int:
 
 
 def ingest_command(args) -> int:
-    from .rounds import ingest
+    from dist_al.campaign.rounds import ingest
 
     class_names = [c.strip() for c in args.class_names.split(",")] if args.class_names else None
     cfg = _rounds_config(args)
@@ -145,14 +145,14 @@ def train_command(args) -> int:
 
 
 def status_command(args) -> int:
-    from .rounds import status_table
+    from dist_al.campaign.rounds import status_table
 
     print(status_table(_rounds_config(args)))
     return 0
 
 
 def submit_command(args) -> int:
-    from .jobs import submit
+    from dist_al.runtime.jobs import submit
 
     command_line = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
     if not args.config:
@@ -162,13 +162,13 @@ def submit_command(args) -> int:
 
 
 def jobs_command(args) -> int:
-    from .jobs import list_jobs
+    from dist_al.runtime.jobs import list_jobs
 
     print(list_jobs(args.address, show_all=args.all))
     return 0
 
 
 def logs_command(args) -> int:
-    from .jobs import show_logs
+    from dist_al.runtime.jobs import show_logs
 
     return show_logs(args.address, args.submission_id, follow_logs=args.follow)

@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from .core.api import STRATEGIES, resolve_options
-from .core.errors import UserError
+from dist_al.core.api import STRATEGIES, resolve_options
+from dist_al.core.errors import UserError
 
 
 class ConfigError(UserError):

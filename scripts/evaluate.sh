@@ -26,7 +26,7 @@ weather-warm-b50       configs/eval-weather.yaml   50  3   true
 "
 
 # SKIP_DATA=1: keep the data sets already under $DATA (other settings may be reading them right now)
-[ -n "${SKIP_DATA:-}" ] || "$PY" -m dist_al.eval_data "$DATA" --synthetic-rows 20000
+[ -n "${SKIP_DATA:-}" ] || "$PY" -m dist_al.experiments.datasets "$DATA" --synthetic-rows 20000
 
 run_setting() {  # name config budget rounds warm
   "$PY" -m dist_al.cli simulate --config "$2" --no-progress \

@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from dist_al.model import Embedder, ModelSpec, build_model
-from dist_al.pool import PoolSpec, open_pool, plan_shards, read_shard
+from dist_al.models.build import Embedder, ModelSpec, build_model
+from dist_al.data.pool import PoolSpec, open_pool, plan_shards, read_shard
 
 
 def embed_pool(uri: str, model: dict, seed: int = 7) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
@@ -25,8 +25,8 @@ def embed_pool(uri: str, model: dict, seed: int = 7) -> tuple[np.ndarray, torch.
 
 
 def full_scan_labeled(cfg: dict, labels: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`dist_al.train.gather_labeled` as it was: one pass over every row of the pool, keeping the labeled ones."""
-    from dist_al.train import _label_keys, _pool_spec
+    """`dist_al.campaign.train.gather_labeled` as it was: one pass over every row of the pool, keeping the labeled ones."""
+    from dist_al.campaign.train import _label_keys, _pool_spec
 
     keys = _label_keys(labels)
     pool = open_pool(_pool_spec(cfg))

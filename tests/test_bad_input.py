@@ -21,11 +21,11 @@ import pytest
 import torch
 import yaml
 
-from dist_al.cluster import LOCAL_WORKERS_PER_CORE, cores
+from dist_al.runtime.cluster import LOCAL_WORKERS_PER_CORE, cores
 from dist_al.config import load_config
 from dist_al.models import mlp
-from dist_al.pool import write_pool
-from dist_al.rounds import ingest
+from dist_al.data.pool import write_pool
+from dist_al.campaign.rounds import ingest
 
 ROWS, CLASSES, DIM = 120, 4, 8
 MODEL = {"in_dim": DIM, "n_classes": CLASSES, "hidden": 16}

@@ -1,4 +1,4 @@
-"""BADGE (exact k-means++ and k-means||) against the dense oracle in dist_al.core.dense.
+"""BADGE (exact k-means++ and k-means||) against the dense oracle in dist_al.testing.oracles.
 
 The fast code and the oracle share one sampling protocol (DESIGN.md section 3,
 docstring of dist_al.core.badge), so in float64 their picks must be equal, not

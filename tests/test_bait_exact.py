@@ -1,4 +1,4 @@
-"""BAIT (dist_al.core.bait) against the dense oracle in dist_al.core.dense.
+"""BAIT (dist_al.core.bait) against the dense oracle in dist_al.testing.oracles.
 
 The fast code never forms d x d Fisher matrices per row; it tracks K x K
 statistics with Woodbury updates. The oracle forms everything densely, with

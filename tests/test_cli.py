@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from dist_al.cluster import cores
+from dist_al.runtime.cluster import cores
 from dist_al.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,11 +19,11 @@ import ray
 from raycluster import multi_node_cluster
 
 from dist_al import cluster as capacity
-from dist_al.cluster import ClusterTooSmall, WorkerGroup, worker_threads
+from dist_al.runtime.cluster import ClusterTooSmall, WorkerGroup, worker_threads
 from dist_al.config import validate
-from dist_al.pool import write_pool
-from dist_al.selection import ShardedPool
-from dist_al.train import train
+from dist_al.data.pool import write_pool
+from dist_al.runtime.sharded_pool import ShardedPool
+from dist_al.campaign.train import train
 
 DIM, CLASSES = 4, 3
 
@@ -92,9 +92,9 @@ class _Progress(logging.Handler):
 def progress(monkeypatch):
     monkeypatch.setattr(capacity, "PROGRESS_SECONDS", 0.5)
     handler = _Progress()
-    logging.getLogger("dist_al.cluster").addHandler(handler)
+    logging.getLogger("dist_al.runtime.cluster").addHandler(handler)
     yield handler
-    logging.getLogger("dist_al.cluster").removeHandler(handler)
+    logging.getLogger("dist_al.runtime.cluster").removeHandler(handler)
 
 
 def test_waits_for_a_node_that_joins_then_proceeds(head_only, pool_uri, progress):

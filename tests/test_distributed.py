@@ -14,10 +14,10 @@ from reference import embed_pool
 
 from dist_al.config import validate
 from dist_al.core import STRATEGIES, select
-from dist_al.model import build_model
-from dist_al.pool import open_pool, plan_shards, write_pool
-from dist_al.selection import ShardedPool, run_selection
-from dist_al.synthetic import gaussian_mixture
+from dist_al.models.build import build_model
+from dist_al.data.pool import open_pool, plan_shards, write_pool
+from dist_al.runtime.sharded_pool import ShardedPool, run_selection
+from dist_al.data.synthetic import gaussian_mixture
 
 N_ROWS, N_CLASSES, DIM, ROWS_PER_GROUP = 1200, 4, 8, 100
 MODEL = {"factory": "dist_al.models:mlp", "kwargs": {"in_dim": DIM, "n_classes": N_CLASSES, "hidden": 12}}
@@ -86,7 +86,7 @@ def test_same_ids_for_1_2_4_workers_and_equal_to_core(embedded, local_pool, stra
 
 
 def test_workers_spread_over_nodes(cluster, local_pool):
-    from dist_al.selection import model_spec, pool_spec, start_workers
+    from dist_al.runtime.sharded_pool import model_spec, pool_spec, start_workers
 
     cfg = _config(local_pool[0], "badge", 3)
     pool = open_pool(pool_spec(cfg))

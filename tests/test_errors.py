@@ -18,7 +18,7 @@ import ray
 
 from dist_al import cli, commands
 from dist_al.core.inputs import check_budget
-from dist_al.pool import plan_shards
+from dist_al.data.pool import plan_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 INTERNAL = re.compile(r"^dist-al: internal error: (\w+): (.*) \(at (dist_al/[\w/]+\.py):\d+ in (\w+)\); "
@@ -27,15 +27,15 @@ INTERNAL = re.compile(r"^dist-al: internal error: (\w+): (.*) \(at (dist_al/[\w/
 
 def make_pool_with(patch: str, *args: str):
     """`dist-al make-pool` in a fresh process, after running `patch` (Python) to plant a bug."""
-    code = f"import sys, dist_al.pool, dist_al.synthetic\n{patch}\nfrom dist_al.cli import main\nsys.exit(main(sys.argv[1:]))"
+    code = f"import sys, dist_al.data.pool, dist_al.data.synthetic\n{patch}\nfrom dist_al.cli import main\nsys.exit(main(sys.argv[1:]))"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=120)
 
 
 BUGS = [
-    ("def bug(*a, **k):\n    raise ValueError('a bug deep down')\ndist_al.pool.write_table_atomic = bug",
+    ("def bug(*a, **k):\n    raise ValueError('a bug deep down')\ndist_al.data.pool.write_table_atomic = bug",
      "ValueError", "a bug deep down", "dist_al/pool.py", "write_pool"),
-    ("def bug(*a, **k):\n    return {}['rows']\ndist_al.synthetic.gaussian_mixture = bug",
+    ("def bug(*a, **k):\n    return {}['rows']\ndist_al.data.synthetic.gaussian_mixture = bug",
      "KeyError", "'rows'", "dist_al/commands.py", "make_pool_command"),
 ]
 
@@ -53,9 +53,9 @@ def test_a_bug_is_an_internal_error_with_its_place(tmp_path, patch, kind, messag
 
 
 def test_a_store_that_stays_down_is_an_error_of_the_environment_not_a_bug(tmp_path):
-    patch = ("from dist_al.storage import StorageUnavailable\n"
+    patch = ("from dist_al.data.storage import StorageUnavailable\n"
              "def down(*a, **k):\n    raise StorageUnavailable('writing s3://b/p failed 3 times in 4.2 s, giving up')\n"
-             "dist_al.pool.write_table_atomic = down")
+             "dist_al.data.pool.write_table_atomic = down")
     res = make_pool_with(patch, "make-pool", str(tmp_path / "pool"), "--synthetic", "--rows", "20")
     assert res.returncode == 1
     assert res.stderr.strip() == "dist-al: error: writing s3://b/p failed 3 times in 4.2 s, giving up"

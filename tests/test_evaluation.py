@@ -1,4 +1,4 @@
-"""dist_al.evaluation: the statistics against hand-computed values, and a tiny comparison end to end."""
+"""dist_al.experiments.report: the statistics against hand-computed values, and a tiny comparison end to end."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from dist_al.cli import main as cli_main
-from dist_al.eval_data import split, write_dataset
-from dist_al.evaluation import (Setting, auc, labels_to_target, load_setting, paired_t, penalty_matrix,
+from dist_al.experiments.datasets import split, write_dataset
+from dist_al.experiments.report import (Setting, auc, labels_to_target, load_setting, paired_t, penalty_matrix,
                                 setting_summary, t_critical)
 
 ROOT = Path(__file__).resolve().parents[1]

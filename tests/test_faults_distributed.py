@@ -25,11 +25,11 @@ from reference import embed_pool
 from dist_al import selection
 from dist_al.config import validate
 from dist_al.core import select
-from dist_al.distributed import RayShards, ShardWorker, get_all
-from dist_al.model import build_model
-from dist_al.pool import write_pool
-from dist_al.selection import ShardedPool, WorkerLostError, model_spec
-from dist_al.synthetic import gaussian_mixture
+from dist_al.runtime.worker import RayShards, ShardWorker, get_all
+from dist_al.models.build import build_model
+from dist_al.data.pool import write_pool
+from dist_al.runtime.sharded_pool import ShardedPool, WorkerLostError, model_spec
+from dist_al.data.synthetic import gaussian_mixture
 
 # Workers unpickle the test's ShardWorker subclass by value: this module is not importable there.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -167,12 +167,12 @@ def hurt_pool(cluster, pool_uri, trip):
     mp.setattr(selection, "ShardWorker", trip_worker(trip))
     mp.setattr(selection, "EMBED_STEP_ROWS", 30)  # 4 steps per shard
     handler = _Messages()
-    logging.getLogger("dist_al.selection").addHandler(handler)
+    logging.getLogger("dist_al.runtime.sharded_pool").addHandler(handler)
     try:
         pool = ShardedPool(_config(pool_uri), labels=True)
         died = _died(trip)
     finally:
-        logging.getLogger("dist_al.selection").removeHandler(handler)
+        logging.getLogger("dist_al.runtime.sharded_pool").removeHandler(handler)
         Path(str(trip) + ".died").unlink(missing_ok=True)
     yield pool, died, handler.messages
     pool.close()
@@ -209,7 +209,7 @@ def _died(trip) -> list[int]:
 
 
 def _recoveries(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "dist_al.selection" and "recovery" in r.getMessage()]
+    return [r.getMessage() for r in caplog.records if r.name == "dist_al.runtime.sharded_pool" and "recovery" in r.getMessage()]
 
 
 def test_workers_dying_in_the_embedding_pass_and_the_id_check(hurt_pool, fault_free):
@@ -223,7 +223,7 @@ def test_workers_dying_in_the_embedding_pass_and_the_id_check(hurt_pool, fault_f
 def test_worker_dying_in_badge_centre_3(pool, fault_free, trip, caplog):
     before = pool.where[2]
     trip.write_text("2 add_centre 3")  # the broadcast of centre 3 of 10
-    caplog.set_level(logging.WARNING, logger="dist_al.selection")
+    caplog.set_level(logging.WARNING, logger="dist_al.runtime.sharded_pool")
     assert _select(pool, "badge") == fault_free["badge"]
     assert _died(trip) == [before[1]] and pool.where[2][1] != before[1]
     assert any("shard 2 lost" in m and "selection 'badge'" in m for m in _recoveries(caplog))
@@ -233,7 +233,7 @@ def test_worker_killed_in_bait_update(pool, fault_free, monkeypatch, caplog):
     victim = pool.workers[0]
     before = pool.where[0]
     monkeypatch.setattr(selection, "RayShards", during("update", 4, lambda g: ray.kill(g.workers[0], no_restart=True)))
-    caplog.set_level(logging.WARNING, logger="dist_al.selection")
+    caplog.set_level(logging.WARNING, logger="dist_al.runtime.sharded_pool")
     assert _select(pool, "bait") == fault_free["bait"]
     assert pool.workers[0] is not victim and pool.where[0][1] != before[1]
     assert any("shard 0 lost" in m and "selection 'bait'" in m for m in _recoveries(caplog))
@@ -245,7 +245,7 @@ def test_node_removed_during_badge_scalable_and_coreset(cluster, pool, fault_fre
     node = next(n for n in cluster.worker_nodes if n.node_id == pool.where[shard][0])
     hosted = [s for s, (n, _) in enumerate(pool.where) if n == node.node_id]
     monkeypatch.setattr(selection, "RayShards", during("add_centres", 2, lambda g: cluster.remove_node(node)))
-    caplog.set_level(logging.WARNING, logger="dist_al.selection")
+    caplog.set_level(logging.WARNING, logger="dist_al.runtime.sharded_pool")
     try:
         assert _select(pool, "badge-scalable") == fault_free["badge-scalable"]
         assert all(pool.where[s][0] not in (node.node_id, None) for s in hosted)
@@ -270,7 +270,7 @@ def _kill(worker) -> None:
 
 
 def test_labels_and_reembed_survive_a_killed_worker(pool, fault_free, caplog):
-    caplog.set_level(logging.WARNING, logger="dist_al.selection")
+    caplog.set_level(logging.WARNING, logger="dist_al.runtime.sharded_pool")
     rows = np.arange(0, N_ROWS, 37)  # rows on every shard
     ids, labels = pool.rows_at(rows)
     _kill(pool.workers[1])
@@ -287,7 +287,7 @@ def test_labels_and_reembed_survive_a_killed_worker(pool, fault_free, caplog):
 
 
 def test_picked_rows_survive_a_killed_worker(pool, fault_free, caplog):
-    caplog.set_level(logging.WARNING, logger="dist_al.selection")
+    caplog.set_level(logging.WARNING, logger="dist_al.runtime.sharded_pool")
     result = pool.select("badge", BUDGET, seed=7)
     rows = pool.picked_rows(result)
     assert rows.column("id").to_pylist() == fault_free["badge"]

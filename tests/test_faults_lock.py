@@ -24,19 +24,19 @@ import fsspec
 import pytest
 
 from dist_al.config import validate
-from dist_al.lock import LockLost, WorkdirLock, WorkdirLocked
-from dist_al.rounds import ingest
-from dist_al.storage import remove_tree, write_bytes_atomic
-from dist_al.workdir import workdir_lock
+from dist_al.campaign.lock import LockLost, WorkdirLock, WorkdirLocked
+from dist_al.campaign.rounds import ingest
+from dist_al.data.storage import remove_tree, write_bytes_atomic
+from dist_al.campaign.workdir import workdir_lock
 from test_faults_rounds import (TEMP, _foreign_lock, config, flaky_s3, labels_csv, make_pool, read,  # noqa: F401
                                 write_config)
 
 HOST = socket.gethostname()
 # the CLI with a lease of argv[1] seconds; the lock reads LEASE_S when it is made
-LEASED_CLI = ("import sys, dist_al.lock; dist_al.lock.LEASE_S = float(sys.argv[1]); from dist_al.cli import main; "
+LEASED_CLI = ("import sys, dist_al.campaign.lock; dist_al.campaign.lock.LEASE_S = float(sys.argv[1]); from dist_al.cli import main; "
               "sys.exit(main(sys.argv[2:]))")
 # a bare acquirer, as the CLI's commands acquire: exits 75 with the one line when the lock is held
-ACQUIRER = ("import sys; from dist_al.lock import WorkdirLock, WorkdirLocked\n"
+ACQUIRER = ("import sys; from dist_al.campaign.lock import WorkdirLock, WorkdirLocked\n"
             "try:\n    WorkdirLock(sys.argv[1], command='round').acquire()\n"
             "except WorkdirLocked as err:\n    print(err); sys.exit(75)\n")
 
@@ -181,7 +181,7 @@ def test_a_lock_put_whose_reply_was_lost_gets_412_from_itself_and_holds(flaky_s3
     before = lock_record(work, options) if path != "create" else None
     lost = proxy.add("PUT", f"/{bucket}/work/lock.json", "lost-reply")  # carried out, its reply reset
     try:
-        with caplog.at_level(logging.INFO, logger="dist_al.lock"):
+        with caplog.at_level(logging.INFO, logger="dist_al.campaign.lock"):
             if path == "create":
                 lock.acquire()
             elif path == "refresh":

@@ -30,13 +30,13 @@ import torch
 import yaml
 
 from dist_al.config import validate
-from dist_al.labels import load_label_records
-from dist_al.lock import WorkdirLock, WorkdirLocked
-from dist_al.model import load_state
-from dist_al.pool import write_pool
-from dist_al.rounds import advance, ingest
-from dist_al.storage import write_bytes_atomic
-from dist_al.synthetic import gaussian_mixture
+from dist_al.campaign.labels import load_label_records
+from dist_al.campaign.lock import WorkdirLock, WorkdirLocked
+from dist_al.models.build import load_state
+from dist_al.data.pool import write_pool
+from dist_al.campaign.rounds import advance, ingest
+from dist_al.data.storage import write_bytes_atomic
+from dist_al.data.synthetic import gaussian_mixture
 from s3server import FaultProxy, storage_options_for
 
 BUDGET = 10
@@ -344,7 +344,7 @@ def test_transient_store_faults_are_retried_and_a_persistent_one_changes_nothing
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"round 1: waiting for labels, 0/{BUDGET} received"
     assert [f["hits"] for f in faults] == [6, 2, 2]
-    warnings = [line for line in out.stderr.splitlines() if line.startswith("WARNING dist_al.storage")]
+    warnings = [line for line in out.stderr.splitlines() if line.startswith("WARNING dist_al.data.storage")]
     assert all(re.search(r"; retry [12] of 2 in [\d.]+ s$", w) for w in warnings), out.stderr
     assert sum("writing" in w and "selection.parquet" in w and "reduce your request rate" in w for w in warnings) == 1
     assert 1 <= sum("reading" in w and "selection.parquet" in w and "EndpointConnectionError" in w for w in warnings)

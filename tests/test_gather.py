@@ -15,10 +15,10 @@ import pytest
 from reference import full_scan_labeled
 
 from dist_al.config import validate
-from dist_al.pool import write_pool
-from dist_al.selection import ShardedPool
-from dist_al.synthetic import gaussian_mixture
-from dist_al.train import gather_labeled
+from dist_al.data.pool import write_pool
+from dist_al.runtime.sharded_pool import ShardedPool
+from dist_al.data.synthetic import gaussian_mixture
+from dist_al.campaign.train import gather_labeled
 
 N, K, D, PICKS = 360, 3, 6, 12
 
@@ -78,14 +78,14 @@ def test_gather_equals_the_full_scan(pool, caplog):
     cfg, ids, truth, recorded = pool
     labels = _labels(truth, ids, recorded, extra=20)
     want = full_scan_labeled(cfg, labels)
-    with caplog.at_level(logging.INFO, logger="dist_al.train"):
+    with caplog.at_level(logging.INFO, logger="dist_al.campaign.train"):
         _same(gather_labeled(cfg, labels, recorded), want)  # 12 recorded rows, 20 found by id
     assert [r.getMessage().split(":")[0] for r in caplog.records] == [
         "20 of 32 labeled ids have no recorded row"]
     _same(gather_labeled(cfg, labels), want)  # nothing recorded: every id found by id
     only_recorded = {i: truth[i] for i in recorded.column("id").to_pylist()}
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="dist_al.train"):
+    with caplog.at_level(logging.INFO, logger="dist_al.campaign.train"):
         _same(gather_labeled(cfg, only_recorded, recorded), full_scan_labeled(cfg, only_recorded))
     assert not caplog.records  # no pass over the pool
 

@@ -21,8 +21,8 @@ import yaml
 from rayhead import ray_head
 from test_bad_input import assert_one_line_error
 
-from dist_al.pool import write_pool
-from dist_al.synthetic import gaussian_mixture
+from dist_al.data.pool import write_pool
+from dist_al.data.synthetic import gaussian_mixture
 
 SECRET = "AKIA-NOT-A-REAL-SECRET-7f3a9c"  # must never reach the cluster's job records
 MODEL_MODULE = '''"""A user's own model, importable only from the submitted working directory."""
@@ -200,7 +200,7 @@ def test_the_token_file_in_home_is_used_when_the_environment_has_none(head, proj
 
 
 def test_token_lookup_order(monkeypatch, tmp_path):
-    from dist_al.jobs import JobError, auth_headers
+    from dist_al.runtime.jobs import JobError, auth_headers
 
     for key in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
         monkeypatch.delenv(key, raising=False)
@@ -225,7 +225,7 @@ def test_token_lookup_order(monkeypatch, tmp_path):
 
 def test_a_relative_workdir_is_warned_about_wherever_it_is_set(tmp_path):
     from dist_al.config import read_config
-    from dist_al.jobs import relative_workdir_warning
+    from dist_al.runtime.jobs import relative_workdir_warning
 
     config = str(tmp_path / "c.yaml")
     (tmp_path / "c.yaml").write_text("workdir: /shared/work\n")

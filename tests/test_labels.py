@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from s3server import s3_filesystem
 
-from dist_al.labels import (
+from dist_al.campaign.labels import (
     EXPORT_FILES,
     REASONS,
     IngestReport,

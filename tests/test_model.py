@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from dist_al.model import Embedder, ModelError, ModelSpec, build_model, classifier_layer
+from dist_al.models.build import Embedder, ModelError, ModelSpec, build_model, classifier_layer
 
 
 def test_mlp_gives_softmax_and_penultimate_features():

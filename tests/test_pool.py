@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dist_al.pool import (
+from dist_al.data.pool import (
     Pool,
     PoolError,
     PoolSpec,

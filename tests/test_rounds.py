@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from dist_al.config import validate
-from dist_al.model import load_state
-from dist_al.pool import write_pool
-from dist_al.rounds import advance, export_step, ingest, status_table, train_step
-from dist_al.synthetic import gaussian_mixture
-from dist_al.workdir import WorkdirError, open_workdir
+from dist_al.models.build import load_state
+from dist_al.data.pool import write_pool
+from dist_al.campaign.rounds import advance, export_step, ingest, status_table, train_step
+from dist_al.data.synthetic import gaussian_mixture
+from dist_al.campaign.workdir import WorkdirError, open_workdir
 
 BUDGET = 20
 

@@ -31,8 +31,8 @@ from rayhead import _kill_leftovers
 from s3server import FAKE_KEY, FAKE_SECRET, create_bucket, s3_filesystem, storage_options_for
 from test_bad_input import assert_one_line_error, cli, snapshot
 
-from dist_al.labels import EXPORT_FILES
-from dist_al.pool import write_pool
+from dist_al.campaign.labels import EXPORT_FILES
+from dist_al.data.pool import write_pool
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dist_al"
 DIM, CLASSES = 8, 3

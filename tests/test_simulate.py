@@ -1,4 +1,4 @@
-"""Simulated active learning (dist_al.simulate) on a local Ray, the local training backend, re-embedding.
+"""Simulated active learning (dist_al.experiments.simulate) on a local Ray, the local training backend, re-embedding.
 
 One full simulation (two strategies x two seeds x three rounds on a small,
 easy Gaussian-mixture pool) is run once for the module and checked from
@@ -16,13 +16,13 @@ import torch
 from dist_al.cli import main as cli_main
 from dist_al.config import validate
 from dist_al.core import select as core_select
-from dist_al.distributed import ShardWorker
-from dist_al.model import Embedder, ModelSpec, build_model, load_state
-from dist_al.pool import PoolSpec, open_pool, plan_shards, write_pool
-from dist_al.selection import ShardedPool
-from dist_al.simulate import CURVE_COLUMNS, curve_uris, format_table, simulate
-from dist_al.synthetic import gaussian_mixture
-from dist_al.train import evaluate, train
+from dist_al.runtime.worker import ShardWorker
+from dist_al.models.build import Embedder, ModelSpec, build_model, load_state
+from dist_al.data.pool import PoolSpec, open_pool, plan_shards, write_pool
+from dist_al.runtime.sharded_pool import ShardedPool
+from dist_al.experiments.simulate import CURVE_COLUMNS, curve_uris, format_table, simulate
+from dist_al.data.synthetic import gaussian_mixture
+from dist_al.campaign.train import evaluate, train
 
 N_POOL, N_EVAL, K, D = 600, 300, 4, 8
 INITIAL, BUDGET, ROUNDS, SEEDS = 12, 12, 3, 2
@@ -278,7 +278,7 @@ def test_pool_and_workdir_on_s3(ray_local, data, s3_bucket, s3_storage_options):
 def test_cli_rerun_of_a_finished_simulation_changes_nothing(ray_local, data, tmp_path, capsys):
     import argparse
 
-    from dist_al.simulate import simulate_command
+    from dist_al.experiments.simulate import simulate_command
 
     cfg_path = tmp_path / "sim.yaml"
     cfg = data["cfg"]

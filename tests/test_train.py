@@ -1,4 +1,4 @@
-"""Ray Train retraining (dist_al.train) on a real Parquet pool, a local Ray and a moto S3 server.
+"""Ray Train retraining (dist_al.campaign.train) on a real Parquet pool, a local Ray and a moto S3 server.
 
 Each Ray Train fit starts a controller actor and two fresh worker processes
 (15-40 s on a busy 2-core machine), so the module runs exactly one fit, with
@@ -18,10 +18,10 @@ import s3server
 import torch
 
 from dist_al.config import validate
-from dist_al.model import ModelError, ModelSpec, build_model, load_state
-from dist_al.pool import write_pool
-from dist_al.synthetic import gaussian_mixture
-from dist_al.train import (
+from dist_al.models.build import ModelError, ModelSpec, build_model, load_state
+from dist_al.data.pool import write_pool
+from dist_al.data.synthetic import gaussian_mixture
+from dist_al.campaign.train import (
     TRAIN_DEFAULTS,
     evaluate,
     gather_labeled,

@@ -19,11 +19,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name == "core":
-        from .core import main as run
+        from dist_al.bench.core import main as run
 
         return run(rest)
     if name == "distributed":
-        from .distributed import main as run
+        from dist_al.bench.distributed import main as run
 
         return run(rest)
     print(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}", file=sys.stderr)

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import options
+from dist_al.bench import options
 
 GIB = float(1 << 30)
 CHILD_TIMEOUT_S = 1800
@@ -394,7 +394,7 @@ def bench_badge_bound(cfg: Config) -> list[Row]:
 def bench_badge_dense(cfg: Config) -> list[Row]:
     from dist_al.core import select
 
-    dense_badge = _need("dist_al.core.dense", "badge")
+    dense_badge = _need("dist_al.testing.oracles", "badge")
     n, k, d, b = cfg.n(20_000, scaled=False), 10, 128, cfg.b(100, 10)
     setting = f"N={n:,} K={k} D={d} B={b}; dense: N x {k * d} float64 numpy (CPU)"
     p64, f64 = make_pool(n, k, d, seed=cfg.seed, dtype=torch.float64, device=cfg.device)
@@ -430,7 +430,7 @@ def bench_badge_dense(cfg: Config) -> list[Row]:
 
 
 def bench_bait_step(cfg: Config) -> list[Row]:
-    dense_bait = _need("dist_al.core.dense", "bait")
+    dense_bait = _need("dist_al.testing.oracles", "bait")
     bait_run = _need("dist_al.core.bait", "run")
     n, k, d, b = cfg.n(5_000, scaled=False), 10, 64, cfg.b(20, 10)
     labeled = labeled_rows(n, cfg.seed)
@@ -552,7 +552,7 @@ def bench_bait_reduced(cfg: Config) -> list[Row]:
         f"top_classes={qopts['top_classes']}; exact objective tr(M_S^-1 F) (lower is better)"
     )
     try:
-        objective = _need("dist_al.core.dense", "bait_objective")
+        objective = _need("dist_al.testing.oracles", "bait_objective")
         probs, feats = make_pool(qn, qk, qd, seed=cfg.seed, device=cfg.device)
         p_np, f_np = probs.double().cpu().numpy(), feats.double().cpu().numpy()
 

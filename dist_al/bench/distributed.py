@@ -30,13 +30,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from ..config import validate
-from ..core import select
-from ..model import Embedder, ModelSpec, build_model
-from ..pool import PoolSpec, open_pool, plan_shards, read_rows, read_shard, rows_table, shard_places, write_pool
-from ..synthetic import gaussian_mixture
-from ..train import gather_labeled
-from . import options
+from dist_al.config import validate
+from dist_al.core import select
+from dist_al.models.build import Embedder, ModelSpec, build_model
+from dist_al.data.pool import PoolSpec, open_pool, plan_shards, read_rows, read_shard, rows_table, shard_places, write_pool
+from dist_al.data.synthetic import gaussian_mixture
+from dist_al.campaign.train import gather_labeled
+from dist_al.bench import options
 
 K, D = 10, 128
 ROWS = ("coordination", "embedding", "full", "gather")
@@ -92,7 +92,7 @@ def _embed_in_driver(uri: str, device: torch.device):
 def bench_coordination(uri: str, rows: int, budget: int, device: torch.device) -> list[dict]:
     import ray
 
-    from ..selection import ShardedPool, ray_session
+    from dist_al.runtime.sharded_pool import ShardedPool, ray_session
 
     probs, feats = _embed_in_driver(uri, device)
     torch.set_num_threads(2)

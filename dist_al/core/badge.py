@@ -6,7 +6,7 @@ a = e_yhat - p (K floats) and h (D floats); squared distances factorise as
 so one k-means++ step is one pass over the resident (a, h): two GEMVs and a
 few length-N vector operations (DESIGN.md section 3).
 
-Sampling protocol (the oracle in dist_al.core.dense follows it exactly):
+Sampling protocol (the oracle in dist_al.testing.oracles follows it exactly):
 the coordinator's numpy Generator draws u = rng.random() per step and picks
 the first row whose running sum of d2 (global row order, float64) exceeds
 u * sum(d2); when sum(d2) == 0 it draws j = rng.integers(#unchosen) and picks

@@ -17,9 +17,9 @@ import pyarrow as pa
 import ray
 import torch
 
-from .core.api import STRATEGIES
-from .model import Embedder, ModelSpec, build_model
-from .pool import PoolSpec, duplicated_id, id_locations, open_pool, read_rows, read_shard, rows_table, shard_places
+from dist_al.core.api import STRATEGIES
+from dist_al.models.build import Embedder, ModelSpec, build_model
+from dist_al.data.pool import PoolSpec, duplicated_id, id_locations, open_pool, read_rows, read_shard, rows_table, shard_places
 
 
 def _to_cpu(value: Any) -> Any:

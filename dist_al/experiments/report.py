@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .core.errors import UserError
-from .storage import writable
+from dist_al.core.errors import UserError
+from dist_al.data.storage import writable
 
 __all__ = ["Setting", "auc", "evaluate_command", "labels_to_target", "load_setting", "paired_t", "penalty_matrix",
            "t_critical", "write_report"]
@@ -245,7 +245,7 @@ def time_table(settings: list[Setting]) -> str:
 
 def write_report(run_dirs: list[str], out: str) -> list[str]:
     """Writes the figures and tables for these runs into ``out``; returns the paths written."""
-    from .plot import plot_curve_panels, plot_penalty
+    from dist_al.experiments.plots import plot_curve_panels, plot_penalty
 
     settings = sorted((load_setting(d) for d in run_dirs),
                       key=lambda s: (s.info.get("dataset", s.name), s.info.get("warm_start", False),

@@ -4,7 +4,7 @@ Layout (WORKDIR is a local path or an s3:// prefix; the pool is never written):
 
     WORKDIR/workdir.json                  pool fingerprint + the config keys rounds must keep
     WORKDIR/config.yaml                   the config snapshot at creation, for people (credentials redacted)
-    WORKDIR/labels/*.parquet              append-only label records (dist_al.labels)
+    WORKDIR/labels/*.parquet              append-only label records (dist_al.campaign.labels)
     WORKDIR/rounds/NNNN/selection.parquet the round's selection (id, rank, strategy, score)
     WORKDIR/rounds/NNNN/selected_rows.parquet  the selected rows: id, where in the pool (file, row group, row),
                                           features; training reads these instead of the pool
@@ -12,7 +12,7 @@ Layout (WORKDIR is a local path or an s3:// prefix; the pool is never written):
     WORKDIR/rounds/NNNN/model.pt          the checkpoint trained at the end of the round
     WORKDIR/rounds/NNNN/metrics.json      training rows, eval accuracy, times
     WORKDIR/rounds/NNNN/state.json        SELECTED -> EXPORTED -> LABELED -> TRAINED
-    WORKDIR/lock.json                     while a mutating command runs (dist_al.lock)
+    WORKDIR/lock.json                     while a mutating command runs (dist_al.campaign.lock)
 
 Every file is written atomically (temp + rename locally, one PUT on object stores), and each
 step writes its state last, so a crash leaves the previous state and the step runs again.
@@ -37,12 +37,12 @@ from dataclasses import dataclass, field
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from .config import dump
-from .credentials import redact
-from .core.errors import UserError
-from .lock import WorkdirLock
-from .pool import open_pool
-from .storage import exists, read_bytes, retrying, write_bytes_atomic
+from dist_al.config import dump
+from dist_al.credentials import redact
+from dist_al.core.errors import UserError
+from dist_al.campaign.lock import WorkdirLock
+from dist_al.data.pool import open_pool
+from dist_al.data.storage import exists, read_bytes, retrying, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ _TEMP_FILE = re.compile(r"^\..+\.tmp-[0-9a-f]{32}$")  # storage.write_bytes_atom
 
 @contextmanager
 def workdir_lock(cfg: dict, command: str):
-    """Holds the workdir's lock (see dist_al.lock) and clears what killed writers left behind."""
+    """Holds the workdir's lock (see dist_al.campaign.lock) and clears what killed writers left behind."""
     fs, root = fsspec.core.url_to_fs(cfg["workdir"], **cfg["pool"]["storage_options"])
     local = isinstance(fs, LocalFileSystem)
     made_here = local and not os.path.exists(root)  # a command that fails on bad input leaves no workdir behind
@@ -158,7 +158,7 @@ def pool_fingerprint(cfg: dict) -> str:
 
 
 def _pool_spec(cfg):
-    from .selection import pool_spec
+    from dist_al.runtime.sharded_pool import pool_spec
 
     return pool_spec(cfg)
 

@@ -9,13 +9,13 @@ All three are available offline, and the same bytes come out on every run:
   max/min temperature, wind and the day of year as sine/cosine, standardised
   with the pool's mean and std; 5 classes: sun, fog, rain, drizzle, snow;
   ``pip install dist-al[eval]``);
-* ``synthetic``: ``dist_al.synthetic.gaussian_mixture`` at ``--synthetic-rows``.
+* ``synthetic``: ``dist_al.data.synthetic.gaussian_mixture`` at ``--synthetic-rows``.
 
 Each test split is stratified with a fixed seed and never overlaps its pool
 (ids are the rows' indices in the source).  Run::
 
-    python -m dist_al.eval_data ./eval-data            # all three
-    python -m dist_al.eval_data ./eval-data --only digits
+    python -m dist_al.experiments.datasets ./eval-data            # all three
+    python -m dist_al.experiments.datasets ./eval-data --only digits
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import sys
 
 import numpy as np
 
-from .core.errors import UserError
+from dist_al.core.errors import UserError
 
 __all__ = ["DATASETS", "load", "write_dataset"]
 
@@ -57,7 +57,7 @@ def _weather() -> tuple[np.ndarray, np.ndarray, int]:
 
 
 def _synthetic(rows: int) -> tuple[np.ndarray, np.ndarray, int]:
-    from .synthetic import gaussian_mixture
+    from dist_al.data.synthetic import gaussian_mixture
 
     s = SYNTHETIC
     x, y = gaussian_mixture(rows + s["test"], s["classes"], s["dim"], seed=SPLIT_SEED, separation=s["separation"])
@@ -88,7 +88,7 @@ def split(y: np.ndarray, test_rows: int) -> tuple[np.ndarray, np.ndarray]:
 
 def write_dataset(out: str, name: str, synthetic_rows: int = 20_000) -> dict:
     """Writes {out}/{name}/pool and {out}/{name}/test (replacing them); returns a summary."""
-    from .pool import write_pool
+    from dist_al.data.pool import write_pool
 
     x, y, test_rows = load(name, synthetic_rows)
     pool, test = split(y, test_rows)
@@ -104,7 +104,7 @@ def write_dataset(out: str, name: str, synthetic_rows: int = 20_000) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dist_al.eval_data", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dist_al.experiments.datasets", description=__doc__.split("\n")[0])
     parser.add_argument("out", help="directory for {dataset}/pool and {dataset}/test")
     parser.add_argument("--only", default=",".join(DATASETS), help="comma-separated data sets (default: all)")
     parser.add_argument("--synthetic-rows", type=int, default=20_000, help="synthetic pool rows (default 20000)")
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {info['pool']} pool rows, {info['test']} test rows, {info['features']} features, "
                   f"{info['classes']} classes -> {os.path.join(args.out, name)}")
     except UserError as err:
-        print(f"dist_al.eval_data: error: {err}", file=sys.stderr)
+        print(f"dist_al.experiments.datasets: error: {err}", file=sys.stderr)
         return 2
     return 0
 

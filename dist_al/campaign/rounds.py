@@ -18,16 +18,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .cluster import cluster_session
-from .config import strategy_options
-from .faults import crash_point
-from .labels import (LabelFileError, append_label_records, export_selection, load_label_records, read_labels,
+from dist_al.runtime.cluster import cluster_session
+from dist_al.config import strategy_options
+from dist_al.faults import crash_point
+from dist_al.campaign.labels import (LabelFileError, append_label_records, export_selection, load_label_records, read_labels,
                      validate_labels)
-from .model import build_model, classifier_layer, load_state
-from .pool import find_ids, open_pool
-from .selection import ShardedPool, model_spec, pool_spec, preflight
-from .storage import read_bytes, remove_tree, write_table_atomic
-from .workdir import Workdir, open_workdir
+from dist_al.models.build import build_model, classifier_layer, load_state
+from dist_al.data.pool import find_ids, open_pool
+from dist_al.runtime.sharded_pool import ShardedPool, model_spec, pool_spec, preflight
+from dist_al.data.storage import read_bytes, remove_tree, write_table_atomic
+from dist_al.campaign.workdir import Workdir, open_workdir
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def labeled_step(cfg: dict, wd: Workdir) -> str:
 
 
 def train_step(cfg: dict, wd: Workdir) -> str:
-    from .train import train
+    from dist_al.campaign.train import train
 
     n, state = _current(wd)
     if state != "LABELED":

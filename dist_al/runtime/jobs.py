@@ -22,10 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-from .config import read_config
-from .credentials import credential_paths
+from dist_al.config import read_config
+from dist_al.credentials import credential_paths
 
-from .core.errors import UserError
+from dist_al.core.errors import UserError
 
 COMMANDS = ("select", "round", "export", "ingest", "train", "status", "simulate")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")

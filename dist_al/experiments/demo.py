@@ -2,7 +2,7 @@
 
 Writes a pool (with its label column) and a test set from ``sklearn.datasets.load_digits``
 (shipped with scikit-learn: no download) under the workdir, then runs the
-simulation of ``configs/demo.yaml`` (``dist_al.simulate``) on a local Ray:
+simulation of ``configs/demo.yaml`` (``dist_al.experiments.simulate``) on a local Ray:
 ShardWorker actors embed the pool with each round's model, the strategies
 select, the hidden labels are revealed, the MLP is retrained in-process
 (``train.backend: local``) and scored on the test set.  Prints the mean
@@ -37,7 +37,7 @@ def write_digits_pools(workdir: str) -> tuple[str, str, int, int]:
     """
     from sklearn.datasets import load_digits
 
-    from .pool import write_pool
+    from dist_al.data.pool import write_pool
 
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32)  # pixel intensities 0..16
@@ -54,8 +54,8 @@ def run_demo(workdir: str = "./dist-al-demo", *, seeds: int | None = None, confi
              overrides: list[str] | tuple[str, ...] = (), progress: bool = True) -> int:
     import yaml
 
-    from .config import ConfigError, load_config
-    from .simulate import curve_uris, format_table, simulate
+    from dist_al.config import ConfigError, load_config
+    from dist_al.experiments.simulate import curve_uris, format_table, simulate
 
     path = Path(config) if config else DEMO_CONFIG
     if not path.is_file():

@@ -40,14 +40,14 @@ Config: the ``train`` section (read with defaults by ``train_settings``)::
       batch_size: 128       # rows per optimiser step on each worker
       workers: 2            # Ray Train workers (DDP processes)
       use_gpu: false        # one GPU per worker
-      cpus_per_worker: 1    # CPUs reserved per worker (and its torch threads: dist_al.cluster.worker_threads)
+      cpus_per_worker: 1    # CPUs reserved per worker (and its torch threads: dist_al.runtime.cluster.worker_threads)
       warm_start: false     # start from model.checkpoint instead of a fresh init
       seed: <selection.seed>  # model init, shuffling
       storage_path: null    # Ray Train run storage; null = <dir of checkpoint_uri>/_ray_train
       backend: ray          # "ray": TorchTrainer as above; "local": the same loop (``fit_loop``) in
                             # this process as one worker -- no start-up cost, for simulations and small sets
 
-Ray must already be initialised by the caller for the ``ray`` backend (``dist_al.cluster.cluster_session``).
+Ray must already be initialised by the caller for the ``ray`` backend (``dist_al.runtime.cluster.cluster_session``).
 """
 
 from __future__ import annotations
@@ -68,10 +68,10 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from .core.errors import UserError
-from .model import ModelSpec, build_model, classifier_layer, load_state
-from .pool import PoolSpec, find_ids, open_pool, plan_shards, read_rows, read_shard, recorded_rows
-from .storage import write_bytes_atomic
+from dist_al.core.errors import UserError
+from dist_al.models.build import ModelSpec, build_model, classifier_layer, load_state
+from dist_al.data.pool import PoolSpec, find_ids, open_pool, plan_shards, read_rows, read_shard, recorded_rows
+from dist_al.data.storage import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -430,14 +430,14 @@ def train(
     """
     import ray
 
-    from .cluster import start_timeout, train_workers, wait_placeable, worker_threads
+    from dist_al.runtime.cluster import start_timeout, train_workers, wait_placeable, worker_threads
 
     t0 = time.perf_counter()
     settings = train_settings(cfg)
     if not labels:
         raise UserError("no labeled rows: the labels mapping is empty, nothing to train on")
     if settings["backend"] == "ray" and not ray.is_initialized():
-        raise RuntimeError("Ray is not initialised: call ray.init() or use dist_al.cluster.cluster_session first")
+        raise RuntimeError("Ray is not initialised: call ray.init() or use dist_al.runtime.cluster.cluster_session first")
 
     spec = _model_spec(cfg)
     state = warm_start_state

@@ -8,7 +8,7 @@ pushes ``expires_at`` forward every ``ttl / 4`` seconds while the command runs, 
 is deleted at the end.  A holder that died leaves its lock behind: it is taken over once it
 has expired, or at once when the holder ran on this host and its pid is gone.
 
-Fencing.  While held, the lock fences its workdir (:func:`dist_al.storage.fence`): every write
+Fencing.  While held, the lock fences its workdir (:func:`dist_al.data.storage.fence`): every write
 or removal under it first calls :meth:`WorkdirLock.check_held`, which raises :class:`LockLost`
 once the heartbeat has found the lock taken over or removed, or once the lease this process
 last confirmed is within ``ttl / 4`` of running out.  That check is a flag and a monotonic
@@ -22,7 +22,7 @@ step is resumed by the next holder.  Not fenced: files other processes write (Ra
 scratch under ``_ray_train``, which each run names uniquely).
 
 Deciding by content.  A conditional write's error does not say what happened: a PUT whose
-reply was lost is retried (by botocore, s3fs or :func:`dist_al.storage.retrying`) and then
+reply was lost is retried (by botocore, s3fs or :func:`dist_al.data.storage.retrying`) and then
 gets 412 from its own write, and s3fs maps many unrelated errors to EINVAL just as it maps 412.
 So after a create or a compare-and-swap that failed, the lock is read back: if it holds what we
 wrote, the write landed; if it is unchanged, the error was real and is raised; otherwise
@@ -58,8 +58,8 @@ from contextlib import suppress
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from .faults import crash_point
-from .storage import StorageUnavailable, create_exclusive, fence, read_bytes, retrying, writable, write_bytes_atomic
+from dist_al.faults import crash_point
+from dist_al.data.storage import StorageUnavailable, create_exclusive, fence, read_bytes, retrying, writable, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 

@@ -37,8 +37,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from .core.errors import UserError
-from .faults import crash_point
+from dist_al.core.errors import UserError
+from dist_al.faults import crash_point
 
 log = logging.getLogger(__name__)
 

@@ -16,17 +16,17 @@ import pyarrow as pa
 import ray
 import torch
 
-from .cluster import cluster_session, shard_workers, start_timeout, wait_started, worker_threads
-from .cluster import ray_session  # noqa: F401 - where callers have always found it
-from .config import strategy_options
-from .core.api import check_seed, resolve_options, run_strategy
-from .core.bait import check_reduction
-from .core.errors import UserError
-from .core.inputs import check_budget
-from .core.progress import progress_bar
-from .distributed import PROBE_SECONDS, WORKER_LOST, RayShards, ShardWorker, get_all
-from .model import ModelSpec, build_model, classifier_layer
-from .pool import PoolError, PoolSpec, open_pool, plan_shards
+from dist_al.runtime.cluster import cluster_session, shard_workers, start_timeout, wait_started, worker_threads
+from dist_al.runtime.cluster import ray_session  # noqa: F401 - where callers have always found it
+from dist_al.config import strategy_options
+from dist_al.core.api import check_seed, resolve_options, run_strategy
+from dist_al.core.bait import check_reduction
+from dist_al.core.errors import UserError
+from dist_al.core.inputs import check_budget
+from dist_al.core.progress import progress_bar
+from dist_al.runtime.worker import PROBE_SECONDS, WORKER_LOST, RayShards, ShardWorker, get_all
+from dist_al.models.build import ModelSpec, build_model, classifier_layer
+from dist_al.data.pool import PoolError, PoolSpec, open_pool, plan_shards
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def model_spec(cfg: dict) -> ModelSpec:
 
 def start_workers(cfg: dict, state, shards, *, labels: bool = False) -> list:
     """A ShardWorker per shard, once each has started: on a cluster that cannot place them all within
-    cluster.start_timeout_s, none is left running and ClusterTooSmall says what they need (dist_al.cluster)."""
+    cluster.start_timeout_s, none is left running and ClusterTooSmall says what they need (dist_al.runtime.cluster)."""
     c = cfg["cluster"]
     actor = ray.remote(ShardWorker).options(
         num_cpus=c["cpus_per_worker"], num_gpus=c["gpus_per_worker"], scheduling_strategy="SPREAD", max_restarts=0
@@ -337,7 +337,7 @@ def run_selection(cfg: dict, *, labeled_ids=None, progress: bool = False) -> Sel
 
 def select(config, *, overrides=(), labeled_ids=None, progress: bool = False) -> pa.Table:
     """Notebook entry point: a config (YAML path or dict) in, the selection table (id, rank, strategy, score) out."""
-    from .config import load_config
+    from dist_al.config import load_config
 
     cfg = load_config(config, overrides) if isinstance(config, str) else load_config(None, overrides, base=config)
     return run_selection(cfg, labeled_ids=labeled_ids, progress=progress).table

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 import ray
 
-from .config import SCHEMA
-from .core.errors import UserError
+from dist_al.config import SCHEMA
+from dist_al.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

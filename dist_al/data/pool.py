@@ -41,8 +41,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .core.errors import UserError
-from .storage import writable, write_table_atomic
+from dist_al.core.errors import UserError
+from dist_al.data.storage import writable, write_table_atomic
 
 __all__ = [
     "PoolError",

@@ -80,9 +80,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from .core.errors import UserError
-from .faults import crash_point
-from .storage import exists, retrying, write_bytes_atomic, write_table_atomic
+from dist_al.core.errors import UserError
+from dist_al.faults import crash_point
+from dist_al.data.storage import exists, retrying, write_bytes_atomic, write_table_atomic
 
 __all__ = [
     "EXPORT_FILES",

@@ -4,7 +4,7 @@ For every strategy and seed, starting from ``simulation.initial_labeled``
 random rows (the same rows for every strategy at a given seed) whose labels
 are revealed from ``pool.label_column``, ``simulation.rounds`` times:
 
-1. train the model on the labeled rows (``dist_al.train.train``; with
+1. train the model on the labeled rows (``dist_al.campaign.train.train``; with
    ``train.backend: local`` in this process, else with Ray Train) and write the
    checkpoint to ``{workdir}/simulation/{strategy}/seed{s}/round{r}.pt``;
 2. score it on ``eval.uri`` and record (strategy, seed, round, labeled, accuracy);
@@ -34,11 +34,11 @@ from typing import Any
 import fsspec
 import numpy as np
 
-from .config import SCHEMA
-from .core.api import STRATEGIES, strategy_spec
-from .core.errors import UserError
-from .core.progress import progress_bar
-from .storage import write_bytes_atomic
+from dist_al.config import SCHEMA
+from dist_al.core.api import STRATEGIES, strategy_spec
+from dist_al.core.errors import UserError
+from dist_al.core.progress import progress_bar
+from dist_al.data.storage import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +89,9 @@ def _round_seed(seed: int, round_: int) -> int:
 
 
 def _check(cfg: dict, strategies: list[str], seeds: int):
-    from .pool import open_pool
-    from .selection import pool_spec
-    from .train import _pool_spec
+    from dist_al.data.pool import open_pool
+    from dist_al.runtime.sharded_pool import pool_spec
+    from dist_al.campaign.train import _pool_spec
 
     if not cfg["pool"]["label_column"]:
         raise UserError("simulation reveals the pool's hidden labels: set config key pool.label_column "
@@ -111,10 +111,10 @@ def _check(cfg: dict, strategies: list[str], seeds: int):
                         f"({budget}) = {need} labels")
     for name in strategies:
         if name == "bait":
-            from .core.api import resolve_options
-            from .core.bait import check_reduction
-            from .model import build_model, classifier_layer
-            from .selection import model_spec
+            from dist_al.core.api import resolve_options
+            from dist_al.core.bait import check_reduction
+            from dist_al.models.build import build_model, classifier_layer
+            from dist_al.runtime.sharded_pool import model_spec
 
             layer = classifier_layer(build_model(model_spec(cfg)), cfg["model"]["classifier"])
             check_reduction(resolve_options("bait", _options_for(cfg, "bait")), layer.out_features, layer.in_features)
@@ -137,8 +137,8 @@ def simulate(cfg: dict, *, strategies: list[str] | str | None = None, seeds: int
     nothing).  ``name`` names the data in the plot (default: the pool URI).  Starts a local Ray unless one is running or ``cluster.address``
     names one.
     """
-    from .cluster import cluster_session
-    from .selection import ShardedPool
+    from dist_al.runtime.cluster import cluster_session
+    from dist_al.runtime.sharded_pool import ShardedPool
 
     if strategies is None:
         strategies = cfg["simulation"]["strategies"] or cfg["selection"]["strategy"]
@@ -186,10 +186,10 @@ def _run(cfg, pool, strategy, seed, offset, init_ids, init_labels, shared_round0
     """One strategy at one seed: rounds + 1 train/eval points, `rounds` selections."""
     import torch
 
-    from .model import build_model
-    from .selection import model_spec
-    from .storage import write_bytes_atomic
-    from .train import _label_keys, evaluate, train
+    from dist_al.models.build import build_model
+    from dist_al.runtime.sharded_pool import model_spec
+    from dist_al.data.storage import write_bytes_atomic
+    from dist_al.campaign.train import _label_keys, evaluate, train
 
     run_cfg = _run_config(cfg, seed, offset)
     sim, budget = cfg["simulation"], cfg["selection"]["budget"]
@@ -260,8 +260,8 @@ def _csv_bytes(records: list[dict]) -> bytes:
 
 
 def _write_outputs(cfg: dict, records: list[dict], seeds: int, pool_rows: int, name: str | None) -> None:
-    from .plot import plot_curve
-    from .storage import write_bytes_atomic
+    from dist_al.experiments.plots import plot_curve
+    from dist_al.data.storage import write_bytes_atomic
 
     csv_uri, png_uri = curve_uris(cfg)
     storage = cfg["pool"]["storage_options"]
@@ -278,7 +278,7 @@ def _write_outputs(cfg: dict, records: list[dict], seeds: int, pool_rows: int, n
 
 def format_table(records: list[dict]) -> str:
     """Markdown table: one row per strategy, one column per label count, mean accuracy over seeds."""
-    from .plot import curve_stats
+    from dist_al.experiments.plots import curve_stats
 
     stats = curve_stats(records)
     counts = sorted({n for rows in stats.values() for n, *_ in rows})
@@ -301,8 +301,8 @@ def format_table(records: list[dict]) -> str:
 
 def simulate_command(args) -> int:
     """`dist-al simulate`: config + overrides, run, print the table and where the curve went."""
-    from .config import load_config
-    from .credentials import redact
+    from dist_al.config import load_config
+    from dist_al.credentials import redact
 
     logging.basicConfig(level=getattr(logging, args.log_level or "WARNING"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

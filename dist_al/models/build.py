@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .core.errors import UserError
+from dist_al.core.errors import UserError
 
 
 class ModelError(UserError):

@@ -1,0 +1,1 @@
+"""Experiments: simulated learning curves, the strategy comparison report, plots, data sets, the demo."""

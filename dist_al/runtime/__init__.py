@@ -1,0 +1,1 @@
+"""The Ray layer: the cluster session, ShardWorker actors, the sharded pool, selection on Ray, job submission."""
