@@ -297,7 +297,7 @@ def drifting_pool():
 def test_float32_state_refreshed_from_A_matches_float64(monkeypatch):
     """Stated tolerance: the float32 selection's exact objective within 1e-3 of the float64 selection's, and
     at least 90% of its picks (measured here: identical picks in identical order). Without the refresh the
-    same pool keeps under half the picks and a much worse objective, so the pool does drift."""
+    same pool shares 17 of 40 picks with float64 and its objective is 24% worse (asserted: < 30, > 5%)."""
     from dist_al.core.shards import LocalShards
 
     probs, feats, labeled = drifting_pool()
