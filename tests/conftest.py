@@ -1,11 +1,21 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures, and the Hypothesis profiles."""
 
 import logging
+import os
 
 import pytest
 import ray
 import torch
+from hypothesis import settings
 from s3server import s3_bucket, s3_server, s3_storage_options  # noqa: F401  (moto S3 on loopback)
+
+# "ci" (the default): the same examples on every run and every machine, so a red suite means a change
+# broke something, not that Hypothesis drew a new input. "explore": many more examples from random seeds,
+# failures kept in .hypothesis/ and replayed first; run it to hunt new cases, and pin each one found with
+# @example. Chosen by HYPOTHESIS_PROFILE; test modules read it at import, so it is loaded here.
+settings.register_profile("ci", max_examples=80, derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", max_examples=2000, derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(autouse=True, scope="session")

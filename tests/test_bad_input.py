@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -269,6 +270,52 @@ def test_debug_shows_the_traceback(env, tmp_path):
     assert res.returncode != 0
     assert "Traceback (most recent call last)" in res.stderr and "cannot import module 'no_such_pkg.nets'" in res.stderr
     assert not (cwd / "out").exists() and not (cwd / "work").exists()
+
+
+class _NaNForOneRow(torch.nn.Module):
+    def __init__(self, in_dim: int, n_classes: int, hidden: int, marker: float):
+        super().__init__()
+        self.body, self.classifier = mlp(in_dim, hidden, hidden, depth=1), torch.nn.Linear(hidden, n_classes)
+        self.marker = marker
+
+    def forward(self, x):
+        return self.classifier(self.body(x).masked_fill(x[:, :1] == self.marker, float("nan")))
+
+
+def nan_for_one_row(in_dim: int, n_classes: int, hidden: int, marker: float) -> torch.nn.Module:
+    """model.factory of a model that outputs NaN for the one row whose first feature is `marker`."""
+    return _NaNForOneRow(in_dim, n_classes, hidden, marker)
+
+
+def test_model_that_outputs_nan_for_one_row(env, tmp_path):
+    """The workers check each embedded batch: the error names the row's id, file, row group and row (row 100 of
+    the pool: file 1 of 60-row files, row group 1 of 30-row groups, row 10), and no selection is made from NaNs."""
+    marker = float(_feats(ROWS, seed=1)[100, 0])
+    tests_dir = str(Path(__file__).resolve().parent)
+    run_and_check(env, tmp_path, SELECT, "the model produced NaN/inf class probabilities for id 1100 (file ",
+                  "part-00001.parquet, row group 1, row 10); check the model and model.checkpoint",
+                  cli_env={"PYTHONPATH": os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")])},
+                  model={"factory": "test_bad_input:nan_for_one_row", "kwargs": {**MODEL, "marker": marker}},
+                  selection={"strategy": "badge", "budget": 10, "seed": 0})
+
+
+def test_nan_under_fp16_autocast_suggests_bf16(env):
+    """On a GPU worker with model.autocast=fp16 the hint names the likely cause (run here without a GPU: the
+    check itself, on a batch whose row 7 overflowed)."""
+    from dist_al.distributed import ShardWorker
+    from dist_al.model import ModelError
+    from dist_al.pool import PoolSpec, open_pool, plan_shards
+
+    worker = object.__new__(ShardWorker)
+    worker.pool = open_pool(PoolSpec(str(env["root"] / "pool")))
+    worker.shard = plan_shards(worker.pool, 2)[1]
+    worker.embedder = types.SimpleNamespace(autocast=torch.float16)
+    worker._next_row = 30
+    p, h = torch.full((30, CLASSES), 1 / CLASSES), torch.ones(30, 16)
+    h[7, 3] = torch.inf
+    with pytest.raises(ModelError, match=r"NaN/inf classifier inputs for id 1097 \(file \S+part-00001.parquet, "
+                                         r"row group 1, row 7\); with model.autocast=fp16, try bf16 or null"):
+        worker._check_output(p, h, {"ids": np.arange(1090, 1120), "features": np.zeros((30, DIM))})
 
 
 # --------------------------------------------------------------------------- labels

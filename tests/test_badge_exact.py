@@ -393,3 +393,69 @@ def test_clusters_are_covered(strategy):
     # random picks would cover all 5 clusters with 5 picks 4% of the time, with 10 picks 52%
     assert covered[n_clusters] >= 18, covered
     assert covered[2 * n_clusters] == runs, covered
+
+
+# -- (g) the picks do not depend on how the pool is sharded ---------------------------------
+
+
+def tiny_norm_pool(seed: int, n_big: int = 12, n_tiny: int = 120):
+    """float32 rows of ordinary gradient norm first, then many of ~1e-8 times that norm (tiny features),
+    with near-duplicates among them: some closer than round-off (they coincide), some just farther."""
+    rng = np.random.default_rng(seed)
+    probs = rng.dirichlet(np.ones(3), size=n_big + n_tiny)
+    feats = rng.normal(size=(n_big + n_tiny, 4))
+    feats[n_big:] *= 1e-4
+    feats[n_big + 1 :: 6] = feats[n_big :: 6][: len(feats[n_big + 1 :: 6])] * (1 + 1e-4)
+    feats[n_big + 2 :: 6] = feats[n_big :: 6][: len(feats[n_big + 2 :: 6])] * (1 + 3e-2)
+    probs[n_big + 1 :: 6] = probs[n_big :: 6][: len(probs[n_big + 1 :: 6])]
+    probs[n_big + 2 :: 6] = probs[n_big :: 6][: len(probs[n_big + 2 :: 6])]
+    return torch.from_numpy(probs.astype(np.float32)), torch.from_numpy(feats.astype(np.float32))
+
+
+@pytest.mark.parametrize("strategy", ["badge", "badge-scalable"])
+@pytest.mark.parametrize("seed", range(3))
+def test_same_picks_for_any_sharding_with_tiny_norm_rows(strategy, seed):
+    """The round-off threshold of a distance is per row, not per shard: a shard holding only tiny-norm
+    rows and one that also holds large-norm rows treat the same tiny distance alike."""
+    from dist_al.core.api import STRATEGIES, resolve_options, run_strategy
+    from dist_al.core.shards import LocalShards
+
+    probs, feats = tiny_norm_pool(seed)
+    n = len(probs)
+    labeled = torch.zeros(n, dtype=torch.bool)
+    labeled[[3, 40]] = True
+    runs = []
+    for cuts in ([], [12], [5, 40, 100], [12, 70, 71]):
+        edges = [0, *cuts, n]
+        shards = [STRATEGIES[strategy].shard(probs[lo:hi], feats[lo:hi], labeled[lo:hi], lo)
+                  for lo, hi in zip(edges, edges[1:])]
+        picks = run_strategy(strategy, LocalShards(shards), 60, seed, resolve_options(strategy, {})).picks
+        runs.append([edges[s] + i for s, i in picks])
+    assert len(set(runs[0])) == 60
+    assert all(r == runs[0] for r in runs[1:]), runs
+    np.testing.assert_array_equal(select(strategy, probs, feats, 60, labeled=labeled, seed=seed), runs[0])
+
+
+def test_non_finite_distances_are_an_error_not_uniform_draws():
+    """A NaN that reaches the D^2 draw (past the input checks: here a shard made directly) is refused:
+    `total > 0` would be false and BADGE would draw uniformly without a word."""
+    from dist_al.core import badge
+    from dist_al.core.shards import LocalShards
+
+    probs = torch.full((6, 2), 0.5, dtype=torch.float64)
+    feats = torch.arange(12, dtype=torch.float64).reshape(6, 2)
+    feats[4, 1] = torch.nan
+    for run in (badge.kmeanspp, badge.kmeans_parallel):
+        shards = LocalShards([badge.BadgeShard(probs, feats, torch.zeros(6, dtype=torch.bool))])
+        with pytest.raises(ValueError, match=r"BADGE: the squared distances .* sum to nan: probs or feats hold NaN"):
+            run(shards, 3, 0)
+
+
+@pytest.mark.parametrize("strategy", ["badge", "badge-scalable"])
+def test_overflowing_gradient_norms_are_a_clear_error(strategy):
+    """Finite float32 features whose |p - e_yhat|^2 |h|^2 overflows: a ValueError saying so."""
+    probs = np.tile(np.array([0.5, 0.5], dtype=np.float32), (5, 1))
+    feats = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32) * 1e20
+    with pytest.raises(ValueError, match="overflows the feature dtype: rescale feats or pass float64"):
+        select(strategy, probs, feats, 3)
+    select(strategy, probs.astype(np.float64), feats.astype(np.float64), 3)

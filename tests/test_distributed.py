@@ -45,10 +45,10 @@ def local_pool(tmp_path_factory):
     return uri, ids
 
 
-def _config(uri, strategy, workers, storage_options=None, budget=15, label_column="label", **options):
+def _config(uri, strategy, workers, storage_options=None, budget=15, label_column="label", model=MODEL, **options):
     return validate({
         "pool": {"uri": uri, "label_column": label_column, "storage_options": storage_options or {}},
-        "model": MODEL,
+        "model": model,
         "selection": {"strategy": strategy, "budget": budget, "seed": 7, **OPTIONS.get(strategy, {}), **options},
         "cluster": {"workers": workers, "cpus_per_worker": 0.5},
     })
@@ -127,3 +127,24 @@ def test_duplicate_ids_are_reported_before_selection(cluster, tmp_path):
     with pytest.raises(ValueError, match=r"id 17 appears 2 times: in \S+part-00000.parquet row group 0, "
                                          r"\S+part-00002.parquet row group 1$"):
         run_selection(_config(str(tmp_path / "dup"), "badge", 3, label_column=None))
+
+
+def test_badge_same_ids_for_1_and_3_workers_with_tiny_norm_rows(cluster, tmp_path):
+    """30 rows of ordinary features, then 120 of ~1e-4 times that size with near-duplicates among them;
+    a one-layer model, so h is the features. With 3 workers two shards hold only tiny rows, with 1 worker
+    none does: the round-off threshold must not depend on what else a shard holds."""
+    rng = np.random.default_rng(5)
+    feats = rng.normal(size=(150, DIM)).astype(np.float32)
+    feats[30:] *= 1e-4
+    feats[31::4] = feats[30::4][: len(feats[31::4])] * np.float32(1 + 1e-2)
+    uri = str(tmp_path / "tiny")
+    write_pool(uri, np.arange(150), feats, rows_per_file=150, rows_per_group=50)
+    linear = {"factory": "dist_al.models:mlp", "kwargs": {"in_dim": DIM, "n_classes": N_CLASSES, "depth": 0}}
+    picked = []
+    for workers in (1, 3):
+        pool = ShardedPool(_config(uri, "badge", workers, label_column=None, model=linear))
+        try:
+            picked.append(pool.select("badge", 60, seed=7).table.column("id").to_pylist())
+        finally:
+            pool.close()
+    assert len(set(picked[0])) == 60 and picked[0] == picked[1]

@@ -18,8 +18,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .errors import UserError
 from .progress import progress_bar
-from .shards import ROUNDOFF_ULPS, ShardGroup, argmax_first, locate, snap_roundoff_
+from .shards import ShardGroup, argmax_first, locate, snap_roundoff_
 
 # Rows per block when a distance matrix against many centres is formed.
 _BLOCK_ELEMENTS = 1 << 24
@@ -53,8 +54,6 @@ class BadgeShard:
         self.a = gradient_factors(probs)
         self.h = feats
         self.norm2 = torch.linalg.vecdot(self.a, self.a) * torch.linalg.vecdot(self.h, self.h)
-        # below this a distance is round-off of the factorised formula (see shards.ROUNDOFF_ULPS)
-        self.roundoff = float(self.norm2.max()) * ROUNDOFF_ULPS * torch.finfo(self.h.dtype).eps if len(self.h) else 0.0
         self.available = ~labeled
         self.d2 = torch.where(self.available, torch.inf, 0.0).to(self.h.dtype)
         self.block_sums = None
@@ -84,9 +83,10 @@ class BadgeShard:
     def add_centre(self, centre) -> tuple[float, int]:
         """d2 <- min(d2, distance to the new centre); returns (sum of d2, unchosen rows)."""
         a_c, h_c, n_c = (t.to(self.h.device, self.h.dtype) for t in centre)
-        dist = self.h @ h_c
-        dist.mul_(self.a @ a_c).mul_(-2).add_(self.norm2).add_(n_c)
-        torch.nn.functional.threshold_(dist, self.roundoff + float(n_c) * ROUNDOFF_ULPS * torch.finfo(dist.dtype).eps, 0.0)
+        ab = self.a @ (a_c * -2)  # -2 <a_x, a_c>: scaling the centre by -2 is exact and costs no pass over N
+        dist = (self.h @ h_c).mul_(ab)
+        scale = torch.add(self.norm2, n_c, out=ab)  # ab is spent: its memory takes |g_x|^2 + |g_c|^2
+        snap_roundoff_(dist.add_(scale), scale)  # per row, so no row's threshold depends on its shard
         torch.minimum(self.d2, dist, out=self.d2)
         return self._total()
 
@@ -170,10 +170,22 @@ def _splitmix(x: np.ndarray) -> np.ndarray:
 # -- coordinator loops (the only RNG lives here) -----------------------------------------
 
 
+def _finite_total(stats) -> float:
+    """The sum of d2 over all shards; a NaN or inf (which would silently turn the D^2 draw into a
+    uniform one) is an error naming its likely cause."""
+    total = sum(t for t, _ in stats)
+    if not np.isfinite(total):
+        raise UserError(
+            f"BADGE: the squared distances between gradient embeddings sum to {total}: probs or feats hold NaN/inf, "
+            "or |p - e_yhat|^2 |h|^2 overflows the feature dtype: rescale feats or pass float64"
+        )
+    return total
+
+
 def _draw_next(group: ShardGroup, stats, rng: np.random.Generator):
     """Starts taking the next centre; returns (shard, handle of its local row, handle of the centre)."""
     totals = [t for t, _ in stats]
-    total = sum(totals)
+    total = _finite_total(stats)
     if total > 0:
         shard, target = locate(totals, rng.random() * total)
         row, centre = group.submit(shard, "take_weighted", target, returns=2)
@@ -225,7 +237,7 @@ def kmeans_parallel(
     cand = [tuple(t[None] for t in first)]
     stats = group.map("add_centre", first)
     for r in range(rounds):
-        total = sum(t for t, _ in stats)
+        total = _finite_total(stats)
         if total <= 0:
             break
         sampled = group.map("sample_candidates", seed, r, oversampling * budget, total)

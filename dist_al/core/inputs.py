@@ -36,9 +36,8 @@ def common_float_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float32
 
 
-def check_probs_feats(probs, feats) -> tuple[torch.Tensor, torch.Tensor]:
-    probs = as_tensor("probs", probs, 2)
-    feats = as_tensor("feats", feats, 2)
+def check_shapes(probs: torch.Tensor, feats: torch.Tensor) -> None:
+    """probs (N, K) with K >= 2 and feats (N, D) with D >= 1 describing the same N > 0 rows, on one device."""
     n, k = probs.shape
     if feats.shape[0] != n:
         raise UserError(f"probs has {n} rows but feats has {feats.shape[0]}: they must describe the same rows")
@@ -50,25 +49,51 @@ def check_probs_feats(probs, feats) -> tuple[torch.Tensor, torch.Tensor]:
         raise UserError(f"probs must have at least 2 classes (columns), got {k}")
     if feats.shape[1] == 0:
         raise UserError("feats has 0 columns")
-    dtype = common_float_dtype(probs, feats)
-    tol = PROB_SUM_TOLERANCE[torch.float64 if probs.dtype == torch.float64 else torch.float32]
-    probs, feats = probs.to(dtype), feats.to(dtype)
+
+
+def first_invalid(probs: torch.Tensor, feats: torch.Tensor, tol: float) -> tuple[str, int] | None:
+    """The first thing wrong with the values, as (what, row), or None if they are valid.
+
+    The one definition of valid (p, h), for `select` and for the Ray workers' check of each
+    embedded batch. what: "probs_nonfinite", "feats_nonfinite", "probs_negative" or
+    "probs_sum" (a row off 1 by more than tol, see prob_sum_tolerance).
+    """
     for name, t in (("probs", probs), ("feats", feats)):
         lo, hi = torch.aminmax(t)  # one pass; NaN and +-inf all show up in min or max
         if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
-            row = int((~torch.isfinite(t)).any(1).nonzero()[0, 0])
-            raise UserError(f"{name} contains NaN or inf values (first at row {row})")
+            return f"{name}_nonfinite", int((~torch.isfinite(t)).any(1).nonzero()[0, 0])
     if bool((probs < 0).any()):
-        row = int((probs < 0).any(1).nonzero()[0, 0])
-        raise UserError(f"probs has negative entries (first at row {row}): pass softmax probabilities, not logits")
+        return "probs_negative", int((probs < 0).any(1).nonzero()[0, 0])
     gap = (probs.sum(1) - 1).abs()
     if bool((gap > tol).any()):
-        row = int((gap > tol).nonzero()[0, 0])
-        raise UserError(
-            f"probs rows must sum to 1 (tolerance {tol:g}); row {row} sums to {float(probs[row].sum()):.6g}: "
-            "pass softmax probabilities over the class axis"
-        )
-    return probs, feats
+        return "probs_sum", int((gap > tol).nonzero()[0, 0])
+    return None
+
+
+def prob_sum_tolerance(probs: torch.Tensor) -> float:
+    """How far from 1 a row of probs (as the caller gave it, before any cast) may sum."""
+    return PROB_SUM_TOLERANCE[torch.float64 if probs.dtype == torch.float64 else torch.float32]
+
+
+def check_probs_feats(probs, feats) -> tuple[torch.Tensor, torch.Tensor]:
+    probs = as_tensor("probs", probs, 2)
+    feats = as_tensor("feats", feats, 2)
+    check_shapes(probs, feats)
+    tol = prob_sum_tolerance(probs)
+    dtype = common_float_dtype(probs, feats)
+    probs, feats = probs.to(dtype), feats.to(dtype)
+    bad = first_invalid(probs, feats, tol)
+    if bad is None:
+        return probs, feats
+    what, row = bad
+    if what.endswith("_nonfinite"):
+        raise UserError(f"{what.split('_')[0]} contains NaN or inf values (first at row {row})")
+    if what == "probs_negative":
+        raise UserError(f"probs has negative entries (first at row {row}): pass softmax probabilities, not logits")
+    raise UserError(
+        f"probs rows must sum to 1 (tolerance {tol:g}); row {row} sums to {float(probs[row].sum()):.6g}: "
+        "pass softmax probabilities over the class axis"
+    )
 
 
 def check_labeled(labeled, n: int, device: torch.device) -> torch.Tensor:

@@ -53,9 +53,9 @@ ROUNDOFF_ULPS = 64
 
 
 def snap_roundoff_(dist: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Zeroes, in place, distances that are round-off of the factorised formula."""
-    eps = torch.finfo(dist.dtype).eps
-    return dist.masked_fill_(dist <= scale * (ROUNDOFF_ULPS * eps), 0.0)
+    """Zeroes, in place, distances that are round-off of the factorised formula; scale (|x|^2 + |z|^2,
+    per distance) is overwritten."""
+    return dist.masked_fill_(dist <= scale.mul_(ROUNDOFF_ULPS * torch.finfo(dist.dtype).eps), 0.0)
 
 
 def argmax_first(values: Sequence[float]) -> int:

@@ -52,6 +52,7 @@ __all__ = [
     "open_pool",
     "plan_shards",
     "read_shard",
+    "row_location",
     "check_unique_ids",
     "duplicated_id",
     "id_locations",
@@ -664,12 +665,10 @@ def check_unique_ids(id_arrays: Iterable[np.ndarray]) -> None:
 
 def id_locations(pool: Pool, shard: Shard, ids: np.ndarray, value) -> list[str]:
     """'FILE row group G' for each row of the shard (whose ids, in row order, are ``ids``) holding ``value``."""
-    ends = np.cumsum([n for _, _, n in shard.row_groups])
     out = []
     for pos in np.flatnonzero(ids == value):
-        k = int(np.searchsorted(ends, pos, side="right"))
-        file_index, group, _ = shard.row_groups[k]
-        out.append(f"{pool.file_uri(file_index)} row group {group}")
+        file_uri, group, _ = row_location(pool, shard, int(pos))
+        out.append(f"{file_uri} row group {group}")
     return out
 
 
@@ -768,6 +767,14 @@ def recorded_rows(pool: Pool, table: pa.Table | None, ids) -> tuple[np.ndarray, 
     values = table.column("features").take(keep).combine_chunks().flatten()
     feats = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, pool.feature_dim)
     return rec_ids[keep], places, feats
+
+
+def row_location(pool: Pool, shard: Shard, pos: int) -> tuple[str, int, int]:
+    """(file URI, row group, row inside the row group) of the shard's row ``pos`` (rows in shard order)."""
+    ends = np.cumsum([n for _, _, n in shard.row_groups])
+    k = int(np.searchsorted(ends, pos, side="right"))
+    file_index, group, _ = shard.row_groups[k]
+    return pool.file_uri(file_index), group, pos - (int(ends[k - 1]) if k else 0)
 
 
 # --------------------------------------------------------------------------- write

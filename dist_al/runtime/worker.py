@@ -18,8 +18,10 @@ import ray
 import torch
 
 from dist_al.core.api import STRATEGIES
-from dist_al.models.build import Embedder, ModelSpec, build_model
-from dist_al.data.pool import PoolSpec, duplicated_id, id_locations, open_pool, read_rows, read_shard, rows_table, shard_places
+from dist_al.core.inputs import check_shapes, first_invalid, prob_sum_tolerance
+from dist_al.data.pool import (PoolSpec, duplicated_id, id_locations, open_pool, read_rows, read_shard, row_location,
+                               rows_table, shard_places)
+from dist_al.models.build import Embedder, ModelError, ModelSpec, build_model
 
 
 def _to_cpu(value: Any) -> Any:
@@ -49,6 +51,7 @@ class ShardWorker:
                                  autocast if gpu else None)
         self.batch_size = batch_size
         self._batches = None
+        self._next_row = 0  # shard row of the next embedded batch's first row
         self._ids: list[np.ndarray] = []
         self._p: list[torch.Tensor] = []
         self._h: list[torch.Tensor] = []
@@ -73,6 +76,8 @@ class ShardWorker:
         done = 0
         for batch in self._batches:
             p, h = self.embedder(torch.from_numpy(batch["features"].copy()))  # Arrow buffers are read-only
+            self._check_output(p, h, batch)
+            self._next_row += len(p)
             if "ids" in batch:
                 self._ids.append(batch["ids"])
             if "labels" in batch:
@@ -85,6 +90,36 @@ class ShardWorker:
         if not self._embedded:
             self._finish()
         return done
+
+    def _check_output(self, p: torch.Tensor, h: torch.Tensor, batch: dict) -> None:
+        """The core's checks of (p, h), per batch, so a failure can name the row (and a NaN never reaches
+        a strategy, where it would turn BADGE's D^2 draws into uniform ones)."""
+        n = len(batch["features"])
+        try:
+            if p.ndim != 2 or h.ndim != 2 or len(p) != n:
+                raise ValueError(f"expected probabilities ({n}, K) and features ({n}, D), "
+                                 f"got shapes {tuple(p.shape)} and {tuple(h.shape)}")
+            check_shapes(p, h)
+        except ValueError as err:
+            file_uri, group, row = row_location(self.pool, self.shard, self._next_row)
+            raise ModelError(f"the model's output for file {file_uri} row group {group} (rows {row}..{row + n - 1}) "
+                             f"is unusable: {err}") from None
+        bad = first_invalid(p, h, prob_sum_tolerance(p))
+        if bad is None:
+            return
+        what, row = bad
+        file_uri, group, in_group = row_location(self.pool, self.shard, self._next_row + row)
+        row_id = batch["ids"][row] if "ids" in batch else self.ids[self._next_row + row]
+        row_id = row_id.item() if isinstance(row_id, np.generic) else row_id
+        values = {"probs_nonfinite": "NaN/inf class probabilities", "feats_nonfinite": "NaN/inf classifier inputs",
+                  "probs_negative": "negative class probabilities",
+                  "probs_sum": f"class probabilities summing to {float(p[row].sum()):.6g}"}[what]
+        if what.endswith("_nonfinite") and self.embedder.autocast == torch.float16:
+            hint = "with model.autocast=fp16, try bf16 or null (float16 overflows above 65504)"
+        else:
+            hint = "check the model and model.checkpoint (NaN/inf weights, a division by zero, an overflow)"
+        raise ModelError(f"the model produced {values} for id {row_id!r} (file {file_uri}, row group {group}, "
+                         f"row {in_group}); {hint}")
 
     def _finish(self) -> None:
         if self.rows is None:
@@ -108,6 +143,7 @@ class ShardWorker:
         if self._batches is not None:
             self._batches.close()  # an unfinished pass stops its prefetch thread
         self._batches = None
+        self._next_row = 0
         self._p, self._h = [], []
         if self.rows is None:  # the first pass was cut short: it starts over, ids and labels too
             self._ids, self._y = [], []
