@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 def __getattr__(name):
     # Lazy, so `import dist_al.core` never pulls in Ray.
     if name == "select":
-        from dist_al.runtime.sharded_pool import select
+        from dist_al.runtime.selection import select
 
         return select
     raise AttributeError(f"module 'dist_al' has no attribute {name!r}")

@@ -11,16 +11,16 @@ from dist_al.core.errors import UserError
 
 def select_command(args) -> int:
     from dist_al.config import load_config
-    from dist_al.runtime.sharded_pool import run_selection
     from dist_al.data.storage import write_table_atomic
+    from dist_al.runtime.selection import run_selection
 
     cfg = load_config(args.config, args.overrides)
     result = run_selection(cfg, progress=not args.no_progress)
-    strategy = cfg["selection"]["strategy"]
-    sel = cfg["selection"]
+    sel = cfg.selection
+    strategy = sel.strategy
     # named by what determines it, so running the same selection again rewrites the same bytes
-    out = args.out or f"{cfg['workdir'].rstrip('/')}/selections/{strategy}-budget{sel['budget']}-seed{sel['seed']}.parquet"
-    write_table_atomic(out, result.table, cfg["pool"]["storage_options"])
+    out = args.out or f"{cfg.workdir.rstrip('/')}/selections/{strategy}-budget{sel.budget}-seed{sel.seed}.parquet"
+    write_table_atomic(out, result.table, cfg.pool.storage_options)
     print(f"selected {result.table.num_rows} rows with {strategy} on {result.workers} workers "
           f"(embedding {result.seconds_embed:.1f}s, selection {result.seconds_select:.1f}s) -> {out}")
     return 0
@@ -95,11 +95,11 @@ EXIT_STORAGE = 1
 def _locked(cfg, command: str, step) -> int:
     """Runs a mutating step under the workdir lock; a held or lost lock or a store that stays down is one line."""
     from dist_al.campaign.lock import LockLost, WorkdirLocked
-    from dist_al.data.storage import StorageUnavailable
     from dist_al.campaign.workdir import workdir_lock
+    from dist_al.data.storage import StorageUnavailable
 
     try:
-        with workdir_lock(cfg, command):
+        with workdir_lock(cfg.workdir, cfg.pool.storage_options, command):
             print(step())
     except WorkdirLocked as err:
         print(f"dist-al: {err}", file=sys.stderr)

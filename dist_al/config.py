@@ -1,105 +1,244 @@
-"""YAML config files: parsed with a safe loader, checked key by key, overridable with `--set key=value`.
+"""The config: one typed model per section, and the only place where defaults live.
 
-The keys are a public contract (README "Config reference"). Every error names
-the key and, for a misspelt key, suggests the closest valid one.
+A YAML file (safe loader) and ``--set key=value`` overrides (each value parsed as YAML) are merged first and
+checked once, so a file and an override are the same thing. Every error is one line naming the key; a misspelt
+key suggests the closest valid one. Credentials in ``pool.storage_options`` (``dist_al.credentials`` says what
+counts) are held as :class:`Secret` values that print, dump and serialise as ``<redacted>``: a config copy that
+dist-al writes (``dist-al config show``, the workdir's ``config.yaml``, a log line) cannot leak one, while the
+filesystem still gets the value (``PoolConfig.fsspec_options``). Each layer gets only its section:
+``PoolConfig`` the data layer, ``ModelConfig`` the model layer, ``ClusterConfig`` the Ray runtime, ``TrainConfig``
+training. Strategy options are typed per strategy from the core's own option types (``dist_al.core.api``), so
+the core and the config cannot disagree on a default.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
-from typing import Any
+import json
+import typing
+from typing import Annotated, Any, Literal, Union
 
 import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    create_model,
+    field_serializer,
+    field_validator,
+)
 
-from dist_al.core.api import STRATEGIES, resolve_options
+from dist_al.core.api import STRATEGIES, StrategyOptions
 from dist_al.core.errors import UserError
+from dist_al.credentials import REDACTED, Secret, credential_paths, redact, reveal
 
 
 class ConfigError(UserError):
     """A config problem; the message names the key."""
 
 
-_ANY = object()
-
-# key -> (default, allowed types). None in types means the key may be null.
-SCHEMA: dict[str, dict[str, tuple[Any, tuple]]] = {
-    "pool": {
-        "uri": (_ANY, (str,)),
-        "id_column": ("id", (str,)),
-        "feature_column": ("features", (str,)),
-        "label_column": (None, (str, None)),
-        "storage_options": ({}, (dict,)),
-    },
-    "model": {
-        "factory": ("dist_al.models:mlp", (str,)),
-        "kwargs": ({}, (dict,)),
-        "checkpoint": (None, (str, None)),
-        "classifier": (None, (str, None)),
-        "autocast": (None, (str, None)),
-        "batch_size": (4096, (int,)),
-    },
-    "selection": {
-        "strategy": ("badge", (str,)),
-        "budget": (_ANY, (int,)),
-        "seed": (0, (int,)),
-        # strategy options (lam, oversample, ...) are checked against the strategy
-    },
-    "train": {
-        "epochs": (20, (int,)),
-        "lr": (1e-3, (float,)),
-        "batch_size": (128, (int,)),
-        "workers": (2, (int,)),
-        "use_gpu": (False, (bool,)),
-        "cpus_per_worker": (1, (int, float)),
-        "warm_start": (False, (bool,)),
-        "seed": (None, (int, None)),
-        "storage_path": (None, (str, None)),
-        "backend": ("ray", (str,)),
-    },
-    "simulation": {
-        "initial_labeled": (100, (int,)),
-        "rounds": (5, (int,)),
-        "strategies": (None, (str, None)),
-        "seeds": (1, (int,)),
-    },
-    "eval": {
-        "uri": (None, (str, None)),
-    },
-    "cluster": {
-        "address": (None, (str, None)),
-        "workers": (2, (int,)),
-        "gpus_per_worker": (0, (int, float)),
-        "cpus_per_worker": (1, (int, float)),
-        "start_timeout_s": (300.0, (int, float)),  # waiting for a cluster dist-al connects to: dist_al/cluster.py
-    },
-}
-TOP_LEVEL: dict[str, tuple[Any, tuple]] = {"workdir": ("./dist-al-work", (str,))}
-
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", dict: "a mapping", bool: "true or false",
-               None: "null"}
+def _hide_credentials(options: dict) -> dict:
+    """storage_options with every credential (at any depth) wrapped in a Secret."""
+    options = reveal(options)
+    out = json.loads(json.dumps(options, default=str)) if options else {}
+    for path in credential_paths({"pool": {"storage_options": out}}):
+        keys = path.split(".")[2:]
+        node = out
+        for key in keys[:-1]:
+            node = node[key]
+        leaf = keys[-1]
+        if leaf in node:  # a key that names a credential
+            node[leaf] = Secret(_original(options, keys))
+    return out
 
 
-def _suggest(key: str, valid) -> str:
-    hint = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
-    return f" (did you mean {hint[0]!r}?)" if hint else ""
+def _original(options: dict, keys: list[str]) -> Any:
+    node: Any = options
+    for key in keys:
+        node = node[key]
+    return node
 
 
-def _check_type(key: str, value: Any, types: tuple) -> Any:
-    if value is None and None in types:
-        return None
-    ok = tuple(t for t in types if t is not None)
-    if isinstance(value, bool):  # yaml's yes/no are booleans, never numbers
-        if bool in ok:
-            return value
-    elif isinstance(value, ok) or (float in ok and isinstance(value, int)):
-        return value
-    want = " or ".join(_TYPE_NAMES[t] for t in types)
-    shown = f"a {type(value).__name__}" if key == "pool.storage_options" else repr(value)  # may hold credentials
-    raise ConfigError(f"config key {key}: expected {want}, got {shown}")
+def _redacted(value: Any) -> Any:
+    if isinstance(value, Secret):
+        return REDACTED
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redacted(v) for v in value]
+    return value
 
 
-def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None) -> dict:
+class Section(BaseModel):
+    """Unknown keys are errors; values are not coerced across types (yaml's `yes` is no integer)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, arbitrary_types_allowed=True)
+
+
+class PoolConfig(Section):
+    """Where the pool lives and which columns hold ids, features and labels (the data layer's input)."""
+
+    uri: str = Field(description="Parquet file, directory or prefix; a local path or any fsspec URL (s3://, gs://)")
+    id_column: str = Field("id", description="unique row id (int64 or string)")
+    feature_column: str = Field("features", description="list of floats per row, the model's input")
+    label_column: str | None = Field(None, description="integer labels; read only by simulation and evaluation")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec/s3fs options, e.g. {endpoint_url: ...}; keep credentials in the "
+        "environment (any given here are held as secrets and never written)")
+
+    @field_validator("storage_options", mode="after")
+    @classmethod
+    def _secrets(cls, value: dict) -> dict:
+        return _hide_credentials(value)
+
+    @field_serializer("storage_options")
+    def _dump_storage_options(self, value: dict) -> dict:
+        return _redacted(value)
+
+    def fsspec_options(self) -> dict:
+        """storage_options with the credentials' values, for fsspec alone."""
+        return reveal(self.storage_options)
+
+
+class ModelConfig(Section):
+    """The model by import path and its weights (the model layer's input)."""
+
+    factory: str = Field("dist_al.models:mlp", description="module:function returning an nn.Module")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the factory")
+    checkpoint: str | None = Field(None, description="state_dict URI, loaded with weights_only=True; null = "
+                                   "initialise once from selection.seed")
+    classifier: str | None = Field(None, description="module name of the final nn.Linear; null = the last one")
+    autocast: Literal["bf16", "fp16"] | None = Field(None, description="mixed precision on GPU workers")
+    batch_size: int = Field(4096, gt=0, description="rows per forward pass")
+
+
+class SelectionBase(Section):
+    """The selection section's keys that every strategy has; each strategy adds its own options."""
+
+    budget: int = Field(gt=0, description="rows to select")
+    seed: int = Field(0, ge=0, description="seeds the coordinator's RNG and the model initialisation")
+
+    def options(self) -> StrategyOptions:
+        """This strategy's options, as the core takes them."""
+        return self.options_for(self.strategy)  # type: ignore[attr-defined]
+
+    def options_for(self, strategy: str) -> StrategyOptions:
+        """The options ``strategy`` takes, from the keys of this section it shares with it (simulate runs several
+        strategies from one section); the core's defaults for the rest."""
+        kind = STRATEGIES[strategy].options
+        given = {f.name: getattr(self, f.name) for f in dataclasses.fields(kind) if f.name in self.model_fields_set}
+        return kind(**given)
+
+
+def _selection_model(name: str) -> type[SelectionBase]:
+    kind = STRATEGIES[name].options
+    hints = typing.get_type_hints(kind)
+    fields: dict[str, Any] = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(kind)}
+    model_name = "".join(part.capitalize() for part in name.split("-")) + "Selection"
+    return create_model(model_name, __base__=SelectionBase, __module__=__name__,  # type: ignore[call-overload]
+                        __doc__=f"The selection section with strategy {name!r}.", strategy=(Literal[name], name),
+                        **fields)
+
+
+def _strategy_of(value: Any) -> str:
+    if isinstance(value, dict):
+        return value.get("strategy", "badge")
+    return getattr(value, "strategy", "badge")
+
+
+SELECTION_MODELS = {name: _selection_model(name) for name in STRATEGIES}
+globals().update({model.__name__: model for model in SELECTION_MODELS.values()})  # picklable, for Ray
+SelectionConfig = Annotated[
+    Union[tuple(Annotated[model, Tag(name)] for name, model in SELECTION_MODELS.items())],  # type: ignore[valid-type]
+    Discriminator(_strategy_of),
+]
+
+
+class TrainConfig(Section):
+    """Retraining on the labeled rows (Ray Train, or the same loop in this process)."""
+
+    epochs: int = Field(20, gt=0, description="passes over the labeled rows")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
+    batch_size: int = Field(128, gt=0, description="rows per optimiser step on each worker")
+    workers: int = Field(2, gt=0, description="Ray Train workers (DDP processes)")
+    use_gpu: bool = Field(False, description="one GPU per Ray Train worker")
+    cpus_per_worker: float = Field(1, ge=0, description="CPUs reserved per worker (also its torch threads)")
+    warm_start: bool = Field(False, description="start each round from the previous round's weights")
+    seed: int | None = Field(None, ge=0, description="model init and shuffling; null = selection.seed")
+    storage_path: str | None = Field(None, description="Ray Train run storage; null = next to the checkpoint")
+    backend: Literal["ray", "local"] = Field("ray", description="ray: TorchTrainer; local: the same loop in-process")
+
+
+class SimulationConfig(Section):
+    """`dist-al simulate`: the loop against the pool's hidden labels."""
+
+    initial_labeled: int = Field(100, ge=0, description="random rows labeled before the first round")
+    rounds: int = Field(5, gt=0, description="select-reveal-train rounds")
+    strategies: str | None = Field(None, description="comma-separated strategies; null = selection.strategy")
+    seeds: int = Field(1, gt=0, description="repetitions per strategy")
+
+
+class EvalConfig(Section):
+    uri: str | None = Field(None, description="a labeled Parquet dataset with the pool's columns; null = none")
+
+
+class ClusterConfig(Section):
+    """Where the ShardWorkers run and what each asks for (the Ray runtime's input)."""
+
+    address: str | None = Field(None, description="null = a private local Ray; auto, ray://... or HOST:PORT = "
+                                "connect")
+    workers: int = Field(2, gt=0, description="ShardWorker actors (shards)")
+    gpus_per_worker: float = Field(0, ge=0, description="GPUs per ShardWorker")
+    cpus_per_worker: float = Field(1, ge=0, description="CPUs per ShardWorker (also its torch threads)")
+    start_timeout_s: float = Field(300.0, gt=0, description="how long to wait for a cluster dist-al connects to "
+                                   "to place every worker")
+
+
+class Config(Section):
+    """A whole dist-al config (README, "Config reference")."""
+
+    pool: PoolConfig
+    model: ModelConfig = ModelConfig()
+    selection: SelectionConfig
+    train: TrainConfig = TrainConfig()
+    simulation: SimulationConfig = SimulationConfig()
+    eval: EvalConfig = EvalConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    workdir: str = Field("./dist-al-work", description="where outputs and rounds go (local path or s3:// prefix)")
+
+    @property
+    def train_seed(self) -> int:
+        return self.selection.seed if self.train.seed is None else self.train.seed
+
+    def raw(self) -> dict:
+        """The config as plain data that ``validate`` takes back, credentials still held as secrets."""
+        data = self.model_dump(mode="python", exclude_unset=False)
+        data["pool"]["storage_options"] = copy.deepcopy(self.pool.storage_options)
+        return data
+
+    def replace(self, **sections: Any) -> Config:
+        """A copy with some sections or keys changed (``replace(model={"checkpoint": uri})``), checked again."""
+        return validate(_merge(self.raw(), sections))
+
+    def dump(self) -> dict:
+        """Plain data with every credential redacted (``dist_al.credentials``, at any depth, not only the
+        secrets of storage_options): what `config show` prints and the workdir keeps."""
+        return redact(self.model_dump(mode="json"))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.dump(), sort_keys=False)
+
+
+# -- reading -------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = (),
+                base: dict | None = None) -> Config:
     """Reads YAML (safe loader), applies `key=value` overrides, checks and fills defaults."""
     return validate(read_config(path, overrides, base))
 
@@ -152,90 +291,119 @@ def _set_path(raw: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def validate(raw: dict) -> dict:
-    """A complete, checked config (new dict); raises ConfigError naming the first bad key."""
-    valid_top = list(SCHEMA) + list(TOP_LEVEL)
-    for key in raw:
-        if key not in valid_top:
-            raise ConfigError(f"unknown config key {key!r}{_suggest(key, valid_top)}; valid sections: {', '.join(valid_top)}")
-    cfg: dict[str, Any] = {}
-    for section, fields in SCHEMA.items():
-        given = raw.get(section) or {}
-        if not isinstance(given, dict):
-            raise ConfigError(f"config key {section}: expected a mapping, got {given!r}")
-        out = {}
-        for key, value in given.items():
-            if key not in fields and section != "selection":
-                raise ConfigError(f"unknown config key {section}.{key}{_suggest(key, fields)}")
-        for key, (default, types) in fields.items():
-            if key not in given:
-                if default is _ANY:
-                    raise ConfigError(f"config key {section}.{key} is required")
-                out[key] = copy.deepcopy(default)
-            else:
-                out[key] = _check_type(f"{section}.{key}", given[key], types)
-        if section == "selection":
-            out.update(_strategy_options(given, fields))
-        cfg[section] = out
-    for key, (default, types) in TOP_LEVEL.items():
-        cfg[key] = _check_type(key, raw[key], types) if key in raw else default
-    _check_values(cfg)
+def validate(raw: dict) -> Config:
+    """A complete, checked config; raises ConfigError naming the first bad key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config is a mapping of sections, got {type(raw).__name__}")
+    # an absent or empty section is a section of defaults, so a missing key is named as such
+    raw = {**{name: {} for name, f in Config.model_fields.items() if f.annotation is not str}, **raw}
+    raw = {k: ({} if v is None and k != "workdir" else v) for k, v in raw.items()}
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_message(err, raw)) from None
+    try:
+        cfg.selection.options()  # the core's own checks of the values (lam > 0, ...)
+    except UserError as err:
+        raise ConfigError(f"config key selection: {err}") from None
     return cfg
 
 
-def _strategy_options(given: dict, fields: dict) -> dict:
-    strategy = given.get("strategy", fields["strategy"][0])
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"config key selection.strategy: unknown strategy {strategy!r}"
-                          f"{_suggest(str(strategy), STRATEGIES)}; choose one of {', '.join(STRATEGIES)}")
-    options = {k: v for k, v in given.items() if k not in fields}
-    allowed = [k for k in STRATEGIES[strategy].options if k != "progress"]
-    for key in options:
-        if key not in allowed:
-            valid = list(fields) + allowed
-            raise ConfigError(f"unknown config key selection.{key} for strategy {strategy!r}{_suggest(key, valid)}; "
-                              f"valid keys: {', '.join(valid)}")
-    try:
-        resolve_options(strategy, options)
-    except UserError as err:
-        raise ConfigError(f"config key selection: {err}") from None
-    return options
+def schema() -> dict:
+    """JSON Schema of a config file, for editors' YAML plugins (completion and checking)."""
+    out = Config.model_json_schema()
+    out["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    out["title"] = "dist-al config"
+    return out
 
 
-def _check_values(cfg: dict) -> None:
-    if cfg["selection"]["budget"] <= 0:
-        raise ConfigError(f"config key selection.budget must be positive, got {cfg['selection']['budget']}")
-    if cfg["selection"]["seed"] < 0:
-        raise ConfigError(f"config key selection.seed must be >= 0, got {cfg['selection']['seed']}")
-    if cfg["cluster"]["workers"] < 1:
-        raise ConfigError(f"config key cluster.workers must be >= 1, got {cfg['cluster']['workers']}")
-    for key in ("gpus_per_worker", "cpus_per_worker"):
-        if cfg["cluster"][key] < 0:
-            raise ConfigError(f"config key cluster.{key} must be >= 0, got {cfg['cluster'][key]}")
-    if not cfg["cluster"]["start_timeout_s"] > 0:
-        raise ConfigError("config key cluster.start_timeout_s must be positive, "
-                          f"got {cfg['cluster']['start_timeout_s']}")
-    for key in ("epochs", "batch_size", "workers"):
-        if cfg["train"][key] < 1:
-            raise ConfigError(f"config key train.{key} must be >= 1, got {cfg['train'][key]}")
-    if cfg["train"]["lr"] <= 0:
-        raise ConfigError(f"config key train.lr must be positive, got {cfg['train']['lr']}")
-    if cfg["simulation"]["initial_labeled"] < 0 or cfg["simulation"]["rounds"] < 1:
-        raise ConfigError("config keys simulation.initial_labeled must be >= 0 and simulation.rounds >= 1")
-    if cfg["simulation"]["seeds"] < 1:
-        raise ConfigError(f"config key simulation.seeds must be >= 1, got {cfg['simulation']['seeds']}")
-    if cfg["train"]["backend"] not in ("ray", "local"):
-        raise ConfigError(f"config key train.backend must be 'ray' or 'local', got {cfg['train']['backend']!r}")
-    if cfg["model"]["batch_size"] < 1:
-        raise ConfigError(f"config key model.batch_size must be >= 1, got {cfg['model']['batch_size']}")
-    if cfg["model"]["autocast"] not in (None, "bf16", "fp16"):
-        raise ConfigError(f"config key model.autocast must be bf16, fp16 or null, got {cfg['model']['autocast']!r}")
+# -- one line per error ----------------------------------------------------------------------------
+
+_TYPE_NAMES = {"int_type": "an integer", "float_type": "a number", "string_type": "a string", "bool_type":
+               "true or false", "dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type":
+               "a mapping", "int_from_float": "an integer"}
 
 
-def strategy_options(cfg: dict) -> dict:
-    """The strategy's own options from the selection section."""
-    return {k: v for k, v in cfg["selection"].items() if k not in SCHEMA["selection"]}
+def _key(loc: tuple, raw: dict) -> str:
+    """The dotted config key of an error's location (without the union tags pydantic adds)."""
+    parts = [str(p) for p in loc if not (loc[:1] == ("selection",) and p == _selection_tag(raw) and p != loc[-1])]
+    return ".".join(p for p in parts if not p.startswith(("function-", "nullable[", "literal[")))
 
 
-def dump(cfg: dict) -> str:
-    return yaml.safe_dump(cfg, sort_keys=False)
+def _selection_tag(raw: dict) -> str:
+    section = raw.get("selection")
+    return _strategy_of(section) if isinstance(section, dict) else "badge"
+
+
+def _shown(key: str, value: Any) -> str:
+    return f"a {type(value).__name__}" if key.startswith("pool.storage_options") else repr(value)
+
+
+def _nullable(key: str, raw: dict) -> bool:
+    """Whether the config key may be null (for the messages)."""
+    model: Any = Config
+    *sections, name = key.split(".")
+    for part in sections:
+        field = model.model_fields.get(part)
+        model = SELECTION_MODELS[_selection_tag(raw)] if part == "selection" else (field and field.annotation)
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return False
+    field = model.model_fields.get(name)
+    return field is not None and type(None) in typing.get_args(field.annotation)
+
+
+def _one_of(values: list[str]) -> str:
+    return values[0] if len(values) == 1 else f"{', '.join(values[:-1])} or {values[-1]}"
+
+
+def _message(err: ValidationError, raw: dict) -> str:
+    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")  # a misspelt key explains the rest
+    e = errors[0]
+    key, kind, value = _key(e["loc"], raw), e["type"], e.get("input")
+    if kind == "extra_forbidden":
+        return _unknown_key(key, raw)
+    if kind == "missing":
+        return f"config key {key} is required"
+    if kind == "union_tag_invalid":
+        tag = e["ctx"]["tag"]
+        hint = difflib.get_close_matches(str(tag), STRATEGIES, n=1)
+        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        return (f"config key selection.strategy: unknown strategy {tag!r}{extra}; "
+                f"choose one of {', '.join(STRATEGIES)}")
+    if kind == "literal_error":
+        allowed = [v.strip().strip("'") for v in e["ctx"]["expected"].replace(" or ", ", ").split(",")]
+        return f"config key {key} must be {_one_of(allowed + ['null'] * _nullable(key, raw))}, got {_shown(key, value)}"
+    if kind in ("greater_than", "greater_than_equal"):
+        bound = e["ctx"].get("gt", e["ctx"].get("ge"))
+        want = "positive" if kind == "greater_than" and bound == 0 else f"{'>' if kind == 'greater_than' else '>='} {bound}"
+        return f"config key {key} must be {want}, got {_shown(key, value)}"
+    if kind in _TYPE_NAMES:
+        want = _TYPE_NAMES[kind] + (" or null" if _nullable(key, raw) else "")
+        return f"config key {key}: expected {want}, got {_shown(key, value)}"
+    if kind == "value_error":  # a strategy option's own check in the core
+        return f"config key {key}: {str(e['ctx']['error'])}"
+    return f"config key {key}: {e['msg']}"
+
+
+def _unknown_key(key: str, raw: dict) -> str:
+    *section, name = key.split(".")
+    if not section:
+        valid = list(Config.model_fields)
+        hint = _suggest(name, valid)
+        return f"unknown config key {name!r}{hint}; valid sections: {', '.join(valid)}"
+    if section == ["selection"]:
+        strategy = _selection_tag(raw)
+        valid = [k for k in SELECTION_MODELS[strategy].model_fields if k != "strategy"] + ["strategy"]
+        return f"unknown config key {key} for strategy {strategy!r}{_suggest(name, valid)}; valid keys: {', '.join(valid)}"
+    model: Any = Config
+    for part in section:
+        field = model.model_fields.get(part)
+        model = field.annotation if field is not None else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return f"unknown config key {key}"
+    return f"unknown config key {key}{_suggest(name, list(model.model_fields))}"
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    hint = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f" (did you mean {hint[0]!r}?)" if hint else ""

@@ -118,3 +118,44 @@ def credential_paths(value: Any) -> list[str]:
 def redact(value: Any) -> Any:
     """A copy of a config (or any part of one) with every credential replaced by ``<redacted>``."""
     return _walk(value, (), [])
+
+
+class Secret:
+    """A credential: its value reaches the filesystem, never a print, a dump or a file.
+
+    Pickles with its value (a Ray worker needs it to read the pool); ``repr``, ``str`` and every dump say
+    ``<redacted>``; ``yaml.safe_dump`` and ``json.dumps`` of a raw Secret fail rather than leak.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: Any):
+        self._value = value
+
+    def reveal(self) -> Any:
+        return self._value
+
+    def __repr__(self) -> str:
+        return REDACTED
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Secret", repr(type(self._value))))
+
+    def __reduce__(self):
+        return Secret, (self._value,)
+
+
+def reveal(value: Any) -> Any:
+    """``value`` with every Secret inside replaced by what it holds: for the filesystem, never for output."""
+    if isinstance(value, Secret):
+        return value.reveal()
+    if isinstance(value, dict):
+        return {k: reveal(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(reveal(v) for v in value)
+    return value

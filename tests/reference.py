@@ -6,14 +6,16 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from dist_al.models.build import Embedder, ModelSpec, build_model
-from dist_al.data.pool import PoolSpec, open_pool, plan_shards, read_shard
+from dist_al.config import ModelConfig, PoolConfig
+from dist_al.data.pool import open_pool, plan_shards, read_shard
+from dist_al.models.build import build_model
+from dist_al.models.embedder import Embedder
 
 
 def embed_pool(uri: str, model: dict, seed: int = 7) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
     """(ids, p, h) of every row in pool order, with the model a ShardedPool builds from `seed`."""
-    pool = open_pool(PoolSpec(uri, label_column="label"))
-    embed = Embedder(build_model(ModelSpec(**model), seed=seed))
+    pool = open_pool(PoolConfig(uri=uri, label_column="label"))
+    embed = Embedder(build_model(ModelConfig(**model), seed=seed))
     ids, probs, feats = [], [], []
     for batch in read_shard(pool, plan_shards(pool, 1)[0]):
         p, h = embed(torch.from_numpy(batch["features"].copy()))
@@ -24,12 +26,12 @@ def embed_pool(uri: str, model: dict, seed: int = 7) -> tuple[np.ndarray, torch.
 
 
 
-def full_scan_labeled(cfg: dict, labels: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def full_scan_labeled(pool_cfg: PoolConfig, labels: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`dist_al.campaign.train.gather_labeled` as it was: one pass over every row of the pool, keeping the labeled ones."""
-    from dist_al.campaign.train import _label_keys, _pool_spec
+    from dist_al.campaign.train import _label_keys
 
     keys = _label_keys(labels)
-    pool = open_pool(_pool_spec(cfg))
+    pool = open_pool(pool_cfg)
     ids_parts, feat_parts = [], []
     for batch in read_shard(pool, plan_shards(pool, 1)[0], columns=("id", "features")):
         mask = np.isin(batch["ids"], keys)

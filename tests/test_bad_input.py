@@ -22,11 +22,11 @@ import pytest
 import torch
 import yaml
 
-from dist_al.runtime.cluster import LOCAL_WORKERS_PER_CORE, cores
-from dist_al.config import load_config
-from dist_al.models import mlp
-from dist_al.data.pool import write_pool
 from dist_al.campaign.rounds import ingest
+from dist_al.config import load_config
+from dist_al.data.pool import write_pool
+from dist_al.models import mlp
+from dist_al.runtime.cluster import LOCAL_WORKERS_PER_CORE, cores
 
 ROWS, CLASSES, DIM = 120, 4, 8
 MODEL = {"in_dim": DIM, "n_classes": CLASSES, "hidden": 16}
@@ -302,12 +302,13 @@ def test_model_that_outputs_nan_for_one_row(env, tmp_path):
 def test_nan_under_fp16_autocast_suggests_bf16(env):
     """On a GPU worker with model.autocast=fp16 the hint names the likely cause (run here without a GPU: the
     check itself, on a batch whose row 7 overflowed)."""
-    from dist_al.distributed import ShardWorker
-    from dist_al.model import ModelError
-    from dist_al.pool import PoolSpec, open_pool, plan_shards
+    from dist_al.config import PoolConfig
+    from dist_al.data.pool import open_pool, plan_shards
+    from dist_al.models.build import ModelError
+    from dist_al.runtime.worker import ShardWorker
 
     worker = object.__new__(ShardWorker)
-    worker.pool = open_pool(PoolSpec(str(env["root"] / "pool")))
+    worker.pool = open_pool(PoolConfig(uri=str(env["root"] / "pool")))
     worker.shard = plan_shards(worker.pool, 2)[1]
     worker.embedder = types.SimpleNamespace(autocast=torch.float16)
     worker._next_row = 30

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from dist_al.core import dense, select
+from dist_al.core import select
+from dist_al.testing import oracles as dense
 
 # -- helpers ------------------------------------------------------------------------------
 

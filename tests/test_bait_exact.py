@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from dist_al.core import bait, dense, select
+from dist_al.core import bait, select
+from dist_al.core.options import BaitOptions
+from dist_al.testing import oracles as dense
 
 RTOL = 1e-6  # objectives: fast (Woodbury, float64) vs dense (explicit inverses, float64)
 MIN_GAP = 1e-9  # greedy steps whose best and second-best scores are closer (relative) are near-ties
@@ -312,7 +314,7 @@ def test_float32_state_refreshed_from_A_matches_float64(monkeypatch):
     edges = [0, 333, 1500, 2000]
     shards = LocalShards([bait.BaitShard(probs[a:b], feats[a:b], mask[a:b], a) for a, b in zip(edges, edges[1:])])
     with torch.inference_mode():
-        picks, _, _ = bait.bait(shards, 40, lam=1e-3)
+        picks, _, _ = bait.bait(shards, 40, BaitOptions(lam=1e-3))
     np.testing.assert_array_equal([edges[s] + i for s, i in picks], got)
 
     monkeypatch.setattr(bait, "DRIFT_TOL", np.inf)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from dist_al.runtime.cluster import cores
 from dist_al.config import load_config
+from dist_al.runtime.cluster import cores
 
 ROOT = Path(__file__).resolve().parents[1]
 

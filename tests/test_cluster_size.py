@@ -1,4 +1,4 @@
-"""More workers than the cluster can place never wait silently forever (dist_al/cluster.py).
+"""More workers than the cluster can place never wait silently forever (dist_al/runtime/cluster.py).
 
 A cluster dist-al connects to may grow: dist-al waits, says what is missing, and proceeds when a node joins, or
 gives up after cluster.start_timeout_s with every actor and placement group it made released. A private local Ray
@@ -18,12 +18,12 @@ import pytest
 import ray
 from raycluster import multi_node_cluster
 
-from dist_al import cluster as capacity
-from dist_al.runtime.cluster import ClusterTooSmall, WorkerGroup, worker_threads
+from dist_al.campaign.train import train
 from dist_al.config import validate
 from dist_al.data.pool import write_pool
-from dist_al.runtime.sharded_pool import ShardedPool
-from dist_al.campaign.train import train
+from dist_al.runtime import cluster as capacity
+from dist_al.runtime.cluster import ClusterTooSmall, WorkerGroup, worker_threads
+from dist_al.runtime.selection import sharded_pool
 
 DIM, CLASSES = 4, 3
 
@@ -103,7 +103,7 @@ def test_waits_for_a_node_that_joins_then_proceeds(head_only, pool_uri, progress
 
     def select():  # Ray adds nodes from the main thread only: the driver waits in this one
         try:
-            pool = ShardedPool(_config(pool_uri, cpus_per_worker=1, start_timeout_s=120))
+            pool = sharded_pool(_config(pool_uri, cpus_per_worker=1, start_timeout_s=120))
             try:
                 outcome["picked"] = len(pool.select("margin", 5).table)
                 outcome["nodes"] = len({node for node, _ in pool.where})
@@ -127,7 +127,7 @@ def test_waits_for_a_node_that_joins_then_proceeds(head_only, pool_uri, progress
 
 def test_shard_workers_time_out_and_are_released(head_only, pool_uri, progress):
     with pytest.raises(ClusterTooSmall) as err:
-        ShardedPool(_config(pool_uri, cpus_per_worker=1, start_timeout_s=2))
+        sharded_pool(_config(pool_uri, cpus_per_worker=1, start_timeout_s=2))
     print("OBSERVED", err.value)
     assert re.match(r"the cluster had [01] of 2 ShardWorkers started after 2 s \(cluster.start_timeout_s\); they "
                     r"need 1 CPU and 0 GPU each, and the cluster has [01] of 1 CPUs and 0 of 0 GPUs free: change "

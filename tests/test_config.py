@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dist_al.config import ConfigError, load_config, strategy_options
+from dist_al.config import ConfigError, load_config
+from dist_al.core.options import BaitOptions
 
 BASE = ["pool.uri=/data/pool", "selection.budget=10"]
 
@@ -12,16 +13,16 @@ BASE = ["pool.uri=/data/pool", "selection.budget=10"]
 def test_defaults_and_overrides():
     cfg = load_config(None, BASE + ["selection.strategy=bait", "selection.lam=0.01", "cluster.workers=4",
                                     "model.kwargs={in_dim: 8, n_classes: 3}"])
-    assert cfg["pool"]["id_column"] == "id" and cfg["cluster"]["workers"] == 4
-    assert cfg["model"]["kwargs"] == {"in_dim": 8, "n_classes": 3}
-    assert strategy_options(cfg) == {"lam": 0.01}
+    assert cfg.pool.id_column == "id" and cfg.cluster.workers == 4
+    assert cfg.model.kwargs == {"in_dim": 8, "n_classes": 3}
+    assert cfg.selection.options() == BaitOptions(lam=0.01)
 
 
 def test_yaml_file_and_override_precedence(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("pool: {uri: /p}\nselection: {budget: 5, strategy: margin}\n")
     cfg = load_config(str(path), ["selection.budget=7"])
-    assert cfg["selection"]["budget"] == 7 and cfg["selection"]["strategy"] == "margin"
+    assert cfg.selection.budget == 7 and cfg.selection.strategy == "margin"
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -34,7 +35,9 @@ def test_yaml_file_and_override_precedence(tmp_path):
     (BASE + ["selection.budget=ten"], "config key selection.budget: expected an integer, got 'ten'"),
     (BASE + ["selection.budget=0"], "selection.budget must be positive"),
     (BASE + ["cluster.workers=yes"], "config key cluster.workers: expected an integer, got True"),
-    (BASE + ["selection.strategy=bait", "selection.weighting=median"], "option weighting must be one of"),
+    (BASE + ["selection.strategy=bait", "selection.weighting=median"],
+     "config key selection.weighting must be reference or mean, got 'median'"),
+    (BASE + ["selection.strategy=bait", "selection.lam=-1"], "config key selection: option lam must be a positive number"),
     (BASE + ["model.autocast=int8"], "model.autocast must be bf16, fp16 or null"),
     (BASE + ["cluster.start_timeout_s=0"], "config key cluster.start_timeout_s must be positive, got 0"),
     (BASE + ["noequals"], "--set expects key=value"),

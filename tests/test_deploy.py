@@ -16,12 +16,12 @@ import gzip
 import hashlib
 import json
 import re
-import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jsonschema
 import pytest
+import tomllib
 import yaml
 from jsonschema.exceptions import ValidationError
 from packaging.requirements import Requirement
@@ -517,7 +517,7 @@ def test_the_configmap_config_is_a_valid_dist_al_config():
 
     [(_, config)] = manifests("ConfigMap")
     cfg = validate(yaml.safe_load(config["data"]["config.yaml"]))
-    assert cfg["cluster"]["gpus_per_worker"] == 1 and cfg["train"]["use_gpu"] is True
+    assert cfg.cluster.gpus_per_worker == 1 and cfg.train.use_gpu is True
 
 
 def test_cluster_launcher_config_has_a_head_and_gpu_workers_and_installs_dist_al():

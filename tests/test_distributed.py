@@ -14,10 +14,10 @@ from reference import embed_pool
 
 from dist_al.config import validate
 from dist_al.core import STRATEGIES, select
-from dist_al.models.build import build_model
 from dist_al.data.pool import open_pool, plan_shards, write_pool
-from dist_al.runtime.sharded_pool import ShardedPool, run_selection
 from dist_al.data.synthetic import gaussian_mixture
+from dist_al.models.build import build_model
+from dist_al.runtime.selection import run_selection, sharded_pool
 
 N_ROWS, N_CLASSES, DIM, ROWS_PER_GROUP = 1200, 4, 8, 100
 MODEL = {"factory": "dist_al.models:mlp", "kwargs": {"in_dim": DIM, "n_classes": N_CLASSES, "hidden": 12}}
@@ -66,7 +66,7 @@ def _core_selection(uri, strategy, labeled_ids, budget=15):
 @pytest.fixture(scope="module")
 def embedded(cluster, local_pool):
     """The local pool embedded by 1, 2 and 4 workers, kept resident for every strategy."""
-    pools = {w: ShardedPool(_config(local_pool[0], "badge", w)) for w in (1, 2, 4)}
+    pools = {w: sharded_pool(_config(local_pool[0], "badge", w)) for w in (1, 2, 4)}
     yield pools
     for p in pools.values():
         p.close()
@@ -86,12 +86,12 @@ def test_same_ids_for_1_2_4_workers_and_equal_to_core(embedded, local_pool, stra
 
 
 def test_workers_spread_over_nodes(cluster, local_pool):
-    from dist_al.runtime.sharded_pool import model_spec, pool_spec, start_workers
+    from dist_al.runtime.sharded_pool import start_workers
 
     cfg = _config(local_pool[0], "badge", 3)
-    pool = open_pool(pool_spec(cfg))
-    state = build_model(model_spec(cfg)).state_dict()
-    workers = start_workers(cfg, ray.put(state), plan_shards(pool, 3))
+    pool = open_pool(cfg.pool)
+    state = build_model(cfg.model).state_dict()
+    workers = start_workers(cfg.pool, cfg.model, cfg.cluster, ray.put(state), plan_shards(pool, 3))
     ray.get([w.embed_step.remote(10**9) for w in workers])
     ray.get([w.embed_step.remote(10**9) for w in workers])
     nodes = {s["node"] for s in ray.get([w.summary.remote() for w in workers])}
@@ -142,7 +142,7 @@ def test_badge_same_ids_for_1_and_3_workers_with_tiny_norm_rows(cluster, tmp_pat
     linear = {"factory": "dist_al.models:mlp", "kwargs": {"in_dim": DIM, "n_classes": N_CLASSES, "depth": 0}}
     picked = []
     for workers in (1, 3):
-        pool = ShardedPool(_config(uri, "badge", workers, label_column=None, model=linear))
+        pool = sharded_pool(_config(uri, "badge", workers, label_column=None, model=linear))
         try:
             picked.append(pool.select("badge", 60, seed=7).table.column("id").to_pylist())
         finally:

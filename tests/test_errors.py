@@ -34,7 +34,7 @@ def make_pool_with(patch: str, *args: str):
 
 BUGS = [
     ("def bug(*a, **k):\n    raise ValueError('a bug deep down')\ndist_al.data.pool.write_table_atomic = bug",
-     "ValueError", "a bug deep down", "dist_al/pool.py", "write_pool"),
+     "ValueError", "a bug deep down", "dist_al/data/pool.py", "write_pool"),
     ("def bug(*a, **k):\n    return {}['rows']\ndist_al.data.synthetic.gaussian_mixture = bug",
      "KeyError", "'rows'", "dist_al/commands.py", "make_pool_command"),
 ]
@@ -80,5 +80,5 @@ def test_errors_raised_on_a_ray_worker(ray_local, monkeypatch, capsys, function,
     if code == 2:
         assert err == "dist-al: error: budget 5 is larger than the 3 unlabeled rows"
     else:
-        assert INTERNAL.match(err).groups() == ("ValueError", "n_shards must be >= 1, got 0", "dist_al/pool.py",
+        assert INTERNAL.match(err).groups() == ("ValueError", "n_shards must be >= 1, got 0", "dist_al/data/pool.py",
                                                 "plan_shards"), err

@@ -12,8 +12,16 @@ import pytest
 
 from dist_al.cli import main as cli_main
 from dist_al.experiments.datasets import split, write_dataset
-from dist_al.experiments.report import (Setting, auc, labels_to_target, load_setting, paired_t, penalty_matrix,
-                                setting_summary, t_critical)
+from dist_al.experiments.report import (
+    Setting,
+    auc,
+    labels_to_target,
+    load_setting,
+    paired_t,
+    penalty_matrix,
+    setting_summary,
+    t_critical,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,14 +22,15 @@ import ray
 from raycluster import multi_node_cluster
 from reference import embed_pool
 
-from dist_al import selection
 from dist_al.config import validate
 from dist_al.core import select
-from dist_al.runtime.worker import RayShards, ShardWorker, get_all
-from dist_al.models.build import build_model
 from dist_al.data.pool import write_pool
-from dist_al.runtime.sharded_pool import ShardedPool, WorkerLostError, model_spec
 from dist_al.data.synthetic import gaussian_mixture
+from dist_al.models.build import build_model
+from dist_al.runtime import sharded_pool as pool_runtime
+from dist_al.runtime.selection import sharded_pool
+from dist_al.runtime.sharded_pool import RayShards, WorkerLostError, get_all
+from dist_al.runtime.worker import ShardWorker
 
 # Workers unpickle the test's ShardWorker subclass by value: this module is not importable there.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -107,14 +108,14 @@ def during(method: str, n: int, action) -> type:
     seen = {"calls": 0}
 
     class Shards(RayShards):
-        def map(self, name, *args):
-            if name == method:
+        def map(self, fn, *args):
+            if fn.__name__ == method:
                 seen["calls"] += 1
                 if seen["calls"] == n:
-                    refs = [w.invoke.remote(name, *args) for w in self.workers]
+                    refs = [w.invoke.remote(fn.__name__, *args) for w in self.workers]
                     action(self)
                     return get_all(refs)
-            return super().map(name, *args)
+            return super().map(fn, *args)
 
     return Shards
 
@@ -164,12 +165,12 @@ def hurt_pool(cluster, pool_uri, trip):
     died, warnings logged while it was built)."""
     trip.write_text("1 embed_step 2\n2 id_buckets 1")
     mp = pytest.MonkeyPatch()
-    mp.setattr(selection, "ShardWorker", trip_worker(trip))
-    mp.setattr(selection, "EMBED_STEP_ROWS", 30)  # 4 steps per shard
+    mp.setattr(pool_runtime, "ShardWorker", trip_worker(trip))
+    mp.setattr(pool_runtime, "EMBED_STEP_ROWS", 30)  # 4 steps per shard
     handler = _Messages()
     logging.getLogger("dist_al.runtime.sharded_pool").addHandler(handler)
     try:
-        pool = ShardedPool(_config(pool_uri), labels=True)
+        pool = sharded_pool(_config(pool_uri), labels=True)
         died = _died(trip)
     finally:
         logging.getLogger("dist_al.runtime.sharded_pool").removeHandler(handler)
@@ -232,7 +233,7 @@ def test_worker_dying_in_badge_centre_3(pool, fault_free, trip, caplog):
 def test_worker_killed_in_bait_update(pool, fault_free, monkeypatch, caplog):
     victim = pool.workers[0]
     before = pool.where[0]
-    monkeypatch.setattr(selection, "RayShards", during("update", 4, lambda g: ray.kill(g.workers[0], no_restart=True)))
+    monkeypatch.setattr(pool_runtime, "RayShards", during("update", 4, lambda g: ray.kill(g.workers[0], no_restart=True)))
     caplog.set_level(logging.WARNING, logger="dist_al.runtime.sharded_pool")
     assert _select(pool, "bait") == fault_free["bait"]
     assert pool.workers[0] is not victim and pool.where[0][1] != before[1]
@@ -244,7 +245,7 @@ def test_node_removed_during_badge_scalable_and_coreset(cluster, pool, fault_fre
     shard = next(s for s, (node, _) in enumerate(pool.where) if node != head)
     node = next(n for n in cluster.worker_nodes if n.node_id == pool.where[shard][0])
     hosted = [s for s, (n, _) in enumerate(pool.where) if n == node.node_id]
-    monkeypatch.setattr(selection, "RayShards", during("add_centres", 2, lambda g: cluster.remove_node(node)))
+    monkeypatch.setattr(pool_runtime, "RayShards", during("add_centres", 2, lambda g: cluster.remove_node(node)))
     caplog.set_level(logging.WARNING, logger="dist_al.runtime.sharded_pool")
     try:
         assert _select(pool, "badge-scalable") == fault_free["badge-scalable"]
@@ -279,7 +280,7 @@ def test_labels_and_reembed_survive_a_killed_worker(pool, fault_free, caplog):
     again_ids, again_labels = pool.rows_at(rows)
     assert np.array_equal(again_ids, ids) and np.array_equal(again_labels, labels)
     _kill(pool.workers[0])
-    pool.reembed(build_model(model_spec(pool.cfg), seed=7).state_dict())  # the same weights: the same ids
+    pool.reembed(build_model(pool.model, seed=7).state_dict())  # the same weights: the same ids
     assert _select(pool, "badge") == fault_free["badge"]
     recoveries = _recoveries(caplog)
     for shard, during in ((1, "reading labels by id"), (2, "reading labels by row"), (0, "loading new weights")):
@@ -298,7 +299,7 @@ def test_picked_rows_survive_a_killed_worker(pool, fault_free, caplog):
 
 
 def test_worker_that_keeps_dying_is_a_clear_error(pool, fault_free, trip, monkeypatch):
-    monkeypatch.setattr(selection, "MAX_RECOVERIES", 1)  # the default 3 costs two more worker starts
+    monkeypatch.setattr(pool_runtime, "MAX_RECOVERIES", 1)  # the default 3 costs two more worker starts
     trip.write_text("1 add_centre 2 always")  # every replacement of shard 1 dies the same way
     with pytest.raises(WorkerLostError, match=r"'badge': ShardWorkers kept dying \(lost now: shard 1\), gave up after 1 "):
         _select(pool, "badge")

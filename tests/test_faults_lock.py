@@ -22,14 +22,22 @@ from pathlib import Path
 
 import fsspec
 import pytest
+from test_faults_rounds import (  # noqa: F401
+    TEMP,
+    _foreign_lock,
+    config,
+    flaky_s3,
+    labels_csv,
+    make_pool,
+    read,
+    write_config,
+)
 
-from dist_al.config import validate
 from dist_al.campaign.lock import LockLost, WorkdirLock, WorkdirLocked
 from dist_al.campaign.rounds import ingest
-from dist_al.data.storage import remove_tree, write_bytes_atomic
 from dist_al.campaign.workdir import workdir_lock
-from test_faults_rounds import (TEMP, _foreign_lock, config, flaky_s3, labels_csv, make_pool, read,  # noqa: F401
-                                write_config)
+from dist_al.config import validate
+from dist_al.data.storage import remove_tree, write_bytes_atomic
 
 HOST = socket.gethostname()
 # the CLI with a lease of argv[1] seconds; the lock reads LEASE_S when it is made
@@ -283,7 +291,7 @@ def test_the_temp_sweep_spares_a_competing_acquirers_temp_file(tmp_path):
     (pending,) = [p for p in work.iterdir() if TEMP.match(p.name) and p != killed_create]
     cfg = {"workdir": str(work), "pool": {"storage_options": {}}}
     try:
-        with workdir_lock(cfg, "round") as lock:
+        with workdir_lock(cfg["workdir"], cfg["pool"]["storage_options"], "round") as lock:
             assert pending.exists() and not killed_write.exists() and not killed_create.exists()
             os.kill(competitor.pid, signal.SIGCONT)
             out, err = competitor.communicate(timeout=120)

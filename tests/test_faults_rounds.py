@@ -28,16 +28,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from s3server import FaultProxy, storage_options_for
 
-from dist_al.config import validate
 from dist_al.campaign.labels import load_label_records
 from dist_al.campaign.lock import WorkdirLock, WorkdirLocked
-from dist_al.models.build import load_state
-from dist_al.data.pool import write_pool
 from dist_al.campaign.rounds import advance, ingest
+from dist_al.config import validate
+from dist_al.data.pool import write_pool
 from dist_al.data.storage import write_bytes_atomic
 from dist_al.data.synthetic import gaussian_mixture
-from s3server import FaultProxy, storage_options_for
+from dist_al.models.build import load_state
 
 BUDGET = 10
 ROWS = 400
@@ -197,7 +197,7 @@ def test_driver_killed_while_ray_train_runs_resumes(tmp_path, ray_local):
     args = ("--config", write_config(tmp_path, cfg))
     valid = validate(cfg)
     advance(valid)
-    ingest(valid, labels_csv(tmp_path, selection_ids(valid["workdir"]), truth))
+    ingest(valid, labels_csv(tmp_path, selection_ids(valid.workdir), truth))
     run_dir = tmp_path / "work" / "rounds" / "0001" / "_ray_train"
 
     proc = cli("round", *args, "--no-progress", popen=True)

@@ -14,11 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 from reference import full_scan_labeled
 
+from dist_al.campaign.train import gather_labeled
 from dist_al.config import validate
 from dist_al.data.pool import write_pool
-from dist_al.runtime.sharded_pool import ShardedPool
 from dist_al.data.synthetic import gaussian_mixture
-from dist_al.campaign.train import gather_labeled
+from dist_al.runtime.selection import sharded_pool
 
 N, K, D, PICKS = 360, 3, 6, 12
 
@@ -39,7 +39,7 @@ def pool(request, tmp_path_factory, ray_local):
                     "model": {"kwargs": {"in_dim": D, "n_classes": K, "hidden": 8}},
                     "selection": {"strategy": "badge", "budget": PICKS}, "cluster": {"workers": 2,
                                                                                      "cpus_per_worker": 0.5}})
-    sharded = ShardedPool(cfg)
+    sharded = sharded_pool(cfg)
     try:
         result = sharded.select("badge", PICKS)
         recorded = sharded.picked_rows(result)
@@ -52,7 +52,7 @@ def pool(request, tmp_path_factory, ray_local):
 
 def test_recorded_rows_name_where_each_pick_lives(pool):
     cfg, _, _, recorded = pool
-    root = cfg["pool"]["uri"]
+    root = cfg.pool.uri
     assert len(set(recorded.column("file").to_pylist())) > 1  # picks from several files
     for row in recorded.to_pylist():
         table = pq.ParquetFile(f"{root}/{row['file']}").read_row_group(row["row_group"])
@@ -77,16 +77,16 @@ def _same(got, want):
 def test_gather_equals_the_full_scan(pool, caplog):
     cfg, ids, truth, recorded = pool
     labels = _labels(truth, ids, recorded, extra=20)
-    want = full_scan_labeled(cfg, labels)
+    want = full_scan_labeled(cfg.pool, labels)
     with caplog.at_level(logging.INFO, logger="dist_al.campaign.train"):
-        _same(gather_labeled(cfg, labels, recorded), want)  # 12 recorded rows, 20 found by id
+        _same(gather_labeled(cfg.pool, labels, recorded), want)  # 12 recorded rows, 20 found by id
     assert [r.getMessage().split(":")[0] for r in caplog.records] == [
         "20 of 32 labeled ids have no recorded row"]
-    _same(gather_labeled(cfg, labels), want)  # nothing recorded: every id found by id
+    _same(gather_labeled(cfg.pool, labels), want)  # nothing recorded: every id found by id
     only_recorded = {i: truth[i] for i in recorded.column("id").to_pylist()}
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="dist_al.campaign.train"):
-        _same(gather_labeled(cfg, only_recorded, recorded), full_scan_labeled(cfg, only_recorded))
+        _same(gather_labeled(cfg.pool, only_recorded, recorded), full_scan_labeled(cfg.pool, only_recorded))
     assert not caplog.records  # no pass over the pool
 
 
@@ -98,7 +98,7 @@ def test_recorded_rows_the_pool_does_not_have_are_found_by_id(pool):
     stale = recorded.set_column(1, "file", pa.array(files)).set_column(2, "row_group", pa.array(groups)) \
         .set_column(3, "row", pa.array(rows))
     labels = _labels(truth, ids, recorded, extra=3)
-    _same(gather_labeled(cfg, labels, stale), full_scan_labeled(cfg, labels))
+    _same(gather_labeled(cfg.pool, labels, stale), full_scan_labeled(cfg.pool, labels))
 
 
 def _error(fn, *args) -> str:
@@ -112,11 +112,11 @@ def test_ids_missing_from_the_pool_are_the_same_error(pool):
     labels = _labels(truth, ids, recorded, extra=2)
     missing = {10**9 + 1: 0, 10**9 + 2: 1} if isinstance(ids[0], (int, np.integer)) else {"nope-1": 0, "nope-2": 1}
     labels.update(missing)
-    message = _error(gather_labeled, cfg, labels, recorded)
-    assert message == _error(full_scan_labeled, cfg, labels)
+    message = _error(gather_labeled, cfg.pool, labels, recorded)
+    assert message == _error(full_scan_labeled, cfg.pool, labels)
     assert message.startswith(f"2 of {PICKS + 4} labeled id(s) are not in pool ")
     wrong_kind = {(str(i) if isinstance(i, int) else k): v for k, (i, v) in enumerate(labels.items())}
-    assert _error(gather_labeled, cfg, wrong_kind, recorded) == _error(full_scan_labeled, cfg, wrong_kind)
+    assert _error(gather_labeled, cfg.pool, wrong_kind, recorded) == _error(full_scan_labeled, cfg.pool, wrong_kind)
 
 
 def test_a_labeled_id_the_pool_holds_twice_is_the_same_error(tmp_path):
@@ -128,5 +128,5 @@ def test_a_labeled_id_the_pool_holds_twice_is_the_same_error(tmp_path):
     cfg = validate({"pool": {"uri": uri}, "model": {"kwargs": {"in_dim": D, "n_classes": K}},
                     "selection": {"budget": 1}})
     labels = {5: 1, 6: 0}
-    message = _error(gather_labeled, cfg, labels)
-    assert message == _error(full_scan_labeled, cfg, labels) and message.startswith("labeled id 5 appears more")
+    message = _error(gather_labeled, cfg.pool, labels)
+    assert message == _error(full_scan_labeled, cfg.pool, labels) and message.startswith("labeled id 5 appears more")

@@ -6,10 +6,10 @@ import ast
 import importlib
 import pkgutil
 import sys
-import tomllib
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 

@@ -18,11 +18,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from s3server import s3_filesystem
 
+from dist_al.config import PoolConfig
 from dist_al.data.pool import (
     Pool,
     PoolError,
-    PoolSpec,
     Shard,
     check_unique_ids,
     open_pool,
@@ -30,7 +31,6 @@ from dist_al.data.pool import (
     read_shard,
     write_pool,
 )
-from s3server import s3_filesystem
 
 
 class Store:
@@ -42,8 +42,8 @@ class Store:
     def uri(self, name: str) -> str:
         return f"{self.base}/{name}"
 
-    def spec(self, name: str, **kw) -> PoolSpec:
-        return PoolSpec(self.uri(name), storage_options=self.options, **kw)
+    def spec(self, name: str, **kw) -> PoolConfig:
+        return PoolConfig(uri=self.uri(name), storage_options=self.options, **kw)
 
     def put_bytes(self, name: str, data: bytes) -> None:
         _, path = fsspec.core.url_to_fs(self.uri(name), **self.options)
@@ -60,7 +60,7 @@ class Store:
         _, path = fsspec.core.url_to_fs(self.uri(name), **self.options)
         self.fs.rm_file(path)
 
-    def write(self, name: str, ids, feats, labels=None, **kw) -> PoolSpec:
+    def write(self, name: str, ids, feats, labels=None, **kw) -> PoolConfig:
         write_pool(self.uri(name), ids, feats, labels, storage_options=self.options, **kw)
         return self.spec(name, label_column="label" if labels is not None else None)
 
@@ -176,7 +176,7 @@ def test_file_url_and_no_temp_files_left(tmp_path):
     uris = write_pool(f"file://{tmp_path}/pool", ids, feats, rows_per_file=10, rows_per_group=4)
     assert sorted(p.name for p in (tmp_path / "pool").iterdir()) == [f"part-0000{i}.parquet" for i in range(3)]
     assert uris == [f"file://{tmp_path}/pool/part-0000{i}.parquet" for i in range(3)]
-    pool = open_pool(PoolSpec(f"file://{tmp_path}/pool"))
+    pool = open_pool(PoolConfig(uri=f"file://{tmp_path}/pool"))
     np.testing.assert_array_equal(read_all(pool, 3)["features"], feats)
 
 
@@ -299,7 +299,7 @@ def test_custom_column_names(store):
         store.uri("pool"), ids, feats, labels, storage_options=store.options,
         id_column="uid", feature_column="emb", label_column="y",
     )
-    pool = open_pool(PoolSpec(store.uri("pool"), "uid", "emb", "y", store.options))
+    pool = open_pool(PoolConfig(uri=store.uri("pool"), id_column="uid", feature_column="emb", label_column="y", storage_options=store.options))
     got = read_all(pool, 2, ("label", "id"))
     np.testing.assert_array_equal(got["labels"], labels)
     np.testing.assert_array_equal(got["ids"], ids)
@@ -407,7 +407,7 @@ def test_missing_path(store):
 def test_missing_bucket(s3_storage_options):
     uri = f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/pool"
     with pytest.raises(PoolError, match=rf"^pool {uri}: no such file, directory, bucket or prefix$"):
-        open_pool(PoolSpec(uri, storage_options=s3_storage_options))
+        open_pool(PoolConfig(uri=uri, storage_options=s3_storage_options))
 
 
 class _RefusingFileSystem(fsspec.implementations.local.LocalFileSystem):
@@ -425,12 +425,12 @@ def test_unreadable_uri(tmp_path, monkeypatch, error, match):
     monkeypatch.setattr(_RefusingFileSystem, "error", error)
     fsspec.register_implementation("refusing", _RefusingFileSystem, clobber=True)
     with pytest.raises(PoolError, match=rf"^pool refusing://{tmp_path}: {match}"):
-        open_pool(PoolSpec(f"refusing://{tmp_path}", storage_options={"skip_instance_cache": True}))
+        open_pool(PoolConfig(uri=f"refusing://{tmp_path}", storage_options={"skip_instance_cache": True}))
 
 
 def test_unknown_protocol():
     with pytest.raises(PoolError, match=r"pool nosuchproto://x: cannot open filesystem"):
-        open_pool(PoolSpec("nosuchproto://x"))
+        open_pool(PoolConfig(uri="nosuchproto://x"))
 
 
 # ----------------------------------------------------------------------------- row content errors

@@ -10,12 +10,18 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from dist_al.config import validate
-from dist_al.models.build import load_state
-from dist_al.data.pool import write_pool
-from dist_al.campaign.rounds import advance, export_step, ingest, status_table, train_step
-from dist_al.data.synthetic import gaussian_mixture
+from dist_al.campaign.rounds import (
+    advance,
+    export_step,
+    ingest,
+    status_table,
+    train_step,
+)
 from dist_al.campaign.workdir import WorkdirError, open_workdir
+from dist_al.config import validate
+from dist_al.data.pool import write_pool
+from dist_al.data.synthetic import gaussian_mixture
+from dist_al.models.build import load_state
 
 BUDGET = 20
 
@@ -41,13 +47,13 @@ def campaign(s3_bucket, s3_storage_options, ray_local):
 
 
 def snapshot(cfg) -> dict:
-    fs, root = fsspec.core.url_to_fs(cfg["workdir"], **cfg["pool"]["storage_options"])
+    fs, root = fsspec.core.url_to_fs(cfg.workdir, **cfg.pool.fsspec_options())
     fs.invalidate_cache()
     return {p: fs.cat_file(p) for p in sorted(fs.find(root))}
 
 
 def selected_ids(cfg, n) -> list:
-    with fsspec.open(f"{cfg['workdir']}/rounds/{n:04d}/selection.parquet", "rb", **cfg["pool"]["storage_options"]) as f:
+    with fsspec.open(f"{cfg.workdir}/rounds/{n:04d}/selection.parquet", "rb", **cfg.pool.fsspec_options()) as f:
         return pq.read_table(f).column("id").to_pylist()
 
 
@@ -66,8 +72,8 @@ def label_studio_export(ids, truth) -> str:
 
 
 def put(cfg, name: str, text: str) -> str:
-    uri = f"{cfg['workdir'].rsplit('/', 1)[0]}/inbox/{name}"
-    with fsspec.open(uri, "w", **cfg["pool"]["storage_options"]) as f:
+    uri = f"{cfg.workdir.rsplit('/', 1)[0]}/inbox/{name}"
+    with fsspec.open(uri, "w", **cfg.pool.fsspec_options()) as f:
         f.write(text)
     return uri
 
@@ -85,8 +91,8 @@ def test_production_loop_is_idempotent_and_trains_with_ray_train(campaign, caplo
     assert snapshot(cfg) == before  # re-running changes nothing
 
     ids = selected_ids(cfg, 1)
-    recorded = f"{cfg['workdir']}/rounds/0001/selected_rows.parquet"
-    with fsspec.open(recorded, "rb", **cfg["pool"]["storage_options"]) as f:
+    recorded = f"{cfg.workdir}/rounds/0001/selected_rows.parquet"
+    with fsspec.open(recorded, "rb", **cfg.pool.fsspec_options()) as f:
         assert pq.read_table(f).column("id").to_pylist() == ids  # the picked rows, recorded by the ShardWorkers
     first = put(cfg, "batch1.json", label_studio_export(ids[:12], truth))
     assert ingest(cfg, first).startswith("12 labels accepted")
@@ -110,8 +116,8 @@ def test_production_loop_is_idempotent_and_trains_with_ray_train(campaign, caplo
     assert line.startswith(f"round 1: trained on {BUDGET} labeled rows, eval accuracy")
     metrics = json.loads(snapshot(cfg)[next(p for p in snapshot(cfg) if p.endswith("0001/metrics.json"))])
     assert metrics["workers"] == 2 and metrics["train_rows"] == BUDGET
-    model_uri = f"{cfg['workdir']}/rounds/0001/model.pt"
-    load_state(model_uri, cfg["pool"]["storage_options"])  # weights_only load works
+    model_uri = f"{cfg.workdir}/rounds/0001/model.pt"
+    load_state(model_uri, cfg.pool.storage_options)  # weights_only load works
     trained = snapshot(cfg)
     assert train_step(cfg, open_workdir(cfg)) == "round 1: nothing to train (trained)"
     assert export_step(cfg, open_workdir(cfg)) == "round 1: nothing to export (trained)"
@@ -129,13 +135,13 @@ def test_production_loop_is_idempotent_and_trains_with_ray_train(campaign, caplo
 def test_workdir_refuses_another_pool_or_model(campaign, tmp_path):
     cfg, _, options = campaign
     open_workdir(cfg)
-    other = dict(cfg, model={**cfg["model"], "kwargs": {"in_dim": 8, "n_classes": 4, "hidden": 32}})
+    other = cfg.replace(model={"kwargs": {"in_dim": 8, "n_classes": 4, "hidden": 32}})
     with pytest.raises(WorkdirError, match="model.kwargs"):
         open_workdir(other)
-    bucket = cfg["workdir"].split("/")[2]
+    bucket = cfg.workdir.split("/")[2]
     feats, labels = gaussian_mixture(100, 4, 8, seed=6)
     write_pool(f"s3://{bucket}/pool2", np.arange(100), feats.numpy(), labels.numpy(), storage_options=options)
-    moved = dict(cfg, pool={**cfg["pool"], "uri": f"s3://{bucket}/pool2"})
+    moved = cfg.replace(pool={"uri": f"s3://{bucket}/pool2"})
     with pytest.raises(WorkdirError, match="different pool"):
         open_workdir(moved)
     snap = snapshot(cfg)

@@ -28,7 +28,13 @@ import pytest
 import torch
 import yaml
 from rayhead import _kill_leftovers
-from s3server import FAKE_KEY, FAKE_SECRET, create_bucket, s3_filesystem, storage_options_for
+from s3server import (
+    FAKE_KEY,
+    FAKE_SECRET,
+    create_bucket,
+    s3_filesystem,
+    storage_options_for,
+)
 from test_bad_input import assert_one_line_error, cli, snapshot
 
 from dist_al.campaign.labels import EXPORT_FILES

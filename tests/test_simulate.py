@@ -13,16 +13,22 @@ import numpy as np
 import pytest
 import torch
 
+from dist_al.campaign.train import accuracy, train
 from dist_al.cli import main as cli_main
-from dist_al.config import validate
+from dist_al.config import ModelConfig, PoolConfig, validate
 from dist_al.core import select as core_select
-from dist_al.runtime.worker import ShardWorker
-from dist_al.models.build import Embedder, ModelSpec, build_model, load_state
-from dist_al.data.pool import PoolSpec, open_pool, plan_shards, write_pool
-from dist_al.runtime.sharded_pool import ShardedPool
-from dist_al.experiments.simulate import CURVE_COLUMNS, curve_uris, format_table, simulate
+from dist_al.data.pool import open_pool, plan_shards, write_pool
 from dist_al.data.synthetic import gaussian_mixture
-from dist_al.campaign.train import evaluate, train
+from dist_al.experiments.simulate import (
+    CURVE_COLUMNS,
+    curve_uris,
+    format_table,
+    simulate,
+)
+from dist_al.models.build import build_model, load_state
+from dist_al.models.embedder import Embedder
+from dist_al.runtime.selection import sharded_pool
+from dist_al.runtime.worker import ShardWorker
 
 N_POOL, N_EVAL, K, D = 600, 300, 4, 8
 INITIAL, BUDGET, ROUNDS, SEEDS = 12, 12, 3, 2
@@ -107,8 +113,8 @@ def test_same_initial_rows_for_every_strategy_at_a_seed(run):
 def test_checkpoints_per_round_load_and_match_the_curve(run, data):
     cfg = data["cfg"]
     for strategy in STRATEGIES:
-        state = load_state(f"{cfg['workdir']}/simulation/{strategy}/seed4/round{ROUNDS}.pt")
-        acc = evaluate(cfg, build_model(ModelSpec(**MODEL), state=state), data["eval_uri"])
+        state = load_state(f"{cfg.workdir}/simulation/{strategy}/seed4/round{ROUNDS}.pt")
+        acc = accuracy(cfg.pool, build_model(ModelConfig(**MODEL), state=state), data["eval_uri"])
         want = next(r["accuracy"] for r in run if r["strategy"] == strategy and r["seed"] == 4 and r["round"] == ROUNDS)
         assert acc == pytest.approx(want)
 
@@ -126,11 +132,11 @@ def test_table_lists_every_strategy_and_label_count(run):
 
 
 def test_reembed_changes_predictions_and_matches_core(ray_local, data):
-    cfg = validate({**data["cfg"], "selection": {"strategy": "margin", "budget": 20, "seed": 0}})
+    cfg = data["cfg"].replace(selection={"strategy": "margin", "budget": 20, "seed": 0})
     x, y, ids = data["x"][:N_POOL], data["y"][:N_POOL], data["ids"][:N_POOL]
     labeled = {int(i): int(c) for i, c in zip(ids[::10], y[::10])}
     trained = train(cfg, labeled, checkpoint_uri=str(data["root"] / "reembed" / "model.pt")).state
-    pool = ShardedPool(cfg, labels=True)
+    pool = sharded_pool(cfg, labels=True)
     try:
         before = pool.select("margin", 20).table.column("id").to_pylist()
         pool.reembed(trained)
@@ -145,7 +151,7 @@ def test_reembed_changes_predictions_and_matches_core(ray_local, data):
             pool.labels_of([ids[0], 1])
     finally:
         pool.close()
-    embedder = Embedder(build_model(ModelSpec(**MODEL), state=trained))
+    embedder = Embedder(build_model(ModelConfig(**MODEL), state=trained))
     p, h = embedder(torch.from_numpy(x))
     assert after == ids[core_select("margin", p, h, 20)].tolist()  # the workers used the new weights
     assert after != before
@@ -155,16 +161,16 @@ def test_worker_reembeds_in_place_with_string_ids(tmp_path):
     x, y = gaussian_mixture(40, 3, 4, seed=1)
     ids = np.array([f"row-{i:03d}" for i in range(40)], dtype=object)
     write_pool(str(tmp_path / "p"), ids, x.numpy(), y.numpy(), rows_per_group=16)
-    spec = PoolSpec(str(tmp_path / "p"), label_column="label")
+    spec = PoolConfig(uri=str(tmp_path / "p"), label_column="label")
     shard = plan_shards(open_pool(spec), 1)[0]
-    model_spec = ModelSpec("dist_al.models:mlp", {"in_dim": 4, "n_classes": 3, "hidden": 8})
+    model_spec = ModelConfig(kwargs={"in_dim": 4, "n_classes": 3, "hidden": 8})
     worker = ShardWorker(spec, shard, model_spec, build_model(model_spec, seed=0).state_dict(), labels=True)
     while worker.embed_step(10):
         pass
     p0 = worker.probs.clone()
     pos, labels = worker.labels_of(np.array(["row-039", "nope", "row-002"], dtype=object))
     assert pos.tolist() == [0, 2] and labels.tolist() == [int(y[39]), int(y[2])]
-    worker.load_state(build_model(model_spec, seed=1).state_dict())
+    worker.load_weights(build_model(model_spec, seed=1).state_dict())
     assert worker.probs is None
     while worker.embed_step(10):
         pass
@@ -189,10 +195,10 @@ def test_local_backend_is_deterministic_and_learns(data):
     assert all(torch.equal(v, b.state[k]) for k, v in a.state.items())
     saved = load_state(str(data["root"] / "local" / "a.pt"))
     assert all(torch.equal(v, saved[k]) for k, v in a.state.items())
-    untrained = evaluate(cfg, build_model(ModelSpec(**MODEL), seed=cfg["selection"]["seed"]), data["eval_uri"])
+    untrained = accuracy(cfg.pool, build_model(ModelConfig(**MODEL), seed=cfg.selection.seed), data["eval_uri"])
     assert a.accuracy > untrained + 0.2, (a.accuracy, untrained)
     assert a.metrics["loss_history"][-1] < 0.5 * a.metrics["loss_history"][0]
-    other = train(validate({**cfg, "train": {**TRAIN, "seed": 99}}), labels,
+    other = train(cfg.replace(train={**TRAIN, "seed": 99}), labels,
                   checkpoint_uri=str(data["root"] / "local" / "c.pt"))
     assert not all(torch.equal(v, other.state[k]) for k, v in a.state.items())
 
@@ -203,7 +209,7 @@ def test_local_backend_leaves_torch_rng_and_threads_alone(data):
     want = torch.rand(3)
     torch.manual_seed(123)
     threads = torch.get_num_threads()
-    train(validate({**data["cfg"], "train": {**TRAIN, "cpus_per_worker": 2}}), labels,
+    train(data["cfg"].replace(train={**TRAIN, "cpus_per_worker": 2}), labels,
           checkpoint_uri=str(data["root"] / "local" / "rng.pt"))
     assert torch.equal(torch.rand(3), want) and torch.get_num_threads() == threads
 
@@ -217,18 +223,14 @@ def test_local_backend_leaves_torch_rng_and_threads_alone(data):
     ({"simulation": {"rounds": 100}}, "= 1212 labels"),
 ])
 def test_settings_errors_before_anything_starts(data, change, message):
-    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data["cfg"].items()}
-    for section, values in change.items():
-        raw[section].update(values)
     with pytest.raises(ValueError, match=message):
-        simulate(validate(raw))
+        simulate(data["cfg"].replace(**change))
 
 
 def test_cli_unknown_strategy_is_one_line(data, tmp_path, capsys):
-    import yaml
 
     path = tmp_path / "sim.yaml"
-    path.write_text(yaml.safe_dump(data["cfg"]))
+    path.write_text(data["cfg"].to_yaml())
     assert cli_main(["simulate", "--config", str(path), "--strategies", "badge,bayt"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == ("dist-al: error: unknown strategy 'bayt' (did you mean 'bait'?); choose one of "
@@ -245,7 +247,7 @@ def test_local_backend_equals_one_worker_ray_train(ray_local, data):
     """The same loop function either way: one Ray Train worker gives the local backend's weights exactly."""
     labels = {int(data["ids"][i]): int(data["y"][i]) for i in range(0, N_POOL, 15)}
     local = train(data["cfg"], labels, checkpoint_uri=str(data["root"] / "backends" / "local.pt"))
-    cfg = validate({**data["cfg"], "train": {**TRAIN, "backend": "ray", "workers": 1}})
+    cfg = data["cfg"].replace(train={**TRAIN, "backend": "ray", "workers": 1})
     on_ray = train(cfg, labels, checkpoint_uri=str(data["root"] / "backends" / "ray.pt"))
     assert on_ray.workers == 1 and on_ray.metrics["loss_history"] == local.metrics["loss_history"]
     assert all(torch.equal(v, on_ray.state[k]) for k, v in local.state.items())
@@ -259,13 +261,12 @@ def test_pool_and_workdir_on_s3(ray_local, data, s3_bucket, s3_storage_options):
     root = f"s3://{s3_bucket}"
     write_pool(f"{root}/pool", ids[:200], x[:200], y[:200], rows_per_group=50, storage_options=s3_storage_options)
     write_pool(f"{root}/eval", ids[N_POOL:], x[N_POOL:], y[N_POOL:], storage_options=s3_storage_options)
-    cfg = validate({
-        **data["cfg"],
-        "pool": {"uri": f"{root}/pool", "label_column": "label", "storage_options": s3_storage_options},
-        "eval": {"uri": f"{root}/eval"},
-        "simulation": {"initial_labeled": 10, "rounds": 2},
-        "workdir": f"{root}/work",
-    })
+    cfg = data["cfg"].replace(
+        pool={"uri": f"{root}/pool", "label_column": "label", "storage_options": s3_storage_options},
+        eval={"uri": f"{root}/eval"},
+        simulation={"initial_labeled": 10, "rounds": 2},
+        workdir=f"{root}/work",
+    )
     records = simulate(cfg, strategies="margin", seeds=1)
     assert [(r["round"], r["labeled"]) for r in records] == [(0, 10), (1, 10 + BUDGET), (2, 10 + 2 * BUDGET)]
     fs = s3fs.S3FileSystem(skip_instance_cache=True, **s3_storage_options)
@@ -283,7 +284,7 @@ def test_cli_rerun_of_a_finished_simulation_changes_nothing(ray_local, data, tmp
     cfg_path = tmp_path / "sim.yaml"
     cfg = data["cfg"]
     cfg_path.write_text(
-        f"pool: {{uri: {cfg['pool']['uri']}, label_column: label}}\n"
+        f"pool: {{uri: {cfg.pool.uri}, label_column: label}}\n"
         f"model: {{kwargs: {{in_dim: {D}, n_classes: {K}, hidden: 16}}}}\n"
         f"selection: {{strategy: random, budget: {BUDGET}}}\ntrain: {{backend: local, epochs: 5}}\n"
         f"simulation: {{initial_labeled: {INITIAL}, rounds: 1}}\neval: {{uri: {data['eval_uri']}}}\n"

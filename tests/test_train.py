@@ -17,17 +17,11 @@ import pytest
 import s3server
 import torch
 
-from dist_al.config import validate
-from dist_al.models.build import ModelError, ModelSpec, build_model, load_state
+from dist_al.campaign.train import accuracy, gather_labeled, train
+from dist_al.config import ConfigError, ModelConfig, validate
 from dist_al.data.pool import write_pool
 from dist_al.data.synthetic import gaussian_mixture
-from dist_al.campaign.train import (
-    TRAIN_DEFAULTS,
-    evaluate,
-    gather_labeled,
-    train,
-    train_settings,
-)
+from dist_al.models.build import ModelError, build_model, load_state
 
 N_POOL, N_EVAL, K, D = 600, 300, 4, 8
 N_LABELED = 240
@@ -49,9 +43,9 @@ def data(tmp_path_factory):
         "pool": {"uri": pool_uri, "label_column": "label"},
         "model": {"kwargs": {"in_dim": D, "n_classes": K, "hidden": 32}},
         "selection": {"budget": 10},
+        "train": TRAIN,
         "workdir": str(root / "work"),
     })
-    cfg["train"] = dict(TRAIN)  # config.py does not know the section yet
     return {"root": root, "cfg": cfg, "labels": labels, "eval_uri": eval_uri, "x": x, "y": y, "ids": ids,
             "picked": picked}
 
@@ -77,8 +71,7 @@ def s3_run(s3_server, ray_local, data):
 
 
 def _untrained(cfg):
-    m = cfg["model"]
-    return build_model(ModelSpec(m["factory"], m["kwargs"]), seed=cfg["train"]["seed"])
+    return build_model(cfg.model, seed=cfg.train.seed)
 
 
 # --------------------------------------------------------------------------- a real fit
@@ -97,14 +90,14 @@ def test_ray_train_runs_two_workers(s3_run):
 def test_s3_checkpoint_loads_and_beats_untrained_model(s3_run, data):
     result, uri, options = s3_run["result"], s3_run["uri"], s3_run["options"]
     state = load_state(uri, options)  # weights_only=True, as selection loads model.checkpoint
-    m = data["cfg"]["model"]
-    trained = build_model(ModelSpec(m["factory"], m["kwargs"]), state=state)
-    acc_trained = evaluate(data["cfg"], trained, data["eval_uri"])
-    acc_untrained = evaluate(data["cfg"], _untrained(data["cfg"]), data["eval_uri"])
+    m = data["cfg"].model
+    trained = build_model(m, state=state)
+    acc_trained = accuracy(data["cfg"].pool, trained, data["eval_uri"])
+    acc_untrained = accuracy(data["cfg"].pool, _untrained(data["cfg"]), data["eval_uri"])
     assert acc_trained == pytest.approx(result.accuracy)
     assert acc_trained > acc_untrained + 0.2, (acc_trained, acc_untrained)
     # model.checkpoint in a selection config (with the pool's storage_options) picks it up the same way
-    via_spec = build_model(ModelSpec(m["factory"], m["kwargs"], checkpoint=uri, storage_options=options))
+    via_spec = build_model(m.model_copy(update={"checkpoint": uri}), storage_options=options)
     assert all(torch.equal(a, state[k]) for k, a in via_spec.state_dict().items())
 
 
@@ -121,7 +114,7 @@ def test_s3_run_storage_is_cleaned_up(s3_run):
 
 
 def test_gather_labeled_keeps_only_labeled_rows_in_pool_order(data):
-    ids, x, y = gather_labeled(data["cfg"], data["labels"])
+    ids, x, y = gather_labeled(data["cfg"].pool, data["labels"])
     picked = data["picked"]
     np.testing.assert_array_equal(ids, data["ids"][picked])
     np.testing.assert_array_equal(x, data["x"][picked])
@@ -130,15 +123,15 @@ def test_gather_labeled_keeps_only_labeled_rows_in_pool_order(data):
 
 
 def test_train_settings_defaults_and_checks(data):
-    cfg = dict(data["cfg"], train={})
-    s = train_settings(cfg)
-    assert {k: s[k] for k in ("epochs", "lr", "batch_size", "workers", "use_gpu", "warm_start")} == {
-        "epochs": 20, "lr": 1e-3, "batch_size": 128, "workers": 2, "use_gpu": False, "warm_start": False}
-    assert s["seed"] == cfg["selection"]["seed"] and set(s) == set(TRAIN_DEFAULTS)
+    raw = data["cfg"].raw()
+    cfg = validate({**raw, "train": {}})
+    s = cfg.train
+    assert (s.epochs, s.lr, s.batch_size, s.workers, s.use_gpu, s.warm_start) == (20, 1e-3, 128, 2, False, False)
+    assert s.seed is None and cfg.train_seed == cfg.selection.seed
     for key, bad in [("epochs", 0), ("lr", -1.0), ("batch_size", 1.5), ("workers", 0), ("use_gpu", "yes"),
                      ("seed", -1), ("epochs", True)]:
-        with pytest.raises(ValueError, match=f"train.{key}"):
-            train_settings(dict(cfg, train={key: bad}))
+        with pytest.raises(ConfigError, match=f"train.{key}"):
+            validate({**raw, "train": {key: bad}})
 
 
 def _train_fails(data, labels, match, **kwargs):
@@ -178,7 +171,7 @@ def test_string_ids_against_integer_pool(ray_local, data):
 
 
 def test_warm_start_state_must_match_the_model(ray_local, data):
-    wrong = build_model(ModelSpec("dist_al.models:mlp", {"in_dim": D, "n_classes": K, "hidden": 16})).state_dict()
+    wrong = build_model(ModelConfig(kwargs={"in_dim": D, "n_classes": K, "hidden": 16})).state_dict()
     with pytest.raises(ModelError, match="does not match"):
         train(data["cfg"], data["labels"], checkpoint_uri=str(data["root"] / "errors" / "model.pt"),
               warm_start_state=wrong)

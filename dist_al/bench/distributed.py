@@ -30,20 +30,29 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from dist_al.config import validate
-from dist_al.core import select
-from dist_al.models.build import Embedder, ModelSpec, build_model
-from dist_al.data.pool import PoolSpec, open_pool, plan_shards, read_rows, read_shard, rows_table, shard_places, write_pool
-from dist_al.data.synthetic import gaussian_mixture
-from dist_al.campaign.train import gather_labeled
 from dist_al.bench import options
+from dist_al.campaign.train import gather_labeled
+from dist_al.config import Config, ModelConfig, PoolConfig, validate
+from dist_al.core import select
+from dist_al.data.pool import (
+    open_pool,
+    plan_shards,
+    read_rows,
+    read_shard,
+    rows_table,
+    shard_places,
+    write_pool,
+)
+from dist_al.data.synthetic import gaussian_mixture
+from dist_al.models.build import build_model
+from dist_al.models.embedder import Embedder
 
 K, D = 10, 128
 ROWS = ("coordination", "embedding", "full", "gather")
 
 
-def _model_spec() -> dict:
-    return {"factory": "dist_al.models:mlp", "kwargs": {"in_dim": D, "n_classes": K, "hidden": D}}
+def _model_config(hidden: int = D, depth: int = 2) -> ModelConfig:
+    return ModelConfig(kwargs={"in_dim": D, "n_classes": K, "hidden": hidden, "depth": depth})
 
 
 def _make_pool(path: str, rows: int) -> None:
@@ -64,10 +73,10 @@ def _gpus_per_worker(device: torch.device) -> float:
 
 
 def _cfg(uri: str, workers: int, budget: int, device: torch.device = torch.device("cpu"), strategy: str = "badge"
-         ) -> dict:
+         ) -> Config:
     return validate({
         "pool": {"uri": uri, "label_column": "label"},
-        "model": _model_spec(),
+        "model": _model_config().model_dump(),
         "selection": {"strategy": strategy, "budget": budget, "seed": 0},
         "cluster": {"workers": workers, "cpus_per_worker": 1, "gpus_per_worker": _gpus_per_worker(device)},
     })
@@ -79,8 +88,8 @@ def _sync(device: torch.device) -> None:
 
 
 def _embed_in_driver(uri: str, device: torch.device):
-    pool = open_pool(PoolSpec(uri))
-    embed = Embedder(build_model(ModelSpec(**_model_spec()), seed=0), device=device)
+    pool = open_pool(PoolConfig(uri=uri))
+    embed = Embedder(build_model(_model_config(), seed=0), device=device)
     probs, feats = [], []
     for batch in read_shard(pool, plan_shards(pool, 1)[0]):
         p, h = embed(torch.from_numpy(batch["features"].copy()))
@@ -92,7 +101,8 @@ def _embed_in_driver(uri: str, device: torch.device):
 def bench_coordination(uri: str, rows: int, budget: int, device: torch.device) -> list[dict]:
     import ray
 
-    from dist_al.runtime.sharded_pool import ShardedPool, ray_session
+    from dist_al.runtime.cluster import ray_session
+    from dist_al.runtime.selection import sharded_pool
 
     probs, feats = _embed_in_driver(uri, device)
     torch.set_num_threads(2)
@@ -101,7 +111,7 @@ def bench_coordination(uri: str, rows: int, budget: int, device: torch.device) -
     local = select("badge", probs, feats, budget, seed=0)
     single = time.perf_counter() - t0
     with ray_session(None, num_cpus=2):
-        pool = ShardedPool(_cfg(uri, 2, budget, device))
+        pool = sharded_pool(_cfg(uri, 2, budget, device), build_model(_model_config(), seed=0))
         pool.select("badge", 2)  # warm-up: worker code paths and RPC connections
         dist = pool.select("badge", budget).seconds_select
         ids = pool.select("badge", budget).table.column("id").to_pylist()
@@ -130,10 +140,9 @@ def bench_embedding(uri: str, hidden: int, depth: int, device: torch.device) -> 
     shorter of the two is fully hidden behind the longer and 0 when they run one after the other.
     """
     torch.set_num_threads(2)
-    pool = open_pool(PoolSpec(uri))
+    pool = open_pool(PoolConfig(uri=uri))
     shard = plan_shards(pool, 1)[0]
-    spec = ModelSpec("dist_al.models:mlp", {"in_dim": D, "n_classes": K, "hidden": hidden, "depth": depth})
-    embed = Embedder(build_model(spec, seed=0), device=device)
+    embed = Embedder(build_model(_model_config(hidden, depth), seed=0), device=device)
     in_memory = [torch.from_numpy(b["features"].copy()) for b in read_shard(pool, shard)]  # host memory
     for x in in_memory[:2]:
         embed(x)  # warm-up
@@ -223,11 +232,11 @@ def bench_full_select(uri: str, rows: int, budget: int, workdir: str, device: to
 
 def bench_gather(uri: str, rows: int, labeled: int, workdir: str) -> dict:
     """Training's read of `labeled` rows spread over the pool, recorded at selection, against one full pass."""
-    pool = open_pool(PoolSpec(uri))
+    pool = open_pool(PoolConfig(uri=uri))
     shard = plan_shards(pool, 1)[0]
     picked = np.sort(np.random.default_rng(0).choice(rows, labeled, replace=False))  # ids are row numbers here
     labels = {int(i): 0 for i in picked}
-    cfg = _cfg(uri, 1, 1)
+    pool_cfg = _cfg(uri, 1, 1).pool
 
     def full_pass():
         for _ in read_shard(pool, shard, columns=("id", "features")):
@@ -240,8 +249,8 @@ def bench_gather(uri: str, rows: int, labeled: int, workdir: str) -> dict:
     recorded_uri = os.path.join(workdir, "selected_rows.parquet")
     t_full, _ = _best(full_pass)
     t_record, _ = _best(record)
-    t_gather, got = _best(lambda: gather_labeled(cfg, labels, pq.read_table(recorded_uri)))  # as train_step reads
-    t_by_id, want = _best(lambda: gather_labeled(cfg, labels))
+    t_gather, got = _best(lambda: gather_labeled(pool_cfg, labels, pq.read_table(recorded_uri)))  # as train_step reads
+    t_by_id, want = _best(lambda: gather_labeled(pool_cfg, labels))
     same = all(np.array_equal(a, b) for a, b in zip(got, want))
     starts = np.cumsum([0] + [n for _, _, n in pool.row_groups])
     touched = len(np.unique(np.searchsorted(starts, picked, side="right")))

@@ -75,14 +75,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from xml.sax.saxutils import quoteattr
 
-import fsspec
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from dist_al.core.errors import UserError
+from dist_al.data.storage import (
+    exists,
+    filesystem,
+    retrying,
+    write_bytes_atomic,
+    write_table_atomic,
+)
 from dist_al.faults import crash_point
-from dist_al.data.storage import exists, retrying, write_bytes_atomic, write_table_atomic
 
 __all__ = [
     "EXPORT_FILES",
@@ -249,7 +254,7 @@ def read_labels(
             f"labels file {uri}: unsupported extension {ext or '(none)'!r}; expected .parquet or .csv "
             "(columns id, label) or .json (a Label Studio JSON export)"
         )
-    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    fs, path = filesystem(uri, storage_options)
     try:
         with fs.open(path, "rb") as f:
             data = f.read()
@@ -631,7 +636,7 @@ def append_label_records(
 
 def load_label_records(records_prefix: str, storage_options: dict | None = None) -> dict:
     """All recorded labels, {id: label}, from every record file in name order (earliest wins)."""
-    fs, root = fsspec.core.url_to_fs(records_prefix, **(storage_options or {}))
+    fs, root = filesystem(records_prefix, storage_options)
     fs.invalidate_cache(root)  # s3fs caches listings; a record written by another process must show
     try:
         entries = retrying(f"listing {records_prefix}", fs.ls, root, detail=True)

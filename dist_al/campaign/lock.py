@@ -55,11 +55,19 @@ import time
 import uuid
 from contextlib import suppress
 
-import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from dist_al.data.storage import (
+    StorageUnavailable,
+    create_exclusive,
+    fence,
+    filesystem,
+    read_bytes,
+    retrying,
+    writable,
+    write_bytes_atomic,
+)
 from dist_al.faults import crash_point
-from dist_al.data.storage import StorageUnavailable, create_exclusive, fence, read_bytes, retrying, writable, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +93,7 @@ class WorkdirLock:
         self.command = command
         self.ttl = LEASE_S if ttl is None else ttl
         self.token = uuid.uuid4().hex
-        self.fs, self.path = fsspec.core.url_to_fs(self.uri, **self.storage_options)
+        self.fs, self.path = filesystem(self.uri, self.storage_options)
         self.local = isinstance(self.fs, LocalFileSystem)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

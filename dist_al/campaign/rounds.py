@@ -8,7 +8,6 @@ happened is not repeated, and a crash at any point leaves a state the next run r
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import logging
 import os
@@ -18,16 +17,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dist_al.runtime.cluster import cluster_session
-from dist_al.config import strategy_options
-from dist_al.faults import crash_point
-from dist_al.campaign.labels import (LabelFileError, append_label_records, export_selection, load_label_records, read_labels,
-                     validate_labels)
-from dist_al.models.build import build_model, classifier_layer, load_state
-from dist_al.data.pool import find_ids, open_pool
-from dist_al.runtime.sharded_pool import ShardedPool, model_spec, pool_spec, preflight
-from dist_al.data.storage import read_bytes, remove_tree, write_table_atomic
+from dist_al.campaign.labels import (
+    LabelFileError,
+    append_label_records,
+    export_selection,
+    load_label_records,
+    read_labels,
+    validate_labels,
+)
 from dist_al.campaign.workdir import Workdir, open_workdir
+from dist_al.config import Config
+from dist_al.data.pool import find_ids, open_pool
+from dist_al.data.storage import read_bytes, remove_tree, write_table_atomic
+from dist_al.faults import crash_point
+from dist_al.models.build import build_model, classifier_layer, load_state
+from dist_al.runtime.cluster import cluster_session
+from dist_al.runtime.selection import preflight, sharded_pool
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +41,7 @@ log = logging.getLogger(__name__)
 SELECTED_ROWS = "selected_rows.parquet"
 
 
-def _labels(cfg: dict, wd: Workdir) -> dict:
+def _labels(cfg: Config, wd: Workdir) -> dict:
     return load_label_records(wd.path("labels"), wd.storage_options)
 
 
@@ -70,21 +75,20 @@ def _current(wd: Workdir) -> tuple[int, str | None]:
 # -- the steps ------------------------------------------------------------------------
 
 
-def select_step(cfg: dict, wd: Workdir, progress: bool = False) -> str:
+def select_step(cfg: Config, wd: Workdir, progress: bool = False) -> str:
     n, state = _current(wd)
     if state is not None and state != "TRAINED":
         return f"round {n}: already selected ({state.lower()})"
     if state == "TRAINED" or n == 0:
         n += 1
-    round_cfg = copy.deepcopy(cfg)
-    round_cfg["model"]["checkpoint"] = latest_checkpoint(wd) or cfg["model"]["checkpoint"]
+    round_cfg = cfg.replace(model={"checkpoint": latest_checkpoint(wd) or cfg.model.checkpoint})
     labeled = list(_labels(cfg, wd))
-    sel = cfg["selection"]
-    model = preflight(round_cfg, len(labeled))  # ingest only records ids of this pool
+    sel = cfg.selection
+    network = preflight(round_cfg, len(labeled))  # ingest only records ids of this pool
     with cluster_session(cfg):
-        pool = ShardedPool(round_cfg, progress=progress, model=model)
+        pool = sharded_pool(round_cfg, network, progress=progress)
         try:
-            result = pool.select(sel["strategy"], sel["budget"], seed=sel["seed"] + n, options=strategy_options(cfg),
+            result = pool.select(sel.strategy, sel.budget, seed=sel.seed + n, options=sel.options(),
                                  labeled_ids=labeled or None)
             rows = pool.picked_rows(result)
         finally:
@@ -93,28 +97,28 @@ def select_step(cfg: dict, wd: Workdir, progress: bool = False) -> str:
     write_table_atomic(wd.round_path(n, SELECTED_ROWS), rows, wd.storage_options)
     write_table_atomic(wd.round_path(n, "selection.parquet"), result.table, wd.storage_options)
     crash_point("select.after_write")
-    wd.set_state(n, "SELECTED", strategy=sel["strategy"], budget=result.table.num_rows,
-                 checkpoint=round_cfg["model"]["checkpoint"], selected_at=time.time())
-    return f"round {n}: selected {result.table.num_rows} rows with {sel['strategy']}"
+    wd.set_state(n, "SELECTED", strategy=sel.strategy, budget=result.table.num_rows,
+                 checkpoint=round_cfg.model.checkpoint, selected_at=time.time())
+    return f"round {n}: selected {result.table.num_rows} rows with {sel.strategy}"
 
 
-def export_step(cfg: dict, wd: Workdir) -> str:
+def export_step(cfg: Config, wd: Workdir) -> str:
     n, state = _current(wd)
     if state != "SELECTED":
         return f"round {n}: nothing to export ({(state or 'no round').lower()})"
-    files = export_selection(_read_selection(wd, n), wd.round_path(n, "export"), pool_uri=cfg["pool"]["uri"],
-                             id_column=cfg["pool"]["id_column"], storage_options=wd.storage_options)
+    files = export_selection(_read_selection(wd, n), wd.round_path(n, "export"), pool_uri=cfg.pool.uri,
+                             id_column=cfg.pool.id_column, storage_options=wd.storage_options)
     wd.set_state(n, "EXPORTED", exported_at=time.time())
     return f"round {n}: exported {len(files)} files to {wd.round_path(n, 'export')}"
 
 
-def label_progress(cfg: dict, wd: Workdir, n: int) -> tuple[int, int]:
+def label_progress(cfg: Config, wd: Workdir, n: int) -> tuple[int, int]:
     ids = _read_selection(wd, n).column("id").to_pylist()
     labels = _labels(cfg, wd)
     return sum(i in labels for i in ids), len(ids)
 
 
-def labeled_step(cfg: dict, wd: Workdir) -> str:
+def labeled_step(cfg: Config, wd: Workdir) -> str:
     n, state = _current(wd)
     if state != "EXPORTED":
         return f"round {n}: not waiting for labels ({(state or 'no round').lower()})"
@@ -125,7 +129,7 @@ def labeled_step(cfg: dict, wd: Workdir) -> str:
     return f"round {n}: all {want} labels received"
 
 
-def train_step(cfg: dict, wd: Workdir) -> str:
+def train_step(cfg: Config, wd: Workdir) -> str:
     from dist_al.campaign.train import train
 
     n, state = _current(wd)
@@ -135,18 +139,18 @@ def train_step(cfg: dict, wd: Workdir) -> str:
             return f"round {n}: not ready to train, waiting for labels, {got}/{want} received"
         return f"round {n}: nothing to train ({(state or 'no round').lower()})"
     labels = _labels(cfg, wd)
-    if cfg["train"]["storage_path"] is None:  # a Ray Train run killed with its driver leaves its files
+    if cfg.train.storage_path is None:  # a Ray Train run killed with its driver leaves its files
         leftover = wd.round_path(n, "_ray_train")
         if wd.exists(leftover):
             log.info("removing %s, left by a training run that was killed", leftover)
             remove_tree(leftover, wd.storage_options)
     warm = None
-    if cfg["train"]["warm_start"]:
-        previous = latest_checkpoint(wd) or cfg["model"]["checkpoint"]
+    if cfg.train.warm_start:
+        previous = latest_checkpoint(wd) or cfg.model.checkpoint
         warm = load_state(previous, wd.storage_options) if previous else None
-    local = cfg["train"]["backend"] == "local"  # trains in this process: no Ray to start
+    local = cfg.train.backend == "local"  # trains in this process: no Ray to start
     with contextlib.nullcontext() if local else cluster_session(cfg, shards=False, train=True):
-        result = train(cfg, labels, checkpoint_uri=wd.round_path(n, "model.pt"), eval_uri=cfg["eval"]["uri"],
+        result = train(cfg, labels, checkpoint_uri=wd.round_path(n, "model.pt"), eval_uri=cfg.eval.uri,
                        warm_start_state=warm, storage_options=wd.storage_options, recorded=_recorded_rows(wd))
     metrics = {"round": n, "train_rows": result.train_rows, "accuracy": result.accuracy, "epochs": result.epochs,
                "seconds": result.seconds, "workers": result.workers}
@@ -156,7 +160,7 @@ def train_step(cfg: dict, wd: Workdir) -> str:
     return f"round {n}: trained on {result.train_rows} labeled rows{acc}"
 
 
-def advance(cfg: dict, progress: bool = False) -> str:
+def advance(cfg: Config, progress: bool = False) -> str:
     """Moves the current round as far as it can go; answers the last status line."""
     wd = open_workdir(cfg, create=False)
     n, state = _current(wd)
@@ -177,16 +181,17 @@ def advance(cfg: dict, progress: bool = False) -> str:
 # -- labels in --------------------------------------------------------------------------
 
 
-def ingest(cfg: dict, uri: str, class_names: list[str] | None = None) -> str:
+def ingest(cfg: Config, uri: str, class_names: list[str] | None = None) -> str:
     """Adds labels from a file; invalid rows are reported and rejected, valid rows land. A file whose rows
     are all rejected is a LabelFileError and writes nothing. An id some round selected is in the pool (the workdir
     is bound to it); only the others are looked for, in one pass over the pool's id column."""
     wd = open_workdir(cfg, create=False)
-    pool = open_pool(pool_spec(cfg))
-    id_field = pool.schema.field(cfg["pool"]["id_column"])
+    pool = open_pool(cfg.pool)
+    id_field = pool.schema.field(cfg.pool.id_column)
     id_type = "int" if pa.types.is_integer(id_field.type) else "str"
-    rows = read_labels(uri, storage_options=cfg["pool"]["storage_options"], id_type=id_type, class_names=class_names)
-    n_classes = classifier_layer(build_model(model_spec(cfg))).out_features
+    rows = read_labels(uri, storage_options=cfg.pool.storage_options, id_type=id_type, class_names=class_names)
+    n_classes = classifier_layer(build_model(cfg.model, storage_options=cfg.pool.storage_options),
+                                 cfg.model.classifier).out_features
 
     def known(ids):
         """Ids dist-al selected from this pool are in it; the others are looked for in its id column."""
@@ -214,7 +219,7 @@ def ingest(cfg: dict, uri: str, class_names: list[str] | None = None) -> str:
     return report.summary()
 
 
-def status_table(cfg: dict) -> str:
+def status_table(cfg: Config) -> str:
     wd = open_workdir(cfg, create=False)
     labels = _labels(cfg, wd)
     lines = [f"workdir {wd.uri}: {len(labels)} labels recorded", "",

@@ -32,20 +32,7 @@ final ``state_dict`` as a Ray Train checkpoint; the driver copies its
 which the next selection round loads as ``model.checkpoint`` with
 ``weights_only=True``.
 
-Config: the ``train`` section (read with defaults by ``train_settings``)::
-
-    train:
-      epochs: 20            # passes over the labeled rows
-      lr: 0.001             # Adam learning rate
-      batch_size: 128       # rows per optimiser step on each worker
-      workers: 2            # Ray Train workers (DDP processes)
-      use_gpu: false        # one GPU per worker
-      cpus_per_worker: 1    # CPUs reserved per worker (and its torch threads: dist_al.runtime.cluster.worker_threads)
-      warm_start: false     # start from model.checkpoint instead of a fresh init
-      seed: <selection.seed>  # model init, shuffling
-      storage_path: null    # Ray Train run storage; null = <dir of checkpoint_uri>/_ray_train
-      backend: ray          # "ray": TorchTrainer as above; "local": the same loop (``fit_loop``) in
-                            # this process as one worker -- no start-up cost, for simulations and small sets
+Config: the ``train`` section (``dist_al.config.TrainConfig``).
 
 Ray must already be initialised by the caller for the ``ray`` backend (``dist_al.runtime.cluster.cluster_session``).
 """
@@ -61,39 +48,28 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
 from torch import nn
 
+from dist_al.config import Config, PoolConfig
 from dist_al.core.errors import UserError
-from dist_al.models.build import ModelSpec, build_model, classifier_layer, load_state
-from dist_al.data.pool import PoolSpec, find_ids, open_pool, plan_shards, read_rows, read_shard, recorded_rows
-from dist_al.data.storage import write_bytes_atomic
+from dist_al.data.pool import (
+    find_ids,
+    open_pool,
+    plan_shards,
+    read_rows,
+    read_shard,
+    recorded_rows,
+)
+from dist_al.data.storage import filesystem, write_bytes_atomic
+from dist_al.models.build import build_model, classifier_layer, load_state
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TRAIN_BACKENDS", "TRAIN_DEFAULTS", "TrainResult", "evaluate", "fit_loop", "gather_labeled", "train",
-           "train_settings"]
-
-#: Defaults of the ``train`` config section (``seed`` defaults to ``selection.seed``).
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "epochs": 20,
-    "lr": 1e-3,
-    "batch_size": 128,
-    "workers": 2,
-    "use_gpu": False,
-    "cpus_per_worker": 1,
-    "warm_start": False,
-    "seed": None,
-    "storage_path": None,
-    "backend": "ray",
-}
-
-#: ``train.backend`` values: Ray Train workers, or the same loop in the calling process.
-TRAIN_BACKENDS = ("ray", "local")
+__all__ = ["TrainResult", "accuracy", "fit_loop", "gather_labeled", "train"]
 
 _CHECKPOINT_FILE = "model.pt"
 _EVAL_BATCH_ROWS = 4096
@@ -110,49 +86,6 @@ class TrainResult:
     loss: float | None = None  # mean training loss of the last epoch, over all workers
     metrics: dict = field(default_factory=dict)  # rank 0's final ray.train.report metrics
     state: dict | None = None  # the trained state_dict (CPU), as loaded back from the checkpoint bytes
-
-
-# --------------------------------------------------------------------------- config
-
-
-def train_settings(cfg: Mapping) -> dict:
-    """The ``train`` section with defaults filled in and values checked (a UserError names the key)."""
-    given = dict(cfg.get("train") or {})
-    out = {k: given.get(k, v) for k, v in TRAIN_DEFAULTS.items()}
-    if out["seed"] is None:
-        out["seed"] = int((cfg.get("selection") or {}).get("seed", 0))
-
-    def check(key, ok, want):
-        value = out[key]
-        if isinstance(value, bool) and want != "true or false" or not ok(value):
-            raise UserError(f"config key train.{key} must be {want}, got {value!r}")
-
-    check("epochs", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
-    check("lr", lambda v: isinstance(v, (int, float)) and v > 0, "a positive number")
-    check("batch_size", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
-    check("workers", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
-    check("use_gpu", lambda v: isinstance(v, bool), "true or false")
-    check("cpus_per_worker", lambda v: isinstance(v, (int, float)) and v >= 0, "a number >= 0")
-    check("warm_start", lambda v: isinstance(v, bool), "true or false")
-    check("seed", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
-    check("storage_path", lambda v: v is None or (isinstance(v, str) and v), "a path/URI or null")
-    check("backend", lambda v: v in TRAIN_BACKENDS, " or ".join(repr(b) for b in TRAIN_BACKENDS))
-    out["lr"] = float(out["lr"])
-    return out
-
-
-def _pool_spec(cfg: Mapping, uri: str | None = None, *, with_labels: bool = False) -> PoolSpec:
-    p = cfg["pool"]
-    label_column = p.get("label_column") or ("label" if with_labels else None)
-    return PoolSpec(uri or p["uri"], p.get("id_column", "id"), p.get("feature_column", "features"),
-                    label_column, dict(p.get("storage_options") or {}))
-
-
-def _model_spec(cfg: Mapping) -> ModelSpec:
-    m = cfg.get("model") or {}
-    storage = dict((cfg.get("pool") or {}).get("storage_options") or {})
-    return ModelSpec(m.get("factory", "dist_al.models:mlp"), dict(m.get("kwargs") or {}), m.get("checkpoint"),
-                     m.get("classifier"), storage)
 
 
 # --------------------------------------------------------------------------- labeled rows
@@ -176,7 +109,7 @@ def _check_labels(labels: Mapping, n_classes: int) -> None:
                              f"the model has {n_classes} classes")
 
 
-def gather_labeled(cfg: Mapping, labels: Mapping, recorded: pa.Table | None = None
+def gather_labeled(pool_cfg: PoolConfig, labels: Mapping, recorded: pa.Table | None = None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids, features (n, D) float32, labels (n,) int64) of the labeled rows, in pool order.
 
@@ -188,7 +121,7 @@ def gather_labeled(cfg: Mapping, labels: Mapping, recorded: pa.Table | None = No
     if not labels:
         raise UserError("no labeled rows: the labels mapping is empty, nothing to train on")
     keys = _label_keys(labels)
-    pool = open_pool(_pool_spec(cfg))
+    pool = open_pool(pool_cfg)
     ids, places, feats = recorded_rows(pool, recorded, keys)
     rest = keys[~np.isin(keys, ids)]
     if len(rest):
@@ -249,8 +182,7 @@ def fit_loop(config: dict, data: dict, state: dict | None, *, rank: int = 0, wor
 
     torch.set_num_threads(config["threads"])
     torch.manual_seed(config["seed"] + rank)  # dropout etc.; weights come from build_model's own seed
-    spec = ModelSpec(config["factory"], config["kwargs"], None, config["classifier"])
-    model = build_model(spec, seed=config["seed"], state=state)
+    model = build_model(config["model"], seed=config["seed"], state=state)
     model = prepare(model) if prepare is not None else model.to(device)
     device = torch.device(device)
 
@@ -341,10 +273,9 @@ def _run_storage(storage_path: str, storage_options: dict | None):
     if _is_local(storage_path):
         path = storage_path.removeprefix("file://")
         return os.path.abspath(os.path.expanduser(path)), None
-    import fsspec
     import pyarrow.fs as pafs
 
-    fs, path = fsspec.core.url_to_fs(storage_path, **(storage_options or {}))
+    fs, path = filesystem(storage_path, storage_options)
     # Ray strips no prefix itself when given a filesystem: it wants the bare bucket/key path.
     return path, pafs.PyFileSystem(pafs.FSSpecHandler(fs))
 
@@ -377,14 +308,16 @@ def _remove_run(fs, storage_path: str, run_name: str, default_storage: bool) -> 
 # --------------------------------------------------------------------------- evaluation
 
 
-@torch.inference_mode()
-def evaluate(cfg: Mapping, model: nn.Module, eval_uri: str, *, batch_rows: int = _EVAL_BATCH_ROWS) -> float:
-    """Accuracy of ``model`` on a Parquet dataset with the pool's column names, read batch by batch.
+def eval_pool(pool_cfg: PoolConfig, eval_uri: str) -> PoolConfig:
+    """The labeled evaluation set: the pool's columns at ``eval_uri``, labels in ``pool.label_column`` (``label``
+    when that is null), read with the pool's storage options."""
+    return pool_cfg.model_copy(update={"uri": eval_uri, "label_column": pool_cfg.label_column or "label"})
 
-    The label column is ``pool.label_column`` (``label`` when that is null);
-    the dataset is read with ``pool.storage_options``.
-    """
-    pool = open_pool(_pool_spec(cfg, eval_uri, with_labels=True))
+
+@torch.inference_mode()
+def accuracy(pool_cfg: PoolConfig, model: nn.Module, eval_uri: str, *, batch_rows: int = _EVAL_BATCH_ROWS) -> float:
+    """Accuracy of ``model`` on a Parquet dataset with the pool's column names (``eval_pool``), batch by batch."""
+    pool = open_pool(eval_pool(pool_cfg, eval_uri))
     model = model.eval()
     device = next(model.parameters()).device
     correct = total = 0
@@ -401,7 +334,7 @@ def evaluate(cfg: Mapping, model: nn.Module, eval_uri: str, *, batch_rows: int =
 
 
 def train(
-    cfg: Mapping,
+    cfg: Config,
     labels: Mapping,
     *,
     checkpoint_uri: str,
@@ -430,55 +363,52 @@ def train(
     """
     import ray
 
-    from dist_al.runtime.cluster import start_timeout, train_workers, wait_placeable, worker_threads
+    from dist_al.runtime.cluster import train_workers, wait_placeable, worker_threads
 
     t0 = time.perf_counter()
-    settings = train_settings(cfg)
+    settings = cfg.train
     if not labels:
         raise UserError("no labeled rows: the labels mapping is empty, nothing to train on")
-    if settings["backend"] == "ray" and not ray.is_initialized():
+    if settings.backend == "ray" and not ray.is_initialized():
         raise RuntimeError("Ray is not initialised: call ray.init() or use dist_al.runtime.cluster.cluster_session first")
 
-    spec = _model_spec(cfg)
     state = warm_start_state
-    if state is None and settings["warm_start"] and spec.checkpoint:
-        state = load_state(spec.checkpoint, spec.storage_options)
-    fresh = ModelSpec(spec.factory, spec.kwargs, None, spec.classifier)
-    driver_model = build_model(fresh, seed=settings["seed"], state=state)  # fails fast on a bad spec/state
-    n_classes = classifier_layer(driver_model, spec.classifier).out_features
+    if state is None and settings.warm_start and cfg.model.checkpoint:
+        state = load_state(cfg.model.checkpoint, cfg.pool.storage_options)
+    fresh = cfg.model.model_copy(update={"checkpoint": None})
+    driver_model = build_model(fresh, seed=cfg.train_seed, state=state)  # fails fast on a bad model or state
+    n_classes = classifier_layer(driver_model, fresh.classifier).out_features
     _check_labels(labels, n_classes)
 
-    _, x, y = gather_labeled(cfg, labels, recorded)
+    _, x, y = gather_labeled(cfg.pool, labels, recorded)
     loop_config = {
-        "factory": spec.factory,
-        "kwargs": spec.kwargs,
-        "classifier": spec.classifier,
-        "seed": settings["seed"],
-        "epochs": settings["epochs"],
-        "lr": settings["lr"],
-        "batch_size": settings["batch_size"],
-        "threads": worker_threads(settings["cpus_per_worker"]),
+        "model": fresh,
+        "seed": cfg.train_seed,
+        "epochs": settings.epochs,
+        "lr": settings.lr,
+        "batch_size": settings.batch_size,
+        "threads": worker_threads(settings.cpus_per_worker),
     }
-    if settings["backend"] == "local":
+    if settings.backend == "local":
         log.info("training on %d labeled rows (D=%d) in this process", len(y), x.shape[1])
-        trained_state, metrics = _train_local(loop_config, {"x": x, "y": y}, state, settings["use_gpu"])
+        trained_state, metrics = _train_local(loop_config, {"x": x, "y": y}, state, settings.use_gpu)
         buf = io.BytesIO()
         torch.save(trained_state, buf)
         write_bytes_atomic(checkpoint_uri, buf.getvalue(), storage_options)
-        return _result(cfg, settings, driver_model, trained_state, metrics, checkpoint_uri, len(y), eval_uri, t0)
+        return _result(cfg, driver_model, trained_state, metrics, checkpoint_uri, len(y), eval_uri, t0)
 
-    log.info("training on %d labeled rows (D=%d) with %d Ray Train workers", len(y), x.shape[1], settings["workers"])
+    log.info("training on %d labeled rows (D=%d) with %d Ray Train workers", len(y), x.shape[1], settings.workers)
     try:
         from ray.train import CheckpointConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
     except ImportError as err:
         raise UserError(f"training with train.backend=ray needs Ray Train ({err}): pip install 'ray[train]'") from None
 
-    default_storage = settings["storage_path"] is None
-    storage_path, storage_fs = _run_storage(
-        settings["storage_path"] or _default_storage_path(checkpoint_uri), storage_options)
+    default_storage = settings.storage_path is None
+    storage_path, storage_fs = _run_storage(settings.storage_path or _default_storage_path(checkpoint_uri),
+                                            storage_options)
     # Ray Train V2 would wait for its worker group without end (60 s tries, retried forever): wait here, and say so.
-    wait_placeable(train_workers(settings), start_timeout(cfg))
+    wait_placeable(train_workers(settings), cfg.cluster.start_timeout_s)
     run_name = f"dist-al-train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     data_ref = ray.put({"x": x, "y": y})
     state_ref = ray.put({k: v.detach().cpu() for k, v in state.items()}) if state is not None else None
@@ -486,8 +416,8 @@ def train(
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=settings["workers"], use_gpu=settings["use_gpu"],
-                                     resources_per_worker={"CPU": settings["cpus_per_worker"]}),
+        scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=settings.use_gpu,
+                                     resources_per_worker={"CPU": settings.cpus_per_worker}),
         run_config=RunConfig(name=run_name, storage_path=storage_path, storage_filesystem=storage_fs,
                              checkpoint_config=CheckpointConfig(num_to_keep=1)),
     )
@@ -498,20 +428,20 @@ def train(
     trained_state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)  # what readers will do
     write_bytes_atomic(checkpoint_uri, data, storage_options)
     _remove_run(result.checkpoint.filesystem, storage_path, run_name, default_storage)
-    return _result(cfg, settings, driver_model, trained_state, dict(result.metrics or {}), checkpoint_uri, len(y),
-                   eval_uri, t0)
+    return _result(cfg, driver_model, trained_state, dict(result.metrics or {}), checkpoint_uri, len(y), eval_uri,
+                   t0)
 
 
-def _result(cfg, settings, driver_model, trained_state, metrics, checkpoint_uri, rows, eval_uri, t0) -> TrainResult:
-    accuracy = None
+def _result(cfg: Config, driver_model, trained_state, metrics, checkpoint_uri, rows, eval_uri, t0) -> TrainResult:
+    score = None
     if eval_uri is not None:
         driver_model.load_state_dict(trained_state)
-        accuracy = evaluate(cfg, driver_model, eval_uri)
+        score = accuracy(cfg.pool, driver_model, eval_uri)
     return TrainResult(
         checkpoint_uri=checkpoint_uri,
         train_rows=rows,
-        accuracy=accuracy,
-        epochs=settings["epochs"],
+        accuracy=score,
+        epochs=cfg.train.epochs,
         seconds=time.perf_counter() - t0,
         workers=int(metrics.get("world_size", 0)),
         loss=metrics.get("loss"),

@@ -34,15 +34,20 @@ import time
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
-import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from dist_al.config import dump
-from dist_al.credentials import redact
-from dist_al.core.errors import UserError
 from dist_al.campaign.lock import WorkdirLock
+from dist_al.config import Config, PoolConfig
+from dist_al.core.errors import UserError
+from dist_al.credentials import redact
 from dist_al.data.pool import open_pool
-from dist_al.data.storage import exists, read_bytes, retrying, write_bytes_atomic
+from dist_al.data.storage import (
+    exists,
+    filesystem,
+    read_bytes,
+    retrying,
+    write_bytes_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +85,7 @@ class Workdir:
     # -- small files ------------------------------------------------------------------
 
     def _fs(self):
-        return fsspec.core.url_to_fs(self.uri, **self.storage_options)[0]
+        return filesystem(self.uri, self.storage_options)[0]
 
     def exists(self, uri: str) -> bool:
         return exists(uri, self.storage_options)
@@ -92,7 +97,7 @@ class Workdir:
         write_bytes_atomic(uri, json.dumps(value, indent=2, sort_keys=True).encode(), self.storage_options)
 
     def rounds(self) -> list[int]:
-        fs, path = fsspec.core.url_to_fs(self.path("rounds"), **self.storage_options)
+        fs, path = filesystem(self.path("rounds"), self.storage_options)
         if not retrying(f"checking {self.path('rounds')}", fs.exists, path):
             return []
         names = [p.rstrip("/").rsplit("/", 1)[-1] for p in retrying(f"listing {path}", fs.ls, path, detail=False)]
@@ -113,13 +118,13 @@ _TEMP_FILE = re.compile(r"^\..+\.tmp-[0-9a-f]{32}$")  # storage.write_bytes_atom
 
 
 @contextmanager
-def workdir_lock(cfg: dict, command: str):
+def workdir_lock(workdir: str, storage_options: dict, command: str):
     """Holds the workdir's lock (see dist_al.campaign.lock) and clears what killed writers left behind."""
-    fs, root = fsspec.core.url_to_fs(cfg["workdir"], **cfg["pool"]["storage_options"])
+    fs, root = filesystem(workdir, storage_options)
     local = isinstance(fs, LocalFileSystem)
     made_here = local and not os.path.exists(root)  # a command that fails on bad input leaves no workdir behind
     try:
-        with WorkdirLock(cfg["workdir"], cfg["pool"]["storage_options"], command=command) as lock:
+        with WorkdirLock(workdir, storage_options, command=command) as lock:
             if local:
                 _remove_temp_files(root, lock)
             yield lock
@@ -144,10 +149,10 @@ def _remove_temp_files(root: str, lock: WorkdirLock) -> None:
                 os.remove(path)
 
 
-def pool_fingerprint(cfg: dict) -> str:
+def pool_fingerprint(pool_cfg: PoolConfig) -> str:
     """Hash of what the Parquet footers say (files, row counts, schema): the pool's identity."""
-    pool = open_pool(_pool_spec(cfg))
-    root = cfg["pool"]["uri"].rstrip("/")
+    pool = open_pool(pool_cfg)
+    root = pool_cfg.uri.rstrip("/")
     parts = {
         "files": [[pool.file_uri(i)[len(root):] if pool.file_uri(i).startswith(root) else pool.file_uri(i),
                    sum(n for f, _, n in pool.row_groups if f == i)] for i in range(len(pool.files))],
@@ -157,22 +162,16 @@ def pool_fingerprint(cfg: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _pool_spec(cfg):
-    from dist_al.runtime.sharded_pool import pool_spec
-
-    return pool_spec(cfg)
-
-
-def open_workdir(cfg: dict, create: bool = True) -> Workdir:
+def open_workdir(cfg: Config, create: bool = True) -> Workdir:
     """Opens the config's workdir; refuses one made for another pool or model. A new workdir is written now,
     or with ``create=False`` only when a step calls ``Workdir.create`` before its first write."""
-    wd = Workdir(cfg["workdir"], cfg["pool"]["storage_options"])
+    wd = Workdir(cfg.workdir, cfg.pool.storage_options)
     meta_uri = wd.path("workdir.json")
-    fingerprint = pool_fingerprint(cfg)
-    pinned = redact({".".join(k): cfg[k[0]][k[1]] for k in PINNED_KEYS})
+    fingerprint = pool_fingerprint(cfg.pool)
+    pinned = redact({".".join(k): getattr(getattr(cfg, k[0]), k[1]) for k in PINNED_KEYS})
     if not wd.exists(meta_uri):
         wd.pending = ({"version": 1, "pool_fingerprint": fingerprint, "pinned": pinned},
-                      dump(redact(cfg)).encode())
+                      cfg.to_yaml().encode())
         if create:
             wd.create()
         return wd

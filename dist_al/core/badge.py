@@ -188,11 +188,11 @@ def _draw_next(group: ShardGroup, stats, rng: np.random.Generator):
     total = _finite_total(stats)
     if total > 0:
         shard, target = locate(totals, rng.random() * total)
-        row, centre = group.submit(shard, "take_weighted", target, returns=2)
+        row, centre = group.submit(shard, BadgeShard.take_weighted, target, returns=2)
     else:  # every unchosen row coincides with a centre: uniform, never a hang
         counts = [m for _, m in stats]
         shard, j = locate(counts, int(rng.integers(sum(counts))))
-        row, centre = group.submit(shard, "take_uniform", int(j), returns=2)
+        row, centre = group.submit(shard, BadgeShard.take_uniform, int(j), returns=2)
     return shard, row, centre
 
 
@@ -200,14 +200,14 @@ def _continue_kmeanspp(group, picks, stats, budget, rng, bar):
     while len(picks) < budget:
         shard, row, centre = _draw_next(group, stats, rng)
         if len(picks) + 1 < budget:
-            stats = group.map("add_centre", centre)  # the centre goes shard to shard, not via here
+            stats = group.map(BadgeShard.add_centre, centre)  # the centre goes shard to shard, not via here
         picks.append((shard, group.fetch(row)))
         bar.update()
     return picks
 
 
 def _first_centre(group: ShardGroup):
-    bests = group.map("best_norm")
+    bests = group.map(BadgeShard.best_norm)
     shard = argmax_first([v for v, _ in bests])
     return shard, bests[shard][1]
 
@@ -217,11 +217,11 @@ def kmeanspp(group: ShardGroup, budget: int, seed: int, progress: bool = False) 
     rng = np.random.default_rng(seed)
     bar = progress_bar(budget, "badge", progress)
     shard, i = _first_centre(group)
-    centre = group.call(shard, "take", i)
+    centre = group.call(shard, BadgeShard.take, i)
     picks = [(shard, i)]
     bar.update()
     if budget > 1:
-        _continue_kmeanspp(group, picks, group.map("add_centre", centre), budget, rng, bar)
+        _continue_kmeanspp(group, picks, group.map(BadgeShard.add_centre, centre), budget, rng, bar)
     bar.close()
     return picks
 
@@ -232,15 +232,15 @@ def kmeans_parallel(
     """k-means|| candidates, weighted k-means++ on them down to the budget."""
     rng = np.random.default_rng(seed)
     shard, i = _first_centre(group)
-    first = group.call(shard, "take", i)
+    first = group.call(shard, BadgeShard.take, i)
     owners = [(shard, i)]
     cand = [tuple(t[None] for t in first)]
-    stats = group.map("add_centre", first)
+    stats = group.map(BadgeShard.add_centre, first)
     for r in range(rounds):
         total = _finite_total(stats)
         if total <= 0:
             break
-        sampled = group.map("sample_candidates", seed, r, oversampling * budget, total)
+        sampled = group.map(BadgeShard.sample_candidates, seed, r, oversampling * budget, total)
         new = [s for s in sampled if len(s[0])]
         if not new:
             continue
@@ -248,17 +248,17 @@ def kmeans_parallel(
             owners.extend((shard_id, int(j)) for j in s[0])
         batch = tuple(torch.cat([s[k] for s in new]) for k in (1, 2, 3))
         cand.append(batch)
-        stats = group.map("add_centres", batch)
+        stats = group.map(BadgeShard.add_centres, batch)
     a_c, h_c, n_c = (torch.cat([c[k] for c in cand]) for k in range(3))
-    weights = sum(group.map("nearest_counts", (a_c, h_c, n_c))).to(torch.float64)
+    weights = sum(group.map(BadgeShard.nearest_counts, (a_c, h_c, n_c))).to(torch.float64)
     weights[0] += 1  # the first centre is taken, so it counts itself
     chosen = _weighted_kmeanspp(a_c, h_c, n_c, weights, min(budget, len(n_c)), rng, progress)
     picks = [(owners[0])]
     for c in chosen[1:]:
         picks.append(owners[c])
-        group.call(owners[c][0], "take", owners[c][1])
+        group.call(owners[c][0], BadgeShard.take, owners[c][1])
     if len(picks) < budget:  # fewer candidates than the budget: exact k-means++ finishes
-        stats = group.map("add_centres", (a_c, h_c, n_c))
+        stats = group.map(BadgeShard.add_centres, (a_c, h_c, n_c))
         _continue_kmeanspp(group, picks, stats, budget, rng, progress_bar(budget - len(picks), "badge", progress))
     return picks
 

@@ -66,6 +66,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .options import BaitOptions
 from .progress import progress_bar
 from .shards import LocalShards, ShardGroup, argmax_first
 
@@ -80,8 +81,8 @@ KAPPA_FLOAT32 = 1e6  # bound on a row's initial P (w_S max|h|^2 / lam) above whi
 log = logging.getLogger(__name__)
 
 
-def check_reduction(options: dict, n_classes: int, n_feats: int) -> None:
-    c, dp = options.get("top_classes"), options.get("pca_dim")
+def check_reduction(options: BaitOptions, n_classes: int, n_feats: int) -> None:
+    c, dp = options.top_classes, options.pca_dim
     if c is not None and not 2 <= c <= n_classes:
         raise UserError(f"option top_classes must be between 2 and the number of classes ({n_classes}), got {c}")
     if dp is not None and dp > n_feats:
@@ -361,19 +362,15 @@ class BaitResult:
 
 
 def _coordinator_device(group: ShardGroup) -> torch.device:
-    dev = torch.device(group.call(0, "device"))
+    dev = torch.device(group.call(0, BaitShard.device))
     return dev if dev.type != "cuda" or torch.cuda.is_available() else torch.device("cpu")
 
 
 def bait(
     group: ShardGroup,
     budget: int,
+    options: BaitOptions = BaitOptions(),
     *,
-    lam: float = 1.0,
-    oversample: float = 2.0,
-    weighting: str = "reference",
-    pca_dim: int | None = None,
-    top_classes: int | None = None,
     progress: bool = False,
     forward_steps: int | None = None,
 ) -> tuple[list[tuple[int, int]], list[float], float]:
@@ -381,19 +378,21 @@ def bait(
 
     forward_steps (benchmarks): stop after that many forward steps, no pruning.
     """
+    lam, oversample, weighting = options.lam, options.oversample, options.weighting
+    pca_dim, top_classes = options.pca_dim, options.top_classes
     dev = _coordinator_device(group)
-    shapes = group.map("shape")
+    shapes = group.map(BaitShard.shape)
     first_rows = np.cumsum([0] + [n for n, _, _ in shapes])[:-1]
     K, D = shapes[0][1], pca_dim or shapes[0][2]
     if top_classes is not None:
-        group.map("reduce_classes", top_classes)
+        group.map(BaitShard.reduce_classes, top_classes)
     if pca_dim is not None:
-        second = sum(m.to(dev) for m in group.map("second_moment"))
+        second = sum(m.to(dev) for m in group.map(BaitShard.second_moment))
         W = torch.linalg.eigh(second).eigenvectors.flip(1)[:, :pca_dim]
         W *= torch.sign(W.gather(0, W.abs().argmax(0, keepdim=True)))  # deterministic signs
-        group.map("project", W)
+        group.map(BaitShard.project, W)
 
-    sums = group.map("fisher_sums", K)
+    sums = group.map(BaitShard.fisher_sums, K)
     n_rows, n_labeled = sum(x[2] for x in sums), sum(x[3] for x in sums)
     F = sum(x[0].to(dev) for x in sums) / n_rows
     F_labeled_sum = sum(x[1].to(dev) for x in sums)
@@ -409,7 +408,7 @@ def bait(
     score_floor = DRIFT_FLOOR * float((A * F).sum())
 
     bar = progress_bar(n_forward + (n_forward - budget if prune else 0), "bait", progress)
-    bests = group.map("init_state", A, A @ F @ A, w_batch, float64)
+    bests = group.map(BaitShard.init_state, A, A @ F @ A, w_batch, float64)
     fresh = True  # the shards' P and Q were computed from A itself, not updated step by step
     refreshes = 0
     picks: list[int] = []
@@ -431,7 +430,7 @@ def bait(
             # recompute P, Q from A and choose again; a state that was just recomputed and is already
             # this far off is beyond float32, so it is recomputed in float64
             float64 = float64 or fresh
-            bests = group.map("refresh", A, A @ F @ A, kind, float64)
+            bests = group.map(BaitShard.refresh, A, A @ F @ A, kind, float64)
             fresh = True
             refreshes += 1
             continue
@@ -446,14 +445,14 @@ def bait(
             picks.remove(row)
             next_kind = "remove" if len(picks) > budget else None
         if kind == "add" and next_kind == "remove":  # pruning starts from P, Q recomputed in float64
-            group.map("update", G, H, S, R, row, kind, None)
-            bests = group.map("refresh", A, A @ F @ A, "remove")
+            group.map(BaitShard.update, G, H, S, R, row, kind, None)
+            bests = group.map(BaitShard.refresh, A, A @ F @ A, "remove")
         else:
-            bests = group.map("update", G, H, S, R, row, kind, next_kind)
+            bests = group.map(BaitShard.update, G, H, S, R, row, kind, next_kind)
         fresh = next_kind != kind
         bar.update()
     bar.close()
-    lu_solves = sum(group.map("lu_fallbacks"))
+    lu_solves = sum(group.map(BaitShard.lu_fallbacks))
     if lu_solves:
         log.warning("BAIT: %d per-row K x K solves fell back from Cholesky to LU (matrices not numerically positive "
                     "definite; %d refreshes for drift): their scores are less accurate; lam=%g is small next to "
@@ -466,14 +465,17 @@ def bait(
     return owners, [scores[r] for r in picks], float((A * F).sum())
 
 
-def run(probs, feats, budget: int, *, labeled=None, **options) -> BaitResult:
+def run(probs, feats, budget: int, *, labeled=None, progress: bool = False, forward_steps: int | None = None,
+        **options) -> BaitResult:
     """Single-process BAIT on arrays, with the final objective (tests and benchmarks)."""
     from .inputs import check_budget, check_labeled, check_probs_feats
 
     probs, feats = check_probs_feats(probs, feats)
     mask = check_labeled(labeled, len(probs), probs.device)
     budget = check_budget(budget, int((~mask).sum()))
-    check_reduction(options, probs.shape[1], feats.shape[1])
+    opts = BaitOptions(**options)
+    check_reduction(opts, probs.shape[1], feats.shape[1])
     with torch.inference_mode(), numerical_errors():
-        picks, _, objective = bait(LocalShards([BaitShard(probs, feats, mask)]), budget, **options)
+        picks, _, objective = bait(LocalShards([BaitShard(probs, feats, mask)]), budget, opts, progress=progress,
+                                   forward_steps=forward_steps)
     return BaitResult(np.array([i for _, i in picks], dtype=np.int64), objective)

@@ -100,13 +100,13 @@ class BaselineShard:
 
 
 def random_pick(group: ShardGroup, budget: int, seed: int) -> list[tuple[int, int]]:
-    counts = group.map("n_available")
+    counts = group.map(BaselineShard.n_available)
     positions = np.random.default_rng(seed).choice(sum(counts), size=budget, replace=False)
     starts = np.cumsum([0] + counts)
     shard_of = np.searchsorted(starts, positions, side="right") - 1
     local = {}
     for s in np.unique(shard_of):
-        local[s] = group.call(int(s), "available_rows", positions[shard_of == s] - starts[s])
+        local[s] = group.call(int(s), BaselineShard.available_rows, positions[shard_of == s] - starts[s])
     cursor = {s: 0 for s in local}
     picks = []
     for s in shard_of:
@@ -117,7 +117,7 @@ def random_pick(group: ShardGroup, budget: int, seed: int) -> list[tuple[int, in
 
 def top_k(group: ShardGroup, strategy: str, budget: int) -> tuple[list[tuple[int, int]], list[float]]:
     """Merge of per-shard top-k lists; a stable sort keeps ties in global row order."""
-    tops = group.map("top", strategy, budget)
+    tops = group.map(BaselineShard.top, strategy, budget)
     priority = torch.cat([t[0].double() for t in tops])
     score = torch.cat([t[1].double() for t in tops])
     owners = [(s, int(r)) for s, t in enumerate(tops) for r in t[2]]
@@ -127,9 +127,9 @@ def top_k(group: ShardGroup, strategy: str, budget: int) -> tuple[list[tuple[int
 
 def kcentre(group: ShardGroup, budget: int, progress: bool = False) -> tuple[list[tuple[int, int]], list[float]]:
     """Greedy k-centre; the score of a pick is its distance to the centres before it."""
-    first_rows = group.map("first_row_index")
-    labeled = torch.cat(group.map("labeled_feats"))
-    bests = group.map("start_kcentre", labeled)
+    first_rows = group.map(BaselineShard.first_row_index)
+    labeled = torch.cat(group.map(BaselineShard.labeled_feats))
+    bests = group.map(BaselineShard.start_kcentre, labeled)
     picks, scores = [], []
     bar = progress_bar(budget, "coreset", progress)
     while len(picks) < budget:
@@ -139,7 +139,7 @@ def kcentre(group: ShardGroup, budget: int, progress: bool = False) -> tuple[lis
         scores.append(float(np.sqrt(d2)))
         bar.update()
         if len(picks) < budget:
-            bests = group.map("add_kcentre", group.call(s, "row_feats", i), first_rows[s] + i)
+            bests = group.map(BaselineShard.add_kcentre, group.call(s, BaselineShard.row_feats, i), first_rows[s] + i)
     bar.close()
     return picks, scores
 

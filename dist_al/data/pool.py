@@ -32,21 +32,20 @@ import posixpath
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
-import fsspec
-from fsspec.implementations.local import LocalFileSystem
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
+from dist_al.config import PoolConfig
 from dist_al.core.errors import UserError
-from dist_al.data.storage import writable, write_table_atomic
+from dist_al.data.storage import filesystem, writable, write_table_atomic
 
 __all__ = [
     "PoolError",
-    "PoolSpec",
     "Pool",
     "Shard",
     "open_pool",
@@ -66,7 +65,7 @@ __all__ = [
 ]
 
 #: Logical column names accepted by ``read_shard(columns=...)``, mapped to the
-#: batch keys they produce.  The physical names come from ``PoolSpec``.
+#: batch keys they produce.  The physical names come from ``PoolConfig``.
 LOGICAL_COLUMNS = {"id": "ids", "features": "features", "label": "labels"}
 
 _PREFETCH_DEPTH = 2
@@ -79,17 +78,6 @@ class PoolError(UserError):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))  # embedded library errors may span lines
-
-
-@dataclass(frozen=True)
-class PoolSpec:
-    """Where a pool lives and which columns hold ids, features and (optional) labels."""
-
-    uri: str
-    id_column: str = "id"
-    feature_column: str = "features"
-    label_column: str | None = None
-    storage_options: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -122,7 +110,7 @@ class Pool:
     shipped to workers without re-reading footers.
     """
 
-    spec: PoolSpec
+    spec: PoolConfig
     fs: Any
     files: tuple[str, ...]
     metadata: tuple[Any, ...]  # pyarrow.parquet.FileMetaData per file
@@ -145,7 +133,7 @@ class Pool:
 # --------------------------------------------------------------------------- open
 
 
-def open_pool(spec: PoolSpec) -> Pool:
+def open_pool(spec: PoolConfig) -> Pool:
     """List the pool's files, read and validate their footers, and return a ``Pool``.
 
     Accepted column types: id int64/int32/string/large_string; features a
@@ -223,7 +211,7 @@ def _id_kind(t: pa.DataType) -> str:
 
 def _url_to_fs(uri: str, storage_options: dict | None):
     try:
-        return fsspec.core.url_to_fs(uri, **(storage_options or {}))
+        return filesystem(uri, storage_options)
     except (ImportError, ValueError) as exc:
         raise PoolError(f"pool {uri}: cannot open filesystem: {exc}") from exc
 
@@ -312,7 +300,7 @@ def _read_footers(uri: str, fs, files: list[str]) -> list:
         return [f.result() for f in futures]  # first failing file in order is reported
 
 
-def _validate_schema(spec: PoolSpec, fs, path: str, md) -> dict[str, pa.DataType]:
+def _validate_schema(spec: PoolConfig, fs, path: str, md) -> dict[str, pa.DataType]:
     """Check one file's footer schema; return {column: type} for the pool's columns."""
     try:
         schema = md.schema.to_arrow_schema()
@@ -438,7 +426,7 @@ def read_shard(
     if unknown:
         raise PoolError(f"pool {pool.spec.uri}: unknown column(s) {unknown}; choose from {sorted(LOGICAL_COLUMNS)}")
     if "label" in columns and not pool.spec.label_column:
-        raise PoolError(f"pool {pool.spec.uri}: labels requested but PoolSpec.label_column is not set")
+        raise PoolError(f"pool {pool.spec.uri}: labels requested but pool.label_column is not set")
     if not columns:
         raise PoolError(f"pool {pool.spec.uri}: no columns requested")
     wanted = tuple(dict.fromkeys(columns))  # dedupe, keep order

@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from dist_al.core.errors import UserError
+from dist_al.credentials import reveal
 from dist_al.faults import crash_point
 
 log = logging.getLogger(__name__)
@@ -111,8 +112,10 @@ def _writes(fn):
     return write
 
 
-def _fs(uri: str, storage_options: dict | None):
-    return fsspec.core.url_to_fs(uri, **(storage_options or {}))
+def filesystem(uri: str, storage_options: dict | None = None):
+    """(filesystem, path) of ``uri``: the one place where storage options (their credentials revealed) reach
+    fsspec, so every other place can carry them as secrets."""
+    return fsspec.core.url_to_fs(uri, **reveal(storage_options or {}))
 
 
 _fences: list[tuple[type, str, Callable[[], None]]] = []  # (filesystem class, root path, check)
@@ -122,7 +125,7 @@ _fences_guard = threading.Lock()
 def fence(root_uri: str, storage_options: dict | None, check: Callable[[], None]) -> Callable[[], None]:
     """Makes every later fenced write or removal under ``root_uri`` in this process call ``check()`` first
     (which raises to refuse it); returns the function that lifts the fence."""
-    fs, root = _fs(root_uri, storage_options)
+    fs, root = filesystem(root_uri, storage_options)
     entry = (type(fs), root.rstrip("/"), check)
     with _fences_guard:
         _fences.append(entry)
@@ -161,7 +164,7 @@ def _write_local_tmp(path: str, data: bytes) -> str:
 def write_bytes_atomic(uri: str, data: bytes, storage_options: dict | None = None, *, fenced: bool = True) -> str:
     """Local: temp file + rename. Object stores: one PUT, which is atomic there. ``fenced=False``: the lock's
     own record only."""
-    fs, path = _fs(uri, storage_options)
+    fs, path = filesystem(uri, storage_options)
     if isinstance(fs, LocalFileSystem):
         tmp = _write_local_tmp(path, data)
         try:
@@ -192,7 +195,7 @@ def create_exclusive(uri: str, data: bytes, storage_options: dict | None = None)
     Local: a complete temp file hard-linked to the name (link fails if the name exists, and
     readers never see half a file). Object stores: a PUT with ``If-None-Match: *``.
     """
-    fs, path = _fs(uri, storage_options)
+    fs, path = filesystem(uri, storage_options)
     if isinstance(fs, LocalFileSystem):
         tmp = _write_local_tmp(path, data)
         try:
@@ -213,16 +216,16 @@ def create_exclusive(uri: str, data: bytes, storage_options: dict | None = None)
 
 def remove_tree(uri: str, storage_options: dict | None = None) -> None:
     """Deletes a file or folder and everything under it (fenced, as writes are)."""
-    fs, path = _fs(uri, storage_options)
+    fs, path = filesystem(uri, storage_options)
     _check_fences(fs, path)
     retrying(f"removing {uri}", fs.rm, path, recursive=True)
 
 
 def read_bytes(uri: str, storage_options: dict | None = None) -> bytes:
-    fs, path = _fs(uri, storage_options)
+    fs, path = filesystem(uri, storage_options)
     return retrying(f"reading {uri}", fs.cat_file, path)
 
 
 def exists(uri: str, storage_options: dict | None = None) -> bool:
-    fs, path = _fs(uri, storage_options)
+    fs, path = filesystem(uri, storage_options)
     return retrying(f"checking {uri}", fs.exists, path)

@@ -25,7 +25,7 @@ import numpy as np
 __all__ = ["DEMO_CONFIG", "run_demo", "write_digits_pools"]
 
 #: The demo's settings (a real config file: `dist-al simulate --config` runs it too).
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 EVAL_ROWS = 500
 _SPLIT_SEED = 0
 
@@ -69,13 +69,13 @@ def run_demo(workdir: str = "./dist-al-demo", *, seeds: int | None = None, confi
     raw.setdefault("eval", {})["uri"] = eval_uri
     raw["workdir"] = workdir
     cfg = load_config(None, overrides, base=raw)
-    sim, sel = cfg["simulation"], cfg["selection"]
-    seeds = sim["seeds"] if seeds is None else seeds
+    sim, sel = cfg.simulation, cfg.selection
+    seeds = sim.seeds if seeds is None else seeds
     print(f"digits (scikit-learn): {n_pool} pool rows with hidden labels, {n_eval} test rows, 64 features, "
-          f"10 classes\n{sim['strategies'] or sel['strategy']}: {sim['initial_labeled']} random labels, then "
-          f"{sim['rounds']} rounds of +{sel['budget']}; model {cfg['model']['factory']} {cfg['model']['kwargs']}, "
-          f"retrained each round ({cfg['train']['backend']} backend); {seeds} seed(s); "
-          f"{cfg['cluster']['workers']} Ray workers\n", flush=True)
+          f"10 classes\n{sim.strategies or sel.strategy}: {sim.initial_labeled} random labels, then "
+          f"{sim.rounds} rounds of +{sel.budget}; model {cfg.model.factory} {cfg.model.kwargs}, "
+          f"retrained each round ({cfg.train.backend} backend); {seeds} seed(s); "
+          f"{cfg.cluster.workers} Ray workers\n", flush=True)
     records = simulate(cfg, seeds=seeds, progress=progress, name="digits (scikit-learn) pool")
     csv_uri, png_uri = curve_uris(cfg)
     print(format_table(records))

@@ -31,14 +31,13 @@ import posixpath
 import time
 from typing import Any
 
-import fsspec
 import numpy as np
 
-from dist_al.config import SCHEMA
-from dist_al.core.api import STRATEGIES, strategy_spec
+from dist_al.config import Config
+from dist_al.core.api import strategy_spec
 from dist_al.core.errors import UserError
 from dist_al.core.progress import progress_bar
-from dist_al.data.storage import write_bytes_atomic
+from dist_al.data.storage import filesystem, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +64,9 @@ def parse_strategies(value) -> list[str]:
     return names
 
 
-def _options_for(cfg: dict, strategy: str) -> dict:
-    """The selection section's strategy options that this strategy takes (bait's lam is not badge's)."""
-    given = {k: v for k, v in cfg["selection"].items() if k not in SCHEMA["selection"]}
-    return {k: v for k, v in given.items() if k in STRATEGIES[strategy].options and k != "progress"}
-
-
-def curve_uris(cfg: dict) -> tuple[str, str]:
+def curve_uris(cfg: Config) -> tuple[str, str]:
     """Where simulate writes (curve.csv, curve.png)."""
-    base = _join(cfg["workdir"], "simulation")
+    base = _join(cfg.workdir, "simulation")
     return _join(base, "curve.csv"), _join(base, "curve.png")
 
 
@@ -88,43 +81,40 @@ def _round_seed(seed: int, round_: int) -> int:
     return int(np.random.SeedSequence([seed, round_]).generate_state(1)[0])
 
 
-def _check(cfg: dict, strategies: list[str], seeds: int):
+def _check(cfg: Config, strategies: list[str], seeds: int):
+    from dist_al.campaign.train import eval_pool
     from dist_al.data.pool import open_pool
-    from dist_al.runtime.sharded_pool import pool_spec
-    from dist_al.campaign.train import _pool_spec
 
-    if not cfg["pool"]["label_column"]:
+    if not cfg.pool.label_column:
         raise UserError("simulation reveals the pool's hidden labels: set config key pool.label_column "
                         "(an integer label column of the pool)")
-    if not cfg["eval"]["uri"]:
+    if not cfg.eval.uri:
         raise UserError("simulation needs a labeled evaluation set: set config key eval.uri (a Parquet dataset "
                         "with the pool's id, feature and label column names)")
     if seeds < 1:
         raise UserError(f"seeds must be >= 1, got {seeds}")
-    pool = open_pool(pool_spec(cfg))  # footers only: schema problems before anything starts
-    open_pool(_pool_spec(cfg, cfg["eval"]["uri"], with_labels=True))
-    sim, budget = cfg["simulation"], cfg["selection"]["budget"]
-    need = sim["initial_labeled"] + sim["rounds"] * budget
+    pool = open_pool(cfg.pool)  # footers only: schema problems before anything starts
+    open_pool(eval_pool(cfg.pool, cfg.eval.uri))
+    sim, budget = cfg.simulation, cfg.selection.budget
+    need = sim.initial_labeled + sim.rounds * budget
     if need > pool.num_rows:
         raise UserError(f"the pool has {pool.num_rows} rows but simulation.initial_labeled "
-                        f"({sim['initial_labeled']}) + simulation.rounds ({sim['rounds']}) x selection.budget "
+                        f"({sim.initial_labeled}) + simulation.rounds ({sim.rounds}) x selection.budget "
                         f"({budget}) = {need} labels")
-    for name in strategies:
-        if name == "bait":
-            from dist_al.core.api import resolve_options
-            from dist_al.core.bait import check_reduction
-            from dist_al.models.build import build_model, classifier_layer
-            from dist_al.runtime.sharded_pool import model_spec
+    if "bait" in strategies:
+        from dist_al.core.bait import check_reduction
+        from dist_al.models.build import build_model, classifier_layer
 
-            layer = classifier_layer(build_model(model_spec(cfg)), cfg["model"]["classifier"])
-            check_reduction(resolve_options("bait", _options_for(cfg, "bait")), layer.out_features, layer.in_features)
+        layer = classifier_layer(build_model(cfg.model, storage_options=cfg.pool.storage_options),
+                                 cfg.model.classifier)
+        check_reduction(cfg.selection.options_for("bait"), layer.out_features, layer.in_features)
     return pool
 
 
 # --------------------------------------------------------------------------- the loop
 
 
-def simulate(cfg: dict, *, strategies: list[str] | str | None = None, seeds: int | None = None,
+def simulate(cfg: Config, *, strategies: list[str] | str | None = None, seeds: int | None = None,
              progress: bool = False, name: str | None = None) -> list[dict]:
     """Runs the simulated active-learning loop; returns the curve records (also written as curve.csv/png).
 
@@ -137,31 +127,33 @@ def simulate(cfg: dict, *, strategies: list[str] | str | None = None, seeds: int
     nothing).  ``name`` names the data in the plot (default: the pool URI).  Starts a local Ray unless one is running or ``cluster.address``
     names one.
     """
+    from dist_al.models.build import build_model
     from dist_al.runtime.cluster import cluster_session
-    from dist_al.runtime.sharded_pool import ShardedPool
+    from dist_al.runtime.selection import sharded_pool
 
     if strategies is None:
-        strategies = cfg["simulation"]["strategies"] or cfg["selection"]["strategy"]
+        strategies = cfg.simulation.strategies or cfg.selection.strategy
     strategies = parse_strategies(strategies)
-    seeds = cfg["simulation"]["seeds"] if seeds is None else seeds
+    seeds = cfg.simulation.seeds if seeds is None else seeds
     if isinstance(seeds, bool) or not isinstance(seeds, int):
         raise UserError(f"seeds must be an integer >= 1, got {seeds!r}")  # noqa: TRY004
     pool_info = _check(cfg, strategies, seeds)
-    sim, sel = cfg["simulation"], cfg["selection"]
+    sim, sel = cfg.simulation, cfg.selection
     n_runs = len(strategies) * seeds
 
     records: list[dict] = []
     t0 = time.perf_counter()
     with cluster_session(cfg, train=True):  # the ShardWorkers live through every training
-        pool = ShardedPool(cfg, progress=progress, labels=True)
-        log.info("pool %s: %d rows on %d workers, embedded in %.1fs", cfg["pool"]["uri"], pool.num_rows,
+        network = build_model(cfg.model, seed=sel.seed, storage_options=cfg.pool.storage_options)
+        pool = sharded_pool(cfg, network, progress=progress, labels=True)
+        log.info("pool %s: %d rows on %d workers, embedded in %.1fs", cfg.pool.uri, pool.num_rows,
                  len(pool.workers), pool.seconds_embed)
-        bar = progress_bar(n_runs * (sim["rounds"] + 1), "simulation rounds", progress)
+        bar = progress_bar(n_runs * (sim.rounds + 1), "simulation rounds", progress)
         try:
             for s in range(seeds):
-                seed = sel["seed"] + s
+                seed = sel.seed + s
                 rng = np.random.default_rng(seed)
-                first = np.sort(rng.choice(pool.num_rows, size=sim["initial_labeled"], replace=False))
+                first = np.sort(rng.choice(pool.num_rows, size=sim.initial_labeled, replace=False))
                 init_ids, init_labels = pool.rows_at(first)
                 shared_round0: dict[str, Any] = {}
                 for strategy in strategies:
@@ -174,34 +166,30 @@ def simulate(cfg: dict, *, strategies: list[str] | str | None = None, seeds: int
     return records
 
 
-def _run_config(cfg: dict, seed: int, offset: int) -> dict:
-    run = {k: (dict(v) if isinstance(v, dict) else v) for k, v in cfg.items()}
-    run["selection"]["seed"] = seed
-    base = cfg["train"]["seed"]
-    run["train"]["seed"] = seed if base is None else base + offset
-    return run
+def _run_config(cfg: Config, seed: int, offset: int) -> Config:
+    base = cfg.train.seed
+    return cfg.replace(selection={"seed": seed}, train={"seed": seed if base is None else base + offset})
 
 
 def _run(cfg, pool, strategy, seed, offset, init_ids, init_labels, shared_round0, bar) -> list[dict]:
     """One strategy at one seed: rounds + 1 train/eval points, `rounds` selections."""
     import torch
 
+    from dist_al.campaign.train import _label_keys, train
+    from dist_al.campaign.train import accuracy as eval_accuracy
     from dist_al.models.build import build_model
-    from dist_al.runtime.sharded_pool import model_spec
-    from dist_al.data.storage import write_bytes_atomic
-    from dist_al.campaign.train import _label_keys, evaluate, train
 
     run_cfg = _run_config(cfg, seed, offset)
-    sim, budget = cfg["simulation"], cfg["selection"]["budget"]
-    storage = cfg["pool"]["storage_options"]
-    eval_uri = cfg["eval"]["uri"]
-    options = _options_for(cfg, strategy)
+    sim, budget = cfg.simulation, cfg.selection.budget
+    storage = cfg.pool.storage_options
+    eval_uri = cfg.eval.uri
+    options = cfg.selection.options_for(strategy)
     labeled = dict(zip(init_ids.tolist(), init_labels.tolist()))
-    out_dir = _join(cfg["workdir"], "simulation", strategy, f"seed{seed}")
-    warm = cfg["train"]["warm_start"]
+    out_dir = _join(cfg.workdir, "simulation", strategy, f"seed{seed}")
+    warm = cfg.train.warm_start
     state = None
     records = []
-    for r in range(sim["rounds"] + 1):
+    for r in range(sim.rounds + 1):
         uri = _join(out_dir, f"round{r}.pt")
         t_train = time.perf_counter()
         if r == 0 and "state" in shared_round0:
@@ -214,9 +202,9 @@ def _run(cfg, pool, strategy, seed, offset, init_ids, init_labels, shared_round0
                            warm_start_state=state if warm else None)
             state, accuracy = result.state, result.accuracy
         else:  # initial_labeled: 0 -- the untrained model selects the first batch
-            model = build_model(model_spec(run_cfg), seed=run_cfg["train"]["seed"])
+            model = build_model(run_cfg.model, seed=run_cfg.train_seed, storage_options=storage)
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            accuracy = evaluate(run_cfg, model, eval_uri)
+            accuracy = eval_accuracy(run_cfg.pool, model, eval_uri)
             buf = io.BytesIO()
             torch.save(state, buf)
             write_bytes_atomic(uri, buf.getvalue(), storage)
@@ -227,7 +215,7 @@ def _run(cfg, pool, strategy, seed, offset, init_ids, init_labels, shared_round0
                                  seconds=time.perf_counter() - t_train)
         record = {"strategy": strategy, "seed": seed, "round": r, "labeled": len(labeled), "accuracy": accuracy,
                   "train_seconds": time.perf_counter() - t_train, "embed_seconds": None, "select_seconds": None}
-        if r < sim["rounds"]:
+        if r < sim.rounds:
             record["embed_seconds"] = pool.reembed(state)
             picked = pool.select(strategy, budget, seed=_round_seed(seed, r), options=options,
                                  labeled_ids=_label_keys(labeled))
@@ -259,18 +247,18 @@ def _csv_bytes(records: list[dict]) -> bytes:
     return buf.getvalue().encode()
 
 
-def _write_outputs(cfg: dict, records: list[dict], seeds: int, pool_rows: int, name: str | None) -> None:
-    from dist_al.experiments.plots import plot_curve
+def _write_outputs(cfg: Config, records: list[dict], seeds: int, pool_rows: int, name: str | None) -> None:
     from dist_al.data.storage import write_bytes_atomic
+    from dist_al.experiments.plots import plot_curve
 
     csv_uri, png_uri = curve_uris(cfg)
-    storage = cfg["pool"]["storage_options"]
+    storage = cfg.pool.storage_options
     write_bytes_atomic(csv_uri, _csv_bytes(records), storage)
     if name is None:
-        uri = cfg["pool"]["uri"]
+        uri = cfg.pool.uri
         name = "pool " + (uri if len(uri) <= 40 else "..." + uri[-37:])
-    subtitle = (f"{name} ({pool_rows:,} rows), {cfg['simulation']['initial_labeled']} initial labels, "
-                f"+{cfg['selection']['budget']} per round; "
+    subtitle = (f"{name} ({pool_rows:,} rows), {cfg.simulation.initial_labeled} initial labels, "
+                f"+{cfg.selection.budget} per round; "
                 + (f"mean ± 1 s.e. over {seeds} seeds" if seeds > 1 else "1 seed"))
     png = plot_curve(records, title="Active learning: test accuracy vs labels", subtitle=subtitle)
     write_bytes_atomic(png_uri, png, storage)
@@ -302,19 +290,17 @@ def format_table(records: list[dict]) -> str:
 def simulate_command(args) -> int:
     """`dist-al simulate`: config + overrides, run, print the table and where the curve went."""
     from dist_al.config import load_config
-    from dist_al.credentials import redact
 
     logging.basicConfig(level=getattr(logging, args.log_level or "WARNING"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, args.overrides)
     csv_uri, png_uri = curve_uris(cfg)
-    done_uri = _join(cfg["workdir"], "simulation", "run.json")
+    done_uri = _join(cfg.workdir, "simulation", "run.json")
     # what determines the curve: the same again is already done (durations aside); credentials do not
-    run_key = json.dumps(redact({"strategies": args.strategies, "seeds": args.seeds,
-                                 **{k: cfg[k] for k in ("pool", "model", "selection", "train", "simulation", "eval")}}),
-                         sort_keys=True, default=str)
-    opts = cfg["pool"]["storage_options"]
-    fs, done_path = fsspec.core.url_to_fs(done_uri, **opts)
+    settings = {k: v for k, v in cfg.dump().items() if k not in ("cluster", "workdir")}
+    run_key = json.dumps({"strategies": args.strategies, "seeds": args.seeds, **settings}, sort_keys=True, default=str)
+    opts = cfg.pool.storage_options
+    fs, done_path = filesystem(done_uri, opts)
     if fs.exists(done_path) and fs.cat_file(done_path).decode() == run_key:
         print(f"simulation already complete for this config: {csv_uri}, {png_uri} (remove {done_uri} to run it again)")
         return 0

@@ -1,8 +1,6 @@
-"""Models named by import path, and the (p, h) every strategy needs from them.
+"""Models named by import path (``model.factory``), with weights from a checkpoint or a seed.
 
-Any nn.Module works: the final nn.Linear (found automatically or named) is
-hooked, its input is h and the softmax of its output is p, so user models
-need no special forward signature.
+Checkpoints are state_dicts read with torch's weights_only unpickler: a file that holds code is refused.
 """
 
 from __future__ import annotations
@@ -13,25 +11,17 @@ import os
 import pickle  # only for its exception type: checkpoints are read by torch's weights_only unpickler
 import sys
 import warnings
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from dist_al.config import ModelConfig
 from dist_al.core.errors import UserError
+from dist_al.data.storage import filesystem
 
 
 class ModelError(UserError):
     """A model that cannot be built, loaded or used; the message says which and why."""
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    factory: str = "dist_al.models:mlp"
-    kwargs: dict = field(default_factory=dict)
-    checkpoint: str | None = None
-    classifier: str | None = None  # module name of the final nn.Linear; found automatically if None
-    storage_options: dict = field(default_factory=dict)
 
 
 def _import_factory(path: str):
@@ -52,11 +42,9 @@ def _import_factory(path: str):
 
 def load_state(uri: str, storage_options: dict | None = None) -> dict:
     """A state_dict from any fsspec URI, loaded with weights_only=True (never arbitrary pickle)."""
-    import fsspec
-
     try:
-        with fsspec.open(uri, "rb", **(storage_options or {})) as f:
-            data = f.read()
+        fs, path = filesystem(uri, storage_options)
+        data = fs.cat_file(path)
     except (FileNotFoundError, OSError) as err:
         raise ModelError(f"model.checkpoint {uri!r} cannot be read: {err}") from None
     try:
@@ -87,8 +75,10 @@ def _unpickling_reason(err: BaseException) -> str:
     return (found[-1] if found else lines[-1] if lines else type(err).__name__).rstrip(":")
 
 
-def build_model(spec: ModelSpec, *, seed: int = 0, state: dict | None = None) -> nn.Module:
-    """The model with weights from `state`, else the checkpoint, else initialised from the seed."""
+def build_model(spec: ModelConfig, *, seed: int = 0, state: dict | None = None,
+                storage_options: dict | None = None) -> nn.Module:
+    """The model with weights from `state`, else the checkpoint (read with ``storage_options``), else initialised
+    from the seed."""
     factory = _import_factory(spec.factory)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -99,7 +89,7 @@ def build_model(spec: ModelSpec, *, seed: int = 0, state: dict | None = None) ->
     if not isinstance(model, nn.Module):
         raise ModelError(f"model.factory {spec.factory!r} returned a {type(model).__name__}, not a torch.nn.Module")
     if state is None and spec.checkpoint:
-        state = load_state(spec.checkpoint, spec.storage_options)
+        state = load_state(spec.checkpoint, storage_options)
     if state is not None:
         try:
             model.load_state_dict(state)
@@ -122,32 +112,3 @@ def classifier_layer(model: nn.Module, name: str | None = None) -> nn.Linear:
     if not linears:
         raise ModelError("the model has no nn.Linear layer to use as the classifier; name one in model.classifier")
     return linears[-1]
-
-
-class Embedder:
-    """Runs the model and returns (p, h) per batch: softmax of the classifier output and its input."""
-
-    def __init__(self, model: nn.Module, classifier: str | None = None, device: str | torch.device = "cpu",
-                 autocast: str | None = None):
-        self.model = model.to(device).eval()
-        self.device = torch.device(device)
-        self.layer = classifier_layer(model, classifier)
-        self.autocast = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[autocast]
-        self._captured: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.layer.register_forward_hook(lambda _m, inputs, output: self._captured.append((inputs[0], output)))
-
-    @property
-    def n_classes(self) -> int:
-        return self.layer.out_features
-
-    @torch.inference_mode()
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self._captured.clear()
-        x = x.to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
-            self.model(x)
-        if len(self._captured) != 1:
-            raise ModelError(f"the classifier layer ran {len(self._captured)} times in one forward pass; "
-                             "name the final layer in model.classifier")
-        h, logits = self._captured[0]
-        return torch.softmax(logits.float(), 1), h.float().reshape(len(x), -1)

@@ -27,12 +27,11 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import ray
 
-from dist_al.config import SCHEMA
+from dist_al.config import ClusterConfig, Config, TrainConfig
 from dist_al.core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -65,22 +64,17 @@ class WorkerGroup:
         return f"{self.cpus:g} CPU and {self.gpus:g} GPU each"
 
 
-def shard_workers(cfg: Mapping) -> WorkerGroup:
-    c = cfg["cluster"]
-    return WorkerGroup("ShardWorker", c["workers"], c["cpus_per_worker"], c["gpus_per_worker"],
+def shard_workers(cluster: ClusterConfig) -> WorkerGroup:
+    return WorkerGroup("ShardWorker", cluster.workers, cluster.cpus_per_worker, cluster.gpus_per_worker,
                        ("cluster.workers", "cluster.cpus_per_worker", "cluster.gpus_per_worker"))
 
 
-def train_workers(settings: Mapping) -> WorkerGroup | None:
-    """Ray Train's worker group from the ``train`` section (None with ``backend: local``: no Ray workers)."""
-    if settings.get("backend", "ray") != "ray":
+def train_workers(train: TrainConfig) -> WorkerGroup | None:
+    """Ray Train's worker group (None with ``backend: local``: no Ray workers)."""
+    if train.backend != "ray":
         return None
-    return WorkerGroup("Ray Train worker", settings["workers"], settings["cpus_per_worker"],
-                       1 if settings["use_gpu"] else 0, ("train.workers", "train.cpus_per_worker", "train.use_gpu"))
-
-
-def start_timeout(cfg: Mapping) -> float:
-    return float((cfg.get("cluster") or {}).get("start_timeout_s", SCHEMA["cluster"]["start_timeout_s"][0]))
+    return WorkerGroup("Ray Train worker", train.workers, train.cpus_per_worker, 1 if train.use_gpu else 0,
+                       ("train.workers", "train.cpus_per_worker", "train.use_gpu"))
 
 
 # -------------------------------------------------------------------------- the session
@@ -120,10 +114,10 @@ def ray_session(address: str | None, num_cpus: int | None = None, *, groups: tup
         ray.shutdown()
 
 
-def cluster_session(cfg: Mapping, *, shards: bool = True, train: bool = False):
+def cluster_session(cfg: Config, *, shards: bool = True, train: bool = False):
     """``ray_session`` for a command that runs ShardWorkers and/or Ray Train's workers (both at once: simulate)."""
-    groups = ([shard_workers(cfg)] if shards else []) + ([train_workers(cfg["train"])] if train else [])
-    return ray_session(cfg["cluster"]["address"], groups=tuple(g for g in groups if g is not None))
+    groups = ([shard_workers(cfg.cluster)] if shards else []) + ([train_workers(cfg.train)] if train else [])
+    return ray_session(cfg.cluster.address, groups=tuple(g for g in groups if g is not None))
 
 
 def _check_local(groups: tuple[WorkerGroup, ...], gpus: float) -> None:

@@ -23,9 +23,8 @@ import time
 from pathlib import Path
 
 from dist_al.config import read_config
-from dist_al.credentials import credential_paths
-
 from dist_al.core.errors import UserError
+from dist_al.credentials import credential_paths
 
 COMMANDS = ("select", "round", "export", "ingest", "train", "status", "simulate")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")

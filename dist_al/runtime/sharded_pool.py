@@ -1,32 +1,36 @@
-"""Distributed selection from a config: pool -> shard plan -> ShardWorkers -> core loop -> ids.
+"""The sharded pool: ShardWorker actors that embed the pool once and keep it resident, driven by the core's
+coordinator loops (``RayShards``), with lost workers replaced.
 
-The coordinator (this process) never holds the pool: it reads Parquet footers,
-ships one copy of the model weights, and runs the strategy's sequential part
-on sketches the workers send back.
+The coordinator (this process) never holds the pool: it reads Parquet footers, ships one copy of the model
+weights, and runs the strategy's sequential part on sketches the workers send back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import ray
 import torch
+from torch import nn
 
-from dist_al.runtime.cluster import cluster_session, shard_workers, start_timeout, wait_started, worker_threads
-from dist_al.runtime.cluster import ray_session  # noqa: F401 - where callers have always found it
-from dist_al.config import strategy_options
+from dist_al.config import ClusterConfig, ModelConfig, PoolConfig
 from dist_al.core.api import check_seed, resolve_options, run_strategy
 from dist_al.core.bait import check_reduction
 from dist_al.core.errors import UserError
 from dist_al.core.inputs import check_budget
+from dist_al.core.options import BaitOptions, StrategyOptions
 from dist_al.core.progress import progress_bar
-from dist_al.runtime.worker import PROBE_SECONDS, WORKER_LOST, RayShards, ShardWorker, get_all
-from dist_al.models.build import ModelSpec, build_model, classifier_layer
-from dist_al.data.pool import PoolError, PoolSpec, open_pool, plan_shards
+from dist_al.data.pool import PoolError, open_pool, plan_shards
+from dist_al.models.build import build_model
+from dist_al.runtime.cluster import shard_workers, wait_started, worker_threads
+from dist_al.runtime.worker import ShardWorker
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,67 @@ log = logging.getLogger(__name__)
 # so the rerun gives the same result. This many recoveries per operation, then WorkerLostError.
 MAX_RECOVERIES = 3
 EMBED_STEP_ROWS = 65536
+
+
+# What a Ray call raises when a ShardWorker (its process or its node) is gone; a worker's own
+# exceptions arrive as RayTaskError and are not among these.
+WORKER_LOST = (
+    ray.exceptions.RayActorError,  # ActorDiedError, ActorUnavailableError
+    ray.exceptions.ObjectLostError,  # a result that lived on a removed node
+    ray.exceptions.WorkerCrashedError,
+    ray.exceptions.NodeDiedError,
+)
+
+# A worker that has not answered in this long, while another was lost, is taken for lost too.
+PROBE_SECONDS = 60.0
+
+
+def get_all(refs: list) -> list:
+    """ray.get of every ref. When a worker is lost, the other results are read too (waiting at most
+    PROBE_SECONDS) before the loss is raised: a call that failed on a dead worker's result would
+    otherwise be logged by Ray as an unhandled error when its ref is dropped."""
+    try:
+        return ray.get(refs)
+    except WORKER_LOST:
+        ray.wait(refs, num_returns=len(refs), timeout=PROBE_SECONDS)
+        for ref in refs:
+            with contextlib.suppress(ray.exceptions.RayError):
+                ray.get(ref, timeout=0)
+        raise
+
+
+class RayShards:
+    """The core's ShardGroup over ShardWorker actors: ``map`` calls every worker at once, in shard order. A
+    method travels by name (``ShardWorker.invoke``); the coordinator loops name it by reference."""
+
+    # Arguments larger than this go to the object store once instead of once per worker.
+    _PUT_BYTES = 1 << 16
+
+    def __init__(self, workers: list):
+        self.workers = workers
+
+    def map(self, method: Callable, *args: Any) -> list:
+        args = tuple(ray.put(a) if _nbytes(a) > self._PUT_BYTES else a for a in args)
+        return get_all([w.invoke.remote(method.__name__, *args) for w in self.workers])
+
+    def call(self, shard: int, method: Callable, *args: Any) -> Any:
+        return ray.get(self.workers[shard].invoke.remote(method.__name__, *args))
+
+    def submit(self, shard: int, method: Callable, *args: Any, returns: int = 1) -> Any:
+        return self.workers[shard].invoke.options(num_returns=returns).remote(method.__name__, *args)
+
+    def fetch(self, handle: Any) -> Any:
+        return ray.get(handle)
+
+
+def _nbytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, (tuple, list)):
+        return sum(_nbytes(v) for v in value)
+    return 0
 
 
 class WorkerLostError(RuntimeError):
@@ -50,30 +115,17 @@ class SelectionResult:
     picks: list[tuple[int, int]] = field(default_factory=list)  # (shard, row in the shard) per pick, in rank order
 
 
-def pool_spec(cfg: dict) -> PoolSpec:
-    p = cfg["pool"]
-    return PoolSpec(p["uri"], p["id_column"], p["feature_column"], p["label_column"], p["storage_options"])
-
-
-def model_spec(cfg: dict) -> ModelSpec:
-    m = cfg["model"]
-    return ModelSpec(m["factory"], m["kwargs"], m["checkpoint"], m["classifier"], cfg["pool"]["storage_options"])
-
-
-def start_workers(cfg: dict, state, shards, *, labels: bool = False) -> list:
+def start_workers(pool: PoolConfig, model: ModelConfig, cluster: ClusterConfig, weights, shards, *,
+                  labels: bool = False) -> list:
     """A ShardWorker per shard, once each has started: on a cluster that cannot place them all within
     cluster.start_timeout_s, none is left running and ClusterTooSmall says what they need (dist_al.runtime.cluster)."""
-    c = cfg["cluster"]
     actor = ray.remote(ShardWorker).options(
-        num_cpus=c["cpus_per_worker"], num_gpus=c["gpus_per_worker"], scheduling_strategy="SPREAD", max_restarts=0
-    )
-    workers = [
-        actor.remote(pool_spec(cfg), shard, model_spec(cfg), state, batch_size=cfg["model"]["batch_size"],
-                     autocast=cfg["model"]["autocast"], threads=worker_threads(c["cpus_per_worker"]), labels=labels)
-        for shard in shards
-    ]
-    group = replace(shard_workers(cfg), count=len(workers))
-    wait_started(workers, [w.where.remote() for w in workers], group, start_timeout(cfg))
+        num_cpus=cluster.cpus_per_worker, num_gpus=cluster.gpus_per_worker, scheduling_strategy="SPREAD",
+        max_restarts=0)
+    threads = worker_threads(cluster.cpus_per_worker)
+    workers = [actor.remote(pool, shard, model, weights, threads=threads, labels=labels) for shard in shards]
+    group = replace(shard_workers(cluster), count=len(workers))
+    wait_started(workers, [w.where.remote() for w in workers], group, cluster.start_timeout_s)
     return workers
 
 
@@ -101,21 +153,22 @@ class ShardedPool:
     its shard re-embedded; the call that saw it die runs again (see MAX_RECOVERIES).
     """
 
-    def __init__(self, cfg: dict, *, progress: bool = False, labels: bool = False, model=None):
-        self.cfg = cfg
+    def __init__(self, pool: PoolConfig, model: ModelConfig, cluster: ClusterConfig, *, network: nn.Module | None = None,
+                 seed: int = 0, progress: bool = False, labels: bool = False):
+        self.pool, self.model, self.cluster = pool, model, cluster
         self.progress = progress
-        if labels and not cfg["pool"]["label_column"]:
+        if labels and not pool.label_column:
             raise UserError("pool labels requested but config key pool.label_column is not set")
         self.with_labels = labels
-        pool = open_pool(pool_spec(cfg))  # schema problems surface here, before any model runs
-        self.num_rows = pool.num_rows
-        self.shards = plan_shards(pool, cfg["cluster"]["workers"])
-        if model is None:  # one init, shipped to all
-            model = build_model(model_spec(cfg), seed=cfg["selection"]["seed"])
+        opened = open_pool(pool)  # schema problems surface here, before any model runs
+        self.num_rows = opened.num_rows
+        self.shards = plan_shards(opened, cluster.workers)
+        if network is None:  # one init, shipped to all
+            network = build_model(model, seed=seed, storage_options=pool.storage_options)
         # Kept for the pool's life: a replacement worker starts from the weights the others hold.
-        self._weights = ray.put({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        self._weights = ray.put({k: v.detach().cpu() for k, v in network.state_dict().items()})
         t0 = time.perf_counter()
-        self.workers = start_workers(cfg, self._weights, self.shards, labels=labels)
+        self.workers = self._start(self.shards)
         self.where: list[tuple[str, int] | None] = [None] * len(self.shards)  # (node, pid) per shard
         self._embed()  # replaces the workers it loses itself
         self._recovering("the duplicate-id check", lambda: check_unique_ids_on_workers(self.workers))
@@ -125,6 +178,9 @@ class ShardedPool:
                      where["pid"], where["device"], ",".join(where["gpus"]) or "none")
         self.summary = placement[0]
         self.seconds_embed = time.perf_counter() - t0
+
+    def _start(self, shards) -> list:
+        return start_workers(self.pool, self.model, self.cluster, self._weights, shards, labels=self.with_labels)
 
     # -- lost workers --------------------------------------------------------------------
 
@@ -168,7 +224,7 @@ class ShardedPool:
         """Starts a new worker for shard s (not yet embedded); answers where the lost one was."""
         lost = self.where[s] or ("not yet known", "not yet known")
         ray.kill(self.workers[s], no_restart=True)  # one that hangs must not come back later
-        self.workers[s] = start_workers(self.cfg, self._weights, [self.shards[s]], labels=self.with_labels)[0]
+        self.workers[s] = self._start([self.shards[s]])[0]
         self.where[s] = None
         return lost
 
@@ -207,13 +263,13 @@ class ShardedPool:
 
     # -- the pool's operations --------------------------------------------------------------
 
-    def reembed(self, state: dict) -> float:
-        """Loads ``state`` (a state_dict of the same model) on every worker and embeds the pool again
-        with it (features only: ids and labels stay resident); returns the seconds it took."""
+    def reembed(self, weights: dict) -> float:
+        """Loads ``weights`` (a state_dict of the same model) on every worker and embeds the pool again
+        with them (features only: ids and labels stay resident); returns the seconds it took."""
         t0 = time.perf_counter()
-        self._weights = ray.put({k: v.detach().cpu() for k, v in state.items()})
+        self._weights = ray.put({k: v.detach().cpu() for k, v in weights.items()})
         self._recovering("loading new weights",
-                         lambda: ray.get([w.load_state.remote(self._weights) for w in self.workers]))
+                         lambda: ray.get([w.load_weights.remote(self._weights) for w in self.workers]))
         self._embed()
         self.seconds_embed = time.perf_counter() - t0
         return self.seconds_embed
@@ -249,17 +305,15 @@ class ShardedPool:
             found[pos] = True
         if not found.all():
             missing = ids[~found]
-            raise UserError(f"{len(missing)} id(s) are not in pool {self.cfg['pool']['uri']}, "
+            raise UserError(f"{len(missing)} id(s) are not in pool {self.pool.uri}, "
                             f"e.g. {missing[0].item() if isinstance(missing[0], np.generic) else missing[0]!r}")
         return labels
 
-    def select(self, strategy: str, budget: int, *, seed: int = 0, options: dict | None = None,
+    def select(self, strategy: str, budget: int, *, seed: int = 0, options: StrategyOptions | dict | None = None,
                labeled_ids=None) -> SelectionResult:
-        options = resolve_options(strategy, options or {})
-        if "progress" in options:
-            options["progress"] = self.progress
+        options = resolve_options(strategy, options)
         seed = check_seed(seed)
-        if strategy == "bait":
+        if isinstance(options, BaitOptions):
             check_reduction(options, self.summary["classes"], self.summary["feat_dim"])
         labeled = None if labeled_ids is None else np.asarray(labeled_ids)
         t0 = time.perf_counter()
@@ -278,12 +332,13 @@ class ShardedPool:
         rank = np.argsort(np.argsort(picks[:, 0], kind="stable"))  # the parts hold the picks grouped by shard
         return pa.concat_tables(parts).take(rank)
 
-    def _select(self, strategy: str, budget: int, seed: int, options: dict, labeled) -> tuple[pa.Table, list]:
-        """One run of the strategy from its start: every worker's strategy state is built afresh."""
+    def _select(self, strategy: str, budget: int, seed: int, options: StrategyOptions, labeled
+                ) -> tuple[pa.Table, list]:
+        """One run of the strategy from its start: every worker's strategy shard is built afresh."""
         counts = ray.get([w.start.remote(strategy, labeled, s.first_row) for w, s in zip(self.workers, self.shards)])
         budget = check_budget(budget, sum(counts))
         with torch.inference_mode():
-            selection = run_strategy(strategy, RayShards(self.workers), budget, seed, options)
+            selection = run_strategy(strategy, RayShards(self.workers), budget, seed, options, self.progress)
         by_shard: dict[int, list[int]] = {}
         for s, i in selection.picks:
             by_shard.setdefault(s, []).append(i)
@@ -306,38 +361,3 @@ class ShardedPool:
 def _first_line(err: Exception) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0] if text else ''}"
-
-
-def preflight(cfg: dict, n_labeled: int = 0):
-    """What can be checked without Ray (pool footers, model and checkpoint, budget, BAIT's size), so bad input
-    fails in seconds, before any worker starts or anything is written. ``n_labeled``: labeled ids known to be
-    in the pool. Answers the built model, for ShardedPool to ship (the checkpoint is read once)."""
-    pool = open_pool(pool_spec(cfg))
-    model = build_model(model_spec(cfg), seed=cfg["selection"]["seed"])
-    check_budget(cfg["selection"]["budget"], pool.num_rows - n_labeled)
-    strategy = cfg["selection"]["strategy"]
-    if strategy == "bait":
-        layer = classifier_layer(model, cfg["model"]["classifier"])
-        check_reduction(resolve_options(strategy, strategy_options(cfg)), layer.out_features, layer.in_features)
-    return model
-
-
-def run_selection(cfg: dict, *, labeled_ids=None, progress: bool = False) -> SelectionResult:
-    """One selection as the config says: embed the pool on Ray, select, return the ids."""
-    sel = cfg["selection"]
-    model = preflight(cfg)
-    with cluster_session(cfg):
-        pool = ShardedPool(cfg, progress=progress, model=model)
-        try:
-            return pool.select(sel["strategy"], sel["budget"], seed=sel["seed"], options=strategy_options(cfg),
-                               labeled_ids=labeled_ids)
-        finally:
-            pool.close()
-
-
-def select(config, *, overrides=(), labeled_ids=None, progress: bool = False) -> pa.Table:
-    """Notebook entry point: a config (YAML path or dict) in, the selection table (id, rank, strategy, score) out."""
-    from dist_al.config import load_config
-
-    cfg = load_config(config, overrides) if isinstance(config, str) else load_config(None, overrides, base=config)
-    return run_selection(cfg, labeled_ids=labeled_ids, progress=progress).table

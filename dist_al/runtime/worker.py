@@ -1,14 +1,11 @@
-"""The Ray layer: ShardWorker actors hold a shard's rows; RayShards lets the core's loops drive them.
+"""The ShardWorker actor: one shard of the pool, embedded once and kept resident for every selection step.
 
-The selection algorithms live in dist_al.core and talk to shards only through
-`map` and `call`; here those become actor calls. Workers keep ids, p and h
-resident (and the strategy's per-row state), so the coordinator only sees
-sketches and the picked rows.
+Workers keep ids, p and h resident (and the strategy's per-row shard state), so the coordinator
+(``dist_al.runtime.sharded_pool``) only sees sketches and the picked rows.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Any
 
@@ -17,11 +14,21 @@ import pyarrow as pa
 import ray
 import torch
 
+from dist_al.config import ModelConfig, PoolConfig
 from dist_al.core.api import STRATEGIES
 from dist_al.core.inputs import check_shapes, first_invalid, prob_sum_tolerance
-from dist_al.data.pool import (PoolSpec, duplicated_id, id_locations, open_pool, read_rows, read_shard, row_location,
-                               rows_table, shard_places)
-from dist_al.models.build import Embedder, ModelError, ModelSpec, build_model
+from dist_al.data.pool import (
+    duplicated_id,
+    id_locations,
+    open_pool,
+    read_rows,
+    read_shard,
+    row_location,
+    rows_table,
+    shard_places,
+)
+from dist_al.models.build import ModelError, build_model
+from dist_al.models.embedder import Embedder
 
 
 def _to_cpu(value: Any) -> Any:
@@ -40,16 +47,16 @@ def _to_cpu(value: Any) -> Any:
 class ShardWorker:
     """One shard of the pool, embedded once and kept resident for every selection step."""
 
-    def __init__(self, pool_spec: PoolSpec, shard, model_spec: ModelSpec, state: dict, *,
-                 batch_size: int = 4096, autocast: str | None = None, threads: int = 1, labels: bool = False):
+    def __init__(self, pool: PoolConfig, shard, model: ModelConfig, weights: dict, *, threads: int = 1,
+                 labels: bool = False):
         torch.set_num_threads(max(1, int(threads)))
         gpu = torch.cuda.is_available() and bool(ray.get_gpu_ids())
         self.device = torch.device("cuda" if gpu else "cpu")
-        self.pool = open_pool(pool_spec)
+        self.pool = open_pool(pool)
         self.shard = shard
-        self.embedder = Embedder(build_model(model_spec, state=state), model_spec.classifier, self.device,
-                                 autocast if gpu else None)
-        self.batch_size = batch_size
+        self.embedder = Embedder(build_model(model, state=weights), model.classifier, self.device,
+                                 model.autocast if gpu else None)
+        self.batch_size = model.batch_size
         self._batches = None
         self._next_row = 0  # shard row of the next embedded batch's first row
         self._ids: list[np.ndarray] = []
@@ -58,7 +65,7 @@ class ShardWorker:
         self._y: list[np.ndarray] = []
         self.rows = None
         # Simulation reads the pool's label column once, with the ids, and keeps it resident.
-        self.with_labels = bool(labels and pool_spec.label_column)
+        self.with_labels = bool(labels and pool.label_column)
         self.labels: np.ndarray | None = None
         self._id_order: tuple[np.ndarray, np.ndarray] | None = None  # (argsort of ids, sorted ids)
         self._embedded = False
@@ -135,10 +142,10 @@ class ShardWorker:
         self._ids, self._y, self._p, self._h = [], [], [], []
         self._embedded = True
 
-    def load_state(self, state: dict) -> None:
-        """New model weights (same architecture): drops p, h and any strategy state, so the next
+    def load_weights(self, weights: dict) -> None:
+        """New model weights (same architecture): drops p, h and any strategy shard state, so the next
         ``embed_step`` calls re-read the shard's features and embed them with these weights."""
-        self.embedder.model.load_state_dict(state)
+        self.embedder.model.load_state_dict(weights)
         self.embedder.model.eval()
         if self._batches is not None:
             self._batches.close()  # an unfinished pass stops its prefetch thread
@@ -148,7 +155,7 @@ class ShardWorker:
         if self.rows is None:  # the first pass was cut short: it starts over, ids and labels too
             self._ids, self._y = [], []
         self.probs = self.feats = None
-        self.state = None
+        self.strategy_shard = None
         self._embedded = False
 
     def where(self) -> tuple[str, int]:
@@ -177,15 +184,17 @@ class ShardWorker:
     # -- selection --------------------------------------------------------------------
 
     def start(self, strategy: str, labeled_ids: np.ndarray | None, first_row: int) -> int:
-        """Builds the strategy's shard state; returns this shard's unlabeled row count."""
+        """Builds the strategy's shard (the core's row side of the algorithm) over the resident (p, h); returns
+        this shard's unlabeled row count."""
         labeled = np.zeros(self.rows, dtype=bool) if labeled_ids is None else np.isin(self.ids, labeled_ids)
         mask = torch.from_numpy(labeled).to(self.device)
-        self.state = STRATEGIES[strategy].shard(self.probs, self.feats, mask, first_row)
+        self.strategy_shard = STRATEGIES[strategy].shard(self.probs, self.feats, mask, first_row)
         return int((~labeled).sum())
 
     def invoke(self, method: str, *args: Any) -> Any:
+        """Calls a method of the strategy shard by name (the coordinator names it by reference, see RayShards)."""
         with torch.inference_mode():
-            return _to_cpu(getattr(self.state, method)(*args))
+            return _to_cpu(getattr(self.strategy_shard, method)(*args))
 
     def ids_at(self, local_rows: list[int]) -> np.ndarray:
         return self.ids[np.asarray(local_rows, dtype=np.int64)]
@@ -224,69 +233,9 @@ class ShardWorker:
         return np.flatnonzero(hit), self.labels[order[pos[hit]]]
 
 
-# What a Ray call raises when a ShardWorker (its process or its node) is gone; a worker's own
-# exceptions arrive as RayTaskError and are not among these.
-WORKER_LOST = (
-    ray.exceptions.RayActorError,  # ActorDiedError, ActorUnavailableError
-    ray.exceptions.ObjectLostError,  # a result that lived on a removed node
-    ray.exceptions.WorkerCrashedError,
-    ray.exceptions.NodeDiedError,
-)
-
-# A worker that has not answered in this long, while another was lost, is taken for lost too.
-PROBE_SECONDS = 60.0
-
-
-def get_all(refs: list) -> list:
-    """ray.get of every ref. When a worker is lost, the other results are read too (waiting at most
-    PROBE_SECONDS) before the loss is raised: a call that failed on a dead worker's result would
-    otherwise be logged by Ray as an unhandled error when its ref is dropped."""
-    try:
-        return ray.get(refs)
-    except WORKER_LOST:
-        ray.wait(refs, num_returns=len(refs), timeout=PROBE_SECONDS)
-        for ref in refs:
-            with contextlib.suppress(ray.exceptions.RayError):
-                ray.get(ref, timeout=0)
-        raise
-
-
 def _hash_ids(ids: np.ndarray) -> np.ndarray:
     if ids.dtype.kind in "iu":
         return (ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(33)
     import zlib
 
     return np.fromiter((zlib.crc32(str(i).encode()) for i in ids), dtype=np.uint64, count=len(ids))
-
-
-class RayShards:
-    """The core's ShardGroup over actors: `map` calls every worker at once, in shard order."""
-
-    # Arguments larger than this go to the object store once instead of once per worker.
-    _PUT_BYTES = 1 << 16
-
-    def __init__(self, workers: list):
-        self.workers = workers
-
-    def map(self, method: str, *args: Any) -> list:
-        args = tuple(ray.put(a) if _nbytes(a) > self._PUT_BYTES else a for a in args)
-        return get_all([w.invoke.remote(method, *args) for w in self.workers])
-
-    def call(self, shard: int, method: str, *args: Any) -> Any:
-        return ray.get(self.workers[shard].invoke.remote(method, *args))
-
-    def submit(self, shard: int, method: str, *args: Any, returns: int = 1) -> Any:
-        return self.workers[shard].invoke.options(num_returns=returns).remote(method, *args)
-
-    def fetch(self, handle: Any) -> Any:
-        return ray.get(handle)
-
-
-def _nbytes(value: Any) -> int:
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, np.ndarray):
-        return value.nbytes
-    if isinstance(value, (tuple, list)):
-        return sum(_nbytes(v) for v in value)
-    return 0
