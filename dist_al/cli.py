@@ -35,14 +35,17 @@ EXAMPLES = {
     "prints one line, e.g. 'round 3: waiting for labels, 412/500 received'",
     "export": "examples:\n  dist-al export --config configs/local-round.yaml\n"
     "writes WORKDIR/rounds/NNNN/export/{selection.parquet,selection.csv,label_studio_tasks.json}",
-    "ingest": "examples:\n  dist-al ingest --config configs/local-round.yaml project-3-export.json   (Label Studio JSON export)\n"
+    "ingest": "examples:\n"
+    "  dist-al ingest --config configs/local-round.yaml project-3-export.json   (Label Studio JSON export)\n"
     "  dist-al ingest --config configs/local-round.yaml labels.csv                (columns id,label)\n"
     "  dist-al ingest --config configs/local-round.yaml labels.json --class-names cat,dog,bird",
     "train": "examples:\n  dist-al train --config configs/local-round.yaml\n"
     "  dist-al train --config configs/local-round.yaml --set train.workers=4 --set train.use_gpu=true",
     "status": "examples:\n  dist-al status --config configs/local-round.yaml",
-    "submit": "examples:\n  dist-al submit --address http://HEAD:8265 --config configs/gpu-cluster.yaml --wait -- round\n"
-    "  RAY_ADDRESS=http://HEAD:8265 dist-al submit --config configs/s3-select.yaml --set selection.budget=500 -- select\n"
+    "submit": "examples:\n"
+    "  dist-al submit --address http://HEAD:8265 --config configs/gpu-cluster.yaml --wait -- round\n"
+    "  RAY_ADDRESS=http://HEAD:8265 dist-al submit --config configs/s3-select.yaml --set selection.budget=500 \\\n"
+    "    -- select\n"
     "  dist-al submit --config my.yaml --working-dir . --wait -- simulate --strategies badge,random\n"
     "the working directory (default: the current one) is uploaded with the job; the config must lie inside it.\n"
     "the Ray token comes from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, never from the config",
@@ -61,7 +64,10 @@ EXAMPLES = {
 _WIRE_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3transfer", "urllib3", "s3fs", "gcsfs", "adlfs", "google")
 # Failures of the environment, not of dist-al (a store that stays down, workers that keep dying): their message is
 # the whole story. (module, class): a module not imported cannot have raised its error.
-_ENVIRONMENT_FAILURES = (("dist_al.data.storage", "StorageUnavailable"), ("dist_al.runtime.sharded_pool", "WorkerLostError"))
+_ENVIRONMENT_FAILURES = (
+    ("dist_al.data.storage", "StorageUnavailable"),
+    ("dist_al.runtime.sharded_pool", "WorkerLostError"),
+)
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _FRAME = re.compile(r'File "[^"]*/(dist_al/[^"]+)", line (\d+), in (\S+)')  # in a traceback's text
 
@@ -98,24 +104,39 @@ def _where(err: BaseException) -> str:
 
 def _internal_error_line(err: BaseException) -> str:
     cause = _remote_cause(err)
-    return (f"dist-al: internal error: {type(cause).__name__}: {_first_line(cause)} (at {_where(err)}); "
-            "run with --debug for the traceback, and please report it")
+    return (
+        f"dist-al: internal error: {type(cause).__name__}: {_first_line(cause)} (at {_where(err)}); "
+        "run with --debug for the traceback, and please report it"
+    )
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", help="YAML config file (see README, Config reference)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set selection.budget=500 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set selection.budget=500 (repeatable)",
+    )
 
 
 def _address_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--address", default=None,
-                        help="the cluster's dashboard address, e.g. http://HEAD:8265 (default: RAY_ADDRESS)")
+    parser.add_argument(
+        "--address", default=None, help="the cluster's dashboard address, e.g. http://HEAD:8265 (default: RAY_ADDRESS)"
+    )
 
 
 def _log_level_arg(parser: argparse.ArgumentParser, dest: str = "log_level") -> None:
-    parser.add_argument("--log-level", dest=dest, default=None, type=str.upper,
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level (default WARNING)")
+    parser.add_argument(
+        "--log-level",
+        dest=dest,
+        default=None,
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging level (default WARNING)",
+    )
 
 
 def _command(sub, name: str, **kwargs) -> argparse.ArgumentParser:
@@ -143,12 +164,19 @@ def _parser() -> argparse.ArgumentParser:
         "runs `dist-al simulate` with configs/demo.yaml on a local Ray: prints mean test accuracy per "
         "strategy and label count, writes WORKDIR/simulation/curve.csv and curve.png.",
     )
-    demo.add_argument("--workdir", default="./dist-al-demo",
-                      help="where the pools, checkpoints and curve go (default ./dist-al-demo)")
+    demo.add_argument(
+        "--workdir", default="./dist-al-demo", help="where the pools, checkpoints and curve go (default ./dist-al-demo)"
+    )
     demo.add_argument("--seeds", type=int, default=None, help="repetitions per strategy (default: the config's)")
     demo.add_argument("--config", "-c", default=None, help="demo config (default: configs/demo.yaml)")
-    demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                      help="override a config key (repeatable)")
+    demo.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (repeatable)",
+    )
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     simulate = _command(
@@ -160,9 +188,15 @@ def _parser() -> argparse.ArgumentParser:
         "simulation.rounds times. Prints mean accuracy per strategy and label count.",
     )
     _config_args(simulate)
-    simulate.add_argument("--strategies", default=None, metavar="A,B,...",
-                          help="comma-separated strategies (default: simulation.strategies, else selection.strategy)")
-    simulate.add_argument("--seeds", type=int, default=None, help="repetitions per strategy (default: simulation.seeds)")
+    simulate.add_argument(
+        "--strategies",
+        default=None,
+        metavar="A,B,...",
+        help="comma-separated strategies (default: simulation.strategies, else selection.strategy)",
+    )
+    simulate.add_argument(
+        "--seeds", type=int, default=None, help="repetitions per strategy (default: simulation.seeds)"
+    )
     simulate.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     evaluate = _command(
@@ -234,8 +268,12 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--working-dir", default=None, help="directory uploaded with the job (default: current)")
     submit.add_argument("--wait", action="store_true", help="stream the job's logs and exit with its status")
     submit.add_argument("--submission-id", default=None, help="job id (default: dist-al-COMMAND-UTCTIME-RANDOM)")
-    submit.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS]",
-                        help="the dist-al command to run, after `--`")
+    submit.add_argument(
+        "command_line",
+        nargs=argparse.REMAINDER,
+        metavar="-- COMMAND [ARGS]",
+        help="the dist-al command to run, after `--`",
+    )
 
     jobs = _command(sub, "jobs", help="list the dist-al jobs on a Ray cluster")
     _address_arg(jobs)
@@ -252,9 +290,11 @@ def _parser() -> argparse.ArgumentParser:
         help="benchmarks that print ratios measured in one run",
     )
     bench.add_argument("suite", choices=["core", "distributed"], help="which benchmark suite")
-    bench.add_argument("args", nargs=argparse.REMAINDER,
-                       help="options of the suite: --quick, --device, --only ROW,... "
-                       "(see `dist-al bench SUITE --help`)")
+    bench.add_argument(
+        "args",
+        nargs=argparse.REMAINDER,
+        help="options of the suite: --quick, --device, --only ROW,... (see `dist-al bench SUITE --help`)",
+    )
     return parser
 
 
@@ -272,8 +312,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from dist_al.experiments.demo import run_demo
 
-            return run_demo(workdir=args.workdir, seeds=args.seeds, config=args.config, overrides=args.overrides,
-                            progress=not args.no_progress)
+            return run_demo(
+                workdir=args.workdir,
+                seeds=args.seeds,
+                config=args.config,
+                overrides=args.overrides,
+                progress=not args.no_progress,
+            )
         if args.command == "simulate":
             from dist_al.experiments.simulate import simulate_command
 
@@ -309,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"dist-al: error: {_remote_cause(err)}", file=sys.stderr)
         return 2
-    except Exception as err:  # noqa: BLE001 - a bug, or the environment failed: one line that says where, exit 1
+    except Exception as err:
         if args.debug:
             raise
         if _is_environment_failure(err):

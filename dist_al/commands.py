@@ -21,8 +21,10 @@ def select_command(args) -> int:
     # named by what determines it, so running the same selection again rewrites the same bytes
     out = args.out or f"{cfg.workdir.rstrip('/')}/selections/{strategy}-budget{sel.budget}-seed{sel.seed}.parquet"
     write_table_atomic(out, result.table, cfg.pool.storage_options)
-    print(f"selected {result.table.num_rows} rows with {strategy} on {result.workers} workers "
-          f"(embedding {result.seconds_embed:.1f}s, selection {result.seconds_select:.1f}s) -> {out}")
+    print(
+        f"selected {result.table.num_rows} rows with {strategy} on {result.workers} workers "
+        f"(embedding {result.seconds_embed:.1f}s, selection {result.seconds_select:.1f}s) -> {out}"
+    )
     return 0
 
 
@@ -45,10 +47,20 @@ def make_pool_command(args) -> int:
         ids = np.arange(len(feats), dtype=np.int64)
     else:
         ids, feats, labels = _read_csv(args.csv, args.id_column, args.label_column)
-    files = write_pool(args.out, ids, feats, labels, rows_per_file=args.rows_per_file,
-                       rows_per_group=args.rows_per_group, overwrite=args.overwrite)
-    print(f"wrote {len(feats)} rows x {feats.shape[1]} features"
-          f"{'' if labels is None else ' with labels'} in {len(files)} file(s) to {args.out}", file=sys.stdout)
+    files = write_pool(
+        args.out,
+        ids,
+        feats,
+        labels,
+        rows_per_file=args.rows_per_file,
+        rows_per_group=args.rows_per_group,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"wrote {len(feats)} rows x {feats.shape[1]} features"
+        f"{'' if labels is None else ' with labels'} in {len(files)} file(s) to {args.out}",
+        file=sys.stdout,
+    )
     return 0
 
 
@@ -157,8 +169,15 @@ def submit_command(args) -> int:
     command_line = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
     if not args.config:
         raise UserError("submit needs --config FILE (it travels with the job)")
-    return submit(address=args.address, config=args.config, overrides=args.overrides, command_line=command_line,
-                  working_dir=args.working_dir, wait=args.wait, job_id=args.submission_id)
+    return submit(
+        address=args.address,
+        config=args.config,
+        overrides=args.overrides,
+        command_line=command_line,
+        working_dir=args.working_dir,
+        wait=args.wait,
+        job_id=args.submission_id,
+    )
 
 
 def jobs_command(args) -> int:

@@ -18,7 +18,7 @@ import dataclasses
 import difflib
 import json
 import typing
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
@@ -88,8 +88,10 @@ class PoolConfig(Section):
     feature_column: str = Field("features", description="list of floats per row, the model's input")
     label_column: str | None = Field(None, description="integer labels; read only by simulation and evaluation")
     storage_options: dict[str, Any] = Field(
-        default_factory=dict, description="fsspec/s3fs options, e.g. {endpoint_url: ...}; keep credentials in the "
-        "environment (any given here are held as secrets and never written)")
+        default_factory=dict,
+        description="fsspec/s3fs options, e.g. {endpoint_url: ...}; keep credentials in the "
+        "environment (any given here are held as secrets and never written)",
+    )
 
     @field_validator("storage_options", mode="after")
     @classmethod
@@ -110,8 +112,9 @@ class ModelConfig(Section):
 
     factory: str = Field("dist_al.models:mlp", description="module:function returning an nn.Module")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the factory")
-    checkpoint: str | None = Field(None, description="state_dict URI, loaded with weights_only=True; null = "
-                                   "initialise once from selection.seed")
+    checkpoint: str | None = Field(
+        None, description="state_dict URI, loaded with weights_only=True; null = initialise once from selection.seed"
+    )
     classifier: str | None = Field(None, description="module name of the final nn.Linear; null = the last one")
     autocast: Literal["bf16", "fp16"] | None = Field(None, description="mixed precision on GPU workers")
     batch_size: int = Field(4096, gt=0, description="rows per forward pass")
@@ -120,12 +123,13 @@ class ModelConfig(Section):
 class SelectionBase(Section):
     """The selection section's keys that every strategy has; each strategy adds its own options."""
 
+    strategy: str = Field("badge", description="the acquisition strategy")
     budget: int = Field(gt=0, description="rows to select")
     seed: int = Field(0, ge=0, description="seeds the coordinator's RNG and the model initialisation")
 
     def options(self) -> StrategyOptions:
         """This strategy's options, as the core takes them."""
-        return self.options_for(self.strategy)  # type: ignore[attr-defined]
+        return self.options_for(self.strategy)
 
     def options_for(self, strategy: str) -> StrategyOptions:
         """The options ``strategy`` takes, from the keys of this section it shares with it (simulate runs several
@@ -140,9 +144,14 @@ def _selection_model(name: str) -> type[SelectionBase]:
     hints = typing.get_type_hints(kind)
     fields: dict[str, Any] = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(kind)}
     model_name = "".join(part.capitalize() for part in name.split("-")) + "Selection"
-    return create_model(model_name, __base__=SelectionBase, __module__=__name__,  # type: ignore[call-overload]
-                        __doc__=f"The selection section with strategy {name!r}.", strategy=(Literal[name], name),
-                        **fields)
+    return create_model(
+        model_name,
+        __base__=SelectionBase,
+        __module__=__name__,  # type: ignore[call-overload]
+        __doc__=f"The selection section with strategy {name!r}.",
+        strategy=(Literal[name], name),
+        **fields,
+    )
 
 
 def _strategy_of(value: Any) -> str:
@@ -153,10 +162,13 @@ def _strategy_of(value: Any) -> str:
 
 SELECTION_MODELS = {name: _selection_model(name) for name in STRATEGIES}
 globals().update({model.__name__: model for model in SELECTION_MODELS.values()})  # picklable, for Ray
-SelectionConfig = Annotated[
-    Union[tuple(Annotated[model, Tag(name)] for name, model in SELECTION_MODELS.items())],  # type: ignore[valid-type]
-    Discriminator(_strategy_of),
-]
+if TYPE_CHECKING:  # one static type for the checker; at run time a union tagged by the strategy
+    SelectionConfig = SelectionBase
+else:
+    SelectionConfig = Annotated[
+        Union[tuple(Annotated[model, Tag(name)] for name, model in SELECTION_MODELS.items())],  # noqa: UP007
+        Discriminator(_strategy_of),
+    ]
 
 
 class TrainConfig(Section):
@@ -190,13 +202,13 @@ class EvalConfig(Section):
 class ClusterConfig(Section):
     """Where the ShardWorkers run and what each asks for (the Ray runtime's input)."""
 
-    address: str | None = Field(None, description="null = a private local Ray; auto, ray://... or HOST:PORT = "
-                                "connect")
+    address: str | None = Field(None, description="null = a private local Ray; auto, ray://... or HOST:PORT = connect")
     workers: int = Field(2, gt=0, description="ShardWorker actors (shards)")
     gpus_per_worker: float = Field(0, ge=0, description="GPUs per ShardWorker")
     cpus_per_worker: float = Field(1, ge=0, description="CPUs per ShardWorker (also its torch threads)")
-    start_timeout_s: float = Field(300.0, gt=0, description="how long to wait for a cluster dist-al connects to "
-                                   "to place every worker")
+    start_timeout_s: float = Field(
+        300.0, gt=0, description="how long to wait for a cluster dist-al connects to to place every worker"
+    )
 
 
 class Config(Section):
@@ -237,8 +249,9 @@ class Config(Section):
 # -- reading -------------------------------------------------------------------------------------------
 
 
-def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = (),
-                base: dict | None = None) -> Config:
+def load_config(
+    path: str | None = None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None
+) -> Config:
     """Reads YAML (safe loader), applies `key=value` overrides, checks and fills defaults."""
     return validate(read_config(path, overrides, base))
 
@@ -319,9 +332,16 @@ def schema() -> dict:
 
 # -- one line per error ----------------------------------------------------------------------------
 
-_TYPE_NAMES = {"int_type": "an integer", "float_type": "a number", "string_type": "a string", "bool_type":
-               "true or false", "dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type":
-               "a mapping", "int_from_float": "an integer"}
+_TYPE_NAMES = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "int_from_float": "an integer",
+}
 
 
 def _key(loc: tuple, raw: dict) -> str:
@@ -368,14 +388,17 @@ def _message(err: ValidationError, raw: dict) -> str:
         tag = e["ctx"]["tag"]
         hint = difflib.get_close_matches(str(tag), STRATEGIES, n=1)
         extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-        return (f"config key selection.strategy: unknown strategy {tag!r}{extra}; "
-                f"choose one of {', '.join(STRATEGIES)}")
+        return f"config key selection.strategy: unknown strategy {tag!r}{extra}; choose one of {', '.join(STRATEGIES)}"
     if kind == "literal_error":
         allowed = [v.strip().strip("'") for v in e["ctx"]["expected"].replace(" or ", ", ").split(",")]
         return f"config key {key} must be {_one_of(allowed + ['null'] * _nullable(key, raw))}, got {_shown(key, value)}"
     if kind in ("greater_than", "greater_than_equal"):
         bound = e["ctx"].get("gt", e["ctx"].get("ge"))
-        want = "positive" if kind == "greater_than" and bound == 0 else f"{'>' if kind == 'greater_than' else '>='} {bound}"
+        want = (
+            "positive"
+            if kind == "greater_than" and bound == 0
+            else f"{'>' if kind == 'greater_than' else '>='} {bound}"
+        )
         return f"config key {key} must be {want}, got {_shown(key, value)}"
     if kind in _TYPE_NAMES:
         want = _TYPE_NAMES[kind] + (" or null" if _nullable(key, raw) else "")
@@ -394,7 +417,9 @@ def _unknown_key(key: str, raw: dict) -> str:
     if section == ["selection"]:
         strategy = _selection_tag(raw)
         valid = [k for k in SELECTION_MODELS[strategy].model_fields if k != "strategy"] + ["strategy"]
-        return f"unknown config key {key} for strategy {strategy!r}{_suggest(name, valid)}; valid keys: {', '.join(valid)}"
+        return (
+            f"unknown config key {key} for strategy {strategy!r}{_suggest(name, valid)}; valid keys: {', '.join(valid)}"
+        )
     model: Any = Config
     for part in section:
         field = model.model_fields.get(part)

@@ -26,24 +26,56 @@ from typing import Any
 
 REDACTED = "<redacted>"
 
-_SECRET_WORDS = {"secret", "secrets", "password", "passwd", "passphrase", "credential", "credentials",
-                 "authorization", "apikey", "accesskey", "secretkey", "authtoken"}
+_SECRET_WORDS = {
+    "secret",
+    "secrets",
+    "password",
+    "passwd",
+    "passphrase",
+    "credential",
+    "credentials",
+    "authorization",
+    "apikey",
+    "accesskey",
+    "secretkey",
+    "authtoken",
+}
 _SECRET_NOUNS = {"key", "token"}
-_SECRET_QUALIFIERS = {"api", "access", "private", "account", "secret", "session", "auth", "security", "sas",
-                      "bearer", "refresh", "client", "master", "signing", "encryption", "shared", "customer"}
+_SECRET_QUALIFIERS = {
+    "api",
+    "access",
+    "private",
+    "account",
+    "secret",
+    "session",
+    "auth",
+    "security",
+    "sas",
+    "bearer",
+    "refresh",
+    "client",
+    "master",
+    "signing",
+    "encryption",
+    "shared",
+    "customer",
+}
 _IDENTIFIER_WORDS = {"id", "ids"}
 _GCSFS_TOKEN_MODES = {"anon", "cloud", "google_default", "cache", "browser"}
 
-_VALUE_SHAPES = [re.compile(p) for p in (
-    r"(?<![A-Z0-9])(?P<secret>(?:AKIA|ASIA)[A-Z0-9]{16})(?![A-Z0-9])",  # AWS access key id
-    r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s:@]*:(?P<secret>[^/?#\s@]+)@",  # scheme://user:password@host
-    r"(?i)[?&](?:x-amz-signature|x-amz-security-token|x-amz-credential|sig|signature|token|access_token)"
-    r"=(?P<secret>[^&#\s]+)",
-    r"(?i)(?:AccountKey|SharedAccessSignature|SharedAccessKey)=(?P<secret>[^;\s]+)",  # Azure connection strings
-    r"(?s)(?P<secret>-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|$))",
-    r"(?P<secret>eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+)",  # JWT
-    r"(?P<secret>\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,}|hf_[A-Za-z0-9]{30,}))",
-)]
+_VALUE_SHAPES = [
+    re.compile(p)
+    for p in (
+        r"(?<![A-Z0-9])(?P<secret>(?:AKIA|ASIA)[A-Z0-9]{16})(?![A-Z0-9])",  # AWS access key id
+        r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s:@]*:(?P<secret>[^/?#\s@]+)@",  # scheme://user:password@host
+        r"(?i)[?&](?:x-amz-signature|x-amz-security-token|x-amz-credential|sig|signature|token|access_token)"
+        r"=(?P<secret>[^&#\s]+)",
+        r"(?i)(?:AccountKey|SharedAccessSignature|SharedAccessKey)=(?P<secret>[^;\s]+)",  # Azure connection strings
+        r"(?s)(?P<secret>-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|$))",
+        r"(?P<secret>eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+)",  # JWT
+        r"(?P<secret>\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,}|hf_[A-Za-z0-9]{30,}))",
+    )
+]
 
 
 def _words(name: str) -> list[str]:
@@ -55,8 +87,11 @@ def _names_a_secret(words: list[str]) -> bool:
         return True
     pairs = zip(words, words[1:], words[2:] + [""])
     return ("connection", "string") in zip(words, words[1:]) or any(
-        noun in _SECRET_NOUNS and qualifier in _SECRET_QUALIFIERS
-        and (after not in _IDENTIFIER_WORDS or qualifier == "access") for qualifier, noun, after in pairs)
+        noun in _SECRET_NOUNS
+        and qualifier in _SECRET_QUALIFIERS
+        and (after not in _IDENTIFIER_WORDS or qualifier == "access")
+        for qualifier, noun, after in pairs
+    )
 
 
 def _has_noun(words: list[str]) -> bool:
@@ -95,8 +130,10 @@ def _walk(value: Any, path: tuple[str, ...], found: list[str]) -> Any:
                 out[key] = _walk(item, here, found)
         return out
     if isinstance(value, (list, tuple)):
-        return [_walk(item, (*path[:-1], f"{path[-1]}[{i}]") if path else (f"[{i}]",), found)
-                for i, item in enumerate(value)]
+        return [
+            _walk(item, (*path[:-1], f"{path[-1]}[{i}]") if path else (f"[{i}]",), found)
+            for i, item in enumerate(value)
+        ]
     if isinstance(value, str):
         redacted = value
         for shape in _VALUE_SHAPES:

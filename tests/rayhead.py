@@ -79,11 +79,26 @@ def ray_head(num_cpus: int = 4, num_gpus: int = 0):
     temp_dir = tempfile.mkdtemp(prefix="dal-head-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     token = secrets.token_hex(16)
     gcs, dashboard = free_port(), free_port()
-    ports = {"--port": gcs, "--dashboard-port": dashboard, "--ray-client-server-port": free_port(),
-             "--dashboard-agent-listen-port": free_port()}
-    cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--temp-dir={temp_dir}", "--node-ip-address=127.0.0.1",
-           f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}", "--include-dashboard=true",
-           "--dashboard-host=127.0.0.1", "--disable-usage-stats", *[f"{k}={v}" for k, v in ports.items()]]
+    ports = {
+        "--port": gcs,
+        "--dashboard-port": dashboard,
+        "--ray-client-server-port": free_port(),
+        "--dashboard-agent-listen-port": free_port(),
+    }
+    cmd = [
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--block",
+        f"--temp-dir={temp_dir}",
+        "--node-ip-address=127.0.0.1",
+        f"--num-cpus={num_cpus}",
+        f"--num-gpus={num_gpus}",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        "--disable-usage-stats",
+        *[f"{k}={v}" for k, v in ports.items()],
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, PATH=f"{BIN}:{env.get('PATH', '')}")
     log = os.path.join(temp_dir, "ray-start.log")

@@ -25,9 +25,9 @@ def embed_pool(uri: str, model: dict, seed: int = 7) -> tuple[np.ndarray, torch.
     return np.concatenate(ids), torch.cat(probs), torch.cat(feats)
 
 
-
 def full_scan_labeled(pool_cfg: PoolConfig, labels: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`dist_al.campaign.train.gather_labeled` as it was: one pass over every row of the pool, keeping the labeled ones."""
+    """`dist_al.campaign.train.gather_labeled` as it was: one pass over every row of the pool, keeping the labeled
+    ones."""
     from dist_al.campaign.train import _label_keys
 
     keys = _label_keys(labels)
@@ -41,8 +41,10 @@ def full_scan_labeled(pool_cfg: PoolConfig, labels: dict) -> tuple[np.ndarray, n
     uniq, counts = np.unique(ids, return_counts=True)
     if len(uniq) < len(ids):
         dup = uniq[counts > 1][0]
-        raise ValueError(f"labeled id {dup.item() if isinstance(dup, np.generic) else dup!r} appears more than "
-                         f"once in pool {pool.spec.uri}")
+        raise ValueError(
+            f"labeled id {dup.item() if isinstance(dup, np.generic) else dup!r} appears more than "
+            f"once in pool {pool.spec.uri}"
+        )
     if len(ids) < len(keys):
         missing = keys[~np.isin(keys, ids)]
         examples = ", ".join(repr(k.item() if isinstance(k, np.generic) else k) for k in missing[:5])
@@ -52,7 +54,8 @@ def full_scan_labeled(pool_cfg: PoolConfig, labels: dict) -> tuple[np.ndarray, n
             hint = " (the pool's ids are integers, the labels' ids are not)"
         elif keys.dtype != object and not pa.types.is_integer(id_type):
             hint = " (the pool's ids are strings, the labels' ids are integers)"
-        raise ValueError(f"{len(missing)} of {len(keys)} labeled id(s) are not in pool {pool.spec.uri}{hint}; "
-                         f"e.g. {examples}")
+        raise ValueError(
+            f"{len(missing)} of {len(keys)} labeled id(s) are not in pool {pool.spec.uri}{hint}; e.g. {examples}"
+        )
     y = np.fromiter((int(labels[k]) for k in ids.tolist()), dtype=np.int64, count=len(ids))
     return ids, feats, y

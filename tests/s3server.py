@@ -154,10 +154,14 @@ class FaultProxy:
     unchanged.  ``hits`` counts the failures served per rule.  Point a client's ``endpoint_url`` at ``proxy.url``.
     """
 
-    SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
-                 b"<Message>Please reduce your request rate.</Message></Error>")
-    INVALID_REQUEST = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InvalidRequest</Code>'
-                       b"<Message>The request is not valid.</Message></Error>")
+    SLOW_DOWN = (
+        b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+        b"<Message>Please reduce your request rate.</Message></Error>"
+    )
+    INVALID_REQUEST = (
+        b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InvalidRequest</Code>'
+        b"<Message>The request is not valid.</Message></Error>"
+    )
 
     def __init__(self, upstream: str):
         import http.server

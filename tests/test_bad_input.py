@@ -37,8 +37,14 @@ LOCAL_LIMIT = LOCAL_WORKERS_PER_CORE * cores()  # worker processes a local Ray r
 def cli(*args, cwd, env=None, timeout=300):
     full_env = {**os.environ, **(env or {})}
     full_env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), full_env.get("PYTHONPATH", "")])
-    return subprocess.run([sys.executable, "-m", "dist_al.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          env=full_env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "dist_al.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=full_env,
+        timeout=timeout,
+    )
 
 
 def snapshot(*roots: Path) -> dict:
@@ -177,14 +183,30 @@ ROUND = ["round", "--no-progress"]
 
 # id, command, use a copy of the existing workdir, config sections, substrings of the error line
 POOL_CASES = [
-    ("missing column", SELECT, False, "missing_column", ["part-00000.parquet", "has no column 'features'", "embedding"]),
+    (
+        "missing column",
+        SELECT,
+        False,
+        "missing_column",
+        ["part-00000.parquet", "has no column 'features'", "embedding"],
+    ),
     ("mistyped id column", ROUND, True, "mistyped_id", ["part-00000.parquet", "id column 'id' has type double"]),
-    ("feature lists of different lengths", SELECT, False, "ragged",
-     ["part-00000.parquet", "ragged 'features'", "id 70", "expected D=8"]),
+    (
+        "feature lists of different lengths",
+        SELECT,
+        False,
+        "ragged",
+        ["part-00000.parquet", "ragged 'features'", "id 70", "expected D=8"],
+    ),
     ("NaN feature", ROUND, False, "nan", ["part-00000.parquet", "NaN or inf in 'features'", "id 77"]),
     ("inf feature", SELECT, False, "inf", ["part-00000.parquet", "NaN or inf in 'features'", "id 33"]),
-    ("duplicate ids", ROUND, False, "duplicate_ids", ["ids are not unique: id 12 appears 2 times",
-                                                       "part-00000.parquet row group 0"]),
+    (
+        "duplicate ids",
+        ROUND,
+        False,
+        "duplicate_ids",
+        ["ids are not unique: id 12 appears 2 times", "part-00000.parquet row group 0"],
+    ),
     ("empty pool (0 rows)", SELECT, False, "empty_pool", ["empty pool (0 rows"]),
     ("empty pool (no data files)", ROUND, False, "empty_dir", ["empty pool (no data files"]),
     ("truncated Parquet file", ROUND, True, "truncated", ["part-00001.parquet", "not Parquet or is truncated"]),
@@ -194,12 +216,15 @@ POOL_CASES = [
 
 @pytest.mark.parametrize("name, command, existing, pool, needles", POOL_CASES, ids=[c[0] for c in POOL_CASES])
 def test_bad_pool(env, tmp_path, name, command, existing, pool, needles):
-    run_and_check(env, tmp_path, command, env["bad"][pool], *needles, existing_workdir=existing, pool={"uri": env["bad"][pool]})
+    run_and_check(
+        env, tmp_path, command, env["bad"][pool], *needles, existing_workdir=existing, pool={"uri": env["bad"][pool]}
+    )
 
 
 def test_pool_that_does_not_exist(env, tmp_path):
-    run_and_check(env, tmp_path, ROUND, "no such file, directory, bucket or prefix",
-                  pool={"uri": str(tmp_path / "nowhere")})
+    run_and_check(
+        env, tmp_path, ROUND, "no such file, directory, bucket or prefix", pool={"uri": str(tmp_path / "nowhere")}
+    )
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
@@ -216,42 +241,123 @@ def test_pool_that_is_not_readable(env, tmp_path):
 CONFIG_CASES = [
     ("budget zero", ROUND, True, {"selection__budget": 0}, ["selection.budget must be positive, got 0"]),
     ("budget negative", SELECT, False, {"selection__budget": -3}, ["selection.budget must be positive, got -3"]),
-    ("budget above unlabeled rows (select)", SELECT, False, {"selection__budget": ROWS + 1},
-     [f"budget {ROWS + 1} is larger than the {ROWS} unlabeled rows"]),
-    ("budget above unlabeled rows (round)", ROUND, True, {"selection__budget": ROWS - LABELED + 1},
-     [f"budget {ROWS - LABELED + 1} is larger than the {ROWS - LABELED} unlabeled rows"]),
-    ("model factory cannot be imported", ROUND, False, {"model__factory": "no_such_pkg.nets:build"},
-     ["model.factory 'no_such_pkg.nets:build'", "cannot import module 'no_such_pkg.nets'"]),
-    ("model factory attribute missing", SELECT, False, {"model__factory": "dist_al.models:resnet"},
-     ["module 'dist_al.models' has no attribute 'resnet'"]),
-    ("checkpoint shapes do not match", SELECT, False, {"model__checkpoint": "CKPT"},
-     ["checkpoint does not match the model", "size mismatch"]),
-    ("checkpoint missing", ROUND, True, {"model__checkpoint": "/nonexistent/model.pt"},
-     ["model.checkpoint '/nonexistent/model.pt' cannot be read"]),
-    ("model class count differs from the labels", ["train"], True,
-     {"model__kwargs": {**MODEL, "n_classes": CLASSES + 1}},
-     ["model.kwargs", f"'n_classes': {CLASSES}", f"'n_classes': {CLASSES + 1}"]),
-    ("model has fewer classes than the pool's labels (simulate)", ["simulate", "--no-progress"], False,
-     {"model__kwargs": {**MODEL, "n_classes": CLASSES - 1}, "train__backend": "local", "eval__uri": "POOL",
-      "simulation": {"initial_labeled": 20, "rounds": 1}},
-     [f"is outside [0, {CLASSES - 1})", f"the model has {CLASSES - 1} classes"]),
-    ("unknown config key", ROUND, False, {"selection__budgett": 5}, ["unknown config key selection.budgett",
-                                                                      "did you mean 'budget'?"]),
-    ("unknown section", SELECT, False, {"clustr": {"workers": 2}}, ["unknown config key 'clustr'",
-                                                                     "did you mean 'cluster'?"]),
-    ("wrong type", ROUND, True, {"cluster__workers": "two"}, ["config key cluster.workers: expected an integer",
-                                                             "'two'"]),
-    ("GPUs the local Ray does not have (select)", SELECT, False, {"cluster__gpus_per_worker": 16},
-     ["2 ShardWorkers with 16 GPU each need 32 GPUs, the local Ray has ",
-      "change cluster.workers or cluster.gpus_per_worker, or set cluster.address"]),
-    ("more ShardWorkers than a local Ray runs (round)", ROUND, True, {"cluster__workers": LOCAL_LIMIT + 1},
-     [f"{LOCAL_LIMIT + 1} ShardWorkers are more worker processes than a local Ray runs on this machine's",
-      "lower cluster.workers, or set cluster.address"]),
-    ("Ray Train GPUs the local Ray does not have (simulate)", ["simulate", "--no-progress"], False,
-     {"train__use_gpu": True, "train__workers": LOCAL_LIMIT - 2, "eval__uri": "POOL",
-      "simulation": {"initial_labeled": 20, "rounds": 1}},
-     [f"{LOCAL_LIMIT - 2} Ray Train workers with 1 GPU each need {LOCAL_LIMIT - 2} GPUs, the local Ray has ",
-      "change train.workers or train.use_gpu"]),
+    (
+        "budget above unlabeled rows (select)",
+        SELECT,
+        False,
+        {"selection__budget": ROWS + 1},
+        [f"budget {ROWS + 1} is larger than the {ROWS} unlabeled rows"],
+    ),
+    (
+        "budget above unlabeled rows (round)",
+        ROUND,
+        True,
+        {"selection__budget": ROWS - LABELED + 1},
+        [f"budget {ROWS - LABELED + 1} is larger than the {ROWS - LABELED} unlabeled rows"],
+    ),
+    (
+        "model factory cannot be imported",
+        ROUND,
+        False,
+        {"model__factory": "no_such_pkg.nets:build"},
+        ["model.factory 'no_such_pkg.nets:build'", "cannot import module 'no_such_pkg.nets'"],
+    ),
+    (
+        "model factory attribute missing",
+        SELECT,
+        False,
+        {"model__factory": "dist_al.models:resnet"},
+        ["module 'dist_al.models' has no attribute 'resnet'"],
+    ),
+    (
+        "checkpoint shapes do not match",
+        SELECT,
+        False,
+        {"model__checkpoint": "CKPT"},
+        ["checkpoint does not match the model", "size mismatch"],
+    ),
+    (
+        "checkpoint missing",
+        ROUND,
+        True,
+        {"model__checkpoint": "/nonexistent/model.pt"},
+        ["model.checkpoint '/nonexistent/model.pt' cannot be read"],
+    ),
+    (
+        "model class count differs from the labels",
+        ["train"],
+        True,
+        {"model__kwargs": {**MODEL, "n_classes": CLASSES + 1}},
+        ["model.kwargs", f"'n_classes': {CLASSES}", f"'n_classes': {CLASSES + 1}"],
+    ),
+    (
+        "model has fewer classes than the pool's labels (simulate)",
+        ["simulate", "--no-progress"],
+        False,
+        {
+            "model__kwargs": {**MODEL, "n_classes": CLASSES - 1},
+            "train__backend": "local",
+            "eval__uri": "POOL",
+            "simulation": {"initial_labeled": 20, "rounds": 1},
+        },
+        [f"is outside [0, {CLASSES - 1})", f"the model has {CLASSES - 1} classes"],
+    ),
+    (
+        "unknown config key",
+        ROUND,
+        False,
+        {"selection__budgett": 5},
+        ["unknown config key selection.budgett", "did you mean 'budget'?"],
+    ),
+    (
+        "unknown section",
+        SELECT,
+        False,
+        {"clustr": {"workers": 2}},
+        ["unknown config key 'clustr'", "did you mean 'cluster'?"],
+    ),
+    (
+        "wrong type",
+        ROUND,
+        True,
+        {"cluster__workers": "two"},
+        ["config key cluster.workers: expected an integer", "'two'"],
+    ),
+    (
+        "GPUs the local Ray does not have (select)",
+        SELECT,
+        False,
+        {"cluster__gpus_per_worker": 16},
+        [
+            "2 ShardWorkers with 16 GPU each need 32 GPUs, the local Ray has ",
+            "change cluster.workers or cluster.gpus_per_worker, or set cluster.address",
+        ],
+    ),
+    (
+        "more ShardWorkers than a local Ray runs (round)",
+        ROUND,
+        True,
+        {"cluster__workers": LOCAL_LIMIT + 1},
+        [
+            f"{LOCAL_LIMIT + 1} ShardWorkers are more worker processes than a local Ray runs on this machine's",
+            "lower cluster.workers, or set cluster.address",
+        ],
+    ),
+    (
+        "Ray Train GPUs the local Ray does not have (simulate)",
+        ["simulate", "--no-progress"],
+        False,
+        {
+            "train__use_gpu": True,
+            "train__workers": LOCAL_LIMIT - 2,
+            "eval__uri": "POOL",
+            "simulation": {"initial_labeled": 20, "rounds": 1},
+        },
+        [
+            f"{LOCAL_LIMIT - 2} Ray Train workers with 1 GPU each need {LOCAL_LIMIT - 2} GPUs, the local Ray has ",
+            "change train.workers or train.use_gpu",
+        ],
+    ),
 ]
 
 
@@ -292,11 +398,16 @@ def test_model_that_outputs_nan_for_one_row(env, tmp_path):
     the pool: file 1 of 60-row files, row group 1 of 30-row groups, row 10), and no selection is made from NaNs."""
     marker = float(_feats(ROWS, seed=1)[100, 0])
     tests_dir = str(Path(__file__).resolve().parent)
-    run_and_check(env, tmp_path, SELECT, "the model produced NaN/inf class probabilities for id 1100 (file ",
-                  "part-00001.parquet, row group 1, row 10); check the model and model.checkpoint",
-                  cli_env={"PYTHONPATH": os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")])},
-                  model={"factory": "test_bad_input:nan_for_one_row", "kwargs": {**MODEL, "marker": marker}},
-                  selection={"strategy": "badge", "budget": 10, "seed": 0})
+    run_and_check(
+        env,
+        tmp_path,
+        SELECT,
+        "the model produced NaN/inf class probabilities for id 1100 (file ",
+        "part-00001.parquet, row group 1, row 10); check the model and model.checkpoint",
+        cli_env={"PYTHONPATH": os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")])},
+        model={"factory": "test_bad_input:nan_for_one_row", "kwargs": {**MODEL, "marker": marker}},
+        selection={"strategy": "badge", "budget": 10, "seed": 0},
+    )
 
 
 def test_nan_under_fp16_autocast_suggests_bf16(env):
@@ -314,8 +425,11 @@ def test_nan_under_fp16_autocast_suggests_bf16(env):
     worker._next_row = 30
     p, h = torch.full((30, CLASSES), 1 / CLASSES), torch.ones(30, 16)
     h[7, 3] = torch.inf
-    with pytest.raises(ModelError, match=r"NaN/inf classifier inputs for id 1097 \(file \S+part-00001.parquet, "
-                                         r"row group 1, row 7\); with model.autocast=fp16, try bf16 or null"):
+    with pytest.raises(
+        ModelError,
+        match=r"NaN/inf classifier inputs for id 1097 \(file \S+part-00001.parquet, "
+        r"row group 1, row 7\); with model.autocast=fp16, try bf16 or null",
+    ):
         worker._check_output(p, h, {"ids": np.arange(1090, 1120), "features": np.zeros((30, DIM))})
 
 
@@ -336,8 +450,13 @@ def test_ingest_rejects_bad_rows_and_lands_the_valid_ones(env, tmp_path):
     out = res.stdout.strip()
     print("OBSERVED ingest:", out)
     assert out.startswith("1 label accepted; rejected: "), out
-    for part in ("1 unknown id (99999)", "1 out-of-range label (id 1011: 7)", "id 1012: 0 vs 3",
-                 "1 non-integer label (id 1013: 'cat')", "id 1001: 3, recorded 1"):
+    for part in (
+        "1 unknown id (99999)",
+        "1 out-of-range label (id 1011: 7)",
+        "id 1012: 0 vs 3",
+        "1 non-integer label (id 1013: 'cat')",
+        "id 1001: 3, recorded 1",
+    ):
         assert part in out, (part, out)
     new = sorted(set(_label_files(cwd / "work")) - set(before))
     assert len(new) == 1
@@ -349,8 +468,16 @@ def test_ingest_with_every_row_bad_writes_nothing(env, tmp_path, existing):
     labels = tmp_path / "in" / "bad.csv"
     labels.parent.mkdir()
     labels.write_text("id,label\n99999,2\n1011,7\n1012,0\n1012,3\n")
-    line = run_and_check(env, tmp_path, ["ingest", str(labels)], "labels file", "bad.csv", "no label accepted",
-                         "unknown id (99999)", existing_workdir=existing)
+    line = run_and_check(
+        env,
+        tmp_path,
+        ["ingest", str(labels)],
+        "labels file",
+        "bad.csv",
+        "no label accepted",
+        "unknown id (99999)",
+        existing_workdir=existing,
+    )
     assert "id 1011: 7" in line
 
 
@@ -365,16 +492,28 @@ def test_ingest_labels_file_with_missing_column(env, tmp_path):
 
 
 def s3_env(endpoint, key="testing-key", secret="testing-secret"):
-    return {"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/nonexistent",
-            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "NO_PROXY": "127.0.0.1,localhost",
-            "no_proxy": "127.0.0.1,localhost"}
+    return {
+        "AWS_ACCESS_KEY_ID": key,
+        "AWS_SECRET_ACCESS_KEY": secret,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": "/nonexistent",
+        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+    }
 
 
 def test_s3_bucket_that_does_not_exist(env, tmp_path, s3_server):
-    run_and_check(env, tmp_path, SELECT, "s3://no-such-bucket-7f3a/pool", "no such file, directory, bucket or prefix",
-                  cli_env=s3_env(s3_server),
-                  pool={"uri": "s3://no-such-bucket-7f3a/pool", "storage_options": {"endpoint_url": s3_server}})
+    run_and_check(
+        env,
+        tmp_path,
+        SELECT,
+        "s3://no-such-bucket-7f3a/pool",
+        "no such file, directory, bucket or prefix",
+        cli_env=s3_env(s3_server),
+        pool={"uri": "s3://no-such-bucket-7f3a/pool", "storage_options": {"endpoint_url": s3_server}},
+    )
 
 
 def test_s3_bad_credentials(env, tmp_path, s3_server, s3_bucket, s3_storage_options, monkeypatch):
@@ -386,5 +525,12 @@ def test_s3_bad_credentials(env, tmp_path, s3_server, s3_bucket, s3_storage_opti
     monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
     monkeypatch.setattr(ActionAuthenticatorMixin, "request_count", 0)
     uri = f"s3://{s3_bucket}/pool"
-    run_and_check(env, tmp_path, ROUND, uri, "permission denied", cli_env=s3_env(s3_server, "AKIAWRONG", "wrong"),
-                  pool={"uri": uri, "storage_options": {"endpoint_url": s3_server}})
+    run_and_check(
+        env,
+        tmp_path,
+        ROUND,
+        uri,
+        "permission denied",
+        cli_env=s3_env(s3_server, "AKIAWRONG", "wrong"),
+        pool={"uri": uri, "storage_options": {"endpoint_url": s3_server}},
+    )

@@ -295,7 +295,7 @@ def test_no_duplicates_with_identical_and_zero_gradient_rows(strategy, seed):
     labeled = rng.choice(30, size=5, replace=False) if seed % 2 else None
     n_unlabeled = 30 - (0 if labeled is None else 5)
     for budget in (1, 4, n_unlabeled // 2, n_unlabeled):
-        picks = call_with_timeout(lambda: select(strategy, probs, feats, budget, labeled=labeled, seed=seed))
+        picks = call_with_timeout(lambda b=budget: select(strategy, probs, feats, b, labeled=labeled, seed=seed))
         check_valid(picks, budget, labeled, 30)
     assert set(picks.tolist()) == set(np.flatnonzero(~labeled_mask(labeled, 30)).tolist())
 
@@ -307,7 +307,7 @@ def test_all_rows_identical_does_not_hang(strategy, dtype):
     feats = np.tile(np.array([1.0, -2.0, 0.5], dtype=dtype), (40, 1))
     for seed in range(3):
         for budget in (2, 17, 40):
-            picks = call_with_timeout(lambda: select(strategy, probs, feats, budget, seed=seed))
+            picks = call_with_timeout(lambda b=budget, s=seed: select(strategy, probs, feats, b, seed=s))
             check_valid(picks, budget, None, 40)
             assert picks[0] == 0  # all norms tie: lowest row
     labeled = np.arange(0, 40, 3)
@@ -406,10 +406,10 @@ def tiny_norm_pool(seed: int, n_big: int = 12, n_tiny: int = 120):
     probs = rng.dirichlet(np.ones(3), size=n_big + n_tiny)
     feats = rng.normal(size=(n_big + n_tiny, 4))
     feats[n_big:] *= 1e-4
-    feats[n_big + 1 :: 6] = feats[n_big :: 6][: len(feats[n_big + 1 :: 6])] * (1 + 1e-4)
-    feats[n_big + 2 :: 6] = feats[n_big :: 6][: len(feats[n_big + 2 :: 6])] * (1 + 3e-2)
-    probs[n_big + 1 :: 6] = probs[n_big :: 6][: len(probs[n_big + 1 :: 6])]
-    probs[n_big + 2 :: 6] = probs[n_big :: 6][: len(probs[n_big + 2 :: 6])]
+    feats[n_big + 1 :: 6] = feats[n_big::6][: len(feats[n_big + 1 :: 6])] * (1 + 1e-4)
+    feats[n_big + 2 :: 6] = feats[n_big::6][: len(feats[n_big + 2 :: 6])] * (1 + 3e-2)
+    probs[n_big + 1 :: 6] = probs[n_big::6][: len(probs[n_big + 1 :: 6])]
+    probs[n_big + 2 :: 6] = probs[n_big::6][: len(probs[n_big + 2 :: 6])]
     return torch.from_numpy(probs.astype(np.float32)), torch.from_numpy(feats.astype(np.float32))
 
 
@@ -428,8 +428,10 @@ def test_same_picks_for_any_sharding_with_tiny_norm_rows(strategy, seed):
     runs = []
     for cuts in ([], [12], [5, 40, 100], [12, 70, 71]):
         edges = [0, *cuts, n]
-        shards = [STRATEGIES[strategy].shard(probs[lo:hi], feats[lo:hi], labeled[lo:hi], lo)
-                  for lo, hi in zip(edges, edges[1:])]
+        shards = [
+            STRATEGIES[strategy].shard(probs[lo:hi], feats[lo:hi], labeled[lo:hi], lo)
+            for lo, hi in zip(edges, edges[1:])
+        ]
         picks = run_strategy(strategy, LocalShards(shards), 60, seed, resolve_options(strategy, {})).picks
         runs.append([edges[s] + i for s, i in picks])
     assert len(set(runs[0])) == 60

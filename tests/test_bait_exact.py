@@ -47,8 +47,13 @@ def nondegenerate(seed: int, options: dict, **draw_args):
         probs, feats, lab, budget = draw(rng, **draw_args)
         picks, objective, gaps = dense._bait_trace(probs, feats, budget, labeled=lab, **options)
         scale = dense.bait_objective(
-            probs, feats, [], labeled=lab, lam=options.get("lam", 1.0),
-            weighting=options.get("weighting", "reference"), budget=budget,
+            probs,
+            feats,
+            [],
+            labeled=lab,
+            lam=options.get("lam", 1.0),
+            weighting=options.get("weighting", "reference"),
+            budget=budget,
         )
         if len(gaps) == 0 or gaps.min() > MIN_GAP * scale:
             return probs, feats, lab, budget, picks, objective

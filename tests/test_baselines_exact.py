@@ -79,9 +79,14 @@ EXPECTED = {
 
 def test_table_entropies_are_the_hand_values():
     # Guards the comment above: the hand-derived entropies are what the formula gives.
-    hand = [1.5 * math.log(2), 0.75 * math.log(8 / 3) + 0.25 * math.log(4), 1.5 * math.log(2),
-            0.125 * math.log(8) + 0.375 * math.log(8 / 3) + 0.5 * math.log(2), 0.0,
-            0.625 * math.log(8 / 5) + 0.25 * math.log(4) + 0.125 * math.log(8)]
+    hand = [
+        1.5 * math.log(2),
+        0.75 * math.log(8 / 3) + 0.25 * math.log(4),
+        1.5 * math.log(2),
+        0.125 * math.log(8) + 0.375 * math.log(8 / 3) + 0.5 * math.log(2),
+        0.0,
+        0.625 * math.log(8 / 5) + 0.25 * math.log(4) + 0.125 * math.log(8),
+    ]
     p = np.array(TABLE)
     with np.errstate(divide="ignore", invalid="ignore"):
         h = -np.where(p > 0, p * np.log(p), 0.0).sum(1)
@@ -326,7 +331,7 @@ def test_coreset_matches_brute_force_integer_grid(with_labeled):
 
 
 def test_coreset_labeled_mask_and_indices_agree():
-    for t, h, labeled, budget in _instances(40, 3, True):
+    for _, h, labeled, budget in _instances(40, 3, True):
         mask = np.zeros(len(h), dtype=bool)
         mask[labeled] = True
         assert _coreset(h, budget, labeled=mask) == _coreset(h, budget, labeled=labeled or None)

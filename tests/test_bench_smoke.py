@@ -71,10 +71,13 @@ def test_bad_arguments_are_usage_errors(argv, capsys):
     assert "error" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--only", "nope,x"], "--only: unknown row(s) nope, x; choose from "),
-    (["--device", "meta"], "--device must be cpu or cuda, got 'meta'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--only", "nope,x"], "--only: unknown row(s) nope, x; choose from "),
+        (["--device", "meta"], "--device must be cpu or cuda, got 'meta'"),
+    ],
+)
 def test_both_benchmarks_take_the_same_options(argv, message, capsys):
     for suite in ("core", "distributed"):
         with pytest.raises(SystemExit) as e:

@@ -17,12 +17,30 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "dist_al.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "dist_al.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
 
 
-@pytest.mark.parametrize("command", ["demo", "simulate", "select", "make-pool", "round", "export", "ingest", "train",
-                                     "status", "bench", "submit", "jobs", "logs", "evaluate"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "demo",
+        "simulate",
+        "select",
+        "make-pool",
+        "round",
+        "export",
+        "ingest",
+        "train",
+        "status",
+        "bench",
+        "submit",
+        "jobs",
+        "logs",
+        "evaluate",
+    ],
+)
 def test_every_command_has_help_with_examples(command):
     out = run(command, "--help")
     assert out.returncode == 0 and "examples:" in out.stdout
@@ -34,15 +52,39 @@ def test_shipped_configs_are_valid(path):
 
 
 def _select_args(tmp_path, out):
-    return ["--config", str(ROOT / "configs" / "local-select.yaml"),
-            "--set", f"pool.uri={tmp_path / 'pool'}", "--set", "model.kwargs={in_dim: 8, n_classes: 4, hidden: 16}",
-            "--set", "selection.budget=25", "--set", "selection.strategy=margin", "--set", "cluster.workers=2",
-            "--out", str(out), "--no-progress"]
+    return [
+        "--config",
+        str(ROOT / "configs" / "local-select.yaml"),
+        "--set",
+        f"pool.uri={tmp_path / 'pool'}",
+        "--set",
+        "model.kwargs={in_dim: 8, n_classes: 4, hidden: 16}",
+        "--set",
+        "selection.budget=25",
+        "--set",
+        "selection.strategy=margin",
+        "--set",
+        "cluster.workers=2",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
 
 
 def test_make_pool_then_select_with_overrides(tmp_path):
-    made = run("make-pool", str(tmp_path / "pool"), "--synthetic", "--rows", "3000", "--classes", "4", "--dim", "8",
-               "--rows-per-group", "500")
+    made = run(
+        "make-pool",
+        str(tmp_path / "pool"),
+        "--synthetic",
+        "--rows",
+        "3000",
+        "--classes",
+        "4",
+        "--dim",
+        "8",
+        "--rows-per-group",
+        "500",
+    )
     assert made.returncode == 0, made.stderr
     out = tmp_path / "sel.parquet"
     sel = run("select", *_select_args(tmp_path, out))
@@ -55,15 +97,26 @@ def test_make_pool_then_select_with_overrides(tmp_path):
     assert again.returncode == 0 and out.read_bytes() == first  # the same selection, the same bytes
 
 
-@pytest.mark.parametrize("override, message", [
-    ("selection.budgt=5", "unknown config key selection.budgt for strategy 'badge' (did you mean 'budget'?)"),
-    ("selection.budget=many", "config key selection.budget: expected an integer, got 'many'"),
-    ("pool.uri=/nonexistent/pool", "/nonexistent/pool"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("selection.budgt=5", "unknown config key selection.budgt for strategy 'badge' (did you mean 'budget'?)"),
+        ("selection.budget=many", "config key selection.budget: expected an integer, got 'many'"),
+        ("pool.uri=/nonexistent/pool", "/nonexistent/pool"),
+    ],
+)
 def test_user_mistakes_are_one_line_and_write_nothing(tmp_path, override, message):
     out = tmp_path / "sel.parquet"
-    sel = run("select", "--config", str(ROOT / "configs" / "local-select.yaml"), "--set", override,
-              "--out", str(out), cwd=tmp_path)
+    sel = run(
+        "select",
+        "--config",
+        str(ROOT / "configs" / "local-select.yaml"),
+        "--set",
+        override,
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
     assert sel.returncode == 2
     assert message in sel.stderr and "Traceback" not in sel.stderr
     assert len(sel.stderr.strip().splitlines()) == 1
@@ -73,11 +126,28 @@ def test_user_mistakes_are_one_line_and_write_nothing(tmp_path, override, messag
 def test_a_local_ray_holds_more_cpu_workers_than_the_machine_has_cores(tmp_path):
     """A private local Ray cannot grow, so it is sized to the job: 3 workers asking for all the cores each run
     (one torch thread each) instead of waiting forever for CPUs that will never come."""
-    made = run("make-pool", str(tmp_path / "pool"), "--synthetic", "--rows", "300", "--classes", "4", "--dim", "8",
-               "--rows-per-group", "100")
+    made = run(
+        "make-pool",
+        str(tmp_path / "pool"),
+        "--synthetic",
+        "--rows",
+        "300",
+        "--classes",
+        "4",
+        "--dim",
+        "8",
+        "--rows-per-group",
+        "100",
+    )
     assert made.returncode == 0, made.stderr
     out = tmp_path / "sel.parquet"
-    sel = run("select", *_select_args(tmp_path, out), "--set", "cluster.workers=3",
-              "--set", f"cluster.cpus_per_worker={cores()}")
+    sel = run(
+        "select",
+        *_select_args(tmp_path, out),
+        "--set",
+        "cluster.workers=3",
+        "--set",
+        f"cluster.cpus_per_worker={cores()}",
+    )
     assert sel.returncode == 0, sel.stderr
     assert "selected 25 rows with margin on 3 workers" in sel.stdout and pq.read_table(out).num_rows == 25

@@ -44,11 +44,15 @@ def pool_uri(tmp_path_factory):
 
 
 def _config(uri, **cluster):
-    return validate({"pool": {"uri": uri, "label_column": "label"},
-                     "model": {"kwargs": {"in_dim": DIM, "n_classes": CLASSES, "hidden": 8}},
-                     "selection": {"strategy": "margin", "budget": 5},
-                     "train": {"workers": 2, "epochs": 1},
-                     "cluster": {"workers": 2, **cluster}})
+    return validate(
+        {
+            "pool": {"uri": uri, "label_column": "label"},
+            "model": {"kwargs": {"in_dim": DIM, "n_classes": CLASSES, "hidden": 8}},
+            "selection": {"strategy": "margin", "budget": 5},
+            "train": {"workers": 2, "epochs": 1},
+            "cluster": {"workers": 2, **cluster},
+        }
+    )
 
 
 def _cpus_free_again(cpus: float) -> bool:
@@ -121,18 +125,23 @@ def test_waits_for_a_node_that_joins_then_proceeds(head_only, pool_uri, progress
     assert node is not None and outcome == {"picked": 5, "nodes": 2}, outcome
     line = next(line for line in progress.lines if "1 of 2" in line)
     print("OBSERVED", line)
-    assert line.startswith("waiting for the cluster: 1 of 2 ShardWorkers started; the other 1 need 1 CPU and 0 GPU "
-                           "each, the cluster has 0 of 1 CPUs and 0 of 0 GPUs free; giving up in ")
+    assert line.startswith(
+        "waiting for the cluster: 1 of 2 ShardWorkers started; the other 1 need 1 CPU and 0 GPU "
+        "each, the cluster has 0 of 1 CPUs and 0 of 0 GPUs free; giving up in "
+    )
 
 
 def test_shard_workers_time_out_and_are_released(head_only, pool_uri, progress):
     with pytest.raises(ClusterTooSmall) as err:
         sharded_pool(_config(pool_uri, cpus_per_worker=1, start_timeout_s=2))
     print("OBSERVED", err.value)
-    assert re.match(r"the cluster had [01] of 2 ShardWorkers started after 2 s \(cluster.start_timeout_s\); they "
-                    r"need 1 CPU and 0 GPU each, and the cluster has [01] of 1 CPUs and 0 of 0 GPUs free: change "
-                    r"cluster.workers, cluster.cpus_per_worker, cluster.gpus_per_worker, add nodes, or raise "
-                    r"cluster.start_timeout_s$", str(err.value))
+    assert re.match(
+        r"the cluster had [01] of 2 ShardWorkers started after 2 s \(cluster.start_timeout_s\); they "
+        r"need 1 CPU and 0 GPU each, and the cluster has [01] of 1 CPUs and 0 of 0 GPUs free: change "
+        r"cluster.workers, cluster.cpus_per_worker, cluster.gpus_per_worker, add nodes, or raise "
+        r"cluster.start_timeout_s$",
+        str(err.value),
+    )
     assert progress.lines  # it said so while it waited
     assert _cpus_free_again(1)
 
@@ -146,7 +155,9 @@ class _Worker:
 def test_a_timeout_kills_the_workers_that_had_started(head_only):
     first, second = _Worker.remote(), _Worker.remote()
     assert ray.get(first.ping.remote())  # started: it holds the cluster's only CPU
-    group = WorkerGroup("ShardWorker", 2, 1, 0, ("cluster.workers", "cluster.cpus_per_worker", "cluster.gpus_per_worker"))
+    group = WorkerGroup(
+        "ShardWorker", 2, 1, 0, ("cluster.workers", "cluster.cpus_per_worker", "cluster.gpus_per_worker")
+    )
     with pytest.raises(ClusterTooSmall, match="^the cluster had 1 of 2 ShardWorkers started after 1 s"):
         capacity.wait_started([first, second], [first.ping.remote(), second.ping.remote()], group, 1)
     assert _dies(first)
@@ -155,9 +166,12 @@ def test_a_timeout_kills_the_workers_that_had_started(head_only):
 
 def test_ray_train_workers_time_out_and_their_placement_is_released(head_only, pool_uri, tmp_path):
     cfg = _config(pool_uri, start_timeout_s=1)
-    with pytest.raises(ClusterTooSmall, match=r"^the cluster had [01] of 2 Ray Train workers placeable after 1 s "
-                                              r"\(cluster.start_timeout_s\); they need 1 CPU and 0 GPU each.*"
-                                              r"change train.workers, train.cpus_per_worker, train.use_gpu"):
+    with pytest.raises(
+        ClusterTooSmall,
+        match=r"^the cluster had [01] of 2 Ray Train workers placeable after 1 s "
+        r"\(cluster.start_timeout_s\); they need 1 CPU and 0 GPU each.*"
+        r"change train.workers, train.cpus_per_worker, train.use_gpu",
+    ):
         train(cfg, {i: i % CLASSES for i in range(10)}, checkpoint_uri=str(tmp_path / "model.pt"))
     assert _cpus_free_again(1)
     assert all(pg["state"] == "REMOVED" for pg in ray.util.placement_group_table().values())
@@ -176,8 +190,9 @@ def test_worker_threads_are_a_share_of_the_cores_on_an_oversubscribed_local_ray(
 def test_fractional_gpus_are_packed_as_ray_packs_them(monkeypatch, gpus, fits):
     """3 workers of 0.4 GPU: 0.4 x 3 = 1.2 GPUs, but at most 2 fit inside one GPU, so they need 2."""
     monkeypatch.setattr(capacity, "cores", lambda: 2)
-    group = WorkerGroup("ShardWorker", 3, 0, 0.4, ("cluster.workers", "cluster.cpus_per_worker",
-                                                   "cluster.gpus_per_worker"))
+    group = WorkerGroup(
+        "ShardWorker", 3, 0, 0.4, ("cluster.workers", "cluster.cpus_per_worker", "cluster.gpus_per_worker")
+    )
     if fits:
         capacity._check_local((group,), gpus)
     else:

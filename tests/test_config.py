@@ -11,8 +11,16 @@ BASE = ["pool.uri=/data/pool", "selection.budget=10"]
 
 
 def test_defaults_and_overrides():
-    cfg = load_config(None, BASE + ["selection.strategy=bait", "selection.lam=0.01", "cluster.workers=4",
-                                    "model.kwargs={in_dim: 8, n_classes: 3}"])
+    cfg = load_config(
+        None,
+        BASE
+        + [
+            "selection.strategy=bait",
+            "selection.lam=0.01",
+            "cluster.workers=4",
+            "model.kwargs={in_dim: 8, n_classes: 3}",
+        ],
+    )
     assert cfg.pool.id_column == "id" and cfg.cluster.workers == 4
     assert cfg.model.kwargs == {"in_dim": 8, "n_classes": 3}
     assert cfg.selection.options() == BaitOptions(lam=0.01)
@@ -25,23 +33,34 @@ def test_yaml_file_and_override_precedence(tmp_path):
     assert cfg.selection.budget == 7 and cfg.selection.strategy == "margin"
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["pol.uri=x"], "unknown config key 'pol' (did you mean 'pool'?)"),
-    (BASE + ["pool.id_colum=a"], "unknown config key pool.id_colum (did you mean 'id_column'?)"),
-    (BASE + ["selection.lamb=1", "selection.strategy=bait"], "selection.lamb for strategy 'bait' (did you mean 'lam'?)"),
-    (BASE + ["selection.lam=1"], "unknown config key selection.lam for strategy 'badge'"),
-    (BASE + ["selection.strategy=badg"], "unknown strategy 'badg' (did you mean 'badge'?)"),
-    (["pool.uri=x"], "config key selection.budget is required"),
-    (BASE + ["selection.budget=ten"], "config key selection.budget: expected an integer, got 'ten'"),
-    (BASE + ["selection.budget=0"], "selection.budget must be positive"),
-    (BASE + ["cluster.workers=yes"], "config key cluster.workers: expected an integer, got True"),
-    (BASE + ["selection.strategy=bait", "selection.weighting=median"],
-     "config key selection.weighting must be reference or mean, got 'median'"),
-    (BASE + ["selection.strategy=bait", "selection.lam=-1"], "config key selection: option lam must be a positive number"),
-    (BASE + ["model.autocast=int8"], "model.autocast must be bf16, fp16 or null"),
-    (BASE + ["cluster.start_timeout_s=0"], "config key cluster.start_timeout_s must be positive, got 0"),
-    (BASE + ["noequals"], "--set expects key=value"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["pol.uri=x"], "unknown config key 'pol' (did you mean 'pool'?)"),
+        (BASE + ["pool.id_colum=a"], "unknown config key pool.id_colum (did you mean 'id_column'?)"),
+        (
+            BASE + ["selection.lamb=1", "selection.strategy=bait"],
+            "selection.lamb for strategy 'bait' (did you mean 'lam'?)",
+        ),
+        (BASE + ["selection.lam=1"], "unknown config key selection.lam for strategy 'badge'"),
+        (BASE + ["selection.strategy=badg"], "unknown strategy 'badg' (did you mean 'badge'?)"),
+        (["pool.uri=x"], "config key selection.budget is required"),
+        (BASE + ["selection.budget=ten"], "config key selection.budget: expected an integer, got 'ten'"),
+        (BASE + ["selection.budget=0"], "selection.budget must be positive"),
+        (BASE + ["cluster.workers=yes"], "config key cluster.workers: expected an integer, got True"),
+        (
+            BASE + ["selection.strategy=bait", "selection.weighting=median"],
+            "config key selection.weighting must be reference or mean, got 'median'",
+        ),
+        (
+            BASE + ["selection.strategy=bait", "selection.lam=-1"],
+            "config key selection: option lam must be a positive number",
+        ),
+        (BASE + ["model.autocast=int8"], "model.autocast must be bf16, fp16 or null"),
+        (BASE + ["cluster.start_timeout_s=0"], "config key cluster.start_timeout_s must be positive, got 0"),
+        (BASE + ["noequals"], "--set expects key=value"),
+    ],
+)
 def test_errors_name_the_key(overrides, message):
     with pytest.raises(ConfigError) as err:
         load_config(None, overrides)

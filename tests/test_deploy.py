@@ -36,19 +36,23 @@ TOKEN_SECRET = "dist-al-ray-token"  # the Secret raycluster.yaml's authOptions n
 
 # --- The CRD schemas, strict ------------------------------------------------------------------------------------------
 
+
 def _unknown_fields(validator, known, instance, schema):
     if validator.is_type(instance, "object"):
         for name in sorted(set(instance) - set(known)):
-            yield ValidationError(f"unknown field {name!r}: the CRD does not have it (the API server drops it "
-                                  "unless the client asks for strict field validation)")
+            yield ValidationError(
+                f"unknown field {name!r}: the CRD does not have it (the API server drops it "
+                "unless the client asks for strict field validation)"
+            )
 
 
 def _unique_list(validator, list_type, instance, schema):
     """The API server refuses duplicates in a list it keeps as a map (by its keys, defaults filled in) or a set."""
     if list_type == "map" and validator.is_type(instance, "array"):
         keys, fields = schema["x-kubernetes-list-map-keys"], schema["items"]["properties"]
-        ids = [tuple(item.get(k, fields[k].get("default")) for k in keys)
-               for item in instance if isinstance(item, dict)]
+        ids = [
+            tuple(item.get(k, fields[k].get("default")) for k in keys) for item in instance if isinstance(item, dict)
+        ]
     elif list_type == "set" and validator.is_type(instance, "array"):
         ids = [json.dumps(item, sort_keys=True) for item in instance]
     else:
@@ -59,15 +63,19 @@ def _unique_list(validator, list_type, instance, schema):
 
 def _cel_rules(validator, rules, instance, schema):
     """The API server runs these CEL rules and this test does not: reproduce them here before using the field."""
-    yield ValidationError("the CRD checks this field with CEL rules this test does not run: "
-                          + "; ".join(r["rule"] for r in rules))
+    yield ValidationError(
+        "the CRD checks this field with CEL rules this test does not run: " + "; ".join(r["rule"] for r in rules)
+    )
 
 
-CrdValidator = jsonschema.validators.extend(jsonschema.Draft4Validator, {
-    "x-dist-al-known-fields": _unknown_fields,
-    "x-kubernetes-list-type": _unique_list,
-    "x-kubernetes-validations": _cel_rules,
-})
+CrdValidator = jsonschema.validators.extend(
+    jsonschema.Draft4Validator,
+    {
+        "x-dist-al-known-fields": _unknown_fields,
+        "x-kubernetes-list-type": _unique_list,
+        "x-kubernetes-validations": _cel_rules,
+    },
+)
 
 
 def strict(schema):
@@ -77,8 +85,11 @@ def strict(schema):
     if not isinstance(schema, dict):
         return schema
     out = {k: strict(v) for k, v in schema.items()}
-    if out.get("type") == "object" and "additionalProperties" not in out \
-            and not out.get("x-kubernetes-preserve-unknown-fields"):
+    if (
+        out.get("type") == "object"
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
         out["x-dist-al-known-fields"] = sorted(out.get("properties", {}))
     return out
 
@@ -126,8 +137,10 @@ def cron_schedule_parses(schedule: str) -> bool:
     """robfig/cron's ParseStandard: five fields, or a descriptor; an optional TZ= prefix."""
     schedule = re.sub(r"^(CRON_)?TZ=\S+\s+", "", schedule)
     if schedule.startswith("@"):
-        return schedule in ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly") \
+        return (
+            schedule in ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
             or re.fullmatch(r"@every (\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+", schedule) is not None
+        )
     fields = schedule.split()
     if len(fields) != 5:
         return False
@@ -161,17 +174,22 @@ def validate_ray_cluster_spec(spec: dict) -> list[str]:
             out.append(f"{name} group should have at least one container")
         params = group.get("rayStartParams", {})
         if any(params.get(k) for k in ("num-cpus", "num-gpus", "memory", "resources")) and group.get("resources"):
-            out.append(f"resource fields should not be set in both rayStartParams and Resources for {name} group; "
-                       "please use only one")
+            out.append(
+                f"resource fields should not be set in both rayStartParams and Resources for {name} group; "
+                "please use only one"
+            )
         if "labels" in params:
-            out.append(f"rayStartParams['labels'] is not supported for {name} group; "
-                       "please use the top-level Labels field instead")
+            out.append(
+                f"rayStartParams['labels'] is not supported for {name} group; "
+                "please use the top-level Labels field instead"
+            )
     autoscaling = spec.get("enableInTreeAutoscaling", False)
     for g in spec.get("workerGroupSpecs", []):
         low, high = g.get("minReplicas"), g.get("maxReplicas")
         if not autoscaling and (low is None or high is None):
-            out.append(f"worker group {g['groupName']} must set both minReplicas and maxReplicas when autoscaling "
-                       "is disabled")
+            out.append(
+                f"worker group {g['groupName']} must set both minReplicas and maxReplicas when autoscaling is disabled"
+            )
         if low is not None and high is not None and low > high:
             out.append(f"worker group {g['groupName']} has minReplicas {low} greater than maxReplicas {high}")
     auth = spec.get("authOptions", {})
@@ -179,8 +197,10 @@ def validate_ray_cluster_spec(spec: dict) -> list[str]:
     if auth.get("mode") == "token":
         version = parse_version(spec.get("rayVersion", ""))
         if version is None:
-            out.append("authOptions.mode is 'token' but RayVersion was not specified or its format is invalid: "
-                       f"{spec.get('rayVersion')!r}. Ray version 2.52.0 or later is required")
+            out.append(
+                "authOptions.mode is 'token' but RayVersion was not specified or its format is invalid: "
+                f"{spec.get('rayVersion')!r}. Ray version 2.52.0 or later is required"
+            )
         elif version < (2, 52, 0):
             out.append(f"authOptions.mode is 'token' but minimum Ray version is 2.52.0, got {spec['rayVersion']}")
         elif k8s_auth and version < (2, 55, 0):
@@ -218,10 +238,19 @@ def validate_ray_job_spec(spec: dict) -> list[str]:
     if mode == "InteractiveMode" and backoff is not None and backoff > 0:
         out.append("BackoffLimit is incompatible with InteractiveMode")
     if mode == "SidecarMode":
-        out += ["Currently, SidecarMode doesn't support " + f for f in ("SubmitterPodTemplate", "SubmitterConfig")
-                if f[0].lower() + f[1:] in spec]
-        if spec.get("rayClusterSpec", {}).get("headGroupSpec", {}).get("template", {}).get("spec", {}) \
-                .get("restartPolicy", "Never") != "Never":
+        out += [
+            "Currently, SidecarMode doesn't support " + f
+            for f in ("SubmitterPodTemplate", "SubmitterConfig")
+            if f[0].lower() + f[1:] in spec
+        ]
+        if (
+            spec.get("rayClusterSpec", {})
+            .get("headGroupSpec", {})
+            .get("template", {})
+            .get("spec", {})
+            .get("restartPolicy", "Never")
+            != "Never"
+        ):
             out.append("restartPolicy for head Pod should be Never or unset when using SidecarMode")
     if "rayClusterSpec" in spec:
         if spec["rayClusterSpec"].get("authOptions", {}).get("enableK8sTokenAuth"):
@@ -253,6 +282,7 @@ def validate_ray_cron_job(name: str, spec: dict, version: str) -> list[str]:
 
 
 # --- What the operator takes but ignores, or does not do the way we need ----------------------------------------------
+
 
 def ray_cluster_specs(doc: dict) -> Iterator[tuple[str, dict]]:
     if doc["kind"] == "RayCluster":
@@ -288,25 +318,34 @@ def operator_ignores(doc: dict) -> list[str]:
         # utils.GetRayDashboardClientFunc reads the token from the Secret only when authOptions.mode is token.
         auth = cluster.get("authOptions", {})
         if auth.get("mode") != "token":
-            out.append(f"{at}: token authentication is off for the operator: set authOptions.mode: token (the "
-                       "operator sends the dashboard token it needs to submit and poll RayJobs only then; a "
-                       "RAY_AUTH_MODE env var does not tell it)")
+            out.append(
+                f"{at}: token authentication is off for the operator: set authOptions.mode: token (the "
+                "operator sends the dashboard token it needs to submit and poll RayJobs only then; a "
+                "RAY_AUTH_MODE env var does not tell it)"
+            )
         elif auth.get("secretName") != TOKEN_SECRET:
-            out.append(f"{at}: authOptions.secretName must be {TOKEN_SECRET!r}, the Secret the CronJob and "
-                       f"`dist-al submit` users read (without it the operator makes a Secret of its own)")
+            out.append(
+                f"{at}: authOptions.secretName must be {TOKEN_SECRET!r}, the Secret the CronJob and "
+                f"`dist-al submit` users read (without it the operator makes a Secret of its own)"
+            )
     if doc["kind"] != "CronJob":
         for at, template in pod_templates(doc):
             for c in template["spec"]["containers"]:
                 for env in c.get("env", []):
                     if env["name"] in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
-                        out.append(f"{at} {c['name']}: {env['name']} set by hand: authOptions has the operator "
-                                   "set it (common.SetContainerTokenAuthEnvVars), and one set by hand overrides it")
+                        out.append(
+                            f"{at} {c['name']}: {env['name']} set by hand: authOptions has the operator "
+                            "set it (common.SetContainerTokenAuthEnvVars), and one set by hand overrides it"
+                        )
     for at, job in ray_job_specs(doc):
         if job.get("clusterSelector"):
             # rayjob_controller.go: a finished RayJob with a clusterSelector returns before any deletion.
-            out += [f"{at}.{field} is ignored with clusterSelector: the operator deletes nothing of a RayJob that "
-                    "runs on a selected cluster" for field in ("shutdownAfterJobFinishes", "ttlSecondsAfterFinished",
-                                                                 "deletionStrategy") if field in job]
+            out += [
+                f"{at}.{field} is ignored with clusterSelector: the operator deletes nothing of a RayJob that "
+                "runs on a selected cluster"
+                for field in ("shutdownAfterJobFinishes", "ttlSecondsAfterFinished", "deletionStrategy")
+                if field in job
+            ]
     return out
 
 
@@ -328,15 +367,44 @@ def kuberay_problems(doc: dict, version: str) -> list[str]:
 
 KUBERNETES_KINDS = {
     ("v1", "ConfigMap"): {"apiVersion", "kind", "metadata", "data", "binaryData", "immutable"},
-    ("v1", "ServiceAccount"): {"apiVersion", "kind", "metadata", "secrets", "imagePullSecrets",
-                               "automountServiceAccountToken"},
+    ("v1", "ServiceAccount"): {
+        "apiVersion",
+        "kind",
+        "metadata",
+        "secrets",
+        "imagePullSecrets",
+        "automountServiceAccountToken",
+    },
     ("batch/v1", "CronJob"): {"apiVersion", "kind", "metadata", "spec"},
 }
-CRONJOB_SPEC = {"concurrencyPolicy", "failedJobsHistoryLimit", "jobTemplate", "schedule", "startingDeadlineSeconds",
-                "successfulJobsHistoryLimit", "suspend", "timeZone"}
-JOB_SPEC = {"activeDeadlineSeconds", "backoffLimit", "backoffLimitPerIndex", "completionMode", "completions",
-            "managedBy", "manualSelector", "maxFailedIndexes", "parallelism", "podFailurePolicy",
-            "podReplacementPolicy", "selector", "successPolicy", "suspend", "template", "ttlSecondsAfterFinished"}
+CRONJOB_SPEC = {
+    "concurrencyPolicy",
+    "failedJobsHistoryLimit",
+    "jobTemplate",
+    "schedule",
+    "startingDeadlineSeconds",
+    "successfulJobsHistoryLimit",
+    "suspend",
+    "timeZone",
+}
+JOB_SPEC = {
+    "activeDeadlineSeconds",
+    "backoffLimit",
+    "backoffLimitPerIndex",
+    "completionMode",
+    "completions",
+    "managedBy",
+    "manualSelector",
+    "maxFailedIndexes",
+    "parallelism",
+    "podFailurePolicy",
+    "podReplacementPolicy",
+    "selector",
+    "successPolicy",
+    "suspend",
+    "template",
+    "ttlSecondsAfterFinished",
+}
 
 
 def kubernetes_problems(doc: dict, version: str) -> list[str]:
@@ -364,6 +432,7 @@ def kubernetes_problems(doc: dict, version: str) -> list[str]:
 
 
 # --- The manifests ----------------------------------------------------------------------------------------------------
+
 
 def pins() -> dict:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -400,15 +469,20 @@ def test_versions_agree_with_pyproject_everywhere():
     seen = 0
     for path in files:
         text = path.read_text()
-        for version in re.findall(r"rayproject/ray:(\d+\.\d+\.\d+)", text) + \
-                re.findall(r"ray\[[\w,]+\]==(\d+\.\d+\.\d+)", text) + re.findall(r"RAY_VERSION=(\d+\.\d+\.\d+)", text) + \
-                re.findall(r"rayVersion: \"(\d+\.\d+\.\d+)\"", text):
+        for version in (
+            re.findall(r"rayproject/ray:(\d+\.\d+\.\d+)", text)
+            + re.findall(r"ray\[[\w,]+\]==(\d+\.\d+\.\d+)", text)
+            + re.findall(r"RAY_VERSION=(\d+\.\d+\.\d+)", text)
+            + re.findall(r"rayVersion: \"(\d+\.\d+\.\d+)\"", text)
+        ):
             assert version == pin["ray"], f"{path}: Ray {version}, pinned {pin['ray']}"
             seen += 1
         for dist_al, ray in re.findall(r"dist-al:(\d+\.\d+\.\d+)-ray(\d+\.\d+\.\d+)-(?:cpu|gpu)", text):
             assert (dist_al, ray) == (pin["dist_al"], pin["ray"]), f"{path}: image tag {dist_al}-ray{ray}"
             seen += 1
-        assert not re.search(r"[\w-]+\.[\w.-]+/[\w./-]*dist-al:(?!\d+\.\d+\.\d+-ray\d+\.\d+\.\d+-(cpu|gpu))", text), f"{path}: odd image tag"
+        assert not re.search(r"[\w-]+\.[\w.-]+/[\w./-]*dist-al:(?!\d+\.\d+\.\d+-ray\d+\.\d+\.\d+-(cpu|gpu))", text), (
+            f"{path}: odd image tag"
+        )
     assert seen >= 10
 
 
@@ -455,8 +529,9 @@ def test_ray_clusters_are_a_cpu_head_and_gpu_workers_on_our_ray():
         assert spec["rayVersion"] == pins()["ray"], at
         assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0", f"{at}: work must stay off the head"
         groups = spec["workerGroupSpecs"]
-        assert any("nvidia.com/gpu" in c["resources"]["limits"] for g in groups
-                   for c in g["template"]["spec"]["containers"]), f"{at}: no GPU worker group"
+        assert any(
+            "nvidia.com/gpu" in c["resources"]["limits"] for g in groups for c in g["template"]["spec"]["containers"]
+        ), f"{at}: no GPU worker group"
         for g in groups:
             assert g["minReplicas"] <= g.get("replicas", g["minReplicas"]) <= g["maxReplicas"], at
 
@@ -490,7 +565,9 @@ def test_scheduled_rounds_run_on_the_long_lived_cluster_with_its_token():
     # utils.GenerateHeadServiceName: "<cluster>-head-svc"; the token is the one authOptions gives the cluster
     assert env["RAY_ADDRESS"]["value"] == f"http://{name}-head-svc:8265"
     assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {
-        "name": cluster["spec"]["authOptions"]["secretName"], "key": "auth_token"}
+        "name": cluster["spec"]["authOptions"]["secretName"],
+        "key": "auth_token",
+    }
 
 
 def test_no_credentials_in_any_deploy_file():
@@ -498,7 +575,9 @@ def test_no_credentials_in_any_deploy_file():
         if path.is_file():
             text = path.read_text()
             assert not re.search(r"AKIA[0-9A-Z]{16}", text), path
-            assert not re.search(r"(?i)(aws_secret_access_key|auth_token)\s*[:=]\s*['\"]?[A-Za-z0-9/+]{16,}", text), path
+            assert not re.search(r"(?i)(aws_secret_access_key|auth_token)\s*[:=]\s*['\"]?[A-Za-z0-9/+]{16,}", text), (
+                path
+            )
     for where, doc in kuberay_manifests():
         for at, template in pod_templates(doc):
             for c in template["spec"]["containers"]:
@@ -537,15 +616,26 @@ def test_cluster_launcher_config_has_a_head_and_gpu_workers_and_installs_dist_al
     assert all("RAY_AUTH_MODE=token" in c for c in starts if "ray start" in c)
 
 
-@pytest.mark.parametrize("name", ["docker/Dockerfile", "kuberay/raycluster.yaml", "kuberay/rayjob-round.yaml",
-                                  "kuberay/raycronjob-rounds.yaml", "kuberay/cronjob-rounds.yaml",
-                                  "kuberay/serviceaccount.yaml", "kuberay/configmap.yaml", "cluster/aws-gpu.yaml",
-                                  *KUBERAY_VERSIONS])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "docker/Dockerfile",
+        "kuberay/raycluster.yaml",
+        "kuberay/rayjob-round.yaml",
+        "kuberay/raycronjob-rounds.yaml",
+        "kuberay/cronjob-rounds.yaml",
+        "kuberay/serviceaccount.yaml",
+        "kuberay/configmap.yaml",
+        "cluster/aws-gpu.yaml",
+        *KUBERAY_VERSIONS,
+    ],
+)
 def test_deploy_readme_walks_through_every_file_and_names_the_kuberay_versions_checked(name):
     assert name in (DEPLOY / "README.md").read_text()
 
 
 # --- The checks catch what a real operator would refuse or ignore -----------------------------------------------------
+
 
 def _token_only_in_env(doc: dict) -> None:
     """The manifests before authOptions: token mode switched on through each container's env only."""
@@ -553,9 +643,15 @@ def _token_only_in_env(doc: dict) -> None:
         del cluster["authOptions"]
     for _, template in pod_templates(doc):
         for c in template["spec"]["containers"]:
-            c.setdefault("env", []).extend([
-                {"name": "RAY_AUTH_MODE", "value": "token"},
-                {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": TOKEN_SECRET, "key": "auth_token"}}}])
+            c.setdefault("env", []).extend(
+                [
+                    {"name": "RAY_AUTH_MODE", "value": "token"},
+                    {
+                        "name": "RAY_AUTH_TOKEN",
+                        "valueFrom": {"secretKeyRef": {"name": TOKEN_SECRET, "key": "auth_token"}},
+                    },
+                ]
+            )
 
 
 def _worker(doc: dict) -> dict:
@@ -563,46 +659,106 @@ def _worker(doc: dict) -> dict:
 
 
 MUTATIONS: dict[str, tuple[str, Callable[[dict], object], str]] = {
-    "ttl-without-shutdown": ("raycronjob-rounds.yaml", lambda d: d["spec"]["jobTemplate"].update(
-        ttlSecondsAfterFinished=3600), "invalid RayJob template: a RayJob with shutdownAfterJobFinishes set to false "
-                                       "cannot have TTLSecondsAfterFinished"),
-    "rayjob-ttl-without-shutdown": ("rayjob-round.yaml", lambda d: d["spec"].pop("shutdownAfterJobFinishes"),
-                                    "shutdownAfterJobFinishes set to false cannot have TTLSecondsAfterFinished"),
-    "raycluster-token-only-in-env": ("raycluster.yaml", _token_only_in_env,
-                                     "spec: token authentication is off for the operator: set authOptions.mode: token"),
-    "rayjob-token-only-in-env": ("rayjob-round.yaml", _token_only_in_env,
-                                 "spec.rayClusterSpec: token authentication is off for the operator"),
-    "token-env-by-hand": ("raycronjob-rounds.yaml", lambda d: d["spec"]["jobTemplate"]["submitterPodTemplate"]["spec"][
-        "containers"][0].update(env=[{"name": "RAY_AUTH_TOKEN", "value": "x"}]), "RAY_AUTH_TOKEN set by hand"),
-    "other-token-secret": ("raycluster.yaml", lambda d: d["spec"]["authOptions"].pop("secretName"),
-                           "authOptions.secretName must be 'dist-al-ray-token'"),
-    "misspelt-groupName": ("raycluster.yaml", lambda d: _worker(d).update(groupNmae=_worker(d).pop("groupName")),
-                           "spec.workerGroupSpecs[0]: unknown field 'groupNmae'"),
-    "misspelt-deep-in-a-pod": ("rayjob-round.yaml", lambda d: (c := d["spec"]["rayClusterSpec"]["headGroupSpec"][
-        "template"]["spec"]["containers"][0]).update(volumeMount=c.pop("volumeMounts")),
-                               "headGroupSpec.template.spec.containers[0]: unknown field 'volumeMount'"),
-    "wrong-type": ("raycluster.yaml", lambda d: _worker(d).update(maxReplicas="8"),
-                   "spec.workerGroupSpecs[0].maxReplicas: '8' is not of type 'integer'"),
-    "bad-quantity": ("raycluster.yaml", lambda d: _worker(d)["template"]["spec"]["containers"][0]["resources"][
-        "limits"].update(memory="32 GB"), "resources.limits.memory: '32 GB' does not match"),
-    "duplicate-port": ("raycluster.yaml", lambda d: (p := d["spec"]["headGroupSpec"]["template"]["spec"][
-        "containers"][0]["ports"]).append(dict(p[0])), "duplicate entry (6379, 'TCP')"),
-    "field-with-cel-rules": ("rayjob-round.yaml", lambda d: d["spec"].update(managedBy="someone-else"),
-                             "spec.managedBy: the CRD checks this field with CEL rules"),
-    "min-above-max": ("raycluster.yaml", lambda d: _worker(d).update(minReplicas=9),
-                      "worker group gpu has minReplicas 9 greater than maxReplicas 8"),
-    "selector-with-retries": ("raycronjob-rounds.yaml", lambda d: d["spec"]["jobTemplate"].update(backoffLimit=2),
-                              "BackoffLimit is incompatible with ClusterSelector mode"),
-    "selector-with-shutdown": ("raycronjob-rounds.yaml", lambda d: d["spec"]["jobTemplate"].update(
-        shutdownAfterJobFinishes=True), "shutdownAfterJobFinishes is ignored with clusterSelector"),
-    "bad-schedule": ("raycronjob-rounds.yaml", lambda d: d["spec"].update(schedule="*/10 * * *"),
-                     "invalid cron schedule: '*/10 * * *'"),
-    "old-ray-with-token": ("raycluster.yaml", lambda d: d["spec"].update(rayVersion="2.50.0"),
-                           "authOptions.mode is 'token' but minimum Ray version is 2.52.0, got 2.50.0"),
-    "no-cluster": ("rayjob-round.yaml", lambda d: d["spec"].pop("rayClusterSpec"),
-                   "one of RayClusterSpec or ClusterSelector must be set"),
-    "name-too-long": ("raycronjob-rounds.yaml", lambda d: d["metadata"].update(name="dist-al-rounds-" + "x" * 30),
-                      "RayCronJob name should be no more than"),
+    "ttl-without-shutdown": (
+        "raycronjob-rounds.yaml",
+        lambda d: d["spec"]["jobTemplate"].update(ttlSecondsAfterFinished=3600),
+        "invalid RayJob template: a RayJob with shutdownAfterJobFinishes set to false "
+        "cannot have TTLSecondsAfterFinished",
+    ),
+    "rayjob-ttl-without-shutdown": (
+        "rayjob-round.yaml",
+        lambda d: d["spec"].pop("shutdownAfterJobFinishes"),
+        "shutdownAfterJobFinishes set to false cannot have TTLSecondsAfterFinished",
+    ),
+    "raycluster-token-only-in-env": (
+        "raycluster.yaml",
+        _token_only_in_env,
+        "spec: token authentication is off for the operator: set authOptions.mode: token",
+    ),
+    "rayjob-token-only-in-env": (
+        "rayjob-round.yaml",
+        _token_only_in_env,
+        "spec.rayClusterSpec: token authentication is off for the operator",
+    ),
+    "token-env-by-hand": (
+        "raycronjob-rounds.yaml",
+        lambda d: d["spec"]["jobTemplate"]["submitterPodTemplate"]["spec"]["containers"][0].update(
+            env=[{"name": "RAY_AUTH_TOKEN", "value": "x"}]
+        ),
+        "RAY_AUTH_TOKEN set by hand",
+    ),
+    "other-token-secret": (
+        "raycluster.yaml",
+        lambda d: d["spec"]["authOptions"].pop("secretName"),
+        "authOptions.secretName must be 'dist-al-ray-token'",
+    ),
+    "misspelt-groupName": (
+        "raycluster.yaml",
+        lambda d: _worker(d).update(groupNmae=_worker(d).pop("groupName")),
+        "spec.workerGroupSpecs[0]: unknown field 'groupNmae'",
+    ),
+    "misspelt-deep-in-a-pod": (
+        "rayjob-round.yaml",
+        lambda d: (c := d["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]).update(
+            volumeMount=c.pop("volumeMounts")
+        ),
+        "headGroupSpec.template.spec.containers[0]: unknown field 'volumeMount'",
+    ),
+    "wrong-type": (
+        "raycluster.yaml",
+        lambda d: _worker(d).update(maxReplicas="8"),
+        "spec.workerGroupSpecs[0].maxReplicas: '8' is not of type 'integer'",
+    ),
+    "bad-quantity": (
+        "raycluster.yaml",
+        lambda d: _worker(d)["template"]["spec"]["containers"][0]["resources"]["limits"].update(memory="32 GB"),
+        "resources.limits.memory: '32 GB' does not match",
+    ),
+    "duplicate-port": (
+        "raycluster.yaml",
+        lambda d: (p := d["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"]).append(dict(p[0])),
+        "duplicate entry (6379, 'TCP')",
+    ),
+    "field-with-cel-rules": (
+        "rayjob-round.yaml",
+        lambda d: d["spec"].update(managedBy="someone-else"),
+        "spec.managedBy: the CRD checks this field with CEL rules",
+    ),
+    "min-above-max": (
+        "raycluster.yaml",
+        lambda d: _worker(d).update(minReplicas=9),
+        "worker group gpu has minReplicas 9 greater than maxReplicas 8",
+    ),
+    "selector-with-retries": (
+        "raycronjob-rounds.yaml",
+        lambda d: d["spec"]["jobTemplate"].update(backoffLimit=2),
+        "BackoffLimit is incompatible with ClusterSelector mode",
+    ),
+    "selector-with-shutdown": (
+        "raycronjob-rounds.yaml",
+        lambda d: d["spec"]["jobTemplate"].update(shutdownAfterJobFinishes=True),
+        "shutdownAfterJobFinishes is ignored with clusterSelector",
+    ),
+    "bad-schedule": (
+        "raycronjob-rounds.yaml",
+        lambda d: d["spec"].update(schedule="*/10 * * *"),
+        "invalid cron schedule: '*/10 * * *'",
+    ),
+    "old-ray-with-token": (
+        "raycluster.yaml",
+        lambda d: d["spec"].update(rayVersion="2.50.0"),
+        "authOptions.mode is 'token' but minimum Ray version is 2.52.0, got 2.50.0",
+    ),
+    "no-cluster": (
+        "rayjob-round.yaml",
+        lambda d: d["spec"].pop("rayClusterSpec"),
+        "one of RayClusterSpec or ClusterSelector must be set",
+    ),
+    "name-too-long": (
+        "raycronjob-rounds.yaml",
+        lambda d: d["metadata"].update(name="dist-al-rounds-" + "x" * 30),
+        "RayCronJob name should be no more than",
+    ),
 }
 
 

@@ -33,8 +33,15 @@ def cluster():
 def _write(uri, storage_options=None):
     feats, labels = gaussian_mixture(N_ROWS, N_CLASSES, DIM, seed=3)
     ids = np.arange(1000, 1000 + N_ROWS, dtype=np.int64)[::-1].copy()  # ids are not row numbers
-    write_pool(uri, ids, feats.numpy(), labels.numpy(), rows_per_file=400, rows_per_group=ROWS_PER_GROUP,
-               storage_options=storage_options)
+    write_pool(
+        uri,
+        ids,
+        feats.numpy(),
+        labels.numpy(),
+        rows_per_file=400,
+        rows_per_group=ROWS_PER_GROUP,
+        storage_options=storage_options,
+    )
     return ids
 
 
@@ -46,20 +53,21 @@ def local_pool(tmp_path_factory):
 
 
 def _config(uri, strategy, workers, storage_options=None, budget=15, label_column="label", model=MODEL, **options):
-    return validate({
-        "pool": {"uri": uri, "label_column": label_column, "storage_options": storage_options or {}},
-        "model": model,
-        "selection": {"strategy": strategy, "budget": budget, "seed": 7, **OPTIONS.get(strategy, {}), **options},
-        "cluster": {"workers": workers, "cpus_per_worker": 0.5},
-    })
+    return validate(
+        {
+            "pool": {"uri": uri, "label_column": label_column, "storage_options": storage_options or {}},
+            "model": model,
+            "selection": {"strategy": strategy, "budget": budget, "seed": 7, **OPTIONS.get(strategy, {}), **options},
+            "cluster": {"workers": workers, "cpus_per_worker": 0.5},
+        }
+    )
 
 
 def _core_selection(uri, strategy, labeled_ids, budget=15):
     """The single-process reference: the same model over the whole pool, then dist_al.core.select."""
     ids, probs, feats = embed_pool(uri, MODEL)
     labeled = np.isin(ids, labeled_ids)
-    picks = select(strategy, probs, feats, budget, labeled=labeled, seed=7,
-                   **OPTIONS.get(strategy, {}))
+    picks = select(strategy, probs, feats, budget, labeled=labeled, seed=7, **OPTIONS.get(strategy, {}))
     return ids[picks].tolist()
 
 
@@ -76,8 +84,10 @@ def embedded(cluster, local_pool):
 def test_same_ids_for_1_2_4_workers_and_equal_to_core(embedded, local_pool, strategy):
     uri, ids = local_pool
     labeled = ids[::97][:8]
-    runs = {w: p.select(strategy, 15, seed=7, options=OPTIONS.get(strategy), labeled_ids=labeled)
-            for w, p in embedded.items()}
+    runs = {
+        w: p.select(strategy, 15, seed=7, options=OPTIONS.get(strategy), labeled_ids=labeled)
+        for w, p in embedded.items()
+    }
     picked = {w: r.table.column("id").to_pylist() for w, r in runs.items()}
     assert picked[1] == picked[2] == picked[4]
     assert picked[1] == _core_selection(uri, strategy, labeled)
@@ -124,8 +134,11 @@ def test_duplicate_ids_are_reported_before_selection(cluster, tmp_path):
     ids = np.arange(300)
     ids[250] = 17
     write_pool(str(tmp_path / "dup"), ids, feats.numpy(), rows_per_file=100, rows_per_group=50)
-    with pytest.raises(ValueError, match=r"id 17 appears 2 times: in \S+part-00000.parquet row group 0, "
-                                         r"\S+part-00002.parquet row group 1$"):
+    with pytest.raises(
+        ValueError,
+        match=r"id 17 appears 2 times: in \S+part-00000.parquet row group 0, "
+        r"\S+part-00002.parquet row group 1$",
+    ):
         run_selection(_config(str(tmp_path / "dup"), "badge", 3, label_column=None))
 
 

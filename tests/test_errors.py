@@ -21,22 +21,37 @@ from dist_al.core.inputs import check_budget
 from dist_al.data.pool import plan_shards
 
 ROOT = Path(__file__).resolve().parents[1]
-INTERNAL = re.compile(r"^dist-al: internal error: (\w+): (.*) \(at (dist_al/[\w/]+\.py):\d+ in (\w+)\); "
-                      r"run with --debug for the traceback, and please report it$")
+INTERNAL = re.compile(
+    r"^dist-al: internal error: (\w+): (.*) \(at (dist_al/[\w/]+\.py):\d+ in (\w+)\); "
+    r"run with --debug for the traceback, and please report it$"
+)
 
 
 def make_pool_with(patch: str, *args: str):
     """`dist-al make-pool` in a fresh process, after running `patch` (Python) to plant a bug."""
-    code = f"import sys, dist_al.data.pool, dist_al.data.synthetic\n{patch}\nfrom dist_al.cli import main\nsys.exit(main(sys.argv[1:]))"
+    code = (
+        f"import sys, dist_al.data.pool, dist_al.data.synthetic\n{patch}\n"
+        "from dist_al.cli import main\nsys.exit(main(sys.argv[1:]))"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=120)
 
 
 BUGS = [
-    ("def bug(*a, **k):\n    raise ValueError('a bug deep down')\ndist_al.data.pool.write_table_atomic = bug",
-     "ValueError", "a bug deep down", "dist_al/data/pool.py", "write_pool"),
-    ("def bug(*a, **k):\n    return {}['rows']\ndist_al.data.synthetic.gaussian_mixture = bug",
-     "KeyError", "'rows'", "dist_al/commands.py", "make_pool_command"),
+    (
+        "def bug(*a, **k):\n    raise ValueError('a bug deep down')\ndist_al.data.pool.write_table_atomic = bug",
+        "ValueError",
+        "a bug deep down",
+        "dist_al/data/pool.py",
+        "write_pool",
+    ),
+    (
+        "def bug(*a, **k):\n    return {}['rows']\ndist_al.data.synthetic.gaussian_mixture = bug",
+        "KeyError",
+        "'rows'",
+        "dist_al/commands.py",
+        "make_pool_command",
+    ),
 ]
 
 
@@ -53,9 +68,11 @@ def test_a_bug_is_an_internal_error_with_its_place(tmp_path, patch, kind, messag
 
 
 def test_a_store_that_stays_down_is_an_error_of_the_environment_not_a_bug(tmp_path):
-    patch = ("from dist_al.data.storage import StorageUnavailable\n"
-             "def down(*a, **k):\n    raise StorageUnavailable('writing s3://b/p failed 3 times in 4.2 s, giving up')\n"
-             "dist_al.data.pool.write_table_atomic = down")
+    patch = (
+        "from dist_al.data.storage import StorageUnavailable\n"
+        "def down(*a, **k):\n    raise StorageUnavailable('writing s3://b/p failed 3 times in 4.2 s, giving up')\n"
+        "dist_al.data.pool.write_table_atomic = down"
+    )
     res = make_pool_with(patch, "make-pool", str(tmp_path / "pool"), "--synthetic", "--rows", "20")
     assert res.returncode == 1
     assert res.stderr.strip() == "dist-al: error: writing s3://b/p failed 3 times in 4.2 s, giving up"
@@ -68,8 +85,9 @@ def test_a_place_that_cannot_be_written_is_a_user_error(tmp_path):
     assert res.stderr.strip() == f"dist-al: error: cannot write {tmp_path / 'a-file' / 'pool'}: Not a directory"
 
 
-@pytest.mark.parametrize("function, args, code", [(check_budget, (5, 3), 2), (plan_shards, (None, 0), 1)],
-                         ids=["user error", "bug"])
+@pytest.mark.parametrize(
+    "function, args, code", [(check_budget, (5, 3), 2), (plan_shards, (None, 0), 1)], ids=["user error", "bug"]
+)
 def test_errors_raised_on_a_ray_worker(ray_local, monkeypatch, capsys, function, args, code):
     """The error crosses Ray as a RayTaskError: a user's mistake keeps its one line and exit 2, a bug is an
     internal error placed where it happened, on the worker."""
@@ -80,5 +98,9 @@ def test_errors_raised_on_a_ray_worker(ray_local, monkeypatch, capsys, function,
     if code == 2:
         assert err == "dist-al: error: budget 5 is larger than the 3 unlabeled rows"
     else:
-        assert INTERNAL.match(err).groups() == ("ValueError", "n_shards must be >= 1, got 0", "dist_al/data/pool.py",
-                                                "plan_shards"), err
+        assert INTERNAL.match(err).groups() == (
+            "ValueError",
+            "n_shards must be >= 1, got 0",
+            "dist_al/data/pool.py",
+            "plan_shards",
+        ), err

@@ -53,27 +53,37 @@ def test_paired_t_and_critical_value():
 
 
 def _setting(acc: dict[str, np.ndarray], labels=(10, 20, 30)) -> Setting:
-    return Setting("s", np.array(labels), {k: np.asarray(v, float) for k, v in acc.items()},
-                   {k: 0.0 for k in acc}, {k: 0.0 for k in acc})
+    return Setting(
+        "s",
+        np.array(labels),
+        {k: np.asarray(v, float) for k, v in acc.items()},
+        {k: 0.0 for k in acc},
+        {k: 0.0 for k in acc},
+    )
 
 
 def test_penalty_matrix_counts_only_significant_wins_weighted_by_label_counts():
     rng = np.random.default_rng(0)
     base = np.column_stack([np.full(5, 0.5), rng.uniform(0.6, 0.7, 5), rng.uniform(0.7, 0.8, 5)])
     a = base.copy()
-    a[:, 1] += [0.05, 0.06, 0.04, 0.05, 0.07]      # t = 10.6 > 2.776: a beats b at 20 labels
-    a[:, 2] += [0.01, 0.01, 0.01, 0.01, -0.01]     # t = 1.5: not significant at 30 labels
+    a[:, 1] += [0.05, 0.06, 0.04, 0.05, 0.07]  # t = 10.6 > 2.776: a beats b at 20 labels
+    a[:, 2] += [0.01, 0.01, 0.01, 0.01, -0.01]  # t = 1.5: not significant at 30 labels
     c = base.copy()
-    c[:, 2] -= [0.02, 0.03, 0.02, 0.025, 0.02]     # b and a beat c at 30 labels
+    c[:, 2] -= [0.02, 0.03, 0.02, 0.025, 0.02]  # b and a beat c at 30 labels
     p = penalty_matrix([_setting({"a": a, "b": base, "c": c})], ["a", "b", "c"])
     # L = 2 label counts after the shared first one, so each win adds 1/2
-    expected = np.array([[0.0, 0.5, 1.0],   # a beats b at 20; beats c at 20 (c = b there) and at 30
-                         [0.0, 0.0, 0.5],   # b beats c at 30
-                         [0.0, 0.0, 0.0]])
+    expected = np.array(
+        [
+            [0.0, 0.5, 1.0],  # a beats b at 20; beats c at 20 (c = b there) and at 30
+            [0.0, 0.0, 0.5],  # b beats c at 30
+            [0.0, 0.0, 0.0],
+        ]
+    )
     np.testing.assert_allclose(p, expected)
     # a second, identical setting doubles every entry: settings add up, each at most 1 per pair
-    np.testing.assert_allclose(penalty_matrix([_setting({"a": a, "b": base, "c": c})] * 2, ["a", "b", "c"]),
-                               2 * expected)
+    np.testing.assert_allclose(
+        penalty_matrix([_setting({"a": a, "b": base, "c": c})] * 2, ["a", "b", "c"]), 2 * expected
+    )
 
 
 def test_summary_against_random_by_hand():
@@ -114,13 +124,34 @@ def test_tiny_comparison_end_to_end(ray_local, tmp_path):
     runs = []
     for budget in (5,):
         run = tmp_path / f"digits-b{budget}"
-        rc = cli_main(["simulate", "--config", str(ROOT / "configs" / "eval-digits.yaml"), "--no-progress",
-                       "--strategies", "random,badge", "--seeds", "2",
-                       "--set", f"pool.uri={tmp_path / 'data' / 'digits' / 'pool'}",
-                       "--set", f"eval.uri={tmp_path / 'data' / 'digits' / 'test'}",
-                       "--set", f"selection.budget={budget}", "--set", "simulation.rounds=2",
-                       "--set", "simulation.initial_labeled=10", "--set", "train.epochs=3",
-                       "--set", "cluster.cpus_per_worker=0.5", "--set", f"workdir={run}"])
+        rc = cli_main(
+            [
+                "simulate",
+                "--config",
+                str(ROOT / "configs" / "eval-digits.yaml"),
+                "--no-progress",
+                "--strategies",
+                "random,badge",
+                "--seeds",
+                "2",
+                "--set",
+                f"pool.uri={tmp_path / 'data' / 'digits' / 'pool'}",
+                "--set",
+                f"eval.uri={tmp_path / 'data' / 'digits' / 'test'}",
+                "--set",
+                f"selection.budget={budget}",
+                "--set",
+                "simulation.rounds=2",
+                "--set",
+                "simulation.initial_labeled=10",
+                "--set",
+                "train.epochs=3",
+                "--set",
+                "cluster.cpus_per_worker=0.5",
+                "--set",
+                f"workdir={run}",
+            ]
+        )
         assert rc == 0
         runs.append(str(run))
     out = tmp_path / "report"

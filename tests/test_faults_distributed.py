@@ -136,12 +136,14 @@ def pool_uri(tmp_path_factory):
 
 
 def _config(uri):
-    return validate({
-        "pool": {"uri": uri, "label_column": "label"},
-        "model": MODEL,
-        "selection": {"strategy": "badge", "budget": BUDGET, "seed": 7},
-        "cluster": {"workers": WORKERS, "cpus_per_worker": 0.5},
-    })
+    return validate(
+        {
+            "pool": {"uri": uri, "label_column": "label"},
+            "model": MODEL,
+            "selection": {"strategy": "badge", "budget": BUDGET, "seed": 7},
+            "cluster": {"workers": WORKERS, "cpus_per_worker": 0.5},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +212,11 @@ def _died(trip) -> list[int]:
 
 
 def _recoveries(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "dist_al.runtime.sharded_pool" and "recovery" in r.getMessage()]
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "dist_al.runtime.sharded_pool" and "recovery" in r.getMessage()
+    ]
 
 
 def test_workers_dying_in_the_embedding_pass_and_the_id_check(hurt_pool, fault_free):
@@ -233,7 +239,9 @@ def test_worker_dying_in_badge_centre_3(pool, fault_free, trip, caplog):
 def test_worker_killed_in_bait_update(pool, fault_free, monkeypatch, caplog):
     victim = pool.workers[0]
     before = pool.where[0]
-    monkeypatch.setattr(pool_runtime, "RayShards", during("update", 4, lambda g: ray.kill(g.workers[0], no_restart=True)))
+    monkeypatch.setattr(
+        pool_runtime, "RayShards", during("update", 4, lambda g: ray.kill(g.workers[0], no_restart=True))
+    )
     caplog.set_level(logging.WARNING, logger="dist_al.runtime.sharded_pool")
     assert _select(pool, "bait") == fault_free["bait"]
     assert pool.workers[0] is not victim and pool.where[0][1] != before[1]
@@ -301,7 +309,9 @@ def test_picked_rows_survive_a_killed_worker(pool, fault_free, caplog):
 def test_worker_that_keeps_dying_is_a_clear_error(pool, fault_free, trip, monkeypatch):
     monkeypatch.setattr(pool_runtime, "MAX_RECOVERIES", 1)  # the default 3 costs two more worker starts
     trip.write_text("1 add_centre 2 always")  # every replacement of shard 1 dies the same way
-    with pytest.raises(WorkerLostError, match=r"'badge': ShardWorkers kept dying \(lost now: shard 1\), gave up after 1 "):
+    with pytest.raises(
+        WorkerLostError, match=r"'badge': ShardWorkers kept dying \(lost now: shard 1\), gave up after 1 "
+    ):
         _select(pool, "badge")
     assert len(_died(trip)) == 2
     trip.unlink()

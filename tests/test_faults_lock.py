@@ -41,19 +41,30 @@ from dist_al.data.storage import remove_tree, write_bytes_atomic
 
 HOST = socket.gethostname()
 # the CLI with a lease of argv[1] seconds; the lock reads LEASE_S when it is made
-LEASED_CLI = ("import sys, dist_al.campaign.lock; dist_al.campaign.lock.LEASE_S = float(sys.argv[1]); from dist_al.cli import main; "
-              "sys.exit(main(sys.argv[2:]))")
+LEASED_CLI = (
+    "import sys, dist_al.campaign.lock; dist_al.campaign.lock.LEASE_S = float(sys.argv[1]); "
+    "from dist_al.cli import main; "
+    "sys.exit(main(sys.argv[2:]))"
+)
 # a bare acquirer, as the CLI's commands acquire: exits 75 with the one line when the lock is held
-ACQUIRER = ("import sys; from dist_al.campaign.lock import WorkdirLock, WorkdirLocked\n"
-            "try:\n    WorkdirLock(sys.argv[1], command='round').acquire()\n"
-            "except WorkdirLocked as err:\n    print(err); sys.exit(75)\n")
+ACQUIRER = (
+    "import sys; from dist_al.campaign.lock import WorkdirLock, WorkdirLocked\n"
+    "try:\n    WorkdirLock(sys.argv[1], command='round').acquire()\n"
+    "except WorkdirLocked as err:\n    print(err); sys.exit(75)\n"
+)
 
 
 def spawn(code: str, *args, crash_at: str | None = None, stall_at: str | None = None) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("DIST_AL_CRASH_AT", "DIST_AL_STALL_AT")}
     env.update({k: v for k, v in (("DIST_AL_CRASH_AT", crash_at), ("DIST_AL_STALL_AT", stall_at)) if v})
-    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
 
 
 def wait_stopped(proc: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -112,17 +123,26 @@ def test_a_command_that_lost_its_lease_stops_before_its_next_write(tmp_path):
     cfg = config(str(tmp_path / "pool"), work)
     labels = labels_csv(tmp_path, list(truth)[:5], truth)
     # ingest stalls (a VM pause) with its label record written to a temp file, before the rename
-    proc = spawn(LEASED_CLI, "4", "ingest", "--config", write_config(tmp_path, cfg), labels,
-                 stall_at="write.before_rename:/labels/")
+    proc = spawn(
+        LEASED_CLI,
+        "4",
+        "ingest",
+        "--config",
+        write_config(tmp_path, cfg),
+        labels,
+        stall_at="write.before_rename:/labels/",
+    )
     wait_stopped(proc)
     taker = take_over(work)  # its 4 s lease runs out; another dist-al takes the workdir
     try:
         os.kill(proc.pid, signal.SIGCONT)
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 76, err
-        assert re.match(rf"^dist-al: error: lost the workdir lock of {re.escape(work)} to {re.escape(HOST)}/"
-                        rf"{os.getpid()} \(round\); nothing more was written; the next tick resumes$",
-                        err.strip().splitlines()[-1]), err
+        assert re.match(
+            rf"^dist-al: error: lost the workdir lock of {re.escape(work)} to {re.escape(HOST)}/"
+            rf"{os.getpid()} \(round\); nothing more was written; the next tick resumes$",
+            err.strip().splitlines()[-1],
+        ), err
         assert "Traceback" not in err and out == ""
         root = Path(work)
         assert not list((root / "labels").glob("*.parquet"))  # no label record landed
@@ -139,8 +159,19 @@ def test_a_heartbeat_that_finds_the_lock_taken_over_fences_every_write(tmp_path,
     lock = WorkdirLock(work, options, command="round", ttl=1.0).acquire()
     try:
         fs, path = fsspec.core.url_to_fs(f"{work}/lock.json", **options)
-        fs.pipe_file(path, json.dumps({"host": "another-host", "pid": 4242, "token": "f" * 32, "command": "train",
-                                       "acquired_at": time.time(), "expires_at": time.time() + 60}).encode())
+        fs.pipe_file(
+            path,
+            json.dumps(
+                {
+                    "host": "another-host",
+                    "pid": 4242,
+                    "token": "f" * 32,
+                    "command": "train",
+                    "acquired_at": time.time(),
+                    "expires_at": time.time() + 60,
+                }
+            ).encode(),
+        )
         assert wait_lost(lock) == f"lost the workdir lock of {work} to another-host/4242 (train)"
         with pytest.raises(LockLost, match="to another-host/4242"):
             write_bytes_atomic(f"{work}/rounds/0001/state.json", b"{}", options)
@@ -161,8 +192,11 @@ def test_a_heartbeat_that_cannot_refresh_closes_the_fence_before_the_lease_runs_
     try:
         proxy.add("PUT", f"/{bucket}/work/lock.json", "503", times=None)  # the store refuses every refresh
         message = wait_lost(lock)
-        assert re.match(rf"lost the workdir lock of {work}: its lease was last refreshed \d+ s ago, 1.5 s is the most "
-                        r"a write may follow one \(last refresh error: .*\)$", message), message
+        assert re.match(
+            rf"lost the workdir lock of {work}: its lease was last refreshed \d+ s ago, 1.5 s is the most "
+            r"a write may follow one \(last refresh error: .*\)$",
+            message,
+        ), message
         assert lock_record(work, options)["token"] == lock.token  # nobody took it: the fence closed first
         with pytest.raises(LockLost):
             write_bytes_atomic(f"{work}/rounds/0001/selection.parquet", b"x", options)

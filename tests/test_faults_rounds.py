@@ -41,16 +41,19 @@ from dist_al.models.build import load_state
 
 BUDGET = 10
 ROWS = 400
-LOCKED = re.compile(r"^dist-al: workdir \S+ is locked by [^/\s]+/\d+ \(round\) since [\d\- :]+ \(expires in \d+ s\); "
-                    r"another dist-al is running$")
+LOCKED = re.compile(
+    r"^dist-al: workdir \S+ is locked by [^/\s]+/\d+ \(round\) since [\d\- :]+ \(expires in \d+ s\); "
+    r"another dist-al is running$"
+)
 TEMP = re.compile(r"^\..+\.tmp-[0-9a-f]{32}$")
 
 
 def make_pool(uri: str, storage_options: dict | None = None) -> dict:
     feats, labels = gaussian_mixture(ROWS, 4, 8, seed=3)
     ids = np.arange(1000, 1000 + ROWS)
-    write_pool(uri, ids, feats.numpy(), labels.numpy(), rows_per_file=200, rows_per_group=100,
-               storage_options=storage_options)
+    write_pool(
+        uri, ids, feats.numpy(), labels.numpy(), rows_per_file=200, rows_per_group=100, storage_options=storage_options
+    )
     return dict(zip(ids.tolist(), labels.tolist()))
 
 
@@ -77,8 +80,9 @@ def cli(*args, crash_at: str | None = None, popen: bool = False):
         env["DIST_AL_CRASH_AT"] = crash_at
     cmd = [sys.executable, "-m", "dist_al.cli", *args]
     if popen:
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                start_new_session=True)
+        return subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+        )
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -95,8 +99,11 @@ def read(uri: str, storage_options: dict | None = None) -> bytes:
 
 
 def selection_ids(workdir: str, n: int = 1, storage_options: dict | None = None) -> list:
-    return pq.read_table(io.BytesIO(read(f"{workdir}/rounds/{n:04d}/selection.parquet", storage_options))
-                         ).column("id").to_pylist()
+    return (
+        pq.read_table(io.BytesIO(read(f"{workdir}/rounds/{n:04d}/selection.parquet", storage_options)))
+        .column("id")
+        .to_pylist()
+    )
 
 
 def outcome(workdir: str) -> dict:
@@ -105,16 +112,22 @@ def outcome(workdir: str) -> dict:
     files = [p for p in root.rglob("*") if p.is_file()]
     records = sorted((root / "labels").glob("*.parquet"))
     rounds = sorted(p.name for p in (root / "rounds").iterdir())
-    model = load_state(str(root / "rounds" / rounds[-1] / "model.pt")) if (root / "rounds" / rounds[-1] /
-                                                                          "model.pt").exists() else None
+    model = (
+        load_state(str(root / "rounds" / rounds[-1] / "model.pt"))
+        if (root / "rounds" / rounds[-1] / "model.pt").exists()
+        else None
+    )
     return {
         "selections": {n: selection_ids(workdir, int(n)) for n in rounds},
         "states": {n: json.loads((root / "rounds" / n / "state.json").read_text())["state"] for n in rounds},
         "labels": sorted(load_label_records(str(root / "labels")).items()),
         "record_rows": sum(pq.read_metadata(p).num_rows for p in records),
         "exports": {n: sorted(p.name for p in (root / "rounds" / n / "export").iterdir()) for n in rounds},
-        "leftovers": sorted(str(p.relative_to(root)) for p in files
-                            if TEMP.match(p.name) or p.name == "lock.json" or "_ray_train" in str(p)),
+        "leftovers": sorted(
+            str(p.relative_to(root))
+            for p in files
+            if TEMP.match(p.name) or p.name == "lock.json" or "_ray_train" in str(p)
+        ),
         "model": model,
     }
 
@@ -257,9 +270,20 @@ def test_two_rounds_at_once_on_s3(tmp_path, s3_bucket, s3_storage_options):
 
 def _foreign_lock(workdir: str, expires_in: float, storage_options=None) -> None:
     now = time.time()
-    write_bytes_atomic(f"{workdir}/lock.json", json.dumps({
-        "host": "another-host", "pid": 4242, "token": "f" * 32, "command": "round",
-        "acquired_at": now - 600, "expires_at": now + expires_in}).encode(), storage_options)
+    write_bytes_atomic(
+        f"{workdir}/lock.json",
+        json.dumps(
+            {
+                "host": "another-host",
+                "pid": 4242,
+                "token": "f" * 32,
+                "command": "round",
+                "acquired_at": now - 600,
+                "expires_at": now + expires_in,
+            }
+        ).encode(),
+        storage_options,
+    )
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
@@ -337,9 +361,11 @@ def test_transient_store_faults_are_retried_and_a_persistent_one_changes_nothing
 
     # s3fs tries a SlowDown 5 times, botocore's retries are off: 6 SlowDowns reach our layer; a reset is
     # tried once or twice below us (aiohttp retries one on a reused connection), so 2 resets may reach it
-    faults = [proxy.add("PUT", f"/{bucket}/work/rounds/0001/selection.parquet", "503", times=6),
-              proxy.add("GET", f"/{bucket}/work/rounds/0001/selection.parquet", "reset", times=2),
-              proxy.add("PUT", f"/{bucket}/work/lock.json", "reset", times=2)]
+    faults = [
+        proxy.add("PUT", f"/{bucket}/work/rounds/0001/selection.parquet", "503", times=6),
+        proxy.add("GET", f"/{bucket}/work/rounds/0001/selection.parquet", "reset", times=2),
+        proxy.add("PUT", f"/{bucket}/work/lock.json", "reset", times=2),
+    ]
     out = cli("round", *args, "--no-progress")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"round 1: waiting for labels, 0/{BUDGET} received"
@@ -362,8 +388,11 @@ def test_transient_store_faults_are_retried_and_a_persistent_one_changes_nothing
     out = cli("ingest", *args, labels)
     assert out.returncode == 1
     last = out.stderr.strip().splitlines()[-1]
-    assert re.match(rf"dist-al: error: writing s3://{bucket}/work/labels/\S+\.parquet failed 3 times in [\d.]+ s, "
-                    r"giving up \(.*\); the workdir was left as it was$", last), out.stderr
+    assert re.match(
+        rf"dist-al: error: writing s3://{bucket}/work/labels/\S+\.parquet failed 3 times in [\d.]+ s, "
+        r"giving up \(.*\); the workdir was left as it was$",
+        last,
+    ), out.stderr
     assert "Traceback" not in out.stderr
     fs.invalidate_cache()
     assert {p: fs.cat_file(p) for p in fs.find(f"{bucket}/work")} == before

@@ -35,10 +35,14 @@ def pool(request, tmp_path_factory, ray_local):
     x, y = gaussian_mixture(N, K, D, seed=2)
     ids = _ids(request.param)
     write_pool(uri, ids, x.numpy(), y.numpy(), rows_per_file=120, rows_per_group=30)
-    cfg = validate({"pool": {"uri": uri, "label_column": "label"},
-                    "model": {"kwargs": {"in_dim": D, "n_classes": K, "hidden": 8}},
-                    "selection": {"strategy": "badge", "budget": PICKS}, "cluster": {"workers": 2,
-                                                                                     "cpus_per_worker": 0.5}})
+    cfg = validate(
+        {
+            "pool": {"uri": uri, "label_column": "label"},
+            "model": {"kwargs": {"in_dim": D, "n_classes": K, "hidden": 8}},
+            "selection": {"strategy": "badge", "budget": PICKS},
+            "cluster": {"workers": 2, "cpus_per_worker": 0.5},
+        }
+    )
     sharded = sharded_pool(cfg)
     try:
         result = sharded.select("badge", PICKS)
@@ -80,8 +84,7 @@ def test_gather_equals_the_full_scan(pool, caplog):
     want = full_scan_labeled(cfg.pool, labels)
     with caplog.at_level(logging.INFO, logger="dist_al.campaign.train"):
         _same(gather_labeled(cfg.pool, labels, recorded), want)  # 12 recorded rows, 20 found by id
-    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
-        "20 of 32 labeled ids have no recorded row"]
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["20 of 32 labeled ids have no recorded row"]
     _same(gather_labeled(cfg.pool, labels), want)  # nothing recorded: every id found by id
     only_recorded = {i: truth[i] for i in recorded.column("id").to_pylist()}
     caplog.clear()
@@ -95,8 +98,11 @@ def test_recorded_rows_the_pool_does_not_have_are_found_by_id(pool):
     cfg, ids, truth, recorded = pool
     files, groups, rows = (recorded.column(c).to_pylist() for c in ("file", "row_group", "row"))
     files[0], groups[1], rows[2] = "gone.parquet", 99, 10_000
-    stale = recorded.set_column(1, "file", pa.array(files)).set_column(2, "row_group", pa.array(groups)) \
+    stale = (
+        recorded.set_column(1, "file", pa.array(files))
+        .set_column(2, "row_group", pa.array(groups))
         .set_column(3, "row", pa.array(rows))
+    )
     labels = _labels(truth, ids, recorded, extra=3)
     _same(gather_labeled(cfg.pool, labels, stale), full_scan_labeled(cfg.pool, labels))
 
@@ -125,8 +131,9 @@ def test_a_labeled_id_the_pool_holds_twice_is_the_same_error(tmp_path):
     ids[70] = ids[5]
     uri = str(tmp_path / "pool")
     write_pool(uri, ids, x.numpy(), y.numpy(), rows_per_file=40, rows_per_group=20)
-    cfg = validate({"pool": {"uri": uri}, "model": {"kwargs": {"in_dim": D, "n_classes": K}},
-                    "selection": {"budget": 1}})
+    cfg = validate(
+        {"pool": {"uri": uri}, "model": {"kwargs": {"in_dim": D, "n_classes": K}}, "selection": {"budget": 1}}
+    )
     labels = {5: 1, 6: 0}
     message = _error(gather_labeled, cfg.pool, labels)
     assert message == _error(full_scan_labeled, cfg.pool, labels) and message.startswith("labeled id 5 appears more")

@@ -69,13 +69,20 @@ def project(tmp_path_factory):
 
 def dist_al(head, project, *args, env=None, timeout=400):
     root = project[0]
-    return subprocess.run([sys.executable, "-m", "dist_al.cli", *args], cwd=root, capture_output=True, text=True,
-                          env=env or head.client_env(AWS_SECRET_ACCESS_KEY=SECRET), timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "dist_al.cli", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=env or head.client_env(AWS_SECRET_ACCESS_KEY=SECRET),
+        timeout=timeout,
+    )
 
 
 def submit(head, project, *command, config="configs/al.yaml", extra=()):
-    return dist_al(head, project, "submit", "--address", head.dashboard, "--config", config, *extra, "--wait",
-                   "--", *command)
+    return dist_al(
+        head, project, "submit", "--address", head.dashboard, "--config", config, *extra, "--wait", "--", *command
+    )
 
 
 def job_record(head, sid) -> str:
@@ -157,14 +164,26 @@ def test_credentials_in_a_submitted_config_are_refused_before_anything_is_sent(h
     cfg["pool"]["storage_options"] = {"client_kwargs": {"region_name": "us-east-1", "aws_secret_access_key": SECRET}}
     (root / "configs" / "creds.yaml").write_text(yaml.safe_dump(cfg))
     cases = [
-        ("configs/creds.yaml", [],
-         f"{root}/configs/creds.yaml: pool.storage_options.client_kwargs.aws_secret_access_key holds a credential"),
-        ("configs/al.yaml", ["--set", f"pool.storage_options={{key: AKIAIOSFODNN7EXAMPLE, secret: {SECRET}}}"],
-         "--set pool.storage_options: pool.storage_options.key holds a credential"),
-        ("configs/al.yaml", ["--set", f"pool.storage_options.client_kwargs.aws_session_token={SECRET}"],
-         "pool.storage_options.client_kwargs.aws_session_token holds a credential"),
-        ("configs/al.yaml", ["--set", f"eval.uri=https://alice:{SECRET}@data.example.com/eval"],
-         "--set eval.uri: eval.uri holds a credential"),
+        (
+            "configs/creds.yaml",
+            [],
+            f"{root}/configs/creds.yaml: pool.storage_options.client_kwargs.aws_secret_access_key holds a credential",
+        ),
+        (
+            "configs/al.yaml",
+            ["--set", f"pool.storage_options={{key: AKIAIOSFODNN7EXAMPLE, secret: {SECRET}}}"],
+            "--set pool.storage_options: pool.storage_options.key holds a credential",
+        ),
+        (
+            "configs/al.yaml",
+            ["--set", f"pool.storage_options.client_kwargs.aws_session_token={SECRET}"],
+            "pool.storage_options.client_kwargs.aws_session_token holds a credential",
+        ),
+        (
+            "configs/al.yaml",
+            ["--set", f"eval.uri=https://alice:{SECRET}@data.example.com/eval"],
+            "--set eval.uri: eval.uri holds a credential",
+        ),
     ]
     before = dist_al(head, project, "jobs", "--address", head.dashboard).stdout
     for config, extra, where in cases:
@@ -174,11 +193,14 @@ def test_credentials_in_a_submitted_config_are_refused_before_anything_is_sent(h
     assert dist_al(head, project, "jobs", "--address", head.dashboard).stdout == before
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--config", "configs/al.yaml", "--", "make-pool"], "cannot submit 'make-pool'"),
-    (["--config", "configs/al.yaml"], "no command to run"),
-    (["--config", "/etc/hostname", "--", "select"], "is outside the working directory"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--config", "configs/al.yaml", "--", "make-pool"], "cannot submit 'make-pool'"),
+        (["--config", "configs/al.yaml"], "no command to run"),
+        (["--config", "/etc/hostname", "--", "select"], "is outside the working directory"),
+    ],
+)
 def test_bad_submissions_are_one_line_errors(head, project, args, message):
     out = dist_al(head, project, "submit", "--address", head.dashboard, *args)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr

@@ -62,7 +62,7 @@ class Store:
         """Every file under the root, relative to it (fresh listing)."""
         self.fs.invalidate_cache()
         root = self.path("").rstrip("/")
-        return sorted(p[len(root) + 1:] for p in self.fs.find(root))
+        return sorted(p[len(root) + 1 :] for p in self.fs.find(root))
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -83,12 +83,14 @@ def parquet_bytes(table: pa.Table) -> bytes:
 
 def selection_table(ids, id_type=None) -> pa.Table:
     n = len(ids)
-    return pa.table({
-        "id": pa.array(ids, id_type or pa.int64()),
-        "rank": pa.array(range(1, n + 1), pa.int64()),
-        "strategy": pa.array(["badge"] * n),
-        "score": pa.array([0.5, float("nan")] + [None] * (n - 2), pa.float64()),
-    })
+    return pa.table(
+        {
+            "id": pa.array(ids, id_type or pa.int64()),
+            "rank": pa.array(range(1, n + 1), pa.int64()),
+            "strategy": pa.array(["badge"] * n),
+            "score": pa.array([0.5, float("nan")] + [None] * (n - 2), pa.float64()),
+        }
+    )
 
 
 # ------------------------------------------------------------------------------------------ export
@@ -96,8 +98,9 @@ def selection_table(ids, id_type=None) -> pa.Table:
 
 def test_export_writes_three_parseable_files(store):
     sel = selection_table([17, 3, 42])
-    uris = export_selection(sel, store.uri("round-0/export"), pool_uri="s3://data/pool", id_column="row_id",
-                            storage_options=store.options)
+    uris = export_selection(
+        sel, store.uri("round-0/export"), pool_uri="s3://data/pool", id_column="row_id", storage_options=store.options
+    )
     assert set(uris) == set(EXPORT_FILES)
     assert store.all_files() == sorted(f"round-0/export/{n}" for n in EXPORT_FILES)  # no temp files left
     assert uris["selection.parquet"] == store.uri("round-0/export/selection.parquet")
@@ -128,10 +131,16 @@ def test_export_writes_three_parseable_files(store):
 
 
 def test_export_ids_with_path_characters_do_not_become_file_names(store):
-    ids = ["../../escape", "a/b/c", "..", "x.parquet", "sp ace,\"q\""]
+    ids = ["../../escape", "a/b/c", "..", "x.parquet", 'sp ace,"q"']
     refs = {i: f"https://img.example/{n}.png" for n, i in enumerate(ids)}
-    uris = export_selection(selection_table(ids, pa.string()), store.uri("out"), data_reference=refs,
-                            pool_uri="ignored", id_column="id", storage_options=store.options)
+    uris = export_selection(
+        selection_table(ids, pa.string()),
+        store.uri("out"),
+        data_reference=refs,
+        pool_uri="ignored",
+        id_column="id",
+        storage_options=store.options,
+    )
     assert sorted(uris) == sorted(EXPORT_FILES)
     assert store.all_files() == sorted(f"out/{n}" for n in EXPORT_FILES)  # nothing else, nowhere else
     t = pq.read_table(io.BytesIO(store.get("out/selection.parquet")))
@@ -144,15 +153,14 @@ def test_export_ids_with_path_characters_do_not_become_file_names(store):
 
 def test_export_mapping_must_cover_every_id(tmp_path):
     with pytest.raises(ValueError, match=r"no entry for 1 selected id.*3"):
-        export_selection(selection_table([1, 3]), str(tmp_path), data_reference={1: "x"}, pool_uri="p",
-                         id_column="id")
+        export_selection(selection_table([1, 3]), str(tmp_path), data_reference={1: "x"}, pool_uri="p", id_column="id")
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="no 'id' column"):
         export_selection(pa.table({"row": [1]}), str(tmp_path), pool_uri="p", id_column="id")
 
 
 def test_label_studio_config_matches_the_tasks():
-    cfg = label_studio_config(["cat", "dog & \"pup\""])
+    cfg = label_studio_config(["cat", 'dog & "pup"'])
     assert '<Text name="ref" value="$ref"/>' in cfg
     assert '<Choices name="label" toName="ref" choice="single"' in cfg
     root = ElementTree.fromstring(cfg)  # well-formed XML, names escaped
@@ -163,8 +171,9 @@ def test_label_studio_config_matches_the_tasks():
 
 
 def test_read_labels_parquet(store):
-    t = pa.table({"note": ["a", "b", "c", "d"], "id": ["12", "13", " 14 ", "x9"],
-                  "label": ["dog", "2", "bird", "wolf"]})
+    t = pa.table(
+        {"note": ["a", "b", "c", "d"], "id": ["12", "13", " 14 ", "x9"], "label": ["dog", "2", "bird", "wolf"]}
+    )
     uri = store.put("labels/l.parquet", parquet_bytes(t))
     rows = read_labels(uri, storage_options=store.options, id_type="int", class_names=CLASSES)
     assert rows == [(12, 1), (13, 2), (14, 2), ("x9", "wolf")]  # unparseable values pass through
@@ -211,44 +220,89 @@ _region_ids = itertools.count()
 
 
 def ls_result(choice, from_name="label", to_name="ref"):
-    return {"id": f"Reg{next(_region_ids):07d}", "type": "choices",  # LS region ids: short random strings
-            "value": {"choices": choice if isinstance(choice, list) else [choice]},
-            "origin": "manual", "to_name": to_name, "from_name": from_name}
+    return {
+        "id": f"Reg{next(_region_ids):07d}",
+        "type": "choices",  # LS region ids: short random strings
+        "value": {"choices": choice if isinstance(choice, list) else [choice]},
+        "origin": "manual",
+        "to_name": to_name,
+        "from_name": from_name,
+    }
 
 
 def ls_annotation(ann_id, task_id, results, created, updated=None, cancelled=False):
-    return {"id": ann_id, "completed_by": 1, "result": results, "was_cancelled": cancelled,
-            "ground_truth": False, "created_at": created, "updated_at": updated or created,
-            "draft_created_at": None, "lead_time": 3.2, "prediction": {}, "result_count": 0,
-            "unique_id": f"u-{ann_id}", "import_id": None, "last_action": None, "task": task_id,
-            "project": 7, "updated_by": 1, "parent_prediction": None, "parent_annotation": None,
-            "last_created_by": None}
+    return {
+        "id": ann_id,
+        "completed_by": 1,
+        "result": results,
+        "was_cancelled": cancelled,
+        "ground_truth": False,
+        "created_at": created,
+        "updated_at": updated or created,
+        "draft_created_at": None,
+        "lead_time": 3.2,
+        "prediction": {},
+        "result_count": 0,
+        "unique_id": f"u-{ann_id}",
+        "import_id": None,
+        "last_action": None,
+        "task": task_id,
+        "project": 7,
+        "updated_by": 1,
+        "parent_prediction": None,
+        "parent_annotation": None,
+        "last_created_by": None,
+    }
 
 
 def ls_task(task_id, pool_id, rank, annotations, predictions=()):
     """One task of Label Studio's JSON export, for a task imported from label_studio_tasks.json."""
-    return {"id": task_id, "annotations": annotations, "file_upload": "a1b2c3-label_studio_tasks.json",
-            "drafts": [], "predictions": list(predictions),
-            "data": {"id": pool_id, "rank": rank, "ref": f"s3://b/pool#id={pool_id}"},
-            "meta": {"strategy": "badge", "score": 0.25, "pool_uri": "s3://b/pool", "id_column": "id"},
-            "created_at": "2025-11-20T09:00:00.000000Z", "updated_at": "2025-11-21T10:00:00.000000Z",
-            "inner_id": task_id - 1000, "total_annotations": len(annotations), "cancelled_annotations": 0,
-            "total_predictions": len(predictions), "comment_count": 0, "unresolved_comment_count": 0,
-            "last_comment_updated_at": None, "project": 7, "updated_by": 1, "comment_authors": []}
+    return {
+        "id": task_id,
+        "annotations": annotations,
+        "file_upload": "a1b2c3-label_studio_tasks.json",
+        "drafts": [],
+        "predictions": list(predictions),
+        "data": {"id": pool_id, "rank": rank, "ref": f"s3://b/pool#id={pool_id}"},
+        "meta": {"strategy": "badge", "score": 0.25, "pool_uri": "s3://b/pool", "id_column": "id"},
+        "created_at": "2025-11-20T09:00:00.000000Z",
+        "updated_at": "2025-11-21T10:00:00.000000Z",
+        "inner_id": task_id - 1000,
+        "total_annotations": len(annotations),
+        "cancelled_annotations": 0,
+        "total_predictions": len(predictions),
+        "comment_count": 0,
+        "unresolved_comment_count": 0,
+        "last_comment_updated_at": None,
+        "project": 7,
+        "updated_by": 1,
+        "comment_authors": [],
+    }
 
 
 def label_studio_export() -> list[dict]:
     return [
         # relabeled: the newer annotation (by updated_at, though listed first) wins
-        ls_task(1001, 17, 1, [
-            ls_annotation(2, 1001, [ls_result("bird")], "2025-11-21T10:05:00.1Z", "2025-11-21T11:00:00Z"),
-            ls_annotation(1, 1001, [ls_result("cat")], "2025-11-21T10:00:00.5Z"),
-        ]),
+        ls_task(
+            1001,
+            17,
+            1,
+            [
+                ls_annotation(2, 1001, [ls_result("bird")], "2025-11-21T10:05:00.1Z", "2025-11-21T11:00:00Z"),
+                ls_annotation(1, 1001, [ls_result("cat")], "2025-11-21T10:00:00.5Z"),
+            ],
+        ),
         # the latest annotation was cancelled (skipped): the earlier one counts
-        ls_task(1002, 3, 2, [
-            ls_annotation(3, 1002, [ls_result("dog")], "2025-11-21T10:00:00Z"),
-            ls_annotation(4, 1002, [], "2025-11-21T12:00:00Z", cancelled=True),
-        ], predictions=[{"id": 9, "model_version": "m1", "score": 0.4, "result": [ls_result("cat")]}]),
+        ls_task(
+            1002,
+            3,
+            2,
+            [
+                ls_annotation(3, 1002, [ls_result("dog")], "2025-11-21T10:00:00Z"),
+                ls_annotation(4, 1002, [], "2025-11-21T12:00:00Z", cancelled=True),
+            ],
+            predictions=[{"id": 9, "model_version": "m1", "score": 0.4, "result": [ls_result("cat")]}],
+        ),
         ls_task(1003, 42, 3, []),  # not labeled yet: skipped
         ls_task(1004, 8, 4, [ls_annotation(5, 1004, [ls_result("cat")], "2025-11-21T10:00:00Z", cancelled=True)]),
         ls_task(1005, "9", 5, [ls_annotation(6, 1005, [ls_result("2")], "2025-11-21T10:00:00Z")]),
@@ -262,13 +316,20 @@ def test_read_labels_label_studio_export(store):
     rows = read_labels(uri, storage_options=store.options, id_type="int", class_names=CLASSES)
     assert rows == [(17, 2), (3, 1), (9, 2), (10, ["cat", "dog"]), (11, "wolf")]
     # without class names, names pass through (and validate_labels rejects them)
-    assert read_labels(uri, storage_options=store.options, id_type="str")[:3] == [("17", "bird"), ("3", "dog"),
-                                                                                  ("9", 2)]
+    assert read_labels(uri, storage_options=store.options, id_type="str")[:3] == [
+        ("17", "bird"),
+        ("3", "dog"),
+        ("9", 2),
+    ]
 
 
 def test_read_labels_label_studio_several_controls(tmp_path):
-    task = ls_task(1001, 5, 1, [ls_annotation(1, 1001, [ls_result("dog", "label"), ls_result("blurry", "quality")],
-                                              "2025-11-21T10:00:00Z")])
+    task = ls_task(
+        1001,
+        5,
+        1,
+        [ls_annotation(1, 1001, [ls_result("dog", "label"), ls_result("blurry", "quality")], "2025-11-21T10:00:00Z")],
+    )
     path = tmp_path / "export.json"
     path.write_text(json.dumps([task]))
     with pytest.raises(LabelFileError, match=r"task #0 \(Label Studio id 1001\).*label, quality.*from_name"):
@@ -276,12 +337,15 @@ def test_read_labels_label_studio_several_controls(tmp_path):
     assert read_labels(str(path), id_type="int", class_names=CLASSES, from_name="label") == [(5, 1)]
 
 
-@pytest.mark.parametrize("content, match", [
-    ({"tasks": []}, "list of tasks"),
-    ([{"id": 1, "image": "x.png", "label": "cat"}], "no 'data' object"),  # JSON-MIN export
-    ([{"id": 1, "data": {"image": "x.png"}, "annotations": []}], "data has no 'id' .*keys: image"),
-    ([{"id": 1, "data": {"id": 5}}], "no 'annotations' list"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ({"tasks": []}, "list of tasks"),
+        ([{"id": 1, "image": "x.png", "label": "cat"}], "no 'data' object"),  # JSON-MIN export
+        ([{"id": 1, "data": {"image": "x.png"}, "annotations": []}], "data has no 'id' .*keys: image"),
+        ([{"id": 1, "data": {"id": 5}}], "no 'annotations' list"),
+    ],
+)
 def test_read_labels_not_a_label_studio_export(tmp_path, content, match):
     path = tmp_path / "e.json"
     path.write_text(json.dumps(content))
@@ -300,19 +364,35 @@ def test_validate_every_reason():
     existing = {50: 1, 51: 2}
     rows = [
         (1, 0),
-        (99999, 1), ("abc", 1), (None, 2),          # unknown ids
-        (5, 1), (5, 2), (5, 1),                     # conflict within the file: all 3 rows
-        (6, "cat"), (7, 2.5), (8, ["cat", "dog"]),  # not integers
-        (17, 12), (18, -1),                         # out of range
-        (2, 2), (2, 2), (2, 2),                     # duplicates: first accepted
-        (50, 1),                                    # already labeled, same label
-        (51, 0),                                    # conflicts with the earlier record
+        (99999, 1),
+        ("abc", 1),
+        (None, 2),  # unknown ids
+        (5, 1),
+        (5, 2),
+        (5, 1),  # conflict within the file: all 3 rows
+        (6, "cat"),
+        (7, 2.5),
+        (8, ["cat", "dog"]),  # not integers
+        (17, 12),
+        (18, -1),  # out of range
+        (2, 2),
+        (2, 2),
+        (2, 2),  # duplicates: first accepted
+        (50, 1),  # already labeled, same label
+        (51, 0),  # conflicts with the earlier record
         (3, 1),
     ]
     report = validate_labels(rows, known_ids=known, n_classes=3, existing=existing)
     assert report.accepted == [(1, 0), (2, 2), (3, 1)]
-    assert report.counts == {"unknown_id": 3, "conflict": 3, "invalid_label": 3, "out_of_range": 2,
-                             "duplicate": 2, "conflict_existing": 1, "already_labeled": 1}
+    assert report.counts == {
+        "unknown_id": 3,
+        "conflict": 3,
+        "invalid_label": 3,
+        "out_of_range": 2,
+        "duplicate": 2,
+        "conflict_existing": 1,
+        "already_labeled": 1,
+    }
     assert report.n_rows == len(rows) and report.n_rejected == 12 and report.n_noop == 3
     assert report.examples["unknown_id"] == [(99999, 1), ("abc", 1), (None, 2)]
     assert report.examples["conflict"] == [(5, (1, 2))]
@@ -378,8 +458,7 @@ def ingest(store, labels_uri, *, round_, known, source="labelers"):
     existing = load_label_records(prefix, storage_options=store.options)
     rows = read_labels(labels_uri, storage_options=store.options, id_type="int", class_names=CLASSES)
     report = validate_labels(rows, known_ids=known, n_classes=3, existing=existing)
-    uri = append_label_records(prefix, report.accepted, source=source, round_=round_,
-                               storage_options=store.options)
+    uri = append_label_records(prefix, report.accepted, source=source, round_=round_, storage_options=store.options)
     return report, uri
 
 
@@ -413,9 +492,15 @@ def test_records_are_append_only_and_reingest_is_a_noop(store):
     assert second != first and second.rsplit("/", 1)[-1] > name  # name order = ingest order
     assert store.get("workdir/labels/" + name) == first_bytes
     assert [f for f in store.all_files() if f.startswith("workdir/")] == sorted(
-        ["workdir/labels/" + name, "workdir/labels/" + second.rsplit("/", 1)[-1]])
+        ["workdir/labels/" + name, "workdir/labels/" + second.rsplit("/", 1)[-1]]
+    )
     assert load_label_records(store.uri("workdir/labels"), storage_options=store.options) == {
-        17: 2, 3: 1, 9: 2, 20: 1, 21: 0}
+        17: 2,
+        3: 1,
+        9: 2,
+        20: 1,
+        21: 0,
+    }
 
 
 def test_load_records_missing_prefix_temp_files_and_earliest_wins(tmp_path):
@@ -432,7 +517,8 @@ def test_load_records_missing_prefix_temp_files_and_earliest_wins(tmp_path):
         assert load_label_records(prefix) == {"r/1": 0, "..": 1, "r/3": 1}
     assert len(caught) == 1 and "1 label(s) disagree" in str(caught[0].message)
     assert sorted(p.name for p in (tmp_path / "labels").iterdir() if not p.name.startswith(".")) == sorted(
-        [a.rsplit("/", 1)[-1], b.rsplit("/", 1)[-1]])
+        [a.rsplit("/", 1)[-1], b.rsplit("/", 1)[-1]]
+    )
     with pytest.raises(ValueError, match="ints"):
         append_label_records(prefix, [(1, "cat")], source="x", round_=0)
     with pytest.raises(ValueError, match="repeat"):

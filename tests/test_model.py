@@ -38,7 +38,8 @@ def test_cnn_on_flattened_images():
 
 
 def test_user_factory_and_named_classifier(tmp_path, monkeypatch):
-    (tmp_path / "my_nets.py").write_text(textwrap.dedent("""
+    (tmp_path / "my_nets.py").write_text(
+        textwrap.dedent("""
         from torch import nn
         class Net(nn.Module):
             def __init__(self):
@@ -50,7 +51,8 @@ def test_user_factory_and_named_classifier(tmp_path, monkeypatch):
                 return self.head(self.body(x).relu())
         def build():
             return Net()
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     spec = ModelConfig(factory="my_nets:build", classifier="head")
     p, h = Embedder(build_model(spec), "head")(torch.randn(2, 4))
@@ -64,10 +66,14 @@ def test_checkpoint_round_trip_and_mismatch(tmp_path):
     spec = ModelConfig(kwargs={"in_dim": 6, "n_classes": 3})
     model = build_model(spec, seed=9)
     torch.save(model.state_dict(), tmp_path / "ok.pt")
-    loaded = build_model(ModelConfig(factory=spec.factory, kwargs=spec.kwargs, checkpoint=str(tmp_path / "ok.pt")), seed=0)
+    loaded = build_model(
+        ModelConfig(factory=spec.factory, kwargs=spec.kwargs, checkpoint=str(tmp_path / "ok.pt")), seed=0
+    )
     assert all(torch.equal(x, y) for x, y in zip(model.state_dict().values(), loaded.state_dict().values()))
     with pytest.raises(ModelError, match="checkpoint does not match the model"):
-        build_model(ModelConfig(factory=spec.factory, kwargs={"in_dim": 6, "n_classes": 4}, checkpoint=str(tmp_path / "ok.pt")))
+        build_model(
+            ModelConfig(factory=spec.factory, kwargs={"in_dim": 6, "n_classes": 4}, checkpoint=str(tmp_path / "ok.pt"))
+        )
 
 
 def test_checkpoint_with_arbitrary_pickle_is_refused(tmp_path):
@@ -80,11 +86,14 @@ def test_checkpoint_with_arbitrary_pickle_is_refused(tmp_path):
         build_model(ModelConfig(kwargs={"in_dim": 6, "n_classes": 3}, checkpoint=str(tmp_path / "evil.pt")))
 
 
-@pytest.mark.parametrize("factory, message", [
-    ("no_colon", "must look like 'package.module:function'"),
-    ("no_such_module_xyz:build", "cannot import module 'no_such_module_xyz'"),
-    ("dist_al.models:nope", "has no attribute 'nope'"),
-])
+@pytest.mark.parametrize(
+    "factory, message",
+    [
+        ("no_colon", "must look like 'package.module:function'"),
+        ("no_such_module_xyz:build", "cannot import module 'no_such_module_xyz'"),
+        ("dist_al.models:nope", "has no attribute 'nope'"),
+    ],
+)
 def test_bad_factories(factory, message):
     with pytest.raises(ModelError, match=message):
         build_model(ModelConfig(factory=factory))

@@ -51,5 +51,6 @@ def test_every_third_party_import_is_declared():
         for name in imported_names(path) - set(sys.stdlib_module_names) - {"dist_al"}:
             if not {canonicalize_name(d) for d in providers.get(name, [])} & declared:
                 undeclared.setdefault(name, []).append(str(path.relative_to(ROOT)))
-    assert not undeclared, f"imported but not declared in pyproject.toml (dependencies or a non-test extra): " \
-                           f"{undeclared}"
+    assert not undeclared, (
+        f"imported but not declared in pyproject.toml (dependencies or a non-test extra): {undeclared}"
+    )

@@ -98,8 +98,8 @@ def read_all(pool: Pool, n_shards: int = 1, columns=("id", "features"), batch_ro
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def feature_table(ids, rows, typ=pa.list_(pa.float32())) -> pa.Table:
-    return pa.table({"id": pa.array(ids, pa.int64()), "features": pa.array(rows, typ)})
+def feature_table(ids, rows, typ=None) -> pa.Table:
+    return pa.table({"id": pa.array(ids, pa.int64()), "features": pa.array(rows, typ or pa.list_(pa.float32()))})
 
 
 # ----------------------------------------------------------------------------- round trip
@@ -296,10 +296,24 @@ def test_column_projection(store):
 def test_custom_column_names(store):
     ids, feats, labels = make_data(n=20)
     write_pool(
-        store.uri("pool"), ids, feats, labels, storage_options=store.options,
-        id_column="uid", feature_column="emb", label_column="y",
+        store.uri("pool"),
+        ids,
+        feats,
+        labels,
+        storage_options=store.options,
+        id_column="uid",
+        feature_column="emb",
+        label_column="y",
     )
-    pool = open_pool(PoolConfig(uri=store.uri("pool"), id_column="uid", feature_column="emb", label_column="y", storage_options=store.options))
+    pool = open_pool(
+        PoolConfig(
+            uri=store.uri("pool"),
+            id_column="uid",
+            feature_column="emb",
+            label_column="y",
+            storage_options=store.options,
+        )
+    )
     got = read_all(pool, 2, ("label", "id"))
     np.testing.assert_array_equal(got["labels"], labels)
     np.testing.assert_array_equal(got["ids"], ids)
@@ -482,9 +496,7 @@ def test_duplicate_ids(store):
     ids, feats, _ = make_data(n=40)
     ids[33] = ids[5]
     pool = open_pool(store.write("pool", ids, feats, rows_per_file=10, rows_per_group=5))
-    per_shard = [
-        np.concatenate([b["ids"] for b in read_shard(pool, s, ("id",))]) for s in plan_shards(pool, 4)
-    ]
+    per_shard = [np.concatenate([b["ids"] for b in read_shard(pool, s, ("id",))]) for s in plan_shards(pool, 4)]
     with pytest.raises(PoolError, match=r"id 1005 appears more than once \(in id array\(s\) \[0, 3\]\)"):
         check_unique_ids(per_shard)
 

@@ -31,18 +31,27 @@ def campaign(s3_bucket, s3_storage_options, ray_local):
     options, bucket = s3_storage_options, s3_bucket
     feats, labels = gaussian_mixture(600, 4, 8, seed=5)
     ids = np.arange(5000, 5600)
-    write_pool(f"s3://{bucket}/pool", ids, feats.numpy(), labels.numpy(), rows_per_file=200, rows_per_group=100,
-               storage_options=options)
+    write_pool(
+        f"s3://{bucket}/pool",
+        ids,
+        feats.numpy(),
+        labels.numpy(),
+        rows_per_file=200,
+        rows_per_group=100,
+        storage_options=options,
+    )
     truth = dict(zip(ids.tolist(), labels.tolist()))
-    cfg = validate({
-        "pool": {"uri": f"s3://{bucket}/pool", "label_column": "label", "storage_options": options},
-        "model": {"kwargs": {"in_dim": 8, "n_classes": 4, "hidden": 16}},
-        "selection": {"strategy": "badge", "budget": BUDGET, "seed": 1},
-        "cluster": {"workers": 2},
-        "train": {"epochs": 30, "workers": 2, "lr": 0.01},
-        "eval": {"uri": f"s3://{bucket}/pool"},
-        "workdir": f"s3://{bucket}/work",
-    })
+    cfg = validate(
+        {
+            "pool": {"uri": f"s3://{bucket}/pool", "label_column": "label", "storage_options": options},
+            "model": {"kwargs": {"in_dim": 8, "n_classes": 4, "hidden": 16}},
+            "selection": {"strategy": "badge", "budget": BUDGET, "seed": 1},
+            "cluster": {"workers": 2},
+            "train": {"epochs": 30, "workers": 2, "lr": 0.01},
+            "eval": {"uri": f"s3://{bucket}/pool"},
+            "workdir": f"s3://{bucket}/work",
+        }
+    )
     return cfg, truth, options
 
 
@@ -61,13 +70,28 @@ def label_studio_export(ids, truth) -> str:
     """Shaped like Label Studio's JSON export: task ids are Label Studio's, the pool id is in data."""
     tasks = []
     for k, i in enumerate(ids):
-        tasks.append({
-            "id": 900 + k, "data": {"id": i, "ref": f"pool#id={i}"},
-            "annotations": [{"id": 70 + k, "was_cancelled": False, "created_at": "2026-11-21T10:00:00Z",
-                             "updated_at": "2026-11-21T10:00:00Z",
-                             "result": [{"from_name": "label", "to_name": "ref", "type": "choices",
-                                         "value": {"choices": [str(truth[i])]}}]}],
-        })
+        tasks.append(
+            {
+                "id": 900 + k,
+                "data": {"id": i, "ref": f"pool#id={i}"},
+                "annotations": [
+                    {
+                        "id": 70 + k,
+                        "was_cancelled": False,
+                        "created_at": "2026-11-21T10:00:00Z",
+                        "updated_at": "2026-11-21T10:00:00Z",
+                        "result": [
+                            {
+                                "from_name": "label",
+                                "to_name": "ref",
+                                "type": "choices",
+                                "value": {"choices": [str(truth[i])]},
+                            }
+                        ],
+                    }
+                ],
+            }
+        )
     return json.dumps(tasks)
 
 
@@ -103,7 +127,12 @@ def test_production_loop_is_idempotent_and_trains_with_ray_train(campaign, caplo
     assert advance(cfg) == f"round 1: waiting for labels, 12/{BUDGET} received"
 
     rest = ids[12:]
-    csv = "id,label\n" + "".join(f"{i},{truth[i]}\n" for i in rest) + "123456,1\n" + f"{ids[0]},{(truth[ids[0]] + 1) % 4}\n"
+    csv = (
+        "id,label\n"
+        + "".join(f"{i},{truth[i]}\n" for i in rest)
+        + "123456,1\n"
+        + f"{ids[0]},{(truth[ids[0]] + 1) % 4}\n"
+    )
     caplog.clear()
     summary = ingest(cfg, put(cfg, "batch2.csv", csv))
     assert summary.startswith(f"{len(rest)} labels accepted") and "unknown" in summary and "conflict" in summary
@@ -145,5 +174,8 @@ def test_workdir_refuses_another_pool_or_model(campaign, tmp_path):
     with pytest.raises(WorkdirError, match="different pool"):
         open_workdir(moved)
     snap = snapshot(cfg)
-    assert not any("secret" in v.decode(errors="ignore").lower() and "testing" in v.decode(errors="ignore")
-                   for p, v in snap.items() if p.endswith("config.yaml"))
+    assert not any(
+        "secret" in v.decode(errors="ignore").lower() and "testing" in v.decode(errors="ignore")
+        for p, v in snap.items()
+        if p.endswith("config.yaml")
+    )

@@ -61,7 +61,7 @@ def unsafe_calls(source: str, filename: str = "<src>") -> list[str]:
         owner = func.value.id if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) else ""
         kwargs = {k.arg: k.value for k in node.keywords}
 
-        def const(key):
+        def const(key, kwargs=kwargs):
             value = kwargs.get(key)
             return value.value if isinstance(value, ast.Constant) else ("<expr>" if value is not None else None)
 
@@ -71,8 +71,14 @@ def unsafe_calls(source: str, filename: str = "<src>") -> list[str]:
             found.append(f"{where}: torch.load without weights_only=True")
         elif name == "load" and owner in ("np", "numpy") and const("allow_pickle") not in (None, False):
             found.append(f"{where}: np.load with allow_pickle")
-        elif owner == "yaml" and name in ("load", "load_all", "unsafe_load", "unsafe_load_all", "full_load",
-                                          "full_load_all"):
+        elif owner == "yaml" and name in (
+            "load",
+            "load_all",
+            "unsafe_load",
+            "unsafe_load_all",
+            "full_load",
+            "full_load_all",
+        ):
             found.append(f"{where}: yaml.{name}")
         elif owner in _UNPICKLERS and name in ("load", "loads", "Unpickler", "open"):
             found.append(f"{where}: {owner}.{name}")
@@ -144,9 +150,22 @@ def test_checkpoint_with_a_code_payload_is_refused_and_does_not_run(tmp_path, po
     else:
         ckpt.write_bytes(pickle.dumps(state))
     before = snapshot(tmp_path)
-    res = cli("select", "--set", f"pool.uri={pool_dir}", "--set", f"model.kwargs={json.dumps(MODEL)}",
-              "--set", f"model.checkpoint={ckpt}", "--set", "selection.budget=5", "--set", f"workdir={tmp_path}/w",
-              "--out", str(tmp_path / "sel.parquet"), cwd=tmp_path)
+    res = cli(
+        "select",
+        "--set",
+        f"pool.uri={pool_dir}",
+        "--set",
+        f"model.kwargs={json.dumps(MODEL)}",
+        "--set",
+        f"model.checkpoint={ckpt}",
+        "--set",
+        "selection.budget=5",
+        "--set",
+        f"workdir={tmp_path}/w",
+        "--out",
+        str(tmp_path / "sel.parquet"),
+        cwd=tmp_path,
+    )
     line = assert_one_line_error(res, str(ckpt), "holds more than tensors and is refused")
     print("OBSERVED", line)
     assert not marker.exists()
@@ -165,9 +184,12 @@ def _fake(name: str) -> str:
 
 ENV_KEY_ID, CFG_KEY_ID = f"AKIA{RUN[:16].upper()}", f"AKIA{RUN[16:].upper()}"
 SECRETS = {  # where each is planted -> the secret
-    "env AWS_ACCESS_KEY_ID": ENV_KEY_ID, "env AWS_SECRET_ACCESS_KEY": _fake("env-secret"),
-    "env AWS_SESSION_TOKEN": _fake("env-session"), "env HF_TOKEN": _fake("env-hf"),
-    "pool.storage_options.key": CFG_KEY_ID, "pool.storage_options.secret": _fake("cfg-secret"),
+    "env AWS_ACCESS_KEY_ID": ENV_KEY_ID,
+    "env AWS_SECRET_ACCESS_KEY": _fake("env-secret"),
+    "env AWS_SESSION_TOKEN": _fake("env-session"),
+    "env HF_TOKEN": _fake("env-hf"),
+    "pool.storage_options.key": CFG_KEY_ID,
+    "pool.storage_options.secret": _fake("cfg-secret"),
     "pool.storage_options.client_kwargs.aws_session_token": _fake("cfg-nested-token"),
     "demo --set pool.storage_options.password": _fake("demo-password"),
 }
@@ -180,7 +202,7 @@ def _forms(secret: str) -> set[bytes]:
     raw = secret.encode()
     forms = {raw, quote(secret, safe="").encode(), quote_plus(secret).encode(), secret.replace("/", "\\/").encode()}
     for encode in (base64.b64encode, base64.urlsafe_b64encode):
-        forms.update(encode(b"\0" * k + raw)[4 if k else 0:-4] for k in range(3))
+        forms.update(encode(b"\0" * k + raw)[4 if k else 0 : -4] for k in range(3))
     return forms
 
 
@@ -210,9 +232,13 @@ def _leaks(blob: bytes | str) -> list[str]:
 
 def _files(*roots: Path) -> dict[str, bytes]:
     """Every regular file under the roots (hidden ones too; links and sockets are not files)."""
-    return {path: Path(path).read_bytes() for root in roots for directory, _, names in os.walk(root)
-            for path in (os.path.join(directory, name) for name in names)
-            if os.path.isfile(path) and not os.path.islink(path)}
+    return {
+        path: Path(path).read_bytes()
+        for root in roots
+        for directory, _, names in os.walk(root)
+        for path in (os.path.join(directory, name) for name in names)
+        if os.path.isfile(path) and not os.path.islink(path)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -228,22 +254,36 @@ def credential_run(tmp_path_factory, s3_server):
     private_tmp = Path(tempfile.mkdtemp(prefix="dal-sec-", dir="/tmp"))  # short: Ray's socket paths fit 107 bytes
     bucket = f"creds-{RUN[:12]}"
     create_bucket(s3_server, bucket)
-    client = boto3.client("s3", endpoint_url=s3_server, aws_access_key_id=FAKE_KEY, aws_secret_access_key=FAKE_SECRET,
-                          region_name="us-east-1")
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_server,
+        aws_access_key_id=FAKE_KEY,
+        aws_secret_access_key=FAKE_SECRET,
+        region_name="us-east-1",
+    )
     client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})  # keeps what is deleted
     (root / "home").mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
     env.update({name.split()[1]: SECRETS[name] for name in SECRETS if name.startswith("env ")})
-    env.update(AWS_ENDPOINT_URL=s3_server, AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true",
-               AWS_CONFIG_FILE="/nonexistent", AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
-               NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost", HOME=str(root / "home"),
-               TMPDIR=str(private_tmp), RAY_TMPDIR=str(private_tmp),
-               PYTHONPATH=os.pathsep.join([str(PACKAGE.parent), os.environ.get("PYTHONPATH", "")]))
+    env.update(
+        AWS_ENDPOINT_URL=s3_server,
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_CONFIG_FILE="/nonexistent",
+        AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+        HOME=str(root / "home"),
+        TMPDIR=str(private_tmp),
+        RAY_TMPDIR=str(private_tmp),
+        PYTHONPATH=os.pathsep.join([str(PACKAGE.parent), os.environ.get("PYTHONPATH", "")]),
+    )
     outputs: dict[str, str] = {}
 
     def run(*args: str, expect: int = 0) -> subprocess.CompletedProcess:
-        res = subprocess.run([sys.executable, "-m", "dist_al.cli", *args], capture_output=True, text=True,
-                             cwd=root, env=env, timeout=600)
+        res = subprocess.run(
+            [sys.executable, "-m", "dist_al.cli", *args], capture_output=True, text=True, cwd=root, env=env, timeout=600
+        )
         name = f"{len(outputs):02d} {' '.join(args[:2])}"
         outputs[name] = res.stdout + res.stderr
         (root / "logs").mkdir(exist_ok=True)
@@ -254,22 +294,50 @@ def credential_run(tmp_path_factory, s3_server):
     s3 = f"s3://{bucket}"
     user = root / "user"  # the user's own files: the one place the config's secrets may be
     user.mkdir()
-    nested = {"region_name": "us-east-1",
-              "aws_session_token": SECRETS["pool.storage_options.client_kwargs.aws_session_token"]}
-    config = {"pool": {"uri": f"{s3}/pool", "label_column": "label",
-                       "storage_options": {"endpoint_url": s3_server, "key": CFG_KEY_ID, "client_kwargs": nested,
-                                           "secret": SECRETS["pool.storage_options.secret"]}},
-              "model": {"kwargs": MODEL}, "selection": {"strategy": "margin", "budget": 6},
-              "train": {"epochs": 2, "workers": 1, "batch_size": 16}, "eval": {"uri": f"{s3}/eval"},
-              "simulation": {"initial_labeled": 6, "rounds": 1, "seeds": 1, "strategies": "random"},
-              "cluster": {"workers": 1}, "workdir": f"{s3}/work"}
+    nested = {
+        "region_name": "us-east-1",
+        "aws_session_token": SECRETS["pool.storage_options.client_kwargs.aws_session_token"],
+    }
+    config = {
+        "pool": {
+            "uri": f"{s3}/pool",
+            "label_column": "label",
+            "storage_options": {
+                "endpoint_url": s3_server,
+                "key": CFG_KEY_ID,
+                "client_kwargs": nested,
+                "secret": SECRETS["pool.storage_options.secret"],
+            },
+        },
+        "model": {"kwargs": MODEL},
+        "selection": {"strategy": "margin", "budget": 6},
+        "train": {"epochs": 2, "workers": 1, "batch_size": 16},
+        "eval": {"uri": f"{s3}/eval"},
+        "simulation": {"initial_labeled": 6, "rounds": 1, "seeds": 1, "strategies": "random"},
+        "cluster": {"workers": 1},
+        "workdir": f"{s3}/work",
+    }
     (user / "config.yaml").write_text(yaml.safe_dump(config))
     common = ["--config", str(user / "config.yaml"), "--log-level", "DEBUG"]
     debug = ["--log-level", "DEBUG"]
     try:
         for name, rows, seed in (("pool", 120, 0), ("eval", 60, 1)):  # credentials from the environment only
-            run("make-pool", f"{s3}/{name}", "--synthetic", "--rows", str(rows), "--classes", str(CLASSES), "--dim",
-                str(DIM), "--seed", str(seed), "--rows-per-file", "60", *debug)
+            run(
+                "make-pool",
+                f"{s3}/{name}",
+                "--synthetic",
+                "--rows",
+                str(rows),
+                "--classes",
+                str(CLASSES),
+                "--dim",
+                str(DIM),
+                "--seed",
+                str(seed),
+                "--rows-per-file",
+                "60",
+                *debug,
+            )
         run("select", *common, "--no-progress")
         run("round", *common, "--no-progress")  # round 1: select + export
         run("export", *common)
@@ -282,19 +350,48 @@ def credential_run(tmp_path_factory, s3_server):
         run("train", *common)
         run("round", *common, "--no-progress")  # round 1: all labels in, trains with Ray Train
         run("status", *common)
-        run("simulate", *common, "--no-progress", "--set", f"workdir={root / 'simulation'}",
-            "--set", "train.backend=local")
+        run(
+            "simulate",
+            *common,
+            "--no-progress",
+            "--set",
+            f"workdir={root / 'simulation'}",
+            "--set",
+            "train.backend=local",
+        )
         run("evaluate", str(root / "simulation"), "--out", str(root / "evaluation"), *debug)
-        run("demo", "--workdir", str(root / "demo"), "--no-progress", *debug, "--set", "simulation.rounds=1",
-            "--set", "simulation.seeds=1", "--set", "simulation.strategies=random", "--set", "train.epochs=1",
-            "--set", "simulation.initial_labeled=10", "--set", "selection.budget=10", "--set", "cluster.workers=1",
-            "--set", f"pool.storage_options={{password: {SECRETS['demo --set pool.storage_options.password']}}}")
+        run(
+            "demo",
+            "--workdir",
+            str(root / "demo"),
+            "--no-progress",
+            *debug,
+            "--set",
+            "simulation.rounds=1",
+            "--set",
+            "simulation.seeds=1",
+            "--set",
+            "simulation.strategies=random",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "simulation.initial_labeled=10",
+            "--set",
+            "selection.budget=10",
+            "--set",
+            "cluster.workers=1",
+            "--set",
+            f"pool.storage_options={{password: {SECRETS['demo --set pool.storage_options.password']}}}",
+        )
         run("--log-level", "DEBUG", "bench", "core", "--quick", "--repeats", "1", "--only", "badge-dense")
         run("--log-level", "DEBUG", "bench", "distributed", "--quick", "--only", "embedding")
-        objects = {f"{bucket}/{v['Key']}@{v['VersionId']}":
-                   client.get_object(Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"])["Body"].read()
-                   for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket)
-                   for v in page.get("Versions", [])}
+        objects = {
+            f"{bucket}/{v['Key']}@{v['VersionId']}": client.get_object(
+                Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"]
+            )["Body"].read()
+            for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket)
+            for v in page.get("Versions", [])
+        }
         yield {"root": root, "tmp": private_tmp, "user": user, "objects": objects, "outputs": outputs}
     finally:
         _kill_leftovers(str(private_tmp))
@@ -307,12 +404,25 @@ def test_every_writer_ran(credential_run):
     temp dir; the configs written for people keep the keys and lose the values."""
     root, objects = credential_run["root"], credential_run["objects"]
     written = set(objects) | {os.path.relpath(p, root) for p in _files(root)}
-    for expected in ("/pool/part-", "/eval/part-", "/work/selections/margin-budget6-seed0.parquet",
-                     "/work/config.yaml@", "/work/workdir.json@", "/work/lock.json@", "/work/labels/",
-                     "/work/rounds/0001/export/label_studio_tasks.json@", "/work/rounds/0001/model.pt@",
-                     "/work/rounds/0001/metrics.json@", "/work/rounds/0001/_ray_train/",
-                     "simulation/simulation/run.json", "simulation/simulation/curve.png", "evaluation/eval-tables.md",
-                     "demo/simulation/curve.csv", "demo/pool/", "home/"):
+    for expected in (
+        "/pool/part-",
+        "/eval/part-",
+        "/work/selections/margin-budget6-seed0.parquet",
+        "/work/config.yaml@",
+        "/work/workdir.json@",
+        "/work/lock.json@",
+        "/work/labels/",
+        "/work/rounds/0001/export/label_studio_tasks.json@",
+        "/work/rounds/0001/model.pt@",
+        "/work/rounds/0001/metrics.json@",
+        "/work/rounds/0001/_ray_train/",
+        "simulation/simulation/run.json",
+        "simulation/simulation/curve.png",
+        "evaluation/eval-tables.md",
+        "demo/simulation/curve.csv",
+        "demo/pool/",
+        "home/",
+    ):
         assert any(expected in path for path in written), expected
     assert any("DEBUG" in text for text in credential_run["outputs"].values())
     sessions = {p.split("/ray/")[1].split("/")[0] for p in _files(credential_run["tmp"]) if "/logs/" in p}
@@ -327,22 +437,31 @@ def test_credentials_never_reach_a_file_an_object_or_a_log(credential_run):
     """No planted secret, raw or encoded, in any command's output, in any file under the workdirs, pools,
     outputs, HOME or the temp dir with Ray's session logs, or in any object of the bucket."""
     user = str(credential_run["user"])
-    files = {p: v for p, v in _files(credential_run["root"], credential_run["tmp"]).items()
-             if not p.startswith(user + os.sep)}
+    files = {
+        p: v
+        for p, v in _files(credential_run["root"], credential_run["tmp"]).items()
+        if not p.startswith(user + os.sep)
+    }
     assert len(files) > 100 and credential_run["objects"]
     scanned = [*credential_run["outputs"].items(), *files.items(), *credential_run["objects"].items()]
     leaked = {where: _leaks(blob) for where, blob in scanned if _leaks(blob)}
     assert leaked == {}
-    print("OBSERVED", f"{len(credential_run['outputs'])} command outputs, {len(files)} local files "
-          f"({sum(map(len, files.values())) / 2**20:.1f} MiB), {len(credential_run['objects'])} object versions: "
-          f"none holds any of the {len(SECRETS)} secrets in any of their forms")
+    print(
+        "OBSERVED",
+        f"{len(credential_run['outputs'])} command outputs, {len(files)} local files "
+        f"({sum(map(len, files.values())) / 2**20:.1f} MiB), {len(credential_run['objects'])} object versions: "
+        f"none holds any of the {len(SECRETS)} secrets in any of their forms",
+    )
 
 
 def test_the_scan_finds_each_planted_secret_in_each_form():
     for where, secret in SECRETS.items():
-        encoded = [f"x{quote(secret, safe='')}y", json.dumps({"s": secret}).replace("/", "\\/"),
-                   *(b"<" + base64.b64encode(pad + secret.encode() + b"!!") + b">" for pad in (b"", b"a", b"ab")),
-                   gzip.compress(secret.encode() * 3)]
+        encoded = [
+            f"x{quote(secret, safe='')}y",
+            json.dumps({"s": secret}).replace("/", "\\/"),
+            *(b"<" + base64.b64encode(pad + secret.encode() + b"!!") + b">" for pad in (b"", b"a", b"ab")),
+            gzip.compress(secret.encode() * 3),
+        ]
         for blob in [secret, *encoded]:
             assert _leaks(blob) == [where], (where, blob)
     buf = io.BytesIO()
@@ -351,9 +470,16 @@ def test_the_scan_finds_each_planted_secret_in_each_form():
 
 
 def test_config_errors_do_not_echo_storage_options(tmp_path):
-    res = cli("select", "--set", f"pool.uri={tmp_path}", "--set", "selection.budget=5",
-              "--set", f"pool.storage_options=key={CFG_KEY_ID} secret={SECRETS['pool.storage_options.secret']}",
-              cwd=tmp_path)
+    res = cli(
+        "select",
+        "--set",
+        f"pool.uri={tmp_path}",
+        "--set",
+        "selection.budget=5",
+        "--set",
+        f"pool.storage_options=key={CFG_KEY_ID} secret={SECRETS['pool.storage_options.secret']}",
+        cwd=tmp_path,
+    )
     line = assert_one_line_error(res, "config key pool.storage_options: expected a mapping, got a str")
     assert _leaks(res.stdout + res.stderr) == [] and not os.listdir(tmp_path)
     print("OBSERVED", line)
@@ -361,8 +487,23 @@ def test_config_errors_do_not_echo_storage_options(tmp_path):
 
 # ------------------------------------------------------------------------------------- file names
 
-ODD_IDS = ["../../etc/x", "/abs/path", "..", ".", "a/b/../c", "C:\\Windows\\x", "name with spaces", "tab\there",
-           "ünïcødé-ø", "*?<>|\"'", "$(touch pwned)", "%2e%2e%2f", "~root", "-rf", ""]
+ODD_IDS = [
+    "../../etc/x",
+    "/abs/path",
+    "..",
+    ".",
+    "a/b/../c",
+    "C:\\Windows\\x",
+    "name with spaces",
+    "tab\there",
+    "ünïcødé-ø",
+    "*?<>|\"'",
+    "$(touch pwned)",
+    "%2e%2e%2f",
+    "~root",
+    "-rf",
+    "",
+]
 
 
 def test_export_file_names_never_come_from_pool_values(tmp_path):
@@ -370,21 +511,36 @@ def test_export_file_names_never_come_from_pool_values(tmp_path):
     feats = np.random.default_rng(2).normal(size=(len(ids), DIM)).astype(np.float32)
     write_pool(str(tmp_path / "pool"), ids, feats)
     work = tmp_path / "work"
-    common = ["--set", f"pool.uri={tmp_path / 'pool'}", "--set", f"model.kwargs={json.dumps(MODEL)}",
-              "--set", f"selection.budget={len(ids)}", "--set", "selection.strategy=random", "--set", f"workdir={work}"]
+    common = [
+        "--set",
+        f"pool.uri={tmp_path / 'pool'}",
+        "--set",
+        f"model.kwargs={json.dumps(MODEL)}",
+        "--set",
+        f"selection.budget={len(ids)}",
+        "--set",
+        "selection.strategy=random",
+        "--set",
+        f"workdir={work}",
+    ]
     before = set(snapshot(tmp_path))
     res = cli("round", *common, "--no-progress", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     export = work / "rounds" / "0001" / "export"
     assert sorted(os.listdir(export)) == sorted(EXPORT_FILES)
-    exported = pacsv.read_csv(export / "selection.csv",
-                              convert_options=pacsv.ConvertOptions(column_types={"id": pa.string()},
-                                                                   strings_can_be_null=False))
+    exported = pacsv.read_csv(
+        export / "selection.csv",
+        convert_options=pacsv.ConvertOptions(column_types={"id": pa.string()}, strings_can_be_null=False),
+    )
     assert sorted(exported.column("id").to_pylist()) == sorted(ids)  # every odd id selected and kept intact
     tasks = json.loads((export / "label_studio_tasks.json").read_text())
     for k, task in enumerate(tasks):  # labelers' answers, in Label Studio's export shape
-        task.update(id=500 + k, annotations=[{"result": [{"type": "choices", "from_name": "label",
-                                                          "value": {"choices": [str(k % CLASSES)]}}]}])
+        task.update(
+            id=500 + k,
+            annotations=[
+                {"result": [{"type": "choices", "from_name": "label", "value": {"choices": [str(k % CLASSES)]}}]}
+            ],
+        )
     answers = tmp_path / "answers.json"
     answers.write_text(json.dumps(tasks))
     res = cli("ingest", *common, str(answers), cwd=tmp_path)
@@ -394,8 +550,16 @@ def test_export_file_names_never_come_from_pool_values(tmp_path):
     labels = [p for p in created if p.startswith("work/labels/")]
     assert len(labels) == 1 and labels[0].endswith(".parquet")
     assert set(created) - set(labels) == {
-        "work", "work/workdir.json", "work/config.yaml", "work/labels", "work/rounds", "work/rounds/0001",
-        "work/rounds/0001/selection.parquet", "work/rounds/0001/selected_rows.parquet", "work/rounds/0001/state.json",
+        "work",
+        "work/workdir.json",
+        "work/config.yaml",
+        "work/labels",
+        "work/rounds",
+        "work/rounds/0001",
+        "work/rounds/0001/selection.parquet",
+        "work/rounds/0001/selected_rows.parquet",
+        "work/rounds/0001/state.json",
         "work/rounds/0001/export",
-        *(f"work/rounds/0001/export/{name}" for name in EXPORT_FILES)}
+        *(f"work/rounds/0001/export/{name}" for name in EXPORT_FILES),
+    }
     assert not Path("/abs/path").exists() and not (tmp_path / "pwned").exists()

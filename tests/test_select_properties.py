@@ -263,25 +263,63 @@ def test_valid_result_or_value_error(strategy, data):
 # lam = 1: w_S |h|^2 / lam ~ 1e12, far beyond float32's resolution of BAIT's per-row state); BAIT used to
 # raise "numerically unstable" on it.
 LARGE_FLOAT32_FEATURES = dict(
-    n=2, k=2, d=2, probs=np.array([[0.2053159773349762, 0.7946839928627014], [0.5006563663482666, 0.4993436634540558]],
-                                  dtype=np.float32),
-    feats=np.array([[-0.0, -200000.0], [-0.0, -1600000.0]], dtype=np.float32), budget=1, labeled=None,
-    mask=np.zeros(2, dtype=bool), seed=0, options={}, brk=None, extreme=False,
+    n=2,
+    k=2,
+    d=2,
+    probs=np.array(
+        [[0.2053159773349762, 0.7946839928627014], [0.5006563663482666, 0.4993436634540558]], dtype=np.float32
+    ),
+    feats=np.array([[-0.0, -200000.0], [-0.0, -1600000.0]], dtype=np.float32),
+    budget=1,
+    labeled=None,
+    mask=np.zeros(2, dtype=bool),
+    seed=0,
+    options={},
+    brk=None,
+    extreme=False,
 )
 # A clean-clone run drew this before the float64 BAIT state: BAIT returned row 0 twice.
 LARGE_FLOAT32_FEATURES_REPEATED_PICK = dict(
-    n=5, k=2, d=2, probs=np.array([[0.7024679, 0.29753205], [0.71256864, 0.28743133], [0.4711808, 0.5288192],
-                                   [0.45402372, 0.5459763], [0.36763775, 0.63236225]], dtype=np.float32),
-    feats=np.array([[-623274.4375, 41325.9805], [-2325030.75, -218791.6562], [-1245911.0, -732267.375],
-                    [-544259.0, -316300.1562], [411630.5312, 1042513.375]], dtype=np.float32),
-    budget=3, labeled=None, mask=np.zeros(5, dtype=bool), seed=0, options={}, brk=None, extreme=False,
+    n=5,
+    k=2,
+    d=2,
+    probs=np.array(
+        [
+            [0.7024679, 0.29753205],
+            [0.71256864, 0.28743133],
+            [0.4711808, 0.5288192],
+            [0.45402372, 0.5459763],
+            [0.36763775, 0.63236225],
+        ],
+        dtype=np.float32,
+    ),
+    feats=np.array(
+        [
+            [-623274.4375, 41325.9805],
+            [-2325030.75, -218791.6562],
+            [-1245911.0, -732267.375],
+            [-544259.0, -316300.1562],
+            [411630.5312, 1042513.375],
+        ],
+        dtype=np.float32,
+    ),
+    budget=3,
+    labeled=None,
+    mask=np.zeros(5, dtype=bool),
+    seed=0,
+    options={},
+    brk=None,
+    extreme=False,
 )
 
 
 @pytest.mark.parametrize("strategy", ALL_STRATEGIES)
 @SETTINGS
-@given(pr=problems(allow_breaks=False), container=st.sampled_from(["numpy", "torch"]),
-       labeled_as=st.sampled_from(["mask", "indices", "list", "torch"]))
+@given(
+    pr=problems(allow_breaks=False),
+    container=st.sampled_from(["numpy", "torch"]),
+    labeled_as=st.sampled_from(["mask", "indices", "list", "torch"]),
+)
 @example(pr=LARGE_FLOAT32_FEATURES, container="torch", labeled_as="mask")
 @example(pr=LARGE_FLOAT32_FEATURES_REPEATED_PICK, container="torch", labeled_as="mask")
 def test_deterministic_and_container_independent(strategy, pr, container, labeled_as):

@@ -410,8 +410,6 @@ def test_numpy_and_big_seeds_are_fine(seed):
     assert len(select("random", probs, feats, 3, seed=seed)) == 3
 
 
-
-
 # -- precision ---------------------------------------------------------------------------
 
 
@@ -438,9 +436,13 @@ def test_common_dtype(pdt, fdt, expected):
 @pytest.mark.parametrize("strategy", [s for s in ALL_STRATEGIES if s != "bait"])
 @pytest.mark.parametrize(
     "pdt, fdt, expected",
-    [(np.float32, np.float32, torch.float32), (np.float64, np.float64, torch.float64),
-     (np.float32, np.float64, torch.float64), (np.float64, np.float32, torch.float64),
-     (np.float16, np.float16, torch.float32)],
+    [
+        (np.float32, np.float32, torch.float32),
+        (np.float64, np.float64, torch.float64),
+        (np.float32, np.float64, torch.float64),
+        (np.float64, np.float32, torch.float64),
+        (np.float16, np.float16, torch.float32),
+    ],
 )
 def test_shards_compute_in_the_common_dtype(strategy, pdt, fdt, expected, monkeypatch):
     # White-box: every floating tensor the strategy's shard holds has the common dtype.

@@ -46,17 +46,23 @@ def data(tmp_path_factory):
     pool_uri, eval_uri = str(root / "pool"), str(root / "eval")
     write_pool(pool_uri, ids[:N_POOL], x[:N_POOL], y[:N_POOL], rows_per_group=50)
     write_pool(eval_uri, ids[N_POOL:], x[N_POOL:], y[N_POOL:])
-    cfg = validate({
-        "pool": {"uri": pool_uri, "label_column": "label"},
-        "model": MODEL,
-        "selection": {"strategy": "badge", "budget": BUDGET, "seed": 3},
-        "train": TRAIN,
-        "simulation": {"initial_labeled": INITIAL, "rounds": ROUNDS, "strategies": ",".join(STRATEGIES),
-                       "seeds": SEEDS},
-        "eval": {"uri": eval_uri},
-        "cluster": {"workers": 2, "cpus_per_worker": 0.5},
-        "workdir": str(root / "work"),
-    })
+    cfg = validate(
+        {
+            "pool": {"uri": pool_uri, "label_column": "label"},
+            "model": MODEL,
+            "selection": {"strategy": "badge", "budget": BUDGET, "seed": 3},
+            "train": TRAIN,
+            "simulation": {
+                "initial_labeled": INITIAL,
+                "rounds": ROUNDS,
+                "strategies": ",".join(STRATEGIES),
+                "seeds": SEEDS,
+            },
+            "eval": {"uri": eval_uri},
+            "cluster": {"workers": 2, "cpus_per_worker": 0.5},
+            "workdir": str(root / "work"),
+        }
+    )
     return {"root": root, "cfg": cfg, "x": x, "y": y, "ids": ids, "eval_uri": eval_uri}
 
 
@@ -198,8 +204,7 @@ def test_local_backend_is_deterministic_and_learns(data):
     untrained = accuracy(cfg.pool, build_model(ModelConfig(**MODEL), seed=cfg.selection.seed), data["eval_uri"])
     assert a.accuracy > untrained + 0.2, (a.accuracy, untrained)
     assert a.metrics["loss_history"][-1] < 0.5 * a.metrics["loss_history"][0]
-    other = train(cfg.replace(train={**TRAIN, "seed": 99}), labels,
-                  checkpoint_uri=str(data["root"] / "local" / "c.pt"))
+    other = train(cfg.replace(train={**TRAIN, "seed": 99}), labels, checkpoint_uri=str(data["root"] / "local" / "c.pt"))
     assert not all(torch.equal(v, other.state[k]) for k, v in a.state.items())
 
 
@@ -209,19 +214,25 @@ def test_local_backend_leaves_torch_rng_and_threads_alone(data):
     want = torch.rand(3)
     torch.manual_seed(123)
     threads = torch.get_num_threads()
-    train(data["cfg"].replace(train={**TRAIN, "cpus_per_worker": 2}), labels,
-          checkpoint_uri=str(data["root"] / "local" / "rng.pt"))
+    train(
+        data["cfg"].replace(train={**TRAIN, "cpus_per_worker": 2}),
+        labels,
+        checkpoint_uri=str(data["root"] / "local" / "rng.pt"),
+    )
     assert torch.equal(torch.rand(3), want) and torch.get_num_threads() == threads
 
 
 # --------------------------------------------------------------------------- errors and the command line
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"pool": {"label_column": None}}, "set config key pool.label_column"),
-    ({"eval": {"uri": None}}, "set config key eval.uri"),
-    ({"simulation": {"rounds": 100}}, "= 1212 labels"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"pool": {"label_column": None}}, "set config key pool.label_column"),
+        ({"eval": {"uri": None}}, "set config key eval.uri"),
+        ({"simulation": {"rounds": 100}}, "= 1212 labels"),
+    ],
+)
 def test_settings_errors_before_anything_starts(data, change, message):
     with pytest.raises(ValueError, match=message):
         simulate(data["cfg"].replace(**change))
@@ -233,8 +244,10 @@ def test_cli_unknown_strategy_is_one_line(data, tmp_path, capsys):
     path.write_text(data["cfg"].to_yaml())
     assert cli_main(["simulate", "--config", str(path), "--strategies", "badge,bayt"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("dist-al: error: unknown strategy 'bayt' (did you mean 'bait'?); choose one of "
-                   "badge, badge-scalable, bait, random, entropy, margin, confidence, coreset")
+    assert err == (
+        "dist-al: error: unknown strategy 'bayt' (did you mean 'bait'?); choose one of "
+        "badge, badge-scalable, bait, random, entropy, margin, confidence, coreset"
+    )
 
 
 def test_cli_help_has_examples(capsys):
@@ -271,8 +284,13 @@ def test_pool_and_workdir_on_s3(ray_local, data, s3_bucket, s3_storage_options):
     assert [(r["round"], r["labeled"]) for r in records] == [(0, 10), (1, 10 + BUDGET), (2, 10 + 2 * BUDGET)]
     fs = s3fs.S3FileSystem(skip_instance_cache=True, **s3_storage_options)
     found = sorted(p.removeprefix(f"{s3_bucket}/work/simulation/") for p in fs.find(f"{s3_bucket}/work"))
-    assert found == ["curve.csv", "curve.png", "margin/seed3/round0.pt", "margin/seed3/round1.pt",
-                     "margin/seed3/round2.pt"]
+    assert found == [
+        "curve.csv",
+        "curve.png",
+        "margin/seed3/round0.pt",
+        "margin/seed3/round1.pt",
+        "margin/seed3/round2.pt",
+    ]
     assert fs.cat(f"{s3_bucket}/work/simulation/curve.png")[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -288,9 +306,11 @@ def test_cli_rerun_of_a_finished_simulation_changes_nothing(ray_local, data, tmp
         f"model: {{kwargs: {{in_dim: {D}, n_classes: {K}, hidden: 16}}}}\n"
         f"selection: {{strategy: random, budget: {BUDGET}}}\ntrain: {{backend: local, epochs: 5}}\n"
         f"simulation: {{initial_labeled: {INITIAL}, rounds: 1}}\neval: {{uri: {data['eval_uri']}}}\n"
-        f"workdir: {tmp_path / 'work'}\n")
-    args = argparse.Namespace(config=str(cfg_path), overrides=[], strategies=None, seeds=None, no_progress=True,
-                              log_level="WARNING")
+        f"workdir: {tmp_path / 'work'}\n"
+    )
+    args = argparse.Namespace(
+        config=str(cfg_path), overrides=[], strategies=None, seeds=None, no_progress=True, log_level="WARNING"
+    )
     assert simulate_command(args) == 0
     files = {p: p.read_bytes() for p in sorted((tmp_path / "work").rglob("*")) if p.is_file()}
     assert simulate_command(args) == 0

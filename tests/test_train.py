@@ -39,15 +39,25 @@ def data(tmp_path_factory):
     write_pool(eval_uri, ids[N_POOL:], x[N_POOL:], y[N_POOL:])
     picked = np.sort(np.random.default_rng(1).choice(N_POOL, N_LABELED, replace=False))
     labels = {int(ids[i]): int(y[i]) for i in picked[::-1]}  # dict order must not matter
-    cfg = validate({
-        "pool": {"uri": pool_uri, "label_column": "label"},
-        "model": {"kwargs": {"in_dim": D, "n_classes": K, "hidden": 32}},
-        "selection": {"budget": 10},
-        "train": TRAIN,
-        "workdir": str(root / "work"),
-    })
-    return {"root": root, "cfg": cfg, "labels": labels, "eval_uri": eval_uri, "x": x, "y": y, "ids": ids,
-            "picked": picked}
+    cfg = validate(
+        {
+            "pool": {"uri": pool_uri, "label_column": "label"},
+            "model": {"kwargs": {"in_dim": D, "n_classes": K, "hidden": 32}},
+            "selection": {"budget": 10},
+            "train": TRAIN,
+            "workdir": str(root / "work"),
+        }
+    )
+    return {
+        "root": root,
+        "cfg": cfg,
+        "labels": labels,
+        "eval_uri": eval_uri,
+        "x": x,
+        "y": y,
+        "ids": ids,
+        "picked": picked,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +74,9 @@ def s3_run(s3_server, ray_local, data):
         s3server.create_bucket(s3_server, bucket)
         options = s3server.storage_options_for(s3_server)
         uri = f"s3://{bucket}/work/round-1/model.pt"
-        result = train(data["cfg"], data["labels"], checkpoint_uri=uri, eval_uri=data["eval_uri"],
-                       storage_options=options)
+        result = train(
+            data["cfg"], data["labels"], checkpoint_uri=uri, eval_uri=data["eval_uri"], storage_options=options
+        )
         yield {"result": result, "uri": uri, "options": options, "bucket": bucket}
         s3server.clear_s3fs_caches()
 
@@ -128,8 +139,15 @@ def test_train_settings_defaults_and_checks(data):
     s = cfg.train
     assert (s.epochs, s.lr, s.batch_size, s.workers, s.use_gpu, s.warm_start) == (20, 1e-3, 128, 2, False, False)
     assert s.seed is None and cfg.train_seed == cfg.selection.seed
-    for key, bad in [("epochs", 0), ("lr", -1.0), ("batch_size", 1.5), ("workers", 0), ("use_gpu", "yes"),
-                     ("seed", -1), ("epochs", True)]:
+    for key, bad in [
+        ("epochs", 0),
+        ("lr", -1.0),
+        ("batch_size", 1.5),
+        ("workers", 0),
+        ("use_gpu", "yes"),
+        ("seed", -1),
+        ("epochs", True),
+    ]:
         with pytest.raises(ConfigError, match=f"train.{key}"):
             validate({**raw, "train": {key: bad}})
 
@@ -173,5 +191,9 @@ def test_string_ids_against_integer_pool(ray_local, data):
 def test_warm_start_state_must_match_the_model(ray_local, data):
     wrong = build_model(ModelConfig(kwargs={"in_dim": D, "n_classes": K, "hidden": 16})).state_dict()
     with pytest.raises(ModelError, match="does not match"):
-        train(data["cfg"], data["labels"], checkpoint_uri=str(data["root"] / "errors" / "model.pt"),
-              warm_start_state=wrong)
+        train(
+            data["cfg"],
+            data["labels"],
+            checkpoint_uri=str(data["root"] / "errors" / "model.pt"),
+            warm_start_state=wrong,
+        )

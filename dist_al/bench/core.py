@@ -124,9 +124,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Benchmark the numeric core (BADGE, BAIT); prints one markdown table of ratios.",
     )
     options.add_common(p, ROWS, quick="every N / 20 and smaller budgets (CI smoke run)")
-    p.add_argument(
-        "--scale", type=float, default=1.0, help="multiply N of the rows that run only our code (default 1)"
-    )
+    p.add_argument("--scale", type=float, default=1.0, help="multiply N of the rows that run only our code (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic pools and of the selections")
     p.add_argument("--repeats", type=int, default=3, help="best-of repeats for short measurements (default 3)")
     p.add_argument("--pca-dim", type=int, default=32, help="bait-reduced: feature dimension after PCA (default 32)")
@@ -339,7 +337,9 @@ def _guard(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except NotImplementedError as e:
-        raise Unavailable(f"{getattr(fn, '__module__', '')}.{getattr(fn, '__name__', fn)}: not implemented ({e})")
+        raise Unavailable(
+            f"{getattr(fn, '__module__', '')}.{getattr(fn, '__name__', fn)}: not implemented ({e})"
+        ) from None
 
 
 # -- rows --------------------------------------------------------------------------------
@@ -365,7 +365,9 @@ def bench_badge_bound(cfg: Config) -> list[Row]:
 
     reads = read_bound()
     t1, _ = clock(lambda: select("badge", probs, feats, 1, seed=cfg.seed), cfg.device, repeats=cfg.repeats, warmup=1)
-    tb, _ = clock(lambda: select("badge", probs, feats, b, seed=cfg.seed), cfg.device, repeats=1 if not cfg.quick else 2)
+    tb, _ = clock(
+        lambda: select("badge", probs, feats, b, seed=cfg.seed), cfg.device, repeats=1 if not cfg.quick else 2
+    )
     # the bound again after the selection, so a noisy neighbour during one of the two does not decide the ratio
     reads = {name: min(t, t_after) for (name, t), t_after in zip(reads.items(), read_bound().values())}
     reader = min(reads, key=reads.get)
@@ -436,9 +438,7 @@ def bench_bait_step(cfg: Config) -> list[Row]:
     labeled = labeled_rows(n, cfg.seed)
     s1, s2 = 1, 3
     s_long = min(2 * b, n - len(labeled))  # ours is fast: more steps for a steadier per-step figure
-    setting = (
-        f"N={n:,} K={k} D={d} (d={k * d}) B={b} n_L={len(labeled)}; dense steps {s1}->{s2}, ours {s1}->{s_long}"
-    )
+    setting = f"N={n:,} K={k} D={d} (d={k * d}) B={b} n_L={len(labeled)}; dense steps {s1}->{s2}, ours {s1}->{s_long}"
     p64, f64 = make_pool(n, k, d, seed=cfg.seed, dtype=torch.float64, device=cfg.device)
     p32, f32 = p64.float(), f64.float()
     p_np, f_np = p64.cpu().numpy(), f64.cpu().numpy()
@@ -539,7 +539,7 @@ def bench_bait_reduced(cfg: Config) -> list[Row]:
         rows += _child_rows(cfg, "BAIT reduced", setting, spec, time_goal=None, mem_goal=None)
     except Unavailable as e:
         rows.append(Row("BAIT reduced: time, memory", setting, f"unavailable: {e}"))
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - a broken row must not hide the others
         rows.append(Row("BAIT reduced: time, memory", setting, f"error: {type(e).__name__}: {e}"))
 
     # Quality on a pool small enough for the exact objective.
@@ -562,9 +562,7 @@ def bench_bait_reduced(cfg: Config) -> list[Row]:
         full = _guard(select, "bait", probs, feats, qb, labeled=labeled, seed=cfg.seed)
         reduced = _guard(select, "bait", probs, feats, qb, labeled=labeled, seed=cfg.seed, **qopts)
         o_full, o_red = exact(full), exact(reduced)
-        o_rand = float(
-            np.mean([exact(select("random", probs, feats, qb, labeled=labeled, seed=s)) for s in range(3)])
-        )
+        o_rand = float(np.mean([exact(select("random", probs, feats, qb, labeled=labeled, seed=s)) for s in range(3)]))
         kept = (o_rand - o_red) / (o_rand - o_full) if o_rand != o_full else float("nan")
         rows.append(
             Row(
@@ -634,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
             rows += BENCHES[name](cfg)
         except Unavailable as e:
             rows.append(Row(name, "-", f"unavailable: {e}"))
-        except Exception as e:  # a broken row must not hide the others
+        except Exception as e:  # noqa: BLE001 - a broken row must not hide the others
             failed = True
             rows.append(Row(name, "-", f"error: {type(e).__name__}: {e}"))
             import traceback

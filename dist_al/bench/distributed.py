@@ -63,23 +63,30 @@ def _make_pool(path: str, rows: int) -> None:
         n = min(step, rows - lo)
         feats, labels = gaussian_mixture(n, K, D, seed=lo)
         sub = os.path.join(path, f"slice-{lo // step:04d}")
-        write_pool(sub, np.arange(lo, lo + n, dtype=np.int64), feats.numpy(), labels.numpy(),
-                   rows_per_file=step, rows_per_group=16_384)
+        write_pool(
+            sub,
+            np.arange(lo, lo + n, dtype=np.int64),
+            feats.numpy(),
+            labels.numpy(),
+            rows_per_file=step,
+            rows_per_group=16_384,
+        )
         parts.append(sub)
 
 
-def _gpus_per_worker(device: torch.device) -> float:
-    return 0.5 if device.type == "cuda" else 0  # two ShardWorkers share the one GPU
+def _gpus_per_worker(device: torch.device | None) -> float:
+    return 0.5 if device is not None and device.type == "cuda" else 0  # two ShardWorkers share the one GPU
 
 
-def _cfg(uri: str, workers: int, budget: int, device: torch.device = torch.device("cpu"), strategy: str = "badge"
-         ) -> Config:
-    return validate({
-        "pool": {"uri": uri, "label_column": "label"},
-        "model": _model_config().model_dump(),
-        "selection": {"strategy": strategy, "budget": budget, "seed": 0},
-        "cluster": {"workers": workers, "cpus_per_worker": 1, "gpus_per_worker": _gpus_per_worker(device)},
-    })
+def _cfg(uri: str, workers: int, budget: int, device: torch.device | None = None, strategy: str = "badge") -> Config:
+    return validate(
+        {
+            "pool": {"uri": uri, "label_column": "label"},
+            "model": _model_config().model_dump(),
+            "selection": {"strategy": strategy, "budget": budget, "seed": 0},
+            "cluster": {"workers": workers, "cpus_per_worker": 1, "gpus_per_worker": _gpus_per_worker(device)},
+        }
+    )
 
 
 def _sync(device: torch.device) -> None:
@@ -124,12 +131,21 @@ def bench_coordination(uri: str, rows: int, budget: int, device: torch.device) -
         pool.close()
     same = ids == [int(i) for i in np.arange(rows)[local]]  # ids are row numbers in this pool
     return [
-        {"name": f"BADGE coordination per centre, 2 workers (N={rows:,}, B={budget})",
-         "figure": f"{(dist - single) / budget * 1e3:.2f} ms/centre over single-process; "
-                   f"2 RPC rounds = {2 * rpc * 1e3:.2f} ms", "ratio": None, "goal": "measure", "met": None},
-        {"name": f"BADGE distributed (2 workers) / single process (N={rows:,}, B={budget})",
-         "figure": f"{dist:.2f} s vs {single:.2f} s; same ids: {same}", "ratio": dist / single,
-         "goal": "<= 1.5", "met": dist / single <= 1.5},
+        {
+            "name": f"BADGE coordination per centre, 2 workers (N={rows:,}, B={budget})",
+            "figure": f"{(dist - single) / budget * 1e3:.2f} ms/centre over single-process; "
+            f"2 RPC rounds = {2 * rpc * 1e3:.2f} ms",
+            "ratio": None,
+            "goal": "measure",
+            "met": None,
+        },
+        {
+            "name": f"BADGE distributed (2 workers) / single process (N={rows:,}, B={budget})",
+            "figure": f"{dist:.2f} s vs {single:.2f} s; same ids: {same}",
+            "ratio": dist / single,
+            "goal": "<= 1.5",
+            "met": dist / single <= 1.5,
+        },
     ]
 
 
@@ -167,10 +183,15 @@ def bench_embedding(uri: str, hidden: int, depth: int, device: torch.device) -> 
     ratio = best["bare"] / best["pass"]  # = pass throughput / bare throughput
     overlap = (best["read"] + best["bare"] - best["pass"]) / min(best["read"], best["bare"])
     rate = {k: f"{rows / v:,.0f}" for k, v in best.items()}
-    return {"name": f"embedding pass / bare forward throughput (N={rows:,}, D={D}, MLP hidden {hidden} x {depth}, "
-                    f"{device.type})",
-            "figure": f"pass {rate['pass']} vs bare {rate['bare']} rows/s; reading alone {rate['read']} rows/s; "
-                      f"overlap {overlap:.2f}", "ratio": ratio, "goal": ">= 0.8", "met": ratio >= 0.8}
+    return {
+        "name": f"embedding pass / bare forward throughput (N={rows:,}, D={D}, MLP hidden {hidden} x {depth}, "
+        f"{device.type})",
+        "figure": f"pass {rate['pass']} vs bare {rate['bare']} rows/s; reading alone {rate['read']} rows/s; "
+        f"overlap {overlap:.2f}",
+        "ratio": ratio,
+        "goal": ">= 0.8",
+        "met": ratio >= 0.8,
+    }
 
 
 class _PeakMemory:
@@ -212,22 +233,36 @@ def bench_full_select(uri: str, rows: int, budget: int, workdir: str, device: to
     """`dist-al select` as users run it, in a child process whose process tree is measured."""
     cfg = os.path.join(workdir, "bench.yaml")
     with open(cfg, "w") as f:
-        f.write(f"pool: {{uri: {uri}}}\nmodel: {{factory: 'dist_al.models:mlp', "
-                f"kwargs: {{in_dim: {D}, n_classes: {K}, hidden: {D}}}}}\n"
-                f"selection: {{strategy: badge, budget: {budget}}}\n"
-                f"cluster: {{workers: 2, gpus_per_worker: {_gpus_per_worker(device)}}}\nworkdir: {workdir}\n")
+        f.write(
+            f"pool: {{uri: {uri}}}\nmodel: {{factory: 'dist_al.models:mlp', "
+            f"kwargs: {{in_dim: {D}, n_classes: {K}, hidden: {D}}}}}\n"
+            f"selection: {{strategy: badge, budget: {budget}}}\n"
+            f"cluster: {{workers: 2, gpus_per_worker: {_gpus_per_worker(device)}}}\nworkdir: {workdir}\n"
+        )
     t0 = time.perf_counter()
     with _PeakMemory() as peak:
-        out = subprocess.run([sys.executable, "-m", "dist_al.cli", "select", "--config", cfg, "--no-progress"],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "dist_al.cli", "select", "--config", cfg, "--no-progress"],
+            capture_output=True,
+            text=True,
+        )
     wall = time.perf_counter() - t0
     if out.returncode != 0:
-        return {"name": "full select", "figure": f"failed: {out.stderr.strip()[-300:]}", "ratio": None,
-                "goal": "", "met": False}
+        return {
+            "name": "full select",
+            "figure": f"failed: {out.stderr.strip()[-300:]}",
+            "ratio": None,
+            "goal": "",
+            "met": False,
+        }
     gib = peak.peak / 2**30
-    return {"name": f"full `dist-al select` (N={rows:,}, D={D}, K={K}, BADGE B={budget}, 2 workers, {device.type})",
-            "figure": f"{wall:.0f} s wall, peak {gib:.2f} GiB (PSS summed over all processes) ({out.stdout.strip()})",
-            "ratio": None, "goal": "<= 600 s, <= 8 GiB", "met": wall <= 600 and gib <= 8}
+    return {
+        "name": f"full `dist-al select` (N={rows:,}, D={D}, K={K}, BADGE B={budget}, 2 workers, {device.type})",
+        "figure": f"{wall:.0f} s wall, peak {gib:.2f} GiB (PSS summed over all processes) ({out.stdout.strip()})",
+        "ratio": None,
+        "goal": "<= 600 s, <= 8 GiB",
+        "met": wall <= 600 and gib <= 8,
+    }
 
 
 def bench_gather(uri: str, rows: int, labeled: int, workdir: str) -> dict:
@@ -255,13 +290,16 @@ def bench_gather(uri: str, rows: int, labeled: int, workdir: str) -> dict:
     starts = np.cumsum([0] + [n for _, _, n in pool.row_groups])
     touched = len(np.unique(np.searchsorted(starts, picked, side="right")))
     ratio = t_gather / t_full
-    return {"name": f"gather {labeled:,} labeled rows for training from recorded rows / one full pass "
-                    f"(N={rows:,}, D={D})",
-            "figure": f"{t_gather:.3f} s vs {t_full:.2f} s; the rows lie in {touched} of {len(pool.row_groups)} row "
-                      f"groups; without records (one pass over ids, then those row groups) {t_by_id:.2f} s = "
-                      f"{t_by_id / t_full:.2f} of a pass; recording them at selection, one process "
-                      f"{t_record:.2f} s; same rows: {same}",
-            "ratio": ratio, "goal": "<= 0.05", "met": ratio <= 0.05 and same}
+    return {
+        "name": f"gather {labeled:,} labeled rows for training from recorded rows / one full pass (N={rows:,}, D={D})",
+        "figure": f"{t_gather:.3f} s vs {t_full:.2f} s; the rows lie in {touched} of {len(pool.row_groups)} row "
+        f"groups; without records (one pass over ids, then those row groups) {t_by_id:.2f} s = "
+        f"{t_by_id / t_full:.2f} of a pass; recording them at selection, one process "
+        f"{t_record:.2f} s; same rows: {same}",
+        "ratio": ratio,
+        "goal": "<= 0.05",
+        "met": ratio <= 0.05 and same,
+    }
 
 
 def _best(fn, repeats: int = 2):
@@ -276,17 +314,21 @@ def _best(fn, repeats: int = 2):
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="dist-al bench distributed", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="dist-al bench distributed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     options.add_common(parser, ROWS, quick="small sizes (seconds), for smoke tests")
     args = parser.parse_args(argv)
     device = options.device(parser, args.device)
     only = options.only(parser, args.only, ROWS)
-    small, large, budget_small, budget_large = (20_000, 100_000, 50, 100) if args.quick else \
-        (200_000, 2_000_000, 200, 1000)
+    small, large, budget_small, budget_large = (
+        (20_000, 100_000, 50, 100) if args.quick else (200_000, 2_000_000, 200, 1000)
+    )
     print(f"command: dist-al bench distributed {shlex.join(argv)}")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
-          f"device {device}\n")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
+        f"device {device}\n"
+    )
     rows = []
     with tempfile.TemporaryDirectory(prefix="dist-al-bench-") as tmp:
         small_uri, large_uri = os.path.join(tmp, "small"), os.path.join(tmp, "large")

@@ -171,13 +171,15 @@ def export_selection(
         refs = [str(data_reference[i]) for i in ids]
 
     id_type = selection.schema.field("id").type
-    table = pa.table({
-        "id": selection.column("id").combine_chunks() if n else pa.array([], id_type),
-        "rank": pa.array(ranks, pa.int64()),
-        "strategy": pa.array(strategies, pa.string()),
-        "score": pa.array(scores, pa.float64()),
-        "data_ref": pa.array(refs, pa.string()),
-    })
+    table = pa.table(
+        {
+            "id": selection.column("id").combine_chunks() if n else pa.array([], id_type),
+            "rank": pa.array(ranks, pa.int64()),
+            "strategy": pa.array(strategies, pa.string()),
+            "score": pa.array(scores, pa.float64()),
+            "data_ref": pa.array(refs, pa.string()),
+        }
+    )
 
     tasks = [
         {
@@ -371,7 +373,7 @@ def _timestamp(s) -> float:
     s = s.strip().replace("Z", "+00:00")
     m = _FRACTION_RE.search(s)
     if m:  # Python 3.10's fromisoformat takes only 3 or 6 fraction digits
-        s = s[: m.start()] + "." + m.group(1)[:6].ljust(6, "0") + s[m.end():]
+        s = s[: m.start()] + "." + m.group(1)[:6].ljust(6, "0") + s[m.end() :]
     try:
         t = datetime.fromisoformat(s)
     except ValueError:
@@ -618,13 +620,15 @@ def append_label_records(
     if len(set(ids)) != len(ids):
         raise ValueError("record ids repeat (validate_labels first)")
     now = datetime.now(timezone.utc)
-    table = pa.table({
-        "id": id_arr,
-        "label": pa.array(labels, pa.int64()),
-        "round": pa.array([int(round_)] * len(ids), pa.int64()),
-        "source": pa.array([str(source)] * len(ids), pa.string()),
-        "ingested_at": pa.array([now] * len(ids), pa.timestamp("us", tz="UTC")),
-    })
+    table = pa.table(
+        {
+            "id": id_arr,
+            "label": pa.array(labels, pa.int64()),
+            "round": pa.array([int(round_)] * len(ids), pa.int64()),
+            "source": pa.array([str(source)] * len(ids), pa.string()),
+            "ingested_at": pa.array([now] * len(ids), pa.timestamp("us", tz="UTC")),
+        }
+    )
     digest = hashlib.sha256(
         json.dumps([int(round_), str(source), [[i, lab] for i, lab in accepted]], sort_keys=True).encode()
     ).hexdigest()[:16]
@@ -643,7 +647,8 @@ def load_label_records(records_prefix: str, storage_options: dict | None = None)
     except FileNotFoundError:
         return {}
     names = sorted(
-        e["name"] for e in entries
+        e["name"]
+        for e in entries
         if e.get("type") == "file"
         and e["name"].rsplit("/", 1)[-1].endswith(".parquet")
         and not e["name"].rsplit("/", 1)[-1].startswith(".")  # in-flight temp files
@@ -675,4 +680,3 @@ def load_label_records(records_prefix: str, storage_options: dict | None = None)
 
 def _join(prefix: str, name: str) -> str:
     return prefix.rstrip("/") + "/" + name
-

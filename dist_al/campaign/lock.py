@@ -85,8 +85,9 @@ class LockLost(RuntimeError):
 
 
 class WorkdirLock:
-    def __init__(self, workdir: str, storage_options: dict | None = None, *, command: str = "",
-                 ttl: float | None = None):
+    def __init__(
+        self, workdir: str, storage_options: dict | None = None, *, command: str = "", ttl: float | None = None
+    ):
         self.uri = workdir.rstrip("/") + "/lock.json"
         self.workdir = workdir
         self.storage_options = storage_options or {}
@@ -107,9 +108,17 @@ class WorkdirLock:
     # -- the lock record -----------------------------------------------------------------
 
     def _record(self) -> bytes:
-        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
-                           "command": self.command, "acquired_at": self.acquired_at,
-                           "expires_at": time.time() + self.ttl}, indent=1).encode()
+        return json.dumps(
+            {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "token": self.token,
+                "command": self.command,
+                "acquired_at": self.acquired_at,
+                "expires_at": time.time() + self.ttl,
+            },
+            indent=1,
+        ).encode()
 
     def _read(self) -> tuple[dict | None, str | None]:
         """(record, etag) of the lock now; (None, None) if there is none."""
@@ -151,11 +160,14 @@ class WorkdirLock:
         try:
             retrying(f"writing {self.uri}", self.fs.pipe_file, self.path, data, IfMatch=etag)
             return True
-        except Exception as err:  # noqa: BLE001 - the error does not say whether the PUT landed; the lock does
+        except Exception as err:
             now, _ = self._read()
             if now == json.loads(data):
-                log.info("the lock of %s holds our write although the store answered %s (a retried PUT)",
-                         self.workdir, type(err).__name__)
+                log.info(
+                    "the lock of %s holds our write although the store answered %s (a retried PUT)",
+                    self.workdir,
+                    type(err).__name__,
+                )
                 return True
             if now == current:
                 raise  # nothing changed: the PUT failed for a reason of its own
@@ -163,7 +175,7 @@ class WorkdirLock:
 
     # -- acquire / refresh / release --------------------------------------------------------
 
-    def acquire(self) -> "WorkdirLock":
+    def acquire(self) -> WorkdirLock:
         if self.local and not os.path.isdir(os.path.dirname(self.path)):
             with writable(self.workdir):
                 os.makedirs(os.path.dirname(self.path))
@@ -189,9 +201,13 @@ class WorkdirLock:
                 raise WorkdirLocked(self._message(held))
             since = time.monotonic()
             if self._take_over(held):
-                log.warning("took over the stale lock of %s from %s (pid %s on %s): its lease expired or its "
-                            "process is gone", self.workdir, held.get("command") or "dist-al", held.get("pid"),
-                            held.get("host"))
+                log.warning(
+                    "took over the stale lock of %s from %s (pid %s on %s): its lease expired or its process is gone",
+                    self.workdir,
+                    held.get("command") or "dist-al",
+                    held.get("pid"),
+                    held.get("host"),
+                )
                 break
         else:
             raise WorkdirLocked(f"workdir {self.workdir}: could not take its lock, it keeps changing hands")
@@ -219,8 +235,15 @@ class WorkdirLock:
     def _claim_guard(self, stale_token: str) -> str | None:
         """Creates the first free takeover guard of ``stale_token``, passing over those of takers that died; None
         if the guards vanished (the lock changed hands); WorkdirLocked while a live taker holds one."""
-        record = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
-                             "command": self.command, "expires_at": time.time() + TAKEOVER_GUARD_S}).encode()
+        record = json.dumps(
+            {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "token": self.token,
+                "command": self.command,
+                "expires_at": time.time() + TAKEOVER_GUARD_S,
+            }
+        ).encode()
         for k in itertools.count():
             uri = f"{self.uri}.takeover-{stale_token}.{k}"
             if create_exclusive(uri, record, self.storage_options):
@@ -232,8 +255,10 @@ class WorkdirLock:
             except json.JSONDecodeError:  # never written by us
                 continue
             if not self._stale(guard):
-                raise WorkdirLocked(f"workdir {self.workdir}: its stale lock is being taken over by "
-                                    f"{guard.get('host')}/{guard.get('pid')}; another dist-al is running")
+                raise WorkdirLocked(
+                    f"workdir {self.workdir}: its stale lock is being taken over by "
+                    f"{guard.get('host')}/{guard.get('pid')}; another dist-al is running"
+                )
         raise AssertionError("unreachable")
 
     def _clear_guards(self) -> None:
@@ -261,8 +286,11 @@ class WorkdirLock:
                 log.warning("could not refresh the lock of %s: %s", self.workdir, self._refresh_error)
                 continue
             if self._lost:
-                log.warning("lost the lock of %s (taken over or removed, or its lease ran out): this command stops "
-                            "before its next write", self.workdir)
+                log.warning(
+                    "lost the lock of %s (taken over or removed, or its lease ran out): this command stops "
+                    "before its next write",
+                    self.workdir,
+                )
                 return
 
     def check_held(self) -> None:
@@ -289,7 +317,7 @@ class WorkdirLock:
             except OSError:
                 pass
 
-    def __enter__(self) -> "WorkdirLock":
+    def __enter__(self) -> WorkdirLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
@@ -299,8 +327,10 @@ class WorkdirLock:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(held.get("acquired_at", 0)))
         left = max(0, int(held.get("expires_at", 0) - time.time()))
         what = f" ({held['command']})" if held.get("command") else ""
-        return (f"workdir {self.workdir} is locked by {held.get('host')}/{held.get('pid')}{what} since {since} "
-                f"(expires in {left} s); another dist-al is running")
+        return (
+            f"workdir {self.workdir} is locked by {held.get('host')}/{held.get('pid')}{what} since {since} "
+            f"(expires in {left} s); another dist-al is running"
+        )
 
     def _lost_message(self) -> str:
         """Who holds the lock now (one read, on this error path only)."""
@@ -314,9 +344,11 @@ class WorkdirLock:
         if held.get("token") != self.token:
             what = f" ({held['command']})" if held.get("command") else ""
             return f"{lost} to {held.get('host')}/{held.get('pid')}{what}"
-        return (f"{lost}: its lease was last refreshed {time.monotonic() - self._confirmed_at:.0f} s ago, "
-                f"{FENCED_AFTER * self.ttl:g} s is the most a write may follow one (last refresh error: "
-                f"{self._refresh_error})")
+        return (
+            f"{lost}: its lease was last refreshed {time.monotonic() - self._confirmed_at:.0f} s ago, "
+            f"{FENCED_AFTER * self.ttl:g} s is the most a write may follow one (last refresh error: "
+            f"{self._refresh_error})"
+        )
 
 
 def _one_line(err: BaseException) -> str:

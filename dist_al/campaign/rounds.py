@@ -88,8 +88,9 @@ def select_step(cfg: Config, wd: Workdir, progress: bool = False) -> str:
     with cluster_session(cfg):
         pool = sharded_pool(round_cfg, network, progress=progress)
         try:
-            result = pool.select(sel.strategy, sel.budget, seed=sel.seed + n, options=sel.options(),
-                                 labeled_ids=labeled or None)
+            result = pool.select(
+                sel.strategy, sel.budget, seed=sel.seed + n, options=sel.options(), labeled_ids=labeled or None
+            )
             rows = pool.picked_rows(result)
         finally:
             pool.close()
@@ -97,8 +98,14 @@ def select_step(cfg: Config, wd: Workdir, progress: bool = False) -> str:
     write_table_atomic(wd.round_path(n, SELECTED_ROWS), rows, wd.storage_options)
     write_table_atomic(wd.round_path(n, "selection.parquet"), result.table, wd.storage_options)
     crash_point("select.after_write")
-    wd.set_state(n, "SELECTED", strategy=sel.strategy, budget=result.table.num_rows,
-                 checkpoint=round_cfg.model.checkpoint, selected_at=time.time())
+    wd.set_state(
+        n,
+        "SELECTED",
+        strategy=sel.strategy,
+        budget=result.table.num_rows,
+        checkpoint=round_cfg.model.checkpoint,
+        selected_at=time.time(),
+    )
     return f"round {n}: selected {result.table.num_rows} rows with {sel.strategy}"
 
 
@@ -106,8 +113,13 @@ def export_step(cfg: Config, wd: Workdir) -> str:
     n, state = _current(wd)
     if state != "SELECTED":
         return f"round {n}: nothing to export ({(state or 'no round').lower()})"
-    files = export_selection(_read_selection(wd, n), wd.round_path(n, "export"), pool_uri=cfg.pool.uri,
-                             id_column=cfg.pool.id_column, storage_options=wd.storage_options)
+    files = export_selection(
+        _read_selection(wd, n),
+        wd.round_path(n, "export"),
+        pool_uri=cfg.pool.uri,
+        id_column=cfg.pool.id_column,
+        storage_options=wd.storage_options,
+    )
     wd.set_state(n, "EXPORTED", exported_at=time.time())
     return f"round {n}: exported {len(files)} files to {wd.round_path(n, 'export')}"
 
@@ -150,10 +162,23 @@ def train_step(cfg: Config, wd: Workdir) -> str:
         warm = load_state(previous, wd.storage_options) if previous else None
     local = cfg.train.backend == "local"  # trains in this process: no Ray to start
     with contextlib.nullcontext() if local else cluster_session(cfg, shards=False, train=True):
-        result = train(cfg, labels, checkpoint_uri=wd.round_path(n, "model.pt"), eval_uri=cfg.eval.uri,
-                       warm_start_state=warm, storage_options=wd.storage_options, recorded=_recorded_rows(wd))
-    metrics = {"round": n, "train_rows": result.train_rows, "accuracy": result.accuracy, "epochs": result.epochs,
-               "seconds": result.seconds, "workers": result.workers}
+        result = train(
+            cfg,
+            labels,
+            checkpoint_uri=wd.round_path(n, "model.pt"),
+            eval_uri=cfg.eval.uri,
+            warm_start_state=warm,
+            storage_options=wd.storage_options,
+            recorded=_recorded_rows(wd),
+        )
+    metrics = {
+        "round": n,
+        "train_rows": result.train_rows,
+        "accuracy": result.accuracy,
+        "epochs": result.epochs,
+        "seconds": result.seconds,
+        "workers": result.workers,
+    }
     wd.write_json(wd.round_path(n, "metrics.json"), metrics)
     wd.set_state(n, "TRAINED", trained_at=time.time())
     acc = "" if result.accuracy is None else f", eval accuracy {result.accuracy:.3f}"
@@ -190,21 +215,30 @@ def ingest(cfg: Config, uri: str, class_names: list[str] | None = None) -> str:
     id_field = pool.schema.field(cfg.pool.id_column)
     id_type = "int" if pa.types.is_integer(id_field.type) else "str"
     rows = read_labels(uri, storage_options=cfg.pool.storage_options, id_type=id_type, class_names=class_names)
-    n_classes = classifier_layer(build_model(cfg.model, storage_options=cfg.pool.storage_options),
-                                 cfg.model.classifier).out_features
+    n_classes = classifier_layer(
+        build_model(cfg.model, storage_options=cfg.pool.storage_options), cfg.model.classifier
+    ).out_features
 
     def known(ids):
         """Ids dist-al selected from this pool are in it; the others are looked for in its id column."""
-        found = {i for n in wd.rounds() if wd.exists(wd.round_path(n, "selection.parquet"))
-                 for i in _read_selection(wd, n, columns=["id"]).column("id").to_pylist()}
+        found = {
+            i
+            for n in wd.rounds()
+            if wd.exists(wd.round_path(n, "selection.parquet"))
+            for i in _read_selection(wd, n, columns=["id"]).column("id").to_pylist()
+        }
         rest = [i for i in ids if i not in found]
         if id_type == "int":  # only ids of the pool's kind can be in it
-            rest = np.asarray([i for i in rest if isinstance(i, int) and -2**63 <= i < 2**63], dtype=np.int64)
+            rest = np.asarray([i for i in rest if isinstance(i, int) and -(2**63) <= i < 2**63], dtype=np.int64)
         else:
             rest = np.asarray([i for i in rest if isinstance(i, str)], dtype=object)
         if len(rest):
-            log.info("%d of %d ids were never selected: looking for them in one pass over the id column of pool %s",
-                     len(rest), len(ids), pool.spec.uri)
+            log.info(
+                "%d of %d ids were never selected: looking for them in one pass over the id column of pool %s",
+                len(rest),
+                len(ids),
+                pool.spec.uri,
+            )
             found.update(find_ids(pool, rest)[0].tolist())
         return [i in found for i in ids]
 
@@ -214,23 +248,29 @@ def ingest(cfg: Config, uri: str, class_names: list[str] | None = None) -> str:
     if report.accepted:
         wd.create()
     n, _ = _current(wd)
-    append_label_records(wd.path("labels"), report.accepted, source=os.path.basename(uri), round_=n,
-                         storage_options=wd.storage_options)
+    append_label_records(
+        wd.path("labels"), report.accepted, source=os.path.basename(uri), round_=n, storage_options=wd.storage_options
+    )
     return report.summary()
 
 
 def status_table(cfg: Config) -> str:
     wd = open_workdir(cfg, create=False)
     labels = _labels(cfg, wd)
-    lines = [f"workdir {wd.uri}: {len(labels)} labels recorded", "",
-             "| round | state | strategy | selected | labels received | train rows | eval accuracy |",
-             "|---:|---|---|---:|---:|---:|---:|"]
+    lines = [
+        f"workdir {wd.uri}: {len(labels)} labels recorded",
+        "",
+        "| round | state | strategy | selected | labels received | train rows | eval accuracy |",
+        "|---:|---|---|---:|---:|---:|---:|",
+    ]
     for n in wd.rounds():
         state = wd.state(n) or {"state": "INCOMPLETE"}
         got, want = label_progress(cfg, wd, n) if wd.exists(wd.round_path(n, "selection.parquet")) else (0, 0)
         metrics_uri = wd.round_path(n, "metrics.json")
         m = wd.read_json(metrics_uri) if wd.exists(metrics_uri) else {}
         acc = "" if m.get("accuracy") is None else f"{m['accuracy']:.3f}"
-        lines.append(f"| {n} | {state['state']} | {state.get('strategy', '')} | {want} | {got} | "
-                     f"{m.get('train_rows', '')} | {acc} |")
+        lines.append(
+            f"| {n} | {state['state']} | {state.get('strategy', '')} | {want} | {got} | "
+            f"{m.get('train_rows', '')} | {acc} |"
+        )
     return "\n".join(lines)

@@ -103,14 +103,16 @@ def _label_keys(labels: Mapping) -> np.ndarray:
 def _check_labels(labels: Mapping, n_classes: int) -> None:
     for key, value in labels.items():
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-            raise UserError(f"label of id {key!r} must be an integer class index, got {value!r}")  # noqa: TRY004
+            raise UserError(f"label of id {key!r} must be an integer class index, got {value!r}")
         if not 0 <= int(value) < n_classes:
-            raise UserError(f"label {int(value)} of id {key!r} is outside [0, {n_classes}): "
-                             f"the model has {n_classes} classes")
+            raise UserError(
+                f"label {int(value)} of id {key!r} is outside [0, {n_classes}): the model has {n_classes} classes"
+            )
 
 
-def gather_labeled(pool_cfg: PoolConfig, labels: Mapping, recorded: pa.Table | None = None
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def gather_labeled(
+    pool_cfg: PoolConfig, labels: Mapping, recorded: pa.Table | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids, features (n, D) float32, labels (n,) int64) of the labeled rows, in pool order.
 
     ``recorded``: rows recorded at selection (``pool.rows_table``: id, place, features); a labeled id
@@ -125,8 +127,12 @@ def gather_labeled(pool_cfg: PoolConfig, labels: Mapping, recorded: pa.Table | N
     ids, places, feats = recorded_rows(pool, recorded, keys)
     rest = keys[~np.isin(keys, ids)]
     if len(rest):
-        log.info("%d of %d labeled ids have no recorded row: finding them with one pass over the id column of "
-                 "pool %s", len(rest), len(keys), pool.spec.uri)
+        log.info(
+            "%d of %d labeled ids have no recorded row: finding them with one pass over the id column of pool %s",
+            len(rest),
+            len(keys),
+            pool.spec.uri,
+        )
         found, found_places = find_ids(pool, rest)
         _check_found(pool, keys, rest, found)
         ids = np.concatenate([ids, found])
@@ -143,8 +149,10 @@ def _check_found(pool, keys: np.ndarray, wanted: np.ndarray, found: np.ndarray) 
     uniq, counts = np.unique(found, return_counts=True)
     if len(uniq) < len(found):
         dup = uniq[counts > 1][0]
-        raise UserError(f"labeled id {dup.item() if isinstance(dup, np.generic) else dup!r} appears more than "
-                        f"once in pool {pool.spec.uri}")
+        raise UserError(
+            f"labeled id {dup.item() if isinstance(dup, np.generic) else dup!r} appears more than "
+            f"once in pool {pool.spec.uri}"
+        )
     if len(found) < len(wanted):
         missing = wanted[~np.isin(wanted, found)]
         examples = ", ".join(repr(k.item() if isinstance(k, np.generic) else k) for k in missing[:5])
@@ -154,8 +162,9 @@ def _check_found(pool, keys: np.ndarray, wanted: np.ndarray, found: np.ndarray) 
             hint = " (the pool's ids are integers, the labels' ids are not)"
         elif keys.dtype != object and not pa.types.is_integer(id_type):
             hint = " (the pool's ids are strings, the labels' ids are integers)"
-        raise UserError(f"{len(missing)} of {len(keys)} labeled id(s) are not in pool {pool.spec.uri}{hint}; "
-                        f"e.g. {examples}")
+        raise UserError(
+            f"{len(missing)} of {len(keys)} labeled id(s) are not in pool {pool.spec.uri}{hint}; e.g. {examples}"
+        )
 
 
 # --------------------------------------------------------------------------- worker side
@@ -167,8 +176,16 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-def fit_loop(config: dict, data: dict, state: dict | None, *, rank: int = 0, world: int = 1,
-             device: torch.device | str = "cpu", prepare=None) -> tuple[dict, dict]:
+def fit_loop(
+    config: dict,
+    data: dict,
+    state: dict | None,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    device: torch.device | str = "cpu",
+    prepare=None,
+) -> tuple[dict, dict]:
     """The training loop both backends run: same seeded model, this rank's share of the rows, Adam + CE.
 
     ``data`` holds ``x`` (n, D) float32 and ``y`` (n,) int64; ``state`` an
@@ -201,7 +218,7 @@ def fit_loop(config: dict, data: dict, state: dict | None, *, rank: int = 0, wor
         index = torch.tensor(list(iter(sampler)), dtype=torch.long)
         total = torch.zeros(2, dtype=torch.float64)  # loss sum, rows
         for start in range(0, len(index), batch_size):
-            rows = index[start:start + batch_size]
+            rows = index[start : start + batch_size]
             xb, yb = x[rows].to(device, non_blocking=True), y[rows].to(device, non_blocking=True)
             optimiser.zero_grad(set_to_none=True)
             loss = loss_fn(model(xb), yb)
@@ -239,8 +256,15 @@ def _train_loop(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     data = ray.get(config["data"])
     state = ray.get(config["state"]) if config["state"] is not None else None
-    state_dict, metrics = fit_loop(config, data, state, rank=rank, world=world, device=ray.train.torch.get_device(),
-                                   prepare=ray.train.torch.prepare_model)
+    state_dict, metrics = fit_loop(
+        config,
+        data,
+        state,
+        rank=rank,
+        world=world,
+        device=ray.train.torch.get_device(),
+        prepare=ray.train.torch.prepare_model,
+    )
     if rank == 0:
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(state_dict, os.path.join(tmp, _CHECKPOINT_FILE))
@@ -370,7 +394,9 @@ def train(
     if not labels:
         raise UserError("no labeled rows: the labels mapping is empty, nothing to train on")
     if settings.backend == "ray" and not ray.is_initialized():
-        raise RuntimeError("Ray is not initialised: call ray.init() or use dist_al.runtime.cluster.cluster_session first")
+        raise RuntimeError(
+            "Ray is not initialised: call ray.init() or use dist_al.runtime.cluster.cluster_session first"
+        )
 
     state = warm_start_state
     if state is None and settings.warm_start and cfg.model.checkpoint:
@@ -405,8 +431,9 @@ def train(
         raise UserError(f"training with train.backend=ray needs Ray Train ({err}): pip install 'ray[train]'") from None
 
     default_storage = settings.storage_path is None
-    storage_path, storage_fs = _run_storage(settings.storage_path or _default_storage_path(checkpoint_uri),
-                                            storage_options)
+    storage_path, storage_fs = _run_storage(
+        settings.storage_path or _default_storage_path(checkpoint_uri), storage_options
+    )
     # Ray Train V2 would wait for its worker group without end (60 s tries, retried forever): wait here, and say so.
     wait_placeable(train_workers(settings), cfg.cluster.start_timeout_s)
     run_name = f"dist-al-train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
@@ -416,10 +443,17 @@ def train(
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=settings.use_gpu,
-                                     resources_per_worker={"CPU": settings.cpus_per_worker}),
-        run_config=RunConfig(name=run_name, storage_path=storage_path, storage_filesystem=storage_fs,
-                             checkpoint_config=CheckpointConfig(num_to_keep=1)),
+        scaling_config=ScalingConfig(
+            num_workers=settings.workers,
+            use_gpu=settings.use_gpu,
+            resources_per_worker={"CPU": settings.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+        ),
     )
     result = trainer.fit()  # raises ray.train.TrainingFailedError if a worker fails
     if result.checkpoint is None:
@@ -428,8 +462,7 @@ def train(
     trained_state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)  # what readers will do
     write_bytes_atomic(checkpoint_uri, data, storage_options)
     _remove_run(result.checkpoint.filesystem, storage_path, run_name, default_storage)
-    return _result(cfg, driver_model, trained_state, dict(result.metrics or {}), checkpoint_uri, len(y), eval_uri,
-                   t0)
+    return _result(cfg, driver_model, trained_state, dict(result.metrics or {}), checkpoint_uri, len(y), eval_uri, t0)
 
 
 def _result(cfg: Config, driver_model, trained_state, metrics, checkpoint_uri, rows, eval_uri, t0) -> TrainResult:

@@ -154,8 +154,13 @@ def pool_fingerprint(pool_cfg: PoolConfig) -> str:
     pool = open_pool(pool_cfg)
     root = pool_cfg.uri.rstrip("/")
     parts = {
-        "files": [[pool.file_uri(i)[len(root):] if pool.file_uri(i).startswith(root) else pool.file_uri(i),
-                   sum(n for f, _, n in pool.row_groups if f == i)] for i in range(len(pool.files))],
+        "files": [
+            [
+                pool.file_uri(i)[len(root) :] if pool.file_uri(i).startswith(root) else pool.file_uri(i),
+                sum(n for f, _, n in pool.row_groups if f == i),
+            ]
+            for i in range(len(pool.files))
+        ],
         "rows": pool.num_rows,
         "schema": str(pool.schema),
     }
@@ -170,17 +175,20 @@ def open_workdir(cfg: Config, create: bool = True) -> Workdir:
     fingerprint = pool_fingerprint(cfg.pool)
     pinned = redact({".".join(k): getattr(getattr(cfg, k[0]), k[1]) for k in PINNED_KEYS})
     if not wd.exists(meta_uri):
-        wd.pending = ({"version": 1, "pool_fingerprint": fingerprint, "pinned": pinned},
-                      cfg.to_yaml().encode())
+        wd.pending = ({"version": 1, "pool_fingerprint": fingerprint, "pinned": pinned}, cfg.to_yaml().encode())
         if create:
             wd.create()
         return wd
     meta = wd.read_json(meta_uri)
     if meta.get("pool_fingerprint") != fingerprint:
-        raise WorkdirError(f"workdir {wd.uri} was made from a different pool (fingerprint {meta.get('pool_fingerprint')}, "
-                           f"this pool {fingerprint}): use a new workdir for a new pool")
+        raise WorkdirError(
+            f"workdir {wd.uri} was made from a different pool (fingerprint {meta.get('pool_fingerprint')}, "
+            f"this pool {fingerprint}): use a new workdir for a new pool"
+        )
     for key, value in pinned.items():
         if meta.get("pinned", {}).get(key) != value:
-            raise WorkdirError(f"workdir {wd.uri} was made with {key} = {meta['pinned'].get(key)!r}, the config now says "
-                               f"{value!r}: labels and models of the two cannot mix; use a new workdir")
+            raise WorkdirError(
+                f"workdir {wd.uri} was made with {key} = {meta['pinned'].get(key)!r}, the config now says "
+                f"{value!r}: labels and models of the two cannot mix; use a new workdir"
+            )
     return wd

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import difflib
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -94,8 +95,9 @@ def resolve_options(name: str, options: StrategyOptions | dict[str, Any] | None 
         if key not in valid:
             hint = difflib.get_close_matches(key, valid, n=1)
             extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise UserError(f"unknown option {key!r} for strategy {name!r}{extra}; "
-                            f"valid options: {', '.join(valid) or 'none'}")
+            raise UserError(
+                f"unknown option {key!r} for strategy {name!r}{extra}; valid options: {', '.join(valid) or 'none'}"
+            )
     return kind(**options)
 
 
@@ -105,14 +107,16 @@ def check_seed(seed) -> int:
     return int(seed)
 
 
-def run_strategy(name: str, group: ShardGroup, budget: int, seed: int, options: StrategyOptions,
-                 progress: bool = False) -> Selection:
+def run_strategy(
+    name: str, group: ShardGroup, budget: int, seed: int, options: StrategyOptions, progress: bool = False
+) -> Selection:
     """Runs a strategy's coordinator loop over any shard group (local or Ray)."""
     return STRATEGIES[name].run(group, budget, seed, options, progress)
 
 
-def select(strategy: str, probs, feats, budget: int, *, labeled=None, seed: int = 0, progress: bool = False,
-           **options) -> np.ndarray:
+def select(
+    strategy: str, probs, feats, budget: int, *, labeled=None, seed: int = 0, progress: bool = False, **options
+) -> np.ndarray:
     """Rows to label next, in pick order.
 
     probs: (N, K) softmax probabilities; feats: (N, D) inputs of the final linear

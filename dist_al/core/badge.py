@@ -282,7 +282,9 @@ def _weighted_kmeanspp(a, h, norm2, weights, budget, rng, progress) -> list[int]
         total = float(w.sum())
         if total > 0:
             running = torch.cumsum(w, 0)
-            nxt = int(torch.searchsorted(running, torch.tensor([rng.random() * total], dtype=torch.float64), right=True))
+            nxt = int(
+                torch.searchsorted(running, torch.tensor([rng.random() * total], dtype=torch.float64), right=True)
+            )
             if nxt >= len(w) or not bool(w[nxt] > 0):
                 nxt = int((w > 0).nonzero()[-1, 0])
         else:

@@ -350,8 +350,7 @@ def numerical_errors():
         yield
     except torch.linalg.LinAlgError as err:
         raise UserError(
-            f"BAIT is numerically unstable on these inputs ({str(err).splitlines()[0]}): "
-            "increase lam or rescale feats"
+            f"BAIT is numerically unstable on these inputs ({str(err).splitlines()[0]}): increase lam or rescale feats"
         ) from None
 
 
@@ -421,7 +420,9 @@ def bait(
         U = _embedding_columns(p, idx, h, w_batch, K).to(dev)
         G = A @ U
         # add: S = (I + P_s)^{-1}; remove: S = (P_s - I)^{-1}; both give A' = A - G S G^T
-        S = torch.linalg.inv(U.T @ G + (1.0 if adding else -1.0) * torch.eye(U.shape[1], dtype=torch.float64, device=dev))
+        S = torch.linalg.inv(
+            U.T @ G + (1.0 if adding else -1.0) * torch.eye(U.shape[1], dtype=torch.float64, device=dev)
+        )
         FG = F @ G
         H, R = A @ FG, G.T @ FG
         exact = float(torch.trace(S @ R))  # the row's score from A itself: R = U A F A U^T = Q_s
@@ -454,9 +455,15 @@ def bait(
     bar.close()
     lu_solves = sum(group.map(BaitShard.lu_fallbacks))
     if lu_solves:
-        log.warning("BAIT: %d per-row K x K solves fell back from Cholesky to LU (matrices not numerically positive "
-                    "definite; %d refreshes for drift): their scores are less accurate; lam=%g is small next to "
-                    "|h|^2 (up to %.3g): a larger lam avoids it", lu_solves, refreshes, lam, max_norm2)
+        log.warning(
+            "BAIT: %d per-row K x K solves fell back from Cholesky to LU (matrices not numerically positive "
+            "definite; %d refreshes for drift): their scores are less accurate; lam=%g is small next to "
+            "|h|^2 (up to %.3g): a larger lam avoids it",
+            lu_solves,
+            refreshes,
+            lam,
+            max_norm2,
+        )
     log.debug("BAIT: %d refreshes of the per-row state for drift%s", refreshes, ", float64 state" if float64 else "")
     owners = []
     for row in picks:
@@ -465,8 +472,9 @@ def bait(
     return owners, [scores[r] for r in picks], float((A * F).sum())
 
 
-def run(probs, feats, budget: int, *, labeled=None, progress: bool = False, forward_steps: int | None = None,
-        **options) -> BaitResult:
+def run(
+    probs, feats, budget: int, *, labeled=None, progress: bool = False, forward_steps: int | None = None, **options
+) -> BaitResult:
     """Single-process BAIT on arrays, with the final objective (tests and benchmarks)."""
     from .inputs import check_budget, check_labeled, check_probs_feats
 
@@ -476,6 +484,7 @@ def run(probs, feats, budget: int, *, labeled=None, progress: bool = False, forw
     opts = BaitOptions(**options)
     check_reduction(opts, probs.shape[1], feats.shape[1])
     with torch.inference_mode(), numerical_errors():
-        picks, _, objective = bait(LocalShards([BaitShard(probs, feats, mask)]), budget, opts, progress=progress,
-                                   forward_steps=forward_steps)
+        picks, _, objective = bait(
+            LocalShards([BaitShard(probs, feats, mask)]), budget, opts, progress=progress, forward_steps=forward_steps
+        )
     return BaitResult(np.array([i for _, i in picks], dtype=np.int64), objective)

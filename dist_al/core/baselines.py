@@ -142,4 +142,3 @@ def kcentre(group: ShardGroup, budget: int, progress: bool = False) -> tuple[lis
             bests = group.map(BaselineShard.add_kcentre, group.call(s, BaselineShard.row_feats, i), first_rows[s] + i)
     bar.close()
     return picks, scores
-

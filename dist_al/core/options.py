@@ -59,5 +59,6 @@ class BaitOptions(StrategyOptions):
         if self.weighting not in ("reference", "mean"):
             raise UserError(f"option weighting must be one of 'reference', 'mean', got {self.weighting!r}")
         object.__setattr__(self, "pca_dim", _check_positive("pca_dim", self.pca_dim, integer=True, optional=True))
-        object.__setattr__(self, "top_classes",
-                           _check_positive("top_classes", self.top_classes, integer=True, optional=True))
+        object.__setattr__(
+            self, "top_classes", _check_positive("top_classes", self.top_classes, integer=True, optional=True)
+        )

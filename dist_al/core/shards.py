@@ -13,7 +13,8 @@ Global row order is shard order, then row order inside a shard.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import torch
 

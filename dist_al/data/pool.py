@@ -31,9 +31,10 @@ import contextlib
 import posixpath
 import queue
 import threading
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -127,7 +128,7 @@ class Pool:
     def file_key(self, file_index: int) -> str:
         """A file's path relative to the pool's root ("" for a one-file pool): how recorded rows name it."""
         path, root = self.files[file_index], self.root.rstrip("/")
-        return path[len(root):].lstrip("/") if path.startswith(root) else path
+        return path[len(root) :].lstrip("/") if path.startswith(root) else path
 
 
 # --------------------------------------------------------------------------- open
@@ -219,7 +220,7 @@ def _url_to_fs(uri: str, storage_options: dict | None):
 def _display(fs, path: str) -> str:
     try:
         return fs.unstrip_protocol(path)
-    except Exception:  # pragma: no cover - exotic filesystems
+    except Exception:  # noqa: BLE001 - exotic filesystems; the path is shown as it is
         return path
 
 
@@ -241,7 +242,7 @@ def _list_files(uri: str, fs, root: str) -> list[str]:
     base = root.rstrip("/")
     keep = []
     for path in found:
-        rel = path[len(base):].lstrip("/") if path.startswith(base) else posixpath.basename(path)
+        rel = path[len(base) :].lstrip("/") if path.startswith(base) else posixpath.basename(path)
         if any(part.startswith(("_", ".")) for part in rel.split("/") if part):
             continue
         keep.append((rel, path))
@@ -517,7 +518,7 @@ def _iter_batches(pool: Pool, shard: Shard, wanted: tuple[str, ...], batch_rows:
                 else:
                     arrays["labels"] = _labels_to_numpy(pool, fi, rg, col)
             for start in range(0, n, batch_rows):
-                yield {k: v[start:start + batch_rows] for k, v in arrays.items()}
+                yield {k: v[start : start + batch_rows] for k, v in arrays.items()}
     finally:
         if open_file is not None and not isinstance(open_file[2], str):
             open_file[2].close()
@@ -570,8 +571,9 @@ def _labels_to_numpy(pool: Pool, fi: int, rg: int, col: pa.ChunkedArray) -> np.n
     return np.asarray(arr.to_numpy(), dtype=np.int64)
 
 
-def _features_to_numpy(pool: Pool, fi: int, rg: int, col: pa.ChunkedArray, rows: np.ndarray | None = None
-                       ) -> np.ndarray:
+def _features_to_numpy(
+    pool: Pool, fi: int, rg: int, col: pa.ChunkedArray, rows: np.ndarray | None = None
+) -> np.ndarray:
     """Arrow list column -> float32 (rows, D) via the flat values buffer; no per-row Python.
 
     ``rows``: the row group's rows that ``col`` holds when it is a selection of them (messages name their ids).
@@ -723,13 +725,15 @@ def rows_table(pool: Pool, ids, places, features: np.ndarray) -> pa.Table:
     """Pool rows with where they live: id, file (its path relative to the pool's root), row_group, row, features."""
     places = np.asarray(places, dtype=np.int64).reshape(-1, 3)
     flat = pa.array(np.ascontiguousarray(features, dtype=np.float32).reshape(-1))
-    return pa.table({
-        "id": pa.array(ids),
-        "file": pa.array([pool.file_key(int(fi)) for fi in places[:, 0]], pa.string()),
-        "row_group": pa.array(places[:, 1]),
-        "row": pa.array(places[:, 2]),
-        "features": pa.FixedSizeListArray.from_arrays(flat, pool.feature_dim),
-    })
+    return pa.table(
+        {
+            "id": pa.array(ids),
+            "file": pa.array([pool.file_key(int(fi)) for fi in places[:, 0]], pa.string()),
+            "row_group": pa.array(places[:, 1]),
+            "row": pa.array(places[:, 2]),
+            "features": pa.FixedSizeListArray.from_arrays(flat, pool.feature_dim),
+        }
+    )
 
 
 def recorded_rows(pool: Pool, table: pa.Table | None, ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -46,8 +46,15 @@ log = logging.getLogger(__name__)
 RETRY_ATTEMPTS = 3  # in all; backoff 0.5 s then 1 s (times a random 0.5..1 jitter)
 RETRY_BASE_S = 0.5
 RETRY_MAX_S = 8.0
-_TRANSIENT_ERRNO = {errno.EBUSY, errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE,
-                    errno.ESTALE}  # s3fs reports 503 SlowDown / ServiceUnavailable as EBUSY
+_TRANSIENT_ERRNO = {
+    errno.EBUSY,
+    errno.EAGAIN,
+    errno.ETIMEDOUT,
+    errno.ECONNRESET,
+    errno.ECONNABORTED,
+    errno.EPIPE,
+    errno.ESTALE,
+}  # s3fs reports 503 SlowDown / ServiceUnavailable as EBUSY
 
 
 class StorageUnavailable(RuntimeError):
@@ -80,13 +87,14 @@ def retrying(what: str, fn, *args, **kwargs):
     for attempt in range(1, RETRY_ATTEMPTS + 1):
         try:
             return fn(*args, **kwargs)
-        except Exception as err:  # noqa: BLE001 - classified below
+        except Exception as err:
             if not is_transient(err):
                 raise
             reason = f"{type(err).__name__}: {err}".strip().splitlines()[0][:300]
             if attempt == RETRY_ATTEMPTS:
-                raise StorageUnavailable(f"{what} failed {attempt} times in {time.monotonic() - t0:.1f} s, "
-                                         f"giving up ({reason})") from err
+                raise StorageUnavailable(
+                    f"{what} failed {attempt} times in {time.monotonic() - t0:.1f} s, giving up ({reason})"
+                ) from err
             delay = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
             log.warning("%s failed (%s); retry %d of %d in %.1f s", what, reason, attempt, RETRY_ATTEMPTS - 1, delay)
             time.sleep(delay)
@@ -140,8 +148,11 @@ def fence(root_uri: str, storage_options: dict | None, check: Callable[[], None]
 
 def _check_fences(fs, path: str) -> None:
     with _fences_guard:
-        checks = [check for cls, root, check in _fences
-                  if isinstance(fs, cls) and (path == root or path.startswith(root + "/"))]
+        checks = [
+            check
+            for cls, root, check in _fences
+            if isinstance(fs, cls) and (path == root or path.startswith(root + "/"))
+        ]
     for check in checks:
         check()
 

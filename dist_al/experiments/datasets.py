@@ -45,12 +45,15 @@ def _weather() -> tuple[np.ndarray, np.ndarray, int]:
     try:
         from vega_datasets import local_data
     except ImportError:
-        raise UserError("the weather data set ships in the vega_datasets package: "
-                        "pip install 'dist-al[eval]' (or vega_datasets)") from None
+        raise UserError(
+            "the weather data set ships in the vega_datasets package: pip install 'dist-al[eval]' (or vega_datasets)"
+        ) from None
     df = local_data.seattle_weather()
     day = df["date"].dt.day_of_year.to_numpy() / 365.25 * 2 * np.pi
-    x = np.column_stack([df[c].to_numpy(dtype=np.float64) for c in ("precipitation", "temp_max", "temp_min", "wind")]
-                        + [np.sin(day), np.cos(day)])
+    x = np.column_stack(
+        [df[c].to_numpy(dtype=np.float64) for c in ("precipitation", "temp_max", "temp_min", "wind")]
+        + [np.sin(day), np.cos(day)]
+    )
     classes = sorted(df["weather"].unique())
     y = np.searchsorted(classes, df["weather"].to_numpy()).astype(np.int64)
     return x, y, 400
@@ -99,8 +102,7 @@ def write_dataset(out: str, name: str, synthetic_rows: int = 20_000) -> dict:
     group = max(64, len(pool) // 8)  # several row groups, so the pool splits over the workers
     write_pool(os.path.join(base, "pool"), pool, x[pool], y[pool], rows_per_group=group, overwrite=True)
     write_pool(os.path.join(base, "test"), test, x[test], y[test], overwrite=True)
-    return {"name": name, "pool": len(pool), "test": len(test), "features": x.shape[1],
-            "classes": int(y.max()) + 1}
+    return {"name": name, "pool": len(pool), "test": len(test), "features": x.shape[1], "classes": int(y.max()) + 1}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in [n.strip() for n in args.only.split(",") if n.strip()]:
             info = write_dataset(args.out, name, args.synthetic_rows)
-            print(f"{name}: {info['pool']} pool rows, {info['test']} test rows, {info['features']} features, "
-                  f"{info['classes']} classes -> {os.path.join(args.out, name)}")
+            print(
+                f"{name}: {info['pool']} pool rows, {info['test']} test rows, {info['features']} features, "
+                f"{info['classes']} classes -> {os.path.join(args.out, name)}"
+            )
     except UserError as err:
         print(f"dist_al.experiments.datasets: error: {err}", file=sys.stderr)
         return 2

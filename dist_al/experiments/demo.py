@@ -50,8 +50,14 @@ def write_digits_pools(workdir: str) -> tuple[str, str, int, int]:
     return pool_uri, eval_uri, len(pool), len(test)
 
 
-def run_demo(workdir: str = "./dist-al-demo", *, seeds: int | None = None, config: str | None = None,
-             overrides: list[str] | tuple[str, ...] = (), progress: bool = True) -> int:
+def run_demo(
+    workdir: str = "./dist-al-demo",
+    *,
+    seeds: int | None = None,
+    config: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    progress: bool = True,
+) -> int:
     import yaml
 
     from dist_al.config import ConfigError, load_config
@@ -59,8 +65,9 @@ def run_demo(workdir: str = "./dist-al-demo", *, seeds: int | None = None, confi
 
     path = Path(config) if config else DEMO_CONFIG
     if not path.is_file():
-        raise ConfigError(f"demo config {path} does not exist (it ships in the repository's configs/ directory; "
-                          "pass --config)")
+        raise ConfigError(
+            f"demo config {path} does not exist (it ships in the repository's configs/ directory; pass --config)"
+        )
     t0 = time.perf_counter()
     pool_uri, eval_uri, n_pool, n_eval = write_digits_pools(workdir)
     with open(path) as f:
@@ -71,15 +78,20 @@ def run_demo(workdir: str = "./dist-al-demo", *, seeds: int | None = None, confi
     cfg = load_config(None, overrides, base=raw)
     sim, sel = cfg.simulation, cfg.selection
     seeds = sim.seeds if seeds is None else seeds
-    print(f"digits (scikit-learn): {n_pool} pool rows with hidden labels, {n_eval} test rows, 64 features, "
-          f"10 classes\n{sim.strategies or sel.strategy}: {sim.initial_labeled} random labels, then "
-          f"{sim.rounds} rounds of +{sel.budget}; model {cfg.model.factory} {cfg.model.kwargs}, "
-          f"retrained each round ({cfg.train.backend} backend); {seeds} seed(s); "
-          f"{cfg.cluster.workers} Ray workers\n", flush=True)
+    print(
+        f"digits (scikit-learn): {n_pool} pool rows with hidden labels, {n_eval} test rows, 64 features, "
+        f"10 classes\n{sim.strategies or sel.strategy}: {sim.initial_labeled} random labels, then "
+        f"{sim.rounds} rounds of +{sel.budget}; model {cfg.model.factory} {cfg.model.kwargs}, "
+        f"retrained each round ({cfg.train.backend} backend); {seeds} seed(s); "
+        f"{cfg.cluster.workers} Ray workers\n",
+        flush=True,
+    )
     records = simulate(cfg, seeds=seeds, progress=progress, name="digits (scikit-learn) pool")
     csv_uri, png_uri = curve_uris(cfg)
     print(format_table(records))
     print(f"\ncurve: {csv_uri}, {png_uri} ({time.perf_counter() - t0:.0f}s)")
-    print(f"again with the general command: dist-al simulate --config {path} "
-          f"--set pool.uri={pool_uri} --set eval.uri={eval_uri} --set workdir={workdir}")
+    print(
+        f"again with the general command: dist-al simulate --config {path} "
+        f"--set pool.uri={pool_uri} --set eval.uri={eval_uri} --set workdir={workdir}"
+    )
     return 0

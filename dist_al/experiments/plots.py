@@ -15,8 +15,16 @@ import numpy as np
 __all__ = ["curve_stats", "plot_curve", "plot_curve_panels", "plot_penalty"]
 
 # Fixed colours, so a strategy looks the same in every plot; baselines dashed.
-_COLOURS = {"badge": "#1f77b4", "bait": "#d62728", "badge-scalable": "#17becf", "coreset": "#9467bd",
-            "entropy": "#ff7f0e", "margin": "#2ca02c", "confidence": "#8c564b", "random": "#555555"}
+_COLOURS = {
+    "badge": "#1f77b4",
+    "bait": "#d62728",
+    "badge-scalable": "#17becf",
+    "coreset": "#9467bd",
+    "entropy": "#ff7f0e",
+    "margin": "#2ca02c",
+    "confidence": "#8c564b",
+    "random": "#555555",
+}
 _BASELINES = {"random"}
 
 
@@ -39,8 +47,13 @@ def curve_stats(records: list[dict]) -> dict[str, list[tuple[int, float, float, 
     return out
 
 
-def plot_curve(records: list[dict], *, title: str = "Active learning: test accuracy vs labels",
-               subtitle: str | None = None, dpi: int = 120) -> bytes:
+def plot_curve(
+    records: list[dict],
+    *,
+    title: str = "Active learning: test accuracy vs labels",
+    subtitle: str | None = None,
+    dpi: int = 120,
+) -> bytes:
     """A PNG (bytes) of mean accuracy vs labels per strategy, with a +-1 s.e. band where there are 2+ seeds."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -57,7 +70,7 @@ def plot_curve(records: list[dict], *, title: str = "Active learning: test accur
         colour = _COLOURS.get(strategy) or next(spare, None)
         seeds = max(r[3] for r in rows)
         style = "--" if strategy in _BASELINES else "-"
-        line, = ax.plot(n, mean, style, marker="o", markersize=4, linewidth=2, color=colour, label=strategy)
+        (line,) = ax.plot(n, mean, style, marker="o", markersize=4, linewidth=2, color=colour, label=strategy)
         if seeds > 1:
             ax.fill_between(n, mean - se, mean + se, color=line.get_color(), alpha=0.18, linewidth=0)
     ax.set_xlabel("number of labeled samples")
@@ -91,8 +104,16 @@ def plot_curve_panels(panels, *, title: str, dpi: int = 72) -> bytes:
             mean = a.mean(0)
             se = a.std(0, ddof=1) / math.sqrt(len(a)) if len(a) > 1 else np.zeros_like(mean)
             style = "--" if strategy in _BASELINES else "-"
-            line, = ax.plot(labels, mean, style, marker="o" if len(labels) < 8 else None, markersize=3, linewidth=1.5,
-                            color=_COLOURS.get(strategy), label=strategy)
+            (line,) = ax.plot(
+                labels,
+                mean,
+                style,
+                marker="o" if len(labels) < 8 else None,
+                markersize=3,
+                linewidth=1.5,
+                color=_COLOURS.get(strategy),
+                label=strategy,
+            )
             ax.fill_between(labels, mean - se, mean + se, color=line.get_color(), alpha=0.15, linewidth=0)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("number of labeled samples")
@@ -123,15 +144,25 @@ def plot_penalty(matrix, strategies: list[str], *, n_settings: int, dpi: int = 1
     for i in range(k + 1):
         for j in range(k):
             v = shown[i, j]
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
-                    color="black" if v > 0.6 * shown.max() else "white")
+            ax.text(
+                j,
+                i,
+                f"{v:.2f}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="black" if v > 0.6 * shown.max() else "white",
+            )
     ax.axhline(k - 0.5, color="white", linewidth=3)
     ax.set_xticks(range(k), strategies, rotation=40, ha="right")
     ax.set_yticks(range(k + 1), [f"{s} (Σ {p[i].sum():.2f})" for i, s in enumerate(strategies)] + ["column max"])
     ax.set_xlabel("is beaten: strategy j")
     ax.set_ylabel("beats: strategy i (row sum)")
-    ax.set_title(f"Pairwise penalty matrix over {n_settings} settings\n"
-                 "(paired t-test over seeds, p < 0.05, each setting adds at most 1)", fontsize=10)
+    ax.set_title(
+        f"Pairwise penalty matrix over {n_settings} settings\n"
+        "(paired t-test over seeds, p < 0.05, each setting adds at most 1)",
+        fontsize=10,
+    )
     fig.colorbar(im, ax=ax, fraction=0.04)
     fig.tight_layout()
     buf = io.BytesIO()

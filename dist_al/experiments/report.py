@@ -34,8 +34,17 @@ import numpy as np
 from dist_al.core.errors import UserError
 from dist_al.data.storage import writable
 
-__all__ = ["Setting", "auc", "evaluate_command", "labels_to_target", "load_setting", "paired_t", "penalty_matrix",
-           "t_critical", "write_report"]
+__all__ = [
+    "Setting",
+    "auc",
+    "evaluate_command",
+    "labels_to_target",
+    "load_setting",
+    "paired_t",
+    "penalty_matrix",
+    "t_critical",
+    "write_report",
+]
 
 ALPHA = 0.05
 #: Plot and table order: the baselines first, then the gradient-embedding strategies.
@@ -87,9 +96,13 @@ def load_setting(run_dir: str) -> Setting:
         with open(run_json) as f:
             run = json.load(f)
         pool_uri = run["pool"]["uri"].rstrip("/")
-        info.update(dataset=os.path.basename(os.path.dirname(pool_uri)) or pool_uri, budget=run["selection"]["budget"],
-                    warm_start=run["train"]["warm_start"], initial=run["simulation"]["initial_labeled"],
-                    model=f"{run['model']['factory'].split(':')[-1]} {run['model']['kwargs']}")
+        info.update(
+            dataset=os.path.basename(os.path.dirname(pool_uri)) or pool_uri,
+            budget=run["selection"]["budget"],
+            warm_start=run["train"]["warm_start"],
+            initial=run["simulation"]["initial_labeled"],
+            model=f"{run['model']['factory'].split(':')[-1]} {run['model']['kwargs']}",
+        )
     return Setting(os.path.basename(os.path.normpath(run_dir)), labels, acc, sel, emb, info)
 
 
@@ -162,16 +175,28 @@ def setting_summary(s: Setting) -> dict[str, dict]:
     base_n = labels_to_target(s.labels, base.mean(0), target) if base is not None else None
     for name in s.strategies:
         per_seed = np.array([auc(s.labels, row) for row in s.acc[name]])
-        row = {"auc": float(per_seed.mean()), "auc_se": _se(per_seed), "select_s": s.select_seconds[name],
-               "embed_s": s.embed_seconds[name], "final": float(s.acc[name].mean(0)[-1]),
-               "final_se": _se(s.acc[name][:, -1])}
+        row = {
+            "auc": float(per_seed.mean()),
+            "auc_se": _se(per_seed),
+            "select_s": s.select_seconds[name],
+            "embed_s": s.embed_seconds[name],
+            "final": float(s.acc[name].mean(0)[-1]),
+            "final_se": _se(s.acc[name][:, -1]),
+        }
         if base is not None:
             d = per_seed - base_auc
             t = paired_t(d) if len(d) > 1 else 0.0
             crit = t_critical(len(d) - 1) if len(d) > 1 else math.inf
             n = labels_to_target(s.labels, s.acc[name].mean(0), target)
-            row.update(auc_diff=float(d.mean()), auc_diff_se=_se(d), auc_t=t, significant=abs(t) > crit,
-                       target=target, labels=n, ratio=None if n is None or not base_n else n / base_n)
+            row.update(
+                auc_diff=float(d.mean()),
+                auc_diff_se=_se(d),
+                auc_t=t,
+                significant=abs(t) > crit,
+                target=target,
+                labels=n,
+                ratio=None if n is None or not base_n else n / base_n,
+            )
         out[name] = row
     return out
 
@@ -188,8 +213,10 @@ def _title(s: Setting) -> str:
     i = s.info
     if "dataset" not in i:
         return s.name
-    return (f"{i['dataset']}, {'warm-started' if i['warm_start'] else 'from scratch'}, "
-            f"batch {i['budget']} (+{i['initial']} initial)")
+    return (
+        f"{i['dataset']}, {'warm-started' if i['warm_start'] else 'from scratch'}, "
+        f"batch {i['budget']} (+{i['initial']} initial)"
+    )
 
 
 def _fmt_ratio(row: dict) -> str:
@@ -202,17 +229,26 @@ def setting_table(s: Setting) -> str:
     """Markdown: one row per strategy with AUC, its paired difference to random, labels to target, timings."""
     summary = setting_summary(s)
     target = next(iter(summary.values())).get("target")
-    lines = [f"**{_title(s)}** (`{s.name}`; {s.info.get('seeds', '?')} seeds; labels {s.labels[0]}-{s.labels[-1]}; "
-             + (f"target = random's final mean accuracy {target:.3f})" if target is not None else "no random run)"),
-             "",
-             "| strategy | final acc | AUC | AUC - random (pts) | labels to target (x random) | select s/round |"
-             " embed s/round |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"**{_title(s)}** (`{s.name}`; {s.info.get('seeds', '?')} seeds; labels {s.labels[0]}-{s.labels[-1]}; "
+        + (f"target = random's final mean accuracy {target:.3f})" if target is not None else "no random run)"),
+        "",
+        "| strategy | final acc | AUC | AUC - random (pts) | labels to target (x random) | select s/round |"
+        " embed s/round |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, row in summary.items():
-        diff = "" if "auc_diff" not in row or name == "random" else (
-            f"{100 * row['auc_diff']:+.1f} ± {100 * row['auc_diff_se']:.1f}" + (" *" if row["significant"] else ""))
-        lines.append(f"| {name} | {row['final']:.3f} ± {row['final_se']:.3f} | {row['auc']:.3f} | {diff} | "
-                     f"{_fmt_ratio(row) if 'target' in row else ''} | {row['select_s']:.3f} | {row['embed_s']:.3f} |")
+        diff = (
+            ""
+            if "auc_diff" not in row or name == "random"
+            else (
+                f"{100 * row['auc_diff']:+.1f} ± {100 * row['auc_diff_se']:.1f}" + (" *" if row["significant"] else "")
+            )
+        )
+        lines.append(
+            f"| {name} | {row['final']:.3f} ± {row['final_se']:.3f} | {row['auc']:.3f} | {diff} | "
+            f"{_fmt_ratio(row) if 'target' in row else ''} | {row['select_s']:.3f} | {row['embed_s']:.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -228,8 +264,10 @@ def headline_table(settings: list[Setting], names=("badge", "bait")) -> str:
             if row is None or "auc_diff" not in row:
                 cells += " | |"
                 continue
-            cells += (f" {100 * row['auc_diff']:+.1f} ± {100 * row['auc_diff_se']:.1f}"
-                      f"{' *' if row['significant'] else ''} | {_fmt_ratio(row)} |")
+            cells += (
+                f" {100 * row['auc_diff']:+.1f} ± {100 * row['auc_diff_se']:.1f}"
+                f"{' *' if row['significant'] else ''} | {_fmt_ratio(row)} |"
+            )
         lines.append(f"| {_title(s)} |{cells}")
     return "\n".join(lines)
 
@@ -247,9 +285,10 @@ def write_report(run_dirs: list[str], out: str) -> list[str]:
     """Writes the figures and tables for these runs into ``out``; returns the paths written."""
     from dist_al.experiments.plots import plot_curve_panels, plot_penalty
 
-    settings = sorted((load_setting(d) for d in run_dirs),
-                      key=lambda s: (s.info.get("dataset", s.name), s.info.get("warm_start", False),
-                                     s.info.get("budget", 0), s.name))
+    settings = sorted(
+        (load_setting(d) for d in run_dirs),
+        key=lambda s: (s.info.get("dataset", s.name), s.info.get("warm_start", False), s.info.get("budget", 0), s.name),
+    )
     with writable(out):
         os.makedirs(out, exist_ok=True)
     written = []
@@ -268,14 +307,23 @@ def write_report(run_dirs: list[str], out: str) -> list[str]:
     with open(path, "wb") as f:
         f.write(plot_penalty(p, strategies, n_settings=len(settings)))
     written.append(path)
-    md = ["<!-- written by `dist-al evaluate`; do not edit by hand -->", "",
-          "## Headline: BADGE and BAIT against random", "",
-          "AUC - random: paired over seeds, mean ± s.e. in accuracy points (* : two-sided paired t-test, p < 0.05). "
-          "Labels vs random: labels to reach random's final mean accuracy, and that over random's.", "",
-          headline_table(settings), "", "## Penalty matrix", "",
-          f"P[i, j] (row i beats column j), summed over {len(settings)} settings; each setting adds at most 1.", "",
-          "| beats → |" + "".join(f" {n} |" for n in strategies) + " row sum |",
-          "|---|" + "---:|" * (len(strategies) + 1)]
+    md = [
+        "<!-- written by `dist-al evaluate`; do not edit by hand -->",
+        "",
+        "## Headline: BADGE and BAIT against random",
+        "",
+        "AUC - random: paired over seeds, mean ± s.e. in accuracy points (* : two-sided paired t-test, p < 0.05). "
+        "Labels vs random: labels to reach random's final mean accuracy, and that over random's.",
+        "",
+        headline_table(settings),
+        "",
+        "## Penalty matrix",
+        "",
+        f"P[i, j] (row i beats column j), summed over {len(settings)} settings; each setting adds at most 1.",
+        "",
+        "| beats → |" + "".join(f" {n} |" for n in strategies) + " row sum |",
+        "|---|" + "---:|" * (len(strategies) + 1),
+    ]
     for i, n in enumerate(strategies):
         md.append(f"| {n} |" + "".join(f" {v:.2f} |" for v in p[i]) + f" {p[i].sum():.2f} |")
     md.append("| column max |" + "".join(f" {v:.2f} |" for v in p.max(0)) + " |")
@@ -289,8 +337,21 @@ def write_report(run_dirs: list[str], out: str) -> list[str]:
     path = os.path.join(out, "eval-summary.csv")
     with open(path, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
-        cols = ["auc", "auc_se", "auc_diff", "auc_diff_se", "auc_t", "significant", "final", "final_se", "target",
-                "labels", "ratio", "select_s", "embed_s"]
+        cols = [
+            "auc",
+            "auc_se",
+            "auc_diff",
+            "auc_diff_se",
+            "auc_t",
+            "significant",
+            "final",
+            "final_se",
+            "target",
+            "labels",
+            "ratio",
+            "select_s",
+            "embed_s",
+        ]
         w.writerow(["setting", "strategy", *cols])
         for s in settings:
             for n, row in setting_summary(s).items():

@@ -44,8 +44,7 @@ log = logging.getLogger(__name__)
 __all__ = ["CURVE_COLUMNS", "curve_uris", "format_table", "parse_strategies", "simulate", "simulate_command"]
 
 #: Columns of curve.csv, in order.
-CURVE_COLUMNS = ["strategy", "seed", "round", "labeled", "accuracy", "train_seconds", "embed_seconds",
-                 "select_seconds"]
+CURVE_COLUMNS = ["strategy", "seed", "round", "labeled", "accuracy", "train_seconds", "embed_seconds", "select_seconds"]
 
 
 # --------------------------------------------------------------------------- settings
@@ -86,11 +85,15 @@ def _check(cfg: Config, strategies: list[str], seeds: int):
     from dist_al.data.pool import open_pool
 
     if not cfg.pool.label_column:
-        raise UserError("simulation reveals the pool's hidden labels: set config key pool.label_column "
-                        "(an integer label column of the pool)")
+        raise UserError(
+            "simulation reveals the pool's hidden labels: set config key pool.label_column "
+            "(an integer label column of the pool)"
+        )
     if not cfg.eval.uri:
-        raise UserError("simulation needs a labeled evaluation set: set config key eval.uri (a Parquet dataset "
-                        "with the pool's id, feature and label column names)")
+        raise UserError(
+            "simulation needs a labeled evaluation set: set config key eval.uri (a Parquet dataset "
+            "with the pool's id, feature and label column names)"
+        )
     if seeds < 1:
         raise UserError(f"seeds must be >= 1, got {seeds}")
     pool = open_pool(cfg.pool)  # footers only: schema problems before anything starts
@@ -98,15 +101,16 @@ def _check(cfg: Config, strategies: list[str], seeds: int):
     sim, budget = cfg.simulation, cfg.selection.budget
     need = sim.initial_labeled + sim.rounds * budget
     if need > pool.num_rows:
-        raise UserError(f"the pool has {pool.num_rows} rows but simulation.initial_labeled "
-                        f"({sim.initial_labeled}) + simulation.rounds ({sim.rounds}) x selection.budget "
-                        f"({budget}) = {need} labels")
+        raise UserError(
+            f"the pool has {pool.num_rows} rows but simulation.initial_labeled "
+            f"({sim.initial_labeled}) + simulation.rounds ({sim.rounds}) x selection.budget "
+            f"({budget}) = {need} labels"
+        )
     if "bait" in strategies:
         from dist_al.core.bait import check_reduction
         from dist_al.models.build import build_model, classifier_layer
 
-        layer = classifier_layer(build_model(cfg.model, storage_options=cfg.pool.storage_options),
-                                 cfg.model.classifier)
+        layer = classifier_layer(build_model(cfg.model, storage_options=cfg.pool.storage_options), cfg.model.classifier)
         check_reduction(cfg.selection.options_for("bait"), layer.out_features, layer.in_features)
     return pool
 
@@ -114,8 +118,14 @@ def _check(cfg: Config, strategies: list[str], seeds: int):
 # --------------------------------------------------------------------------- the loop
 
 
-def simulate(cfg: Config, *, strategies: list[str] | str | None = None, seeds: int | None = None,
-             progress: bool = False, name: str | None = None) -> list[dict]:
+def simulate(
+    cfg: Config,
+    *,
+    strategies: list[str] | str | None = None,
+    seeds: int | None = None,
+    progress: bool = False,
+    name: str | None = None,
+) -> list[dict]:
     """Runs the simulated active-learning loop; returns the curve records (also written as curve.csv/png).
 
     ``strategies`` defaults to ``simulation.strategies`` (comma-separated), else
@@ -124,8 +134,8 @@ def simulate(cfg: Config, *, strategies: list[str] | str | None = None, seeds: i
     selections and the model (``train.seed + s`` when ``train.seed`` is set).
     Each record: strategy, seed, round, labeled, accuracy, train_seconds,
     embed_seconds and select_seconds (None in the last round, which selects
-    nothing).  ``name`` names the data in the plot (default: the pool URI).  Starts a local Ray unless one is running or ``cluster.address``
-    names one.
+    nothing).  ``name`` names the data in the plot (default: the pool URI).  Starts a local Ray unless one is
+    running or ``cluster.address`` names one.
     """
     from dist_al.models.build import build_model
     from dist_al.runtime.cluster import cluster_session
@@ -136,7 +146,7 @@ def simulate(cfg: Config, *, strategies: list[str] | str | None = None, seeds: i
     strategies = parse_strategies(strategies)
     seeds = cfg.simulation.seeds if seeds is None else seeds
     if isinstance(seeds, bool) or not isinstance(seeds, int):
-        raise UserError(f"seeds must be an integer >= 1, got {seeds!r}")  # noqa: TRY004
+        raise UserError(f"seeds must be an integer >= 1, got {seeds!r}")
     pool_info = _check(cfg, strategies, seeds)
     sim, sel = cfg.simulation, cfg.selection
     n_runs = len(strategies) * seeds
@@ -146,8 +156,13 @@ def simulate(cfg: Config, *, strategies: list[str] | str | None = None, seeds: i
     with cluster_session(cfg, train=True):  # the ShardWorkers live through every training
         network = build_model(cfg.model, seed=sel.seed, storage_options=cfg.pool.storage_options)
         pool = sharded_pool(cfg, network, progress=progress, labels=True)
-        log.info("pool %s: %d rows on %d workers, embedded in %.1fs", cfg.pool.uri, pool.num_rows,
-                 len(pool.workers), pool.seconds_embed)
+        log.info(
+            "pool %s: %d rows on %d workers, embedded in %.1fs",
+            cfg.pool.uri,
+            pool.num_rows,
+            len(pool.workers),
+            pool.seconds_embed,
+        )
         bar = progress_bar(n_runs * (sim.rounds + 1), "simulation rounds", progress)
         try:
             for s in range(seeds):
@@ -198,8 +213,14 @@ def _run(cfg, pool, strategy, seed, offset, init_ids, init_labels, shared_round0
             write_bytes_atomic(uri, shared_round0["bytes"], storage)
             t_train -= shared_round0["seconds"]  # report the training it stands for
         elif labeled:
-            result = train(run_cfg, labeled, checkpoint_uri=uri, eval_uri=eval_uri, storage_options=storage,
-                           warm_start_state=state if warm else None)
+            result = train(
+                run_cfg,
+                labeled,
+                checkpoint_uri=uri,
+                eval_uri=eval_uri,
+                storage_options=storage,
+                warm_start_state=state if warm else None,
+            )
             state, accuracy = result.state, result.accuracy
         else:  # initial_labeled: 0 -- the untrained model selects the first batch
             model = build_model(run_cfg.model, seed=run_cfg.train_seed, storage_options=storage)
@@ -211,22 +232,33 @@ def _run(cfg, pool, strategy, seed, offset, init_ids, init_labels, shared_round0
         if r == 0 and "state" not in shared_round0:
             buf = io.BytesIO()
             torch.save(state, buf)
-            shared_round0.update(state=state, accuracy=accuracy, bytes=buf.getvalue(),
-                                 seconds=time.perf_counter() - t_train)
-        record = {"strategy": strategy, "seed": seed, "round": r, "labeled": len(labeled), "accuracy": accuracy,
-                  "train_seconds": time.perf_counter() - t_train, "embed_seconds": None, "select_seconds": None}
+            shared_round0.update(
+                state=state, accuracy=accuracy, bytes=buf.getvalue(), seconds=time.perf_counter() - t_train
+            )
+        record = {
+            "strategy": strategy,
+            "seed": seed,
+            "round": r,
+            "labeled": len(labeled),
+            "accuracy": accuracy,
+            "train_seconds": time.perf_counter() - t_train,
+            "embed_seconds": None,
+            "select_seconds": None,
+        }
         if r < sim.rounds:
             record["embed_seconds"] = pool.reembed(state)
-            picked = pool.select(strategy, budget, seed=_round_seed(seed, r), options=options,
-                                 labeled_ids=_label_keys(labeled))
+            picked = pool.select(
+                strategy, budget, seed=_round_seed(seed, r), options=options, labeled_ids=_label_keys(labeled)
+            )
             ids = picked.table.column("id").to_numpy(zero_copy_only=False)
             labeled.update(zip(ids.tolist(), pool.labels_of(ids).tolist()))
             record["select_seconds"] = picked.seconds_select
         log.info("%s seed %d round %d: %d labels, accuracy %.4f", strategy, seed, r, record["labeled"], accuracy)
         records.append(record)
         if hasattr(bar, "set_postfix_str"):
-            bar.set_postfix_str(f"{strategy} seed {seed}: {record['labeled']} labels, accuracy {accuracy:.3f}",
-                                refresh=False)
+            bar.set_postfix_str(
+                f"{strategy} seed {seed}: {record['labeled']} labels, accuracy {accuracy:.3f}", refresh=False
+            )
         bar.update(1)
     return records
 
@@ -257,9 +289,10 @@ def _write_outputs(cfg: Config, records: list[dict], seeds: int, pool_rows: int,
     if name is None:
         uri = cfg.pool.uri
         name = "pool " + (uri if len(uri) <= 40 else "..." + uri[-37:])
-    subtitle = (f"{name} ({pool_rows:,} rows), {cfg.simulation.initial_labeled} initial labels, "
-                f"+{cfg.selection.budget} per round; "
-                + (f"mean ± 1 s.e. over {seeds} seeds" if seeds > 1 else "1 seed"))
+    subtitle = (
+        f"{name} ({pool_rows:,} rows), {cfg.simulation.initial_labeled} initial labels, "
+        f"+{cfg.selection.budget} per round; " + (f"mean ± 1 s.e. over {seeds} seeds" if seeds > 1 else "1 seed")
+    )
     png = plot_curve(records, title="Active learning: test accuracy vs labels", subtitle=subtitle)
     write_bytes_atomic(png_uri, png, storage)
 
@@ -273,8 +306,7 @@ def format_table(records: list[dict]) -> str:
     seeds = len({r["seed"] for r in records})
     header = f"| {'strategy':<14} |" + "".join(f" {n:>6} |" for n in counts) + " select s/round |"
     rule = f"|{'-' * 16}|" + "".join(f"{'-' * 7}:|" for _ in counts) + f"{'-' * 15}:|"
-    lines = [f"mean test accuracy over {seeds} seed{'s' if seeds > 1 else ''}, by number of labels", "",
-             header, rule]
+    lines = [f"mean test accuracy over {seeds} seed{'s' if seeds > 1 else ''}, by number of labels", "", header, rule]
     for strategy, rows in stats.items():
         by_n = {n: mean for n, mean, _, _ in rows}
         sel = [r["select_seconds"] for r in records if r["strategy"] == strategy and r["select_seconds"] is not None]
@@ -291,8 +323,9 @@ def simulate_command(args) -> int:
     """`dist-al simulate`: config + overrides, run, print the table and where the curve went."""
     from dist_al.config import load_config
 
-    logging.basicConfig(level=getattr(logging, args.log_level or "WARNING"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, args.log_level or "WARNING"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     cfg = load_config(args.config, args.overrides)
     csv_uri, png_uri = curve_uris(cfg)
     done_uri = _join(cfg.workdir, "simulation", "run.json")

@@ -52,11 +52,15 @@ def load_state(uri: str, storage_options: dict | None = None) -> dict:
             warnings.simplefilter("ignore")
             state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:  # torch's weights_only unpickler refused something
-        raise ModelError(f"model.checkpoint {uri!r} holds more than tensors and is refused (loading it could run "
-                         f"code; save model.state_dict() only): {_unpickling_reason(err)}") from None
-    except Exception as err:  # torch raises several types for corrupt files
-        raise ModelError(f"model.checkpoint {uri!r} is not a torch state_dict file (torch.save of "
-                         f"model.state_dict()): {type(err).__name__}: {_first_line(err)}") from None
+        raise ModelError(
+            f"model.checkpoint {uri!r} holds more than tensors and is refused (loading it could run "
+            f"code; save model.state_dict() only): {_unpickling_reason(err)}"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - torch raises several types for corrupt files
+        raise ModelError(
+            f"model.checkpoint {uri!r} is not a torch state_dict file (torch.save of "
+            f"model.state_dict()): {type(err).__name__}: {_first_line(err)}"
+        ) from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict):
@@ -75,8 +79,9 @@ def _unpickling_reason(err: BaseException) -> str:
     return (found[-1] if found else lines[-1] if lines else type(err).__name__).rstrip(":")
 
 
-def build_model(spec: ModelConfig, *, seed: int = 0, state: dict | None = None,
-                storage_options: dict | None = None) -> nn.Module:
+def build_model(
+    spec: ModelConfig, *, seed: int = 0, state: dict | None = None, storage_options: dict | None = None
+) -> nn.Module:
     """The model with weights from `state`, else the checkpoint (read with ``storage_options``), else initialised
     from the seed."""
     factory = _import_factory(spec.factory)

@@ -15,8 +15,13 @@ from dist_al.models.build import ModelError, classifier_layer
 class Embedder:
     """Runs the model and returns (p, h) per batch: softmax of the classifier output and its input."""
 
-    def __init__(self, model: nn.Module, classifier: str | None = None, device: str | torch.device = "cpu",
-                 autocast: str | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        classifier: str | None = None,
+        device: str | torch.device = "cpu",
+        autocast: str | None = None,
+    ):
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.layer = classifier_layer(model, classifier)
@@ -35,7 +40,9 @@ class Embedder:
         with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
             self.model(x)
         if len(self._captured) != 1:
-            raise ModelError(f"the classifier layer ran {len(self._captured)} times in one forward pass; "
-                             "name the final layer in model.classifier")
+            raise ModelError(
+                f"the classifier layer ran {len(self._captured)} times in one forward pass; "
+                "name the final layer in model.classifier"
+            )
         h, logits = self._captured[0]
         return torch.softmax(logits.float(), 1), h.float().reshape(len(x), -1)

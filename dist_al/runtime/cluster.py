@@ -65,16 +65,26 @@ class WorkerGroup:
 
 
 def shard_workers(cluster: ClusterConfig) -> WorkerGroup:
-    return WorkerGroup("ShardWorker", cluster.workers, cluster.cpus_per_worker, cluster.gpus_per_worker,
-                       ("cluster.workers", "cluster.cpus_per_worker", "cluster.gpus_per_worker"))
+    return WorkerGroup(
+        "ShardWorker",
+        cluster.workers,
+        cluster.cpus_per_worker,
+        cluster.gpus_per_worker,
+        ("cluster.workers", "cluster.cpus_per_worker", "cluster.gpus_per_worker"),
+    )
 
 
 def train_workers(train: TrainConfig) -> WorkerGroup | None:
     """Ray Train's worker group (None with ``backend: local``: no Ray workers)."""
     if train.backend != "ray":
         return None
-    return WorkerGroup("Ray Train worker", train.workers, train.cpus_per_worker, 1 if train.use_gpu else 0,
-                       ("train.workers", "train.cpus_per_worker", "train.use_gpu"))
+    return WorkerGroup(
+        "Ray Train worker",
+        train.workers,
+        train.cpus_per_worker,
+        1 if train.use_gpu else 0,
+        ("train.workers", "train.cpus_per_worker", "train.use_gpu"),
+    )
 
 
 # -------------------------------------------------------------------------- the session
@@ -104,8 +114,13 @@ def ray_session(address: str | None, num_cpus: int | None = None, *, groups: tup
         _local = (cores(), num_cpus)
     try:
         resources = ray.cluster_resources()
-        log.info("Ray at %s: %d node(s), %g CPUs, %g GPUs", ray.get_runtime_context().gcs_address,
-                 len([n for n in ray.nodes() if n["Alive"]]), resources.get("CPU", 0), resources.get("GPU", 0))
+        log.info(
+            "Ray at %s: %d node(s), %g CPUs, %g GPUs",
+            ray.get_runtime_context().gcs_address,
+            len([n for n in ray.nodes() if n["Alive"]]),
+            resources.get("CPU", 0),
+            resources.get("GPU", 0),
+        )
         if _local is not None:
             _check_local(groups, resources.get("GPU", 0))
         yield
@@ -128,16 +143,18 @@ def _check_local(groups: tuple[WorkerGroup, ...], gpus: float) -> None:
         raise ClusterTooSmall(
             f"{asked} are more worker processes than a local Ray runs on this machine's {cores()} CPU cores "
             f"(at most {limit}, {LOCAL_WORKERS_PER_CORE} per core): lower {' or '.join(g.keys[0] for g in groups)}, "
-            "or set cluster.address to a Ray cluster")
+            "or set cluster.address to a Ray cluster"
+        )
     # Ray places a fractional GPU request inside one GPU, a whole one on whole GPUs.
     on_gpus = [g for g in groups if g.gpus > 0]
-    need = sum(g.count * g.gpus if g.gpus >= 1 else math.ceil(g.count / math.floor(1 / g.gpus + 1e-9))
-               for g in on_gpus)
+    need = sum(g.count * g.gpus if g.gpus >= 1 else math.ceil(g.count / math.floor(1 / g.gpus + 1e-9)) for g in on_gpus)
     if need > gpus:
         asked = " and ".join(f"{g.count} {g.kind}s with {g.gpus:g} GPU each" for g in on_gpus)
         keys = " or ".join(f"{g.keys[0]} or {g.keys[2]}" for g in on_gpus)
-        raise ClusterTooSmall(f"{asked} need {need:g} GPUs, the local Ray has {gpus:g}: change {keys}, "
-                              "or set cluster.address to a Ray cluster with GPUs")
+        raise ClusterTooSmall(
+            f"{asked} need {need:g} GPUs, the local Ray has {gpus:g}: change {keys}, "
+            "or set cluster.address to a Ray cluster with GPUs"
+        )
 
 
 def worker_threads(cpus_per_worker: float) -> int:
@@ -186,13 +203,25 @@ def _wait(refs: list, group: WorkerGroup, timeout_s: float, done: str) -> None:
         if not pending:
             return
         free, total = ray.available_resources(), ray.cluster_resources()
-        have = (f"the cluster has {free.get('CPU', 0):g} of {total.get('CPU', 0):g} CPUs and "
-                f"{free.get('GPU', 0):g} of {total.get('GPU', 0):g} GPUs free")
+        have = (
+            f"the cluster has {free.get('CPU', 0):g} of {total.get('CPU', 0):g} CPUs and "
+            f"{free.get('GPU', 0):g} of {total.get('GPU', 0):g} GPUs free"
+        )
         if time.monotonic() - t0 >= timeout_s:
             raise ClusterTooSmall(
                 f"the cluster had {ready} of {group.count} {group.kind}s {done} after {timeout_s:g} s "
                 f"(cluster.start_timeout_s); they need {group.each()}, and {have}: change {', '.join(group.keys)}, "
-                "add nodes, or raise cluster.start_timeout_s")
-        log.warning("waiting for the cluster: %d of %d %ss %s; the other %d need %s, %s; giving up in %.0f s "
-                    "(cluster.start_timeout_s)", ready, group.count, group.kind, done, len(pending), group.each(),
-                    have, timeout_s - (time.monotonic() - t0))
+                "add nodes, or raise cluster.start_timeout_s"
+            )
+        log.warning(
+            "waiting for the cluster: %d of %d %ss %s; the other %d need %s, %s; giving up in %.0f s "
+            "(cluster.start_timeout_s)",
+            ready,
+            group.count,
+            group.kind,
+            done,
+            len(pending),
+            group.each(),
+            have,
+            timeout_s - (time.monotonic() - t0),
+        )

@@ -29,8 +29,22 @@ from dist_al.credentials import credential_paths
 COMMANDS = ("select", "round", "export", "ingest", "train", "status", "simulate")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 # Never uploaded: version control, environments, caches, and dist-al's default local outputs.
-EXCLUDES = [".git", ".venv", "venv", ".tox", "__pycache__", "*.pyc", ".pytest_cache", ".mypy_cache", ".ruff_cache",
-            "*.egg-info", "dist-al-work", "dist-al-demo", "*.pt", ".ipynb_checkpoints"]
+EXCLUDES = [
+    ".git",
+    ".venv",
+    "venv",
+    ".tox",
+    "__pycache__",
+    "*.pyc",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+    "*.egg-info",
+    "dist-al-work",
+    "dist-al-demo",
+    "*.pt",
+    ".ipynb_checkpoints",
+]
 SUBMISSION_PREFIX = "dist-al-"
 
 
@@ -73,7 +87,7 @@ def client(address: str | None):
         return JobSubmissionClient(url, headers=auth_headers())
     except ConnectionError as err:
         raise JobError(f"cannot reach the Ray dashboard at {url}: {err}") from None
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - the SDK's errors have no common base; _job_error says which
         raise _job_error(url, err) from None
 
 
@@ -81,10 +95,14 @@ def _job_error(url: str, err: Exception) -> JobError:
     from ray.exceptions import AuthenticationError
 
     if isinstance(err, AuthenticationError):
-        return JobError(f"the cluster at {url} refused the request: token authentication is on and no valid token "
-                        "was sent; set RAY_AUTH_TOKEN, or RAY_AUTH_TOKEN_PATH, or put the cluster's token in "
-                        "~/.ray/auth_token (see deploy/README.md, 'The Ray token')")
-    return JobError(f"Ray job API at {url}: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}")
+        return JobError(
+            f"the cluster at {url} refused the request: token authentication is on and no valid token "
+            "was sent; set RAY_AUTH_TOKEN, or RAY_AUTH_TOKEN_PATH, or put the cluster's token in "
+            "~/.ray/auth_token (see deploy/README.md, 'The Ray token')"
+        )
+    return JobError(
+        f"Ray job API at {url}: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
+    )
 
 
 def _call(url: str, fn, *args, **kwargs):
@@ -92,7 +110,7 @@ def _call(url: str, fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except JobError:
         raise
-    except Exception as err:  # the SDK raises RuntimeError for HTTP errors, AuthenticationError for 401/403
+    except Exception as err:  # noqa: BLE001 - the SDK raises RuntimeError for HTTP errors, AuthenticationError for 401/403
         raise _job_error(url, err) from None
 
 
@@ -108,17 +126,21 @@ def check_no_credentials(config_path: Path, overrides: list[str]) -> None:
     for where, raw in sources:
         found = credential_paths(raw)
         if found:
-            raise JobError(f"{where}: {found[0]} holds a credential; credentials must not travel with a job: remove "
-                           "it and give the cluster its own (IRSA, a Kubernetes Secret, an instance profile; see "
-                           "deploy/README.md)")
+            raise JobError(
+                f"{where}: {found[0]} holds a credential; credentials must not travel with a job: remove "
+                "it and give the cluster its own (IRSA, a Kubernetes Secret, an instance profile; see "
+                "deploy/README.md)"
+            )
 
 
 def relative_workdir_warning(raw: dict) -> str | None:
     """A relative local workdir would land in the job's temporary copy of the working directory."""
     workdir = raw.get("workdir", "./dist-al-work")
     if isinstance(workdir, str) and "://" not in workdir and not os.path.isabs(workdir):
-        return (f"warning: workdir {workdir!r} is a relative path: on the cluster it resolves inside the job's "
-                "temporary working directory and is lost when the job ends; use s3://... or a path every node shares")
+        return (
+            f"warning: workdir {workdir!r} is a relative path: on the cluster it resolves inside the job's "
+            "temporary working directory and is lost when the job ends; use s3://... or a path every node shares"
+        )
     return None
 
 
@@ -134,9 +156,18 @@ def entrypoint(command: str, config_rel: str, overrides: list[str], args: list[s
     return shlex.join(line + list(args))
 
 
-def submit(*, address: str | None, config: str, overrides: list[str], command_line: list[str],
-           working_dir: str | None = None, wait: bool = False, job_id: str | None = None,
-           out=sys.stdout, err=sys.stderr) -> int:
+def submit(
+    *,
+    address: str | None,
+    config: str,
+    overrides: list[str],
+    command_line: list[str],
+    working_dir: str | None = None,
+    wait: bool = False,
+    job_id: str | None = None,
+    out=sys.stdout,
+    err=sys.stderr,
+) -> int:
     if not command_line:
         raise JobError("no command to run: put it after `--`, e.g. dist-al submit --config c.yaml -- round")
     command, args = command_line[0], command_line[1:]
@@ -151,8 +182,10 @@ def submit(*, address: str | None, config: str, overrides: list[str], command_li
     try:
         config_rel = config_path.relative_to(root).as_posix()
     except ValueError:
-        raise JobError(f"config {config_path} is outside the working directory {root} that travels with the job: "
-                       "move it under that directory or pass --working-dir") from None
+        raise JobError(
+            f"config {config_path} is outside the working directory {root} that travels with the job: "
+            "move it under that directory or pass --working-dir"
+        ) from None
     check_no_credentials(config_path, overrides)
     warning = relative_workdir_warning(read_config(str(config_path), overrides))
     if warning:
@@ -163,8 +196,14 @@ def submit(*, address: str | None, config: str, overrides: list[str], command_li
     sid = job_id or submission_id(command)
     runtime_env = {"working_dir": str(root), "excludes": EXCLUDES, "env_vars": {"PYTHONUNBUFFERED": "1"}}
     metadata = {"dist_al_command": command, "dist_al_config": config_rel}
-    _call(url, jobs.submit_job, entrypoint=entrypoint(command, config_rel, overrides, args),
-          runtime_env=runtime_env, submission_id=sid, metadata=metadata)
+    _call(
+        url,
+        jobs.submit_job,
+        entrypoint=entrypoint(command, config_rel, overrides, args),
+        runtime_env=runtime_env,
+        submission_id=sid,
+        metadata=metadata,
+    )
     print(sid, file=out)
     if not wait:
         print(f"follow it with: dist-al logs {sid} --follow --address {url}", file=err)
@@ -186,7 +225,7 @@ def follow(jobs, url: str, sid: str, *, out=sys.stdout, err=sys.stderr) -> int:
     except KeyboardInterrupt:
         print(f"\nstopped following; the job keeps running (stop it with: ray job stop {sid})", file=err)
         return 130
-    except Exception as error:  # the log stream can drop; the status below still tells how it ended
+    except Exception as error:  # noqa: BLE001 - the log stream can drop; the status below still tells how it ended
         print(f"log stream ended early ({error}); waiting for the job's status", file=err)
     status = _call(url, jobs.get_job_status, sid)
     while str(status) not in TERMINAL:
@@ -206,13 +245,15 @@ def _last_line(message: str | None) -> str:
 def list_jobs(address: str | None, show_all: bool = False) -> str:
     jobs = client(address)
     url = cluster_address(address)
-    rows = [j for j in _call(url, jobs.list_jobs)
-            if show_all or (j.submission_id or "").startswith(SUBMISSION_PREFIX)]
+    rows = [j for j in _call(url, jobs.list_jobs) if show_all or (j.submission_id or "").startswith(SUBMISSION_PREFIX)]
     rows.sort(key=lambda j: j.start_time or 0)
     lines = ["| submission id | status | started (UTC) | seconds | command |", "|---|---|---|---:|---|"]
     for j in rows:
-        start = datetime.datetime.fromtimestamp(j.start_time / 1000, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") \
-            if j.start_time else ""
+        start = (
+            datetime.datetime.fromtimestamp(j.start_time / 1000, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+            if j.start_time
+            else ""
+        )
         seconds = f"{(j.end_time - j.start_time) / 1000:.0f}" if j.start_time and j.end_time else ""
         command = (j.metadata or {}).get("dist_al_command") or j.entrypoint
         lines.append(f"| {j.submission_id or j.job_id} | {j.status} | {start} | {seconds} | {command} |")
@@ -228,7 +269,7 @@ def show_logs(address: str | None, sid: str, follow_logs: bool = False, *, out=s
         return follow(jobs, url, sid, out=out, err=err)
     try:
         logs = jobs.get_job_logs(sid)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - the SDK reports a missing job only in the message
         if "does not exist" in str(error) or "404" in str(error):
             raise JobError(f"no job {sid!r} on {url} (list them with: dist-al jobs --address {url})") from None
         raise _job_error(url, error) from None

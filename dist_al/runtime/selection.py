@@ -29,12 +29,14 @@ def preflight(cfg: Config, n_labeled: int = 0) -> nn.Module:
     return model
 
 
-def sharded_pool(cfg: Config, network: nn.Module | None = None, *, progress: bool = False,
-                 labels: bool = False) -> ShardedPool:
+def sharded_pool(
+    cfg: Config, network: nn.Module | None = None, *, progress: bool = False, labels: bool = False
+) -> ShardedPool:
     """The config's pool embedded by ShardWorkers with ``network``'s weights (default: the config's model,
     built once from ``selection.seed``). Ray must be running."""
-    return ShardedPool(cfg.pool, cfg.model, cfg.cluster, network=network, seed=cfg.selection.seed,
-                       progress=progress, labels=labels)
+    return ShardedPool(
+        cfg.pool, cfg.model, cfg.cluster, network=network, seed=cfg.selection.seed, progress=progress, labels=labels
+    )
 
 
 def run_selection(cfg: Config, *, labeled_ids=None, progress: bool = False) -> SelectionResult:
@@ -43,8 +45,13 @@ def run_selection(cfg: Config, *, labeled_ids=None, progress: bool = False) -> S
     with cluster_session(cfg):
         pool = sharded_pool(cfg, network, progress=progress)
         try:
-            return pool.select(cfg.selection.strategy, cfg.selection.budget, seed=cfg.selection.seed,
-                               options=cfg.selection.options(), labeled_ids=labeled_ids)
+            return pool.select(
+                cfg.selection.strategy,
+                cfg.selection.budget,
+                seed=cfg.selection.seed,
+                options=cfg.selection.options(),
+                labeled_ids=labeled_ids,
+            )
         finally:
             pool.close()
 

@@ -115,13 +115,14 @@ class SelectionResult:
     picks: list[tuple[int, int]] = field(default_factory=list)  # (shard, row in the shard) per pick, in rank order
 
 
-def start_workers(pool: PoolConfig, model: ModelConfig, cluster: ClusterConfig, weights, shards, *,
-                  labels: bool = False) -> list:
+def start_workers(
+    pool: PoolConfig, model: ModelConfig, cluster: ClusterConfig, weights, shards, *, labels: bool = False
+) -> list:
     """A ShardWorker per shard, once each has started: on a cluster that cannot place them all within
     cluster.start_timeout_s, none is left running and ClusterTooSmall says what they need (dist_al.runtime.cluster)."""
     actor = ray.remote(ShardWorker).options(
-        num_cpus=cluster.cpus_per_worker, num_gpus=cluster.gpus_per_worker, scheduling_strategy="SPREAD",
-        max_restarts=0)
+        num_cpus=cluster.cpus_per_worker, num_gpus=cluster.gpus_per_worker, scheduling_strategy="SPREAD", max_restarts=0
+    )
     threads = worker_threads(cluster.cpus_per_worker)
     workers = [actor.remote(pool, shard, model, weights, threads=threads, labels=labels) for shard in shards]
     group = replace(shard_workers(cluster), count=len(workers))
@@ -153,8 +154,17 @@ class ShardedPool:
     its shard re-embedded; the call that saw it die runs again (see MAX_RECOVERIES).
     """
 
-    def __init__(self, pool: PoolConfig, model: ModelConfig, cluster: ClusterConfig, *, network: nn.Module | None = None,
-                 seed: int = 0, progress: bool = False, labels: bool = False):
+    def __init__(
+        self,
+        pool: PoolConfig,
+        model: ModelConfig,
+        cluster: ClusterConfig,
+        *,
+        network: nn.Module | None = None,
+        seed: int = 0,
+        progress: bool = False,
+        labels: bool = False,
+    ):
         self.pool, self.model, self.cluster = pool, model, cluster
         self.progress = progress
         if labels and not pool.label_column:
@@ -174,8 +184,15 @@ class ShardedPool:
         self._recovering("the duplicate-id check", lambda: check_unique_ids_on_workers(self.workers))
         placement = self._recovering("the summary", lambda: ray.get([w.summary.remote() for w in self.workers]))
         for shard, where in zip(self.shards, placement):
-            log.info("shard %d (%d rows): node %s, pid %d, %s, GPUs %s", shard.index, where["rows"], where["node"][:12],
-                     where["pid"], where["device"], ",".join(where["gpus"]) or "none")
+            log.info(
+                "shard %d (%d rows): node %s, pid %d, %s, GPUs %s",
+                shard.index,
+                where["rows"],
+                where["node"][:12],
+                where["pid"],
+                where["device"],
+                ",".join(where["gpus"]) or "none",
+            )
         self.summary = placement[0]
         self.seconds_embed = time.perf_counter() - t0
 
@@ -192,8 +209,10 @@ class ShardedPool:
             except WORKER_LOST as err:
                 if attempt > MAX_RECOVERIES:
                     lost = ", ".join(map(str, self._lost_shards())) or "none now"
-                    raise WorkerLostError(f"{what}: ShardWorkers kept dying (lost now: shard {lost}), gave up after "
-                                          f"{MAX_RECOVERIES} recoveries (last: {_first_line(err)})") from err
+                    raise WorkerLostError(
+                        f"{what}: ShardWorkers kept dying (lost now: shard {lost}), gave up after "
+                        f"{MAX_RECOVERIES} recoveries (last: {_first_line(err)})"
+                    ) from err
                 self._heal(what, err, attempt)
 
     def _heal(self, what: str, err: Exception, attempt: int) -> None:
@@ -201,13 +220,29 @@ class ShardedPool:
         lost = {s: self._replace(s) for s in self._lost_shards()}
         self._embed(list(lost))
         for s, (node, pid) in lost.items():
-            log.warning("recovery %d of %d during %s: shard %d lost its ShardWorker (node %s, pid %s: %s); a new one "
-                        "on node %s (pid %s) re-embedded the shard in %.1f s; rerunning %s from its start", attempt,
-                        MAX_RECOVERIES, what, s, node, pid, _first_line(err), *self.where[s],
-                        time.perf_counter() - t0, what)
+            log.warning(
+                "recovery %d of %d during %s: shard %d lost its ShardWorker (node %s, pid %s: %s); a new one "
+                "on node %s (pid %s) re-embedded the shard in %.1f s; rerunning %s from its start",
+                attempt,
+                MAX_RECOVERIES,
+                what,
+                s,
+                node,
+                pid,
+                _first_line(err),
+                *self.where[s],
+                time.perf_counter() - t0,
+                what,
+            )
         if not lost:
-            log.warning("recovery %d of %d during %s: %s, but every ShardWorker answers; rerunning %s",
-                        attempt, MAX_RECOVERIES, what, _first_line(err), what)
+            log.warning(
+                "recovery %d of %d during %s: %s, but every ShardWorker answers; rerunning %s",
+                attempt,
+                MAX_RECOVERIES,
+                what,
+                _first_line(err),
+                what,
+            )
 
     def _lost_shards(self) -> list[int]:
         probes = [w.where.remote() for w in self.workers]
@@ -248,12 +283,21 @@ class ShardedPool:
             except WORKER_LOST as err:
                 replaced += 1
                 if replaced > MAX_RECOVERIES:
-                    raise WorkerLostError(f"the embedding pass: the ShardWorker of shard {s} kept dying, gave up after "
-                                          f"{MAX_RECOVERIES} recoveries (last: {_first_line(err)})") from err
+                    raise WorkerLostError(
+                        f"the embedding pass: the ShardWorker of shard {s} kept dying, gave up after "
+                        f"{MAX_RECOVERIES} recoveries (last: {_first_line(err)})"
+                    ) from err
                 node, pid = self._replace(s)
-                log.warning("recovery %d of %d during the embedding pass: shard %d lost its ShardWorker (node %s, "
-                            "pid %s: %s); a new one embeds the shard from its start", replaced, MAX_RECOVERIES, s,
-                            node, pid, _first_line(err))
+                log.warning(
+                    "recovery %d of %d during the embedding pass: shard %d lost its ShardWorker (node %s, "
+                    "pid %s: %s); a new one embeds the shard from its start",
+                    replaced,
+                    MAX_RECOVERIES,
+                    s,
+                    node,
+                    pid,
+                    _first_line(err),
+                )
                 bar.update(-rows[s])
                 done = rows[s] = 0
             bar.update(done)
@@ -268,8 +312,9 @@ class ShardedPool:
         with them (features only: ids and labels stay resident); returns the seconds it took."""
         t0 = time.perf_counter()
         self._weights = ray.put({k: v.detach().cpu() for k, v in weights.items()})
-        self._recovering("loading new weights",
-                         lambda: ray.get([w.load_weights.remote(self._weights) for w in self.workers]))
+        self._recovering(
+            "loading new weights", lambda: ray.get([w.load_weights.remote(self._weights) for w in self.workers])
+        )
         self._embed()
         self.seconds_embed = time.perf_counter() - t0
         return self.seconds_embed
@@ -283,8 +328,10 @@ class ShardedPool:
         shard_of = np.searchsorted(starts, rows, side="right") - 1
         ids, labels = np.zeros(len(rows), dtype=np.int64), np.zeros(len(rows), dtype=np.int64)
         shards = np.unique(shard_of)
-        fetched = self._recovering("reading labels by row", lambda: ray.get(
-            [self.workers[s].rows_at.remote(rows[shard_of == s] - starts[s]) for s in shards]))
+        fetched = self._recovering(
+            "reading labels by row",
+            lambda: ray.get([self.workers[s].rows_at.remote(rows[shard_of == s] - starts[s]) for s in shards]),
+        )
         for s, (got_ids, got_labels) in zip(shards, fetched):
             where = shard_of == s
             if got_ids.dtype != ids.dtype:
@@ -299,26 +346,37 @@ class ShardedPool:
         labels = np.full(len(ids), -1, dtype=np.int64)
         found = np.zeros(len(ids), dtype=bool)
         ref = ray.put(ids)
-        for pos, lab in self._recovering("reading labels by id",
-                                         lambda: ray.get([w.labels_of.remote(ref) for w in self.workers])):
+        for pos, lab in self._recovering(
+            "reading labels by id", lambda: ray.get([w.labels_of.remote(ref) for w in self.workers])
+        ):
             labels[pos] = lab
             found[pos] = True
         if not found.all():
             missing = ids[~found]
-            raise UserError(f"{len(missing)} id(s) are not in pool {self.pool.uri}, "
-                            f"e.g. {missing[0].item() if isinstance(missing[0], np.generic) else missing[0]!r}")
+            raise UserError(
+                f"{len(missing)} id(s) are not in pool {self.pool.uri}, "
+                f"e.g. {missing[0].item() if isinstance(missing[0], np.generic) else missing[0]!r}"
+            )
         return labels
 
-    def select(self, strategy: str, budget: int, *, seed: int = 0, options: StrategyOptions | dict | None = None,
-               labeled_ids=None) -> SelectionResult:
+    def select(
+        self,
+        strategy: str,
+        budget: int,
+        *,
+        seed: int = 0,
+        options: StrategyOptions | dict | None = None,
+        labeled_ids=None,
+    ) -> SelectionResult:
         options = resolve_options(strategy, options)
         seed = check_seed(seed)
         if isinstance(options, BaitOptions):
             check_reduction(options, self.summary["classes"], self.summary["feat_dim"])
         labeled = None if labeled_ids is None else np.asarray(labeled_ids)
         t0 = time.perf_counter()
-        table, picks = self._recovering(f"selection {strategy!r}",
-                                        lambda: self._select(strategy, budget, seed, options, labeled))
+        table, picks = self._recovering(
+            f"selection {strategy!r}", lambda: self._select(strategy, budget, seed, options, labeled)
+        )
         return SelectionResult(table, self.seconds_embed, time.perf_counter() - t0, len(self.workers), picks)
 
     def picked_rows(self, result: SelectionResult) -> pa.Table:
@@ -327,13 +385,16 @@ class ShardedPool:
         instead of the pool."""
         picks = np.asarray(result.picks, dtype=np.int64).reshape(-1, 2)
         shards = np.unique(picks[:, 0])
-        parts = self._recovering("reading the picked rows", lambda: get_all(
-            [self.workers[s].located_rows.remote(picks[picks[:, 0] == s, 1]) for s in shards]))
+        parts = self._recovering(
+            "reading the picked rows",
+            lambda: get_all([self.workers[s].located_rows.remote(picks[picks[:, 0] == s, 1]) for s in shards]),
+        )
         rank = np.argsort(np.argsort(picks[:, 0], kind="stable"))  # the parts hold the picks grouped by shard
         return pa.concat_tables(parts).take(rank)
 
-    def _select(self, strategy: str, budget: int, seed: int, options: StrategyOptions, labeled
-                ) -> tuple[pa.Table, list]:
+    def _select(
+        self, strategy: str, budget: int, seed: int, options: StrategyOptions, labeled
+    ) -> tuple[pa.Table, list]:
         """One run of the strategy from its start: every worker's strategy shard is built afresh."""
         counts = ray.get([w.start.remote(strategy, labeled, s.first_row) for w, s in zip(self.workers, self.shards)])
         budget = check_budget(budget, sum(counts))
@@ -345,12 +406,14 @@ class ShardedPool:
         fetched = {s: iter(ray.get(self.workers[s].ids_at.remote(rows))) for s, rows in by_shard.items()}
         ids = [next(fetched[s]) for s, _ in selection.picks]
         scores = selection.scores if selection.scores is not None else [None] * len(ids)
-        return pa.table({
-            "id": pa.array(ids),
-            "rank": pa.array(np.arange(1, len(ids) + 1, dtype=np.int64)),
-            "strategy": pa.array([strategy] * len(ids), pa.string()),
-            "score": pa.array(scores, pa.float64()),
-        }), list(selection.picks)
+        return pa.table(
+            {
+                "id": pa.array(ids),
+                "rank": pa.array(np.arange(1, len(ids) + 1, dtype=np.int64)),
+                "strategy": pa.array([strategy] * len(ids), pa.string()),
+                "score": pa.array(scores, pa.float64()),
+            }
+        ), list(selection.picks)
 
     def close(self) -> None:
         for w in self.workers:

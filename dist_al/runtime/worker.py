@@ -47,15 +47,17 @@ def _to_cpu(value: Any) -> Any:
 class ShardWorker:
     """One shard of the pool, embedded once and kept resident for every selection step."""
 
-    def __init__(self, pool: PoolConfig, shard, model: ModelConfig, weights: dict, *, threads: int = 1,
-                 labels: bool = False):
+    def __init__(
+        self, pool: PoolConfig, shard, model: ModelConfig, weights: dict, *, threads: int = 1, labels: bool = False
+    ):
         torch.set_num_threads(max(1, int(threads)))
         gpu = torch.cuda.is_available() and bool(ray.get_gpu_ids())
         self.device = torch.device("cuda" if gpu else "cpu")
         self.pool = open_pool(pool)
         self.shard = shard
-        self.embedder = Embedder(build_model(model, state=weights), model.classifier, self.device,
-                                 model.autocast if gpu else None)
+        self.embedder = Embedder(
+            build_model(model, state=weights), model.classifier, self.device, model.autocast if gpu else None
+        )
         self.batch_size = model.batch_size
         self._batches = None
         self._next_row = 0  # shard row of the next embedded batch's first row
@@ -77,8 +79,11 @@ class ShardWorker:
         if self._batches is None:
             # ids (and labels) are read on the first pass only; a re-embedding reads features alone
             # (row order is fixed by the shard plan).
-            columns = ("features",) if self.rows is not None else \
-                ("id", "features") + (("label",) if self.with_labels else ())
+            columns = (
+                ("features",)
+                if self.rows is not None
+                else ("id", "features") + (("label",) if self.with_labels else ())
+            )
             self._batches = read_shard(self.pool, self.shard, columns=columns, batch_rows=self.batch_size)
         done = 0
         for batch in self._batches:
@@ -104,13 +109,17 @@ class ShardWorker:
         n = len(batch["features"])
         try:
             if p.ndim != 2 or h.ndim != 2 or len(p) != n:
-                raise ValueError(f"expected probabilities ({n}, K) and features ({n}, D), "
-                                 f"got shapes {tuple(p.shape)} and {tuple(h.shape)}")
+                raise ValueError(
+                    f"expected probabilities ({n}, K) and features ({n}, D), "
+                    f"got shapes {tuple(p.shape)} and {tuple(h.shape)}"
+                )
             check_shapes(p, h)
         except ValueError as err:
             file_uri, group, row = row_location(self.pool, self.shard, self._next_row)
-            raise ModelError(f"the model's output for file {file_uri} row group {group} (rows {row}..{row + n - 1}) "
-                             f"is unusable: {err}") from None
+            raise ModelError(
+                f"the model's output for file {file_uri} row group {group} (rows {row}..{row + n - 1}) "
+                f"is unusable: {err}"
+            ) from None
         bad = first_invalid(p, h, prob_sum_tolerance(p))
         if bad is None:
             return
@@ -118,15 +127,20 @@ class ShardWorker:
         file_uri, group, in_group = row_location(self.pool, self.shard, self._next_row + row)
         row_id = batch["ids"][row] if "ids" in batch else self.ids[self._next_row + row]
         row_id = row_id.item() if isinstance(row_id, np.generic) else row_id
-        values = {"probs_nonfinite": "NaN/inf class probabilities", "feats_nonfinite": "NaN/inf classifier inputs",
-                  "probs_negative": "negative class probabilities",
-                  "probs_sum": f"class probabilities summing to {float(p[row].sum()):.6g}"}[what]
+        values = {
+            "probs_nonfinite": "NaN/inf class probabilities",
+            "feats_nonfinite": "NaN/inf classifier inputs",
+            "probs_negative": "negative class probabilities",
+            "probs_sum": f"class probabilities summing to {float(p[row].sum()):.6g}",
+        }[what]
         if what.endswith("_nonfinite") and self.embedder.autocast == torch.float16:
             hint = "with model.autocast=fp16, try bf16 or null (float16 overflows above 65504)"
         else:
             hint = "check the model and model.checkpoint (NaN/inf weights, a division by zero, an overflow)"
-        raise ModelError(f"the model produced {values} for id {row_id!r} (file {file_uri}, row group {group}, "
-                         f"row {in_group}); {hint}")
+        raise ModelError(
+            f"the model produced {values} for id {row_id!r} (file {file_uri}, row group {group}, "
+            f"row {in_group}); {hint}"
+        )
 
     def _finish(self) -> None:
         if self.rows is None:
@@ -137,8 +151,9 @@ class ShardWorker:
         self.probs = torch.cat(self._p) if self._p else torch.zeros(0, self.embedder.n_classes)
         self.feats = torch.cat(self._h) if self._h else torch.zeros(0, 0)
         if len(self.probs) != self.rows:  # pragma: no cover - the pool changed under us
-            raise RuntimeError(f"shard {self.shard.index}: re-embedding read {len(self.probs)} rows, "
-                               f"the first pass {self.rows}")
+            raise RuntimeError(
+                f"shard {self.shard.index}: re-embedding read {len(self.probs)} rows, the first pass {self.rows}"
+            )
         self._ids, self._y, self._p, self._h = [], [], [], []
         self._embedded = True
 
@@ -163,9 +178,15 @@ class ShardWorker:
         return ray.get_runtime_context().get_node_id(), os.getpid()
 
     def summary(self) -> dict:
-        return {"rows": self.rows, "classes": self.probs.shape[1], "feat_dim": self.feats.shape[1],
-                "device": str(self.device), "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
-                "gpus": [str(g) for g in ray.get_gpu_ids()]}
+        return {
+            "rows": self.rows,
+            "classes": self.probs.shape[1],
+            "feat_dim": self.feats.shape[1],
+            "device": str(self.device),
+            "node": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
+            "gpus": [str(g) for g in ray.get_gpu_ids()],
+        }
 
     def id_buckets(self, n_buckets: int) -> list[np.ndarray]:
         """This shard's ids split by hash, so duplicate checks need no single holder of all ids."""
@@ -209,8 +230,9 @@ class ShardWorker:
 
     def _check_labels(self) -> None:
         if self.labels is None:
-            raise RuntimeError("this ShardWorker holds no labels: start it with labels=True on a pool with "
-                               "pool.label_column set")
+            raise RuntimeError(
+                "this ShardWorker holds no labels: start it with labels=True on a pool with pool.label_column set"
+            )
 
     def rows_at(self, local_rows) -> tuple[np.ndarray, np.ndarray]:
         """(ids, labels) of rows of this shard by position."""

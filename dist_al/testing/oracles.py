@@ -99,8 +99,8 @@ def fisher_factors(probs, feats) -> np.ndarray:
     """
     p, h = _inputs(probs, feats)
     n, k = p.shape
-    l = np.sqrt(p)[:, :, None] * (np.eye(k)[None, :, :] - p[:, None, :])  # [x, c, :] = sqrt(p_c) (e_c - p)
-    return (l[:, :, :, None] * h[:, None, None, :]).reshape(n, k, k * h.shape[1])
+    lx = np.sqrt(p)[:, :, None] * (np.eye(k)[None, :, :] - p[:, None, :])  # [x, c, :] = sqrt(p_c) (e_c - p)
+    return (lx[:, :, :, None] * h[:, None, None, :]).reshape(n, k, k * h.shape[1])
 
 
 # -- BADGE --------------------------------------------------------------------------------
