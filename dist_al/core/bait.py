@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -106,7 +106,7 @@ class BaitShard:
 
     def __init__(self, probs: torch.Tensor, feats: torch.Tensor, labeled: torch.Tensor, first_row: int = 0):
         self.p = probs / probs.sum(1, keepdim=True)  # the softmax Fisher assumes sum(p) == 1 exactly
-        self.idx = None  # class of each column of p, when reduced to top classes
+        self.idx: torch.Tensor | None = None  # class of each column of p, when reduced to top classes
         self.h = feats
         self.labeled = labeled
         self.first_row = first_row
@@ -202,7 +202,7 @@ class BaitShard:
         self.chosen = torch.zeros(len(self.rows), dtype=torch.bool, device=self.h.device)
         self.free = torch.ones_like(self.chosen)  # neither chosen nor pruned
         self.lu_solves = 0
-        self.pruning = None
+        self.pruning: _RowState | None = None
         self.candidates = self._rows(None, torch.float64 if float64 else self.h.dtype)
         return self.refresh(A, C, "add", float64)
 
@@ -230,7 +230,11 @@ class BaitShard:
         return self.best(kind)
 
     def _state(self, kind: str) -> _RowState:
-        return self.candidates if kind == "add" else self.pruning
+        if kind == "add":
+            return self.candidates
+        if self.pruning is None:
+            raise RuntimeError("BAIT's pruning phase has not started on this shard")
+        return self.pruning
 
     def update(self, G, H, S, R, global_row: int, kind: str, next_kind: str | None):
         """Applies A' = A - G S G^T to P and Q; marks the row added or removed; returns the next best."""
@@ -288,6 +292,10 @@ class BaitShard:
         return float(st.score[j]), self.first_row + r, st.p[j].cpu(), idx, st.h[j].cpu()
 
 
+def _not_computed() -> torch.Tensor:
+    return torch.empty(0)
+
+
 @dataclass
 class _RowState:
     """Some candidate rows of a shard (pos: their positions among the candidates, None for all) with
@@ -298,9 +306,9 @@ class _RowState:
     p: torch.Tensor
     s: torch.Tensor  # sqrt(w_S p)
     ic: torch.Tensor | None
-    P: torch.Tensor | None = None
-    Q: torch.Tensor | None = None
-    score: torch.Tensor | None = None
+    P: torch.Tensor = field(default_factory=_not_computed)  # the three are set by BaitShard.refresh
+    Q: torch.Tensor = field(default_factory=_not_computed)
+    score: torch.Tensor = field(default_factory=_not_computed)
 
 
 def _sandwich(T: torch.Tensor, p: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
