@@ -245,9 +245,11 @@ def read_labels(
     """
     if id_type not in ("int", "str"):
         raise ValueError(f"id_type must be 'int' or 'str', got {id_type!r}")
-    names = {str(c): i for i, c in enumerate(class_names)} if class_names is not None else None
-    if class_names is not None and len(names) != len(class_names):
-        raise UserError(f"class names repeat: {', '.join(map(str, class_names))}")
+    names: dict[str, int] | None = None
+    if class_names is not None:
+        names = {str(c): i for i, c in enumerate(class_names)}
+        if len(names) != len(class_names):
+            raise UserError(f"class names repeat: {', '.join(map(str, class_names))}")
     path_part = uri.split("?", 1)[0].rstrip("/")
     base = path_part.rsplit("/", 1)[-1]
     ext = "." + base.rsplit(".", 1)[-1].lower() if "." in base else ""
@@ -360,10 +362,10 @@ def _choices_of(where: str, ann: dict, from_name: str | None) -> list | None:
             )
     if not results:
         return None
-    out = []
+    out: list = []
     for r in results:
-        value = r.get("value") if isinstance(r.get("value"), dict) else {}
-        out.extend(value.get("choices") or [])
+        value = r.get("value")
+        out.extend((value.get("choices") if isinstance(value, dict) else None) or [])
     return out or None
 
 
