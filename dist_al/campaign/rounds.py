@@ -200,7 +200,7 @@ def advance(cfg: Config, progress: bool = False) -> str:
     if _current(wd)[1] == "LABELED":
         return train_step(cfg, wd)
     n, state = _current(wd)
-    return f"round {n}: {state.lower()}"
+    return f"round {n}: {(state or 'no round').lower()}"
 
 
 # -- labels in --------------------------------------------------------------------------
@@ -227,11 +227,11 @@ def ingest(cfg: Config, uri: str, class_names: list[str] | None = None) -> str:
             if wd.exists(wd.round_path(n, "selection.parquet"))
             for i in _read_selection(wd, n, columns=["id"]).column("id").to_pylist()
         }
-        rest = [i for i in ids if i not in found]
+        unseen = [i for i in ids if i not in found]
         if id_type == "int":  # only ids of the pool's kind can be in it
-            rest = np.asarray([i for i in rest if isinstance(i, int) and -(2**63) <= i < 2**63], dtype=np.int64)
+            rest = np.asarray([i for i in unseen if isinstance(i, int) and -(2**63) <= i < 2**63], dtype=np.int64)
         else:
-            rest = np.asarray([i for i in rest if isinstance(i, str)], dtype=object)
+            rest = np.asarray([i for i in unseen if isinstance(i, str)], dtype=object)
         if len(rest):
             log.info(
                 "%d of %d ids were never selected: looking for them in one pass over the id column of pool %s",

@@ -195,7 +195,7 @@ def fit_loop(
     single-process training (the ``local`` backend).  Returns (the trained
     state_dict on CPU, metrics).
     """
-    from torch.utils.data import DistributedSampler
+    from torch.utils.data import DistributedSampler, TensorDataset
 
     torch.set_num_threads(config["threads"])
     torch.manual_seed(config["seed"] + rank)  # dropout etc.; weights come from build_model's own seed
@@ -207,7 +207,9 @@ def fit_loop(
     y = torch.tensor(data["y"])
     n = len(y)
     # DistributedSampler pads to a multiple of world size, so every rank takes the same number of steps.
-    sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=config["seed"])
+    sampler: DistributedSampler[int] = DistributedSampler(
+        TensorDataset(y), num_replicas=world, rank=rank, shuffle=True, seed=config["seed"]
+    )
     optimiser = torch.optim.Adam(model.parameters(), lr=config["lr"])
     loss_fn = nn.CrossEntropyLoss()
     batch_size = config["batch_size"]

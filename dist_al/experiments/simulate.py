@@ -29,7 +29,7 @@ import logging
 import os
 import posixpath
 import time
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -108,10 +108,12 @@ def _check(cfg: Config, strategies: list[str], seeds: int):
         )
     if "bait" in strategies:
         from dist_al.core.bait import check_reduction
+        from dist_al.core.options import BaitOptions
         from dist_al.models.build import build_model, classifier_layer
 
         layer = classifier_layer(build_model(cfg.model, storage_options=cfg.pool.storage_options), cfg.model.classifier)
-        check_reduction(cfg.selection.options_for("bait"), layer.out_features, layer.in_features)
+        options = cast(BaitOptions, cfg.selection.options_for("bait"))
+        check_reduction(options, layer.out_features, layer.in_features)
     return pool
 
 
