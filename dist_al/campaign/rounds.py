@@ -141,6 +141,16 @@ def labeled_step(cfg: Config, wd: Workdir) -> str:
     return f"round {n}: all {want} labels received"
 
 
+def check_training_inputs(cfg: Config) -> None:
+    """What training will read besides the labeled rows, checked before anything starts or is written: the
+    model (factory, kwargs, classifier) and the eval set's footers (``eval.uri``)."""
+    from dist_al.campaign.train import open_eval_set
+
+    build_model(cfg.model.model_copy(update={"checkpoint": None}), seed=cfg.train_seed)
+    if cfg.eval.uri is not None:
+        open_eval_set(cfg.pool, cfg.eval.uri)
+
+
 def train_step(cfg: Config, wd: Workdir) -> str:
     from dist_al.campaign.train import train
 
@@ -150,6 +160,7 @@ def train_step(cfg: Config, wd: Workdir) -> str:
             got, want = label_progress(cfg, wd, n)
             return f"round {n}: not ready to train, waiting for labels, {got}/{want} received"
         return f"round {n}: nothing to train ({(state or 'no round').lower()})"
+    check_training_inputs(cfg)
     labels = _labels(cfg, wd)
     if cfg.train.storage_path is None:  # a Ray Train run killed with its driver leaves its files
         leftover = wd.round_path(n, "_ray_train")
@@ -186,7 +197,10 @@ def train_step(cfg: Config, wd: Workdir) -> str:
 
 
 def advance(cfg: Config, progress: bool = False) -> str:
-    """Moves the current round as far as it can go; answers the last status line."""
+    """Moves the current round as far as it can go; answers the last status line. Everything the round will need
+    is checked first (the eval set and the model here, the pool, checkpoint and budget before selecting), so a
+    bad input fails this tick, not the one that trains after the labels are in."""
+    check_training_inputs(cfg)
     wd = open_workdir(cfg, create=False)
     n, state = _current(wd)
     if state in (None, "TRAINED"):

@@ -57,6 +57,8 @@ from torch import nn
 from dist_al.config import Config, PoolConfig
 from dist_al.core.errors import UserError
 from dist_al.data.pool import (
+    Pool,
+    PoolError,
     find_ids,
     open_pool,
     plan_shards,
@@ -340,10 +342,19 @@ def eval_pool(pool_cfg: PoolConfig, eval_uri: str) -> PoolConfig:
     return pool_cfg.model_copy(update={"uri": eval_uri, "label_column": pool_cfg.label_column or "label"})
 
 
+def open_eval_set(pool_cfg: PoolConfig, eval_uri: str) -> Pool:
+    """The eval set with its footers read and checked (columns, types, rows), so that a bad ``eval.uri`` fails
+    when a command starts, not after training; the error names the key."""
+    try:
+        return open_pool(eval_pool(pool_cfg, eval_uri))
+    except PoolError as err:
+        raise PoolError(f"eval.uri: {err}") from None
+
+
 @torch.inference_mode()
 def accuracy(pool_cfg: PoolConfig, model: nn.Module, eval_uri: str, *, batch_rows: int = _EVAL_BATCH_ROWS) -> float:
     """Accuracy of ``model`` on a Parquet dataset with the pool's column names (``eval_pool``), batch by batch."""
-    pool = open_pool(eval_pool(pool_cfg, eval_uri))
+    pool = open_eval_set(pool_cfg, eval_uri)
     model = model.eval()
     device = next(model.parameters()).device
     correct = total = 0
@@ -399,6 +410,8 @@ def train(
         raise RuntimeError(
             "Ray is not initialised: call ray.init() or use dist_al.runtime.cluster.cluster_session first"
         )
+    if eval_uri is not None:
+        open_eval_set(cfg.pool, eval_uri)
 
     state = warm_start_state
     if state is None and settings.warm_start and cfg.model.checkpoint:

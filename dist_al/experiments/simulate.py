@@ -81,7 +81,7 @@ def _round_seed(seed: int, round_: int) -> int:
 
 
 def _check(cfg: Config, strategies: list[str], seeds: int):
-    from dist_al.campaign.train import eval_pool
+    from dist_al.campaign.train import open_eval_set
     from dist_al.data.pool import open_pool
 
     if not cfg.pool.label_column:
@@ -97,7 +97,7 @@ def _check(cfg: Config, strategies: list[str], seeds: int):
     if seeds < 1:
         raise UserError(f"seeds must be >= 1, got {seeds}")
     pool = open_pool(cfg.pool)  # footers only: schema problems before anything starts
-    open_pool(eval_pool(cfg.pool, cfg.eval.uri))
+    open_eval_set(cfg.pool, cfg.eval.uri)
     sim, budget = cfg.simulation, cfg.selection.budget
     need = sim.initial_labeled + sim.rounds * budget
     if need > pool.num_rows:
