@@ -28,6 +28,8 @@ from dist_al.data.pool import write_pool
 from dist_al.models import mlp
 from dist_al.runtime.cluster import LOCAL_WORKERS_PER_CORE, cores
 
+pytestmark = [pytest.mark.subprocess, pytest.mark.cluster]
+
 ROWS, CLASSES, DIM = 120, 4, 8
 MODEL = {"in_dim": DIM, "n_classes": CLASSES, "hidden": 16}
 LABELED = 5  # rows labeled in the shared workdir

@@ -23,6 +23,8 @@ from dist_al.data.pool import write_pool
 from dist_al.data.synthetic import gaussian_mixture
 from dist_al.models.build import load_state
 
+pytestmark = [pytest.mark.cluster]
+
 BUDGET = 20
 
 

@@ -78,6 +78,7 @@ def _mean(records, **where):
 # --------------------------------------------------------------------------- the simulation
 
 
+@pytest.mark.cluster
 def test_curve_csv(run, data):
     csv_uri, _ = curve_uris(data["cfg"])
     with open(csv_uri) as f:
@@ -93,6 +94,7 @@ def test_curve_csv(run, data):
             assert all(float(r["select_seconds"]) >= 0 for r in mine[:-1]) and mine[-1]["select_seconds"] == ""
 
 
+@pytest.mark.cluster
 def test_curve_png_is_a_valid_png(run, data):
     import matplotlib.image
 
@@ -104,18 +106,21 @@ def test_curve_png_is_a_valid_png(run, data):
     assert image[..., :3].std() > 0.05  # something is drawn
 
 
+@pytest.mark.cluster
 def test_accuracy_rises_with_labels(run):
     first, last = _mean(run, round=0), _mean(run, round=ROUNDS)
     assert last > first, (first, last)
     assert last > 0.8
 
 
+@pytest.mark.cluster
 def test_same_initial_rows_for_every_strategy_at_a_seed(run):
     for seed in (3, 4):
         round0 = {r["accuracy"] for r in run if r["seed"] == seed and r["round"] == 0}
         assert len(round0) == 1  # the same rows, the same model
 
 
+@pytest.mark.cluster
 def test_checkpoints_per_round_load_and_match_the_curve(run, data):
     cfg = data["cfg"]
     for strategy in STRATEGIES:
@@ -125,6 +130,7 @@ def test_checkpoints_per_round_load_and_match_the_curve(run, data):
         assert acc == pytest.approx(want)
 
 
+@pytest.mark.cluster
 def test_table_lists_every_strategy_and_label_count(run):
     table = format_table(run)
     assert "over 2 seeds" in table
@@ -163,6 +169,7 @@ def test_reembed_changes_predictions_and_matches_core(ray_local, data):
     assert after != before
 
 
+@pytest.mark.cluster
 def test_worker_reembeds_in_place_with_string_ids(tmp_path):
     x, y = gaussian_mixture(40, 3, 4, seed=1)
     ids = np.array([f"row-{i:03d}" for i in range(40)], dtype=object)

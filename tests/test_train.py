@@ -88,6 +88,7 @@ def _untrained(cfg):
 # --------------------------------------------------------------------------- a real fit
 
 
+@pytest.mark.cluster
 def test_ray_train_runs_two_workers(s3_run):
     result = s3_run["result"]
     assert result.workers == 2 and result.metrics["world_size"] == 2  # reported from inside the workers
@@ -98,6 +99,7 @@ def test_ray_train_runs_two_workers(s3_run):
     assert result.checkpoint_uri == s3_run["uri"] and result.seconds > 0
 
 
+@pytest.mark.cluster
 def test_s3_checkpoint_loads_and_beats_untrained_model(s3_run, data):
     result, uri, options = s3_run["result"], s3_run["uri"], s3_run["options"]
     state = load_state(uri, options)  # weights_only=True, as selection loads model.checkpoint
@@ -112,6 +114,7 @@ def test_s3_checkpoint_loads_and_beats_untrained_model(s3_run, data):
     assert all(torch.equal(a, state[k]) for k, a in via_spec.state_dict().items())
 
 
+@pytest.mark.cluster
 def test_s3_run_storage_is_cleaned_up(s3_run):
     import s3fs
 
