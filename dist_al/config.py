@@ -1,14 +1,14 @@
 """The config: one typed model per section, and the only place where defaults live.
 
-A YAML file (safe loader) and ``--set key=value`` overrides (each value parsed as YAML) are merged first and
-checked once, so a file and an override are the same thing. Every error is one line naming the key; a misspelt
-key suggests the closest valid one. Credentials in ``pool.storage_options`` (``dist_al.credentials`` says what
-counts) are held as `Secret` values that print, dump and serialise as ``<redacted>``: a config copy that
-dist-al writes (``dist-al config show``, the workdir's ``config.yaml``, a log line) cannot leak one, while the
-filesystem still gets the value (``PoolConfig.fsspec_options``). Each layer gets only its section:
+A YAML file (safe loader) and ``--set key=value`` overrides (each value parsed as YAML) are merged first and checked
+once, so a file and an override are the same thing. Every error is one line naming the key; a misspelt key suggests
+the closest valid one. Credentials in ``pool.storage_options`` (``dist_al.credentials`` says what counts) are held
+as `Secret` values that print, dump and serialise as ``<redacted>``: a config copy that dist-al writes (``dist-al
+config show``, the workdir's ``config.yaml``, a log line) cannot leak one, while the filesystem still gets the value
+(``dist_al.data.storage.filesystem``, the one place it reaches fsspec). Each layer gets only its section:
 ``PoolConfig`` the data layer, ``ModelConfig`` the model layer, ``ClusterConfig`` the Ray runtime, ``TrainConfig``
-training. Strategy options are typed per strategy from the core's own option types (``dist_al.core.api``), so
-the core and the config cannot disagree on a default.
+training. Strategy options are typed per strategy from the core's own option types (``dist_al.core.api``), so the
+core and the config cannot disagree on a default.
 """
 
 from __future__ import annotations
@@ -104,10 +104,6 @@ class PoolConfig(Section):
     @field_serializer("storage_options")
     def _dump_storage_options(self, value: dict) -> dict:
         return _redacted(value)
-
-    def fsspec_options(self) -> dict:
-        """storage_options with the credentials' values, for fsspec alone."""
-        return reveal(self.storage_options)
 
 
 class ModelConfig(Section):

@@ -37,7 +37,7 @@ from dist_al.config import validate
 from dist_al.data.pool import write_pool
 from dist_al.data.storage import write_bytes_atomic
 from dist_al.data.synthetic import gaussian_mixture
-from dist_al.models.build import load_state
+from dist_al.models.build import read_weights
 
 pytestmark = [pytest.mark.subprocess]
 
@@ -115,7 +115,7 @@ def outcome(workdir: str) -> dict:
     records = sorted((root / "labels").glob("*.parquet"))
     rounds = sorted(p.name for p in (root / "rounds").iterdir())
     model = (
-        load_state(str(root / "rounds" / rounds[-1] / "model.pt"))
+        read_weights(str(root / "rounds" / rounds[-1] / "model.pt"))
         if (root / "rounds" / rounds[-1] / "model.pt").exists()
         else None
     )

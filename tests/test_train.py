@@ -21,7 +21,7 @@ from dist_al.campaign.train import accuracy, gather_labeled, train
 from dist_al.config import ConfigError, ModelConfig, validate
 from dist_al.data.pool import write_pool
 from dist_al.data.synthetic import gaussian_mixture
-from dist_al.models.build import ModelError, build_model, load_state
+from dist_al.models.build import ModelError, build_model, read_weights
 
 N_POOL, N_EVAL, K, D = 600, 300, 4, 8
 N_LABELED = 240
@@ -102,16 +102,16 @@ def test_ray_train_runs_two_workers(s3_run):
 @pytest.mark.cluster
 def test_s3_checkpoint_loads_and_beats_untrained_model(s3_run, data):
     result, uri, options = s3_run["result"], s3_run["uri"], s3_run["options"]
-    state = load_state(uri, options)  # weights_only=True, as selection loads model.checkpoint
+    weights = read_weights(uri, options)  # weights_only=True, as selection loads model.checkpoint
     m = data["cfg"].model
-    trained = build_model(m, state=state)
+    trained = build_model(m, weights=weights)
     acc_trained = accuracy(data["cfg"].pool, trained, data["eval_uri"])
     acc_untrained = accuracy(data["cfg"].pool, _untrained(data["cfg"]), data["eval_uri"])
     assert acc_trained == pytest.approx(result.accuracy)
     assert acc_trained > acc_untrained + 0.2, (acc_trained, acc_untrained)
     # model.checkpoint in a selection config (with the pool's storage_options) picks it up the same way
     via_spec = build_model(m.model_copy(update={"checkpoint": uri}), storage_options=options)
-    assert all(torch.equal(a, state[k]) for k, a in via_spec.state_dict().items())
+    assert all(torch.equal(a, weights[k]) for k, a in via_spec.state_dict().items())
 
 
 @pytest.mark.cluster
@@ -191,12 +191,12 @@ def test_string_ids_against_integer_pool(ray_local, data):
     _train_fails(data, labels, "pool's ids are integers")
 
 
-def test_warm_start_state_must_match_the_model(ray_local, data):
+def test_warm_start_weights_must_match_the_model(ray_local, data):
     wrong = build_model(ModelConfig(kwargs={"in_dim": D, "n_classes": K, "hidden": 16})).state_dict()
     with pytest.raises(ModelError, match="does not match"):
         train(
             data["cfg"],
             data["labels"],
             checkpoint_uri=str(data["root"] / "errors" / "model.pt"),
-            warm_start_state=wrong,
+            warm_start_weights=wrong,
         )

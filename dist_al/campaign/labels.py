@@ -119,7 +119,6 @@ REASONS: dict[str, tuple[bool, str, str]] = {
 }
 MAX_EXAMPLES = 5
 _ID_ONLY = ("unknown_id", "duplicate", "already_labeled")  # examples shown as the id alone
-RECORD_COLUMNS = ("id", "label", "round", "source", "ingested_at")
 _INT_RE = re.compile(r"\s*[+-]?\d+\s*")
 _FRACTION_RE = re.compile(r"\.(\d+)")
 
@@ -433,10 +432,6 @@ class IngestReport:
     def n_rejected(self) -> int:
         return sum(c for r, c in self.counts.items() if REASONS[r][0])
 
-    @property
-    def n_noop(self) -> int:
-        return sum(c for r, c in self.counts.items() if not REASONS[r][0])
-
     def _add(self, reason: str, example: tuple, key=None) -> None:
         """Count one row; keep it as an example (one per ``key`` when given, at most MAX_EXAMPLES)."""
         self.counts[reason] += 1
@@ -481,23 +476,6 @@ class IngestReport:
         if reason == "conflict_existing":
             return f"id {e[0]!r}: {e[1]!r}, recorded {e[2]!r}"
         return f"id {e[0]!r}: {e[1]!r}"
-
-    def to_dict(self) -> dict:
-        """JSON-ready: accepted count, per-reason counts and examples, and the summary line."""
-        return {
-            "accepted": len(self.accepted),
-            "counts": dict(self.counts),
-            "examples": {r: [list(map(_jsonable, e)) for e in ex] for r, ex in self.examples.items()},
-            "summary": self.summary(),
-        }
-
-
-def _jsonable(v):
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    return repr(v)
 
 
 def validate_labels(

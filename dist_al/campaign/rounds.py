@@ -30,7 +30,7 @@ from dist_al.config import Config
 from dist_al.data.pool import find_ids, open_pool
 from dist_al.data.storage import read_bytes, remove_tree, write_table_atomic
 from dist_al.faults import crash_point
-from dist_al.models.build import build_model, classifier_layer, load_state
+from dist_al.models.build import build_model, classifier_layer, read_weights
 from dist_al.runtime.cluster import cluster_session
 from dist_al.runtime.selection import preflight, sharded_pool
 
@@ -170,7 +170,7 @@ def train_step(cfg: Config, wd: Workdir) -> str:
     warm = None
     if cfg.train.warm_start:
         previous = latest_checkpoint(wd) or cfg.model.checkpoint
-        warm = load_state(previous, wd.storage_options) if previous else None
+        warm = read_weights(previous, wd.storage_options) if previous else None
     local = cfg.train.backend == "local"  # trains in this process: no Ray to start
     with contextlib.nullcontext() if local else cluster_session(cfg, shards=False, train=True):
         result = train(
@@ -178,7 +178,7 @@ def train_step(cfg: Config, wd: Workdir) -> str:
             labels,
             checkpoint_uri=wd.round_path(n, "model.pt"),
             eval_uri=cfg.eval.uri,
-            warm_start_state=warm,
+            warm_start_weights=warm,
             storage_options=wd.storage_options,
             recorded=_recorded_rows(wd),
         )

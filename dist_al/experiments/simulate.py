@@ -204,14 +204,14 @@ def _run(cfg, pool, strategy, seed, offset, init_ids, init_labels, shared_round0
     labeled = dict(zip(init_ids.tolist(), init_labels.tolist()))
     out_dir = _join(cfg.workdir, "simulation", strategy, f"seed{seed}")
     warm = cfg.train.warm_start
-    state = None
+    weights = None
     records = []
     for r in range(sim.rounds + 1):
         uri = _join(out_dir, f"round{r}.pt")
         t_train = time.perf_counter()
-        if r == 0 and "state" in shared_round0:
+        if r == 0 and "weights" in shared_round0:
             # Round 0 trains on the seed's initial rows only: the same model for every strategy.
-            state, accuracy = shared_round0["state"], shared_round0["accuracy"]
+            weights, accuracy = shared_round0["weights"], shared_round0["accuracy"]
             write_bytes_atomic(uri, shared_round0["bytes"], storage)
             t_train -= shared_round0["seconds"]  # report the training it stands for
         elif labeled:
@@ -221,21 +221,21 @@ def _run(cfg, pool, strategy, seed, offset, init_ids, init_labels, shared_round0
                 checkpoint_uri=uri,
                 eval_uri=eval_uri,
                 storage_options=storage,
-                warm_start_state=state if warm else None,
+                warm_start_weights=weights if warm else None,
             )
-            state, accuracy = result.state, result.accuracy
+            weights, accuracy = result.weights, result.accuracy
         else:  # initial_labeled: 0 -- the untrained model selects the first batch
             model = build_model(run_cfg.model, seed=run_cfg.train_seed, storage_options=storage)
-            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
             accuracy = eval_accuracy(run_cfg.pool, model, eval_uri)
             buf = io.BytesIO()
-            torch.save(state, buf)
+            torch.save(weights, buf)
             write_bytes_atomic(uri, buf.getvalue(), storage)
-        if r == 0 and "state" not in shared_round0:
+        if r == 0 and "weights" not in shared_round0:
             buf = io.BytesIO()
-            torch.save(state, buf)
+            torch.save(weights, buf)
             shared_round0.update(
-                state=state, accuracy=accuracy, bytes=buf.getvalue(), seconds=time.perf_counter() - t_train
+                weights=weights, accuracy=accuracy, bytes=buf.getvalue(), seconds=time.perf_counter() - t_train
             )
         record = {
             "strategy": strategy,
@@ -248,7 +248,7 @@ def _run(cfg, pool, strategy, seed, offset, init_ids, init_labels, shared_round0
             "select_seconds": None,
         }
         if r < sim.rounds:
-            record["embed_seconds"] = pool.reembed(state)
+            record["embed_seconds"] = pool.reembed(weights)
             picked = pool.select(
                 strategy, budget, seed=_round_seed(seed, r), options=options, labeled_ids=_label_keys(labeled)
             )

@@ -40,7 +40,7 @@ def _import_factory(path: str):
         raise ModelError(f"model.factory {path!r}: module {module_name!r} has no attribute {attr!r}") from None
 
 
-def load_state(uri: str, storage_options: dict | None = None) -> dict:
+def read_weights(uri: str, storage_options: dict | None = None) -> dict:
     """A state_dict from any fsspec URI, loaded with weights_only=True (never arbitrary pickle)."""
     try:
         fs, path = filesystem(uri, storage_options)
@@ -50,7 +50,7 @@ def load_state(uri: str, storage_options: dict | None = None) -> dict:
     try:
         with warnings.catch_warnings():  # e.g. "pickle protocol 4": noise on top of the one error line
             warnings.simplefilter("ignore")
-            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            weights = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:  # torch's weights_only unpickler refused something
         raise ModelError(
             f"model.checkpoint {uri!r} holds more than tensors and is refused (loading it could run "
@@ -61,11 +61,11 @@ def load_state(uri: str, storage_options: dict | None = None) -> dict:
             f"model.checkpoint {uri!r} is not a torch state_dict file (torch.save of "
             f"model.state_dict()): {type(err).__name__}: {_first_line(err)}"
         ) from None
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise ModelError(f"model.checkpoint {uri!r} holds a {type(state).__name__}, not a state_dict")
-    return state
+    if isinstance(weights, dict) and "model" in weights and isinstance(weights["model"], dict):
+        weights = weights["model"]
+    if not isinstance(weights, dict):
+        raise ModelError(f"model.checkpoint {uri!r} holds a {type(weights).__name__}, not a state_dict")
+    return weights
 
 
 def _first_line(err: BaseException) -> str:
@@ -80,7 +80,7 @@ def _unpickling_reason(err: BaseException) -> str:
 
 
 def build_model(
-    spec: ModelConfig, *, seed: int = 0, state: dict | None = None, storage_options: dict | None = None
+    spec: ModelConfig, *, seed: int = 0, weights: dict | None = None, storage_options: dict | None = None
 ) -> nn.Module:
     """The model with weights from `state`, else the checkpoint (read with ``storage_options``), else initialised
     from the seed."""
@@ -93,11 +93,11 @@ def build_model(
             raise ModelError(f"model.factory {spec.factory!r} rejected model.kwargs {spec.kwargs}: {err}") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"model.factory {spec.factory!r} returned a {type(model).__name__}, not a torch.nn.Module")
-    if state is None and spec.checkpoint:
-        state = load_state(spec.checkpoint, storage_options)
-    if state is not None:
+    if weights is None and spec.checkpoint:
+        weights = read_weights(spec.checkpoint, storage_options)
+    if weights is not None:
         try:
-            model.load_state_dict(state)
+            model.load_state_dict(weights)
         except RuntimeError as err:
             first = str(err).strip().splitlines()
             detail = " ".join(line.strip() for line in first[:3])

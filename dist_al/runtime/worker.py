@@ -57,7 +57,7 @@ class ShardWorker:
         self.pool = open_pool(pool)
         self.shard = shard
         self.embedder = Embedder(
-            build_model(model, state=weights), model.classifier, self.device, model.autocast if gpu else None
+            build_model(model, weights=weights), model.classifier, self.device, model.autocast if gpu else None
         )
         self.batch_size = model.batch_size
         self._batches: Generator[dict[str, np.ndarray], None, None] | None = None
