@@ -285,6 +285,20 @@ CONFIG_CASES = [
         {"model__checkpoint": "/nonexistent/model.pt"},
         ["model.checkpoint '/nonexistent/model.pt' cannot be read"],
     ),
+    (  # found when the round starts, not after its labels are in and it trains
+        "eval set that does not exist (round)",
+        ROUND,
+        False,
+        {"eval__uri": "/nonexistent/eval-pool"},
+        ["eval.uri: pool /nonexistent/eval-pool: no such file, directory, bucket or prefix"],
+    ),
+    (
+        "eval set that does not exist (train)",
+        ["train"],
+        True,
+        {"eval__uri": "/nonexistent/eval-pool"},
+        ["eval.uri: pool /nonexistent/eval-pool: no such file, directory, bucket or prefix"],
+    ),
     (
         "model class count differs from the labels",
         ["train"],

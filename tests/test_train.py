@@ -159,39 +159,39 @@ def _train_fails(data, labels, match, **kwargs):
     uri = str(data["root"] / "errors" / "model.pt")
     with pytest.raises(ValueError, match=match):
         train(data["cfg"], labels, checkpoint_uri=uri, **kwargs)
-    assert not os.path.exists(os.path.dirname(uri))  # failed before Ray Train started or wrote anything
+    assert not os.path.exists(os.path.dirname(uri))  # failed before Ray Train started or wrote anything (no Ray)
 
 
-def test_no_labeled_rows(ray_local, data):
+def test_no_labeled_rows(data):
     _train_fails(data, {}, "no labeled rows")
 
 
 @pytest.mark.parametrize("bad", [K, -1])
-def test_label_outside_model_classes_names_the_id(ray_local, data, bad):
+def test_label_outside_model_classes_names_the_id(data, bad):
     labels = dict(data["labels"])
     some_id = next(iter(labels))
     labels[some_id] = bad
     _train_fails(data, labels, rf"label {bad} of id {some_id} is outside \[0, {K}\)")
 
 
-def test_non_integer_label(ray_local, data):
+def test_non_integer_label(data):
     labels = dict(data["labels"])
     labels[next(iter(labels))] = "cat"
     _train_fails(data, labels, "must be an integer class index")
 
 
-def test_labeled_ids_missing_from_pool(ray_local, data):
+def test_labeled_ids_missing_from_pool(data):
     labels = dict(data["labels"])
     labels.update({10**9 + 1: 0, 10**9 + 2: 1, 10**9 + 3: 2})
     _train_fails(data, labels, rf"3 of {N_LABELED + 3} labeled id\(s\) are not in pool .*e\.g\. 1000000001")
 
 
-def test_string_ids_against_integer_pool(ray_local, data):
+def test_string_ids_against_integer_pool(data):
     labels = {str(k): v for k, v in data["labels"].items()}
     _train_fails(data, labels, "pool's ids are integers")
 
 
-def test_warm_start_weights_must_match_the_model(ray_local, data):
+def test_warm_start_weights_must_match_the_model(data):
     wrong = build_model(ModelConfig(kwargs={"in_dim": D, "n_classes": K, "hidden": 16})).state_dict()
     with pytest.raises(ModelError, match="does not match"):
         train(

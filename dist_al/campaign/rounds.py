@@ -154,13 +154,13 @@ def check_training_inputs(cfg: Config) -> None:
 def train_step(cfg: Config, wd: Workdir) -> str:
     from dist_al.campaign.train import train
 
+    check_training_inputs(cfg)
     n, state = _current(wd)
     if state != "LABELED":
         if state == "EXPORTED":
             got, want = label_progress(cfg, wd, n)
             return f"round {n}: not ready to train, waiting for labels, {got}/{want} received"
         return f"round {n}: nothing to train ({(state or 'no round').lower()})"
-    check_training_inputs(cfg)
     labels = _labels(cfg, wd)
     if cfg.train.storage_path is None:  # a Ray Train run killed with its driver leaves its files
         leftover = wd.round_path(n, "_ray_train")

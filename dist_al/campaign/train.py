@@ -395,8 +395,8 @@ def train(
     ``eval_uri`` use ``pool.storage_options``.  ``recorded``: rows recorded at selection, read
     instead of the pool (``gather_labeled``).
 
-    Raises UserError for an empty ``labels``, a label outside the model's
-    classes, or labeled ids missing from the pool, before any worker starts.
+    Raises UserError for an empty ``labels``, a bad ``eval_uri``, a label outside the model's
+    classes, or labeled ids missing from the pool, before any worker starts (and before it needs Ray).
     """
     import ray
 
@@ -406,10 +406,6 @@ def train(
     settings = cfg.train
     if not labels:
         raise UserError("no labeled rows: the labels mapping is empty, nothing to train on")
-    if settings.backend == "ray" and not ray.is_initialized():
-        raise RuntimeError(
-            "Ray is not initialised: call ray.init() or use dist_al.runtime.cluster.cluster_session first"
-        )
     if eval_uri is not None:
         open_eval_set(cfg.pool, eval_uri)
 
@@ -438,6 +434,10 @@ def train(
         write_bytes_atomic(checkpoint_uri, buf.getvalue(), storage_options)
         return _result(cfg, driver_model, trained_weights, metrics, checkpoint_uri, len(y), eval_uri, t0)
 
+    if not ray.is_initialized():  # checked after the inputs, so a bad input needs no Ray to be reported
+        raise RuntimeError(
+            "Ray is not initialised: call ray.init() or use dist_al.runtime.cluster.cluster_session first"
+        )
     log.info("training on %d labeled rows (D=%d) with %d Ray Train workers", len(y), x.shape[1], settings.workers)
     try:
         from ray.train import CheckpointConfig, RunConfig, ScalingConfig
