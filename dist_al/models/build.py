@@ -1,6 +1,22 @@
 """Models named by import path (``model.factory``), with weights from a checkpoint or a seed.
 
-Checkpoints are state_dicts read with torch's weights_only unpickler: a file that holds code is refused.
+The model factory contract. ``model.factory: "package.module:function"`` names a callable that dist-al imports
+(the current directory is on the path, so a module next to the config works, and travels with ``dist-al submit``)
+and calls as ``function(**model.kwargs)``. It must return a ``torch.nn.Module`` that
+
+* takes a batch of the pool's rows as its model input (today a float32 ``(rows, D)`` tensor of the feature
+  column) and needs no special forward signature;
+* ends in an ``nn.Linear`` classifier: dist-al hooks that layer (named by ``model.classifier``; by default the
+  last ``nn.Linear`` the model registers), takes its input as the features h and the softmax of its output as the
+  class probabilities p, which is all BADGE, BAIT and the baselines need (``dist_al.models.embedder``). The layer
+  must run exactly once per forward pass;
+* builds the same architecture for the same kwargs, so its ``state_dict`` loads on every ShardWorker and Ray
+  Train worker.
+
+Weights come from ``model.checkpoint`` (a ``state_dict`` read with torch's ``weights_only`` unpickler: a file
+that holds code is refused), from the previous round, or from a fresh initialisation seeded by
+``selection.seed``, done once in the driver and shipped to every worker. Every failure is a ``ModelError`` (a
+``UserError``) whose one line names the key and what to change.
 """
 
 from __future__ import annotations
@@ -41,7 +57,19 @@ def _import_factory(path: str):
 
 
 def read_weights(uri: str, storage_options: dict | None = None) -> dict:
-    """A state_dict from any fsspec URI, loaded with weights_only=True (never arbitrary pickle)."""
+    """A state_dict from any fsspec URI, loaded with ``weights_only=True`` (never arbitrary pickle).
+
+    Args:
+        uri: a local path or fsspec URL of a ``torch.save(model.state_dict())`` file (a dict with a ``model`` entry
+            holding the state_dict is taken too).
+        storage_options: fsspec options for ``uri`` (``pool.storage_options``).
+
+    Returns:
+        The state_dict, its tensors on the CPU.
+
+    Raises:
+        ModelError: the file cannot be read, holds more than tensors (code), or is no state_dict.
+    """
     try:
         fs, path = filesystem(uri, storage_options)
         data = fs.cat_file(path)
@@ -82,8 +110,21 @@ def _unpickling_reason(err: BaseException) -> str:
 def build_model(
     spec: ModelConfig, *, seed: int = 0, weights: dict | None = None, storage_options: dict | None = None
 ) -> nn.Module:
-    """The model with weights from `state`, else the checkpoint (read with ``storage_options``), else initialised
-    from the seed."""
+    """The config's model, built by its factory and given its weights.
+
+    Args:
+        spec: the ``model`` section: factory, kwargs, checkpoint, classifier.
+        seed: seeds the factory's initialisation (used when neither ``weights`` nor a checkpoint is given).
+        weights: a state_dict to load; else ``spec.checkpoint`` is read; else the seeded initialisation stays.
+        storage_options: fsspec options for the checkpoint (``pool.storage_options``).
+
+    Returns:
+        The model, on the CPU, with its classifier layer checked (``classifier_layer``).
+
+    Raises:
+        ModelError: the factory cannot be imported, rejects the kwargs or returns no ``nn.Module``; the
+            checkpoint cannot be read or does not match the model; no classifier layer is found.
+    """
     factory = _import_factory(spec.factory)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -107,7 +148,19 @@ def build_model(
 
 
 def classifier_layer(model: nn.Module, name: str | None = None) -> nn.Linear:
-    """The final nn.Linear: the named module, else the last nn.Linear registered."""
+    """The model's classifier: the layer whose input is h and whose softmax output is p.
+
+    Args:
+        model: the built model.
+        name: a module name (``model.classifier``, as ``model.named_modules()`` lists it); None = the last
+            ``nn.Linear`` the model registers.
+
+    Returns:
+        The ``nn.Linear`` layer.
+
+    Raises:
+        ModelError: ``name`` is not an ``nn.Linear`` of the model, or the model has no ``nn.Linear``.
+    """
     if name is not None:
         layer = dict(model.named_modules()).get(name)
         if not isinstance(layer, nn.Linear):
