@@ -24,7 +24,7 @@ import yaml
 
 from dist_al.campaign.rounds import ingest
 from dist_al.config import load_config
-from dist_al.data.pool import write_pool
+from dist_al.data.writer import write_pool
 from dist_al.models import mlp
 from dist_al.runtime.cluster import LOCAL_WORKERS_PER_CORE, cores
 

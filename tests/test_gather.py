@@ -16,8 +16,8 @@ from reference import full_scan_labeled
 
 from dist_al.campaign.train import gather_labeled
 from dist_al.config import validate
-from dist_al.data.pool import write_pool
 from dist_al.data.synthetic import gaussian_mixture
+from dist_al.data.writer import write_pool
 from dist_al.runtime.selection import sharded_pool
 
 N, K, D, PICKS = 360, 3, 6, 12

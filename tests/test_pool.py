@@ -29,8 +29,8 @@ from dist_al.data.pool import (
     open_pool,
     plan_shards,
     read_shard,
-    write_pool,
 )
+from dist_al.data.writer import write_pool
 
 
 class Store:

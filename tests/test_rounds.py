@@ -19,8 +19,8 @@ from dist_al.campaign.rounds import (
 )
 from dist_al.campaign.workdir import WorkdirError, open_workdir
 from dist_al.config import validate
-from dist_al.data.pool import write_pool
 from dist_al.data.synthetic import gaussian_mixture
+from dist_al.data.writer import write_pool
 from dist_al.models.build import load_state
 
 BUDGET = 20

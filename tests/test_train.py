@@ -19,8 +19,8 @@ import torch
 
 from dist_al.campaign.train import accuracy, gather_labeled, train
 from dist_al.config import ConfigError, ModelConfig, validate
-from dist_al.data.pool import write_pool
 from dist_al.data.synthetic import gaussian_mixture
+from dist_al.data.writer import write_pool
 from dist_al.models.build import ModelError, build_model, load_state
 
 N_POOL, N_EVAL, K, D = 600, 300, 4, 8

@@ -41,9 +41,9 @@ from dist_al.data.pool import (
     read_shard,
     rows_table,
     shard_places,
-    write_pool,
 )
 from dist_al.data.synthetic import gaussian_mixture
+from dist_al.data.writer import write_pool
 from dist_al.models.build import build_model
 from dist_al.models.embedder import Embedder
 

@@ -43,7 +43,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from dist_al.config import PoolConfig
 from dist_al.core.errors import UserError
-from dist_al.data.storage import filesystem, writable, write_table_atomic
+from dist_al.data.storage import filesystem
 
 __all__ = [
     "PoolError",
@@ -61,7 +61,6 @@ __all__ = [
     "read_rows",
     "rows_table",
     "recorded_rows",
-    "write_pool",
     "LOGICAL_COLUMNS",
 ]
 
@@ -767,84 +766,3 @@ def row_location(pool: Pool, shard: Shard, pos: int) -> tuple[str, int, int]:
     k = int(np.searchsorted(ends, pos, side="right"))
     file_index, group, _ = shard.row_groups[k]
     return pool.file_uri(file_index), group, pos - (int(ends[k - 1]) if k else 0)
-
-
-# --------------------------------------------------------------------------- write
-
-
-def write_pool(
-    uri: str,
-    ids,
-    features,
-    labels=None,
-    *,
-    rows_per_file: int = 262_144,
-    rows_per_group: int = 16_384,
-    storage_options: dict | None = None,
-    feature_type: str = "fixed",
-    id_column: str = "id",
-    feature_column: str = "features",
-    label_column: str = "label",
-    overwrite: bool = False,
-) -> list[str]:
-    """Write a pool as ``part-NNNNN.parquet`` files under ``uri``; return their URIs.
-
-    For ``dist-al make-pool``, tests and benchmarks.  Features are stored as
-    float32 (float64 input stays float64) in a ``fixed_size_list`` ("fixed") or
-    variable ``list`` ("list").  Each file appears atomically: locally it is
-    written under a hidden temp name and renamed; on object stores a finished
-    PUT (or multipart completion) is atomic.  Refuses a non-empty target unless
-    ``overwrite`` (which first deletes what is there), so stale files from an
-    earlier, larger pool can never join the new one.
-    """
-    if feature_type not in ("fixed", "list"):
-        raise ValueError(f"feature_type must be 'fixed' or 'list', got {feature_type!r}")
-    if rows_per_file < 1 or rows_per_group < 1:
-        raise PoolError(f"pool {uri}: rows per file and rows per group must be >= 1")
-    feats = np.asarray(features)
-    if feats.ndim != 2 or feats.shape[1] < 1:
-        raise PoolError(f"pool {uri}: features must be a 2-D array (rows, D) with D >= 1, got shape {feats.shape}")
-    if feats.dtype != np.float64:
-        feats = feats.astype(np.float32, copy=False)
-    feats = np.ascontiguousarray(feats)
-    n, d = feats.shape
-    id_arr = pa.array(list(ids) if not isinstance(ids, np.ndarray) else ids)
-    if pa.types.is_integer(id_arr.type):
-        id_arr = id_arr.cast(pa.int64())
-    if len(id_arr) != n:
-        raise PoolError(f"pool {uri}: ids has {len(id_arr)} rows, features has {n}")
-    lab_arr = None
-    if labels is not None:
-        lab_arr = pa.array(np.asarray(labels, dtype=np.int64))
-        if len(lab_arr) != n:
-            raise PoolError(f"pool {uri}: labels has {len(lab_arr)} rows, features has {n}")
-
-    fs, root = _url_to_fs(uri, storage_options)
-    root = root.rstrip("/")
-    with writable(uri):
-        if fs.exists(root):
-            existing = fs.find(root) if fs.isdir(root) else [root]
-            if existing:
-                if not overwrite:
-                    raise PoolError(f"pool {uri}: target is not empty ({len(existing)} file(s)); pass overwrite=True")
-                fs.rm(root, recursive=True)
-        if _is_local(fs):
-            fs.makedirs(root, exist_ok=True)
-
-    written = []
-    for part, start in enumerate(range(0, max(n, 1), rows_per_file)):
-        stop = min(start + rows_per_file, n)
-        flat = pa.array(feats[start:stop].reshape(-1))
-        if feature_type == "fixed":
-            feat_col = pa.FixedSizeListArray.from_arrays(flat, d)
-        else:
-            offsets = pa.array(np.arange(0, (stop - start) * d + 1, d, dtype=np.int32))
-            feat_col = pa.ListArray.from_arrays(offsets, flat)
-        cols = {id_column: id_arr[start:stop], feature_column: feat_col}
-        if lab_arr is not None:
-            cols[label_column] = lab_arr[start:stop]
-        table = pa.table(cols)
-        path = f"{root}/part-{part:05d}.parquet"
-        write_table_atomic(_display(fs, path), table, storage_options, row_group_size=rows_per_group)
-        written.append(_display(fs, path))
-    return written

@@ -91,7 +91,7 @@ def split(y: np.ndarray, test_rows: int) -> tuple[np.ndarray, np.ndarray]:
 
 def write_dataset(out: str, name: str, synthetic_rows: int = 20_000) -> dict:
     """Writes {out}/{name}/pool and {out}/{name}/test (replacing them); returns a summary."""
-    from dist_al.data.pool import write_pool
+    from dist_al.data.writer import write_pool
 
     x, y, test_rows = load(name, synthetic_rows)
     pool, test = split(y, test_rows)
