@@ -39,8 +39,8 @@ def make_pool_command(args) -> int:
     if args.synthetic:
         from dist_al.data.synthetic import gaussian_mixture
 
-        feats, labels = gaussian_mixture(args.rows, args.classes, args.dim, seed=args.seed)
-        feats, labels = feats.numpy(), labels.numpy()
+        points, classes = gaussian_mixture(args.rows, args.classes, args.dim, seed=args.seed)
+        feats, labels = points.numpy(), classes.numpy()
         ids = np.arange(len(feats), dtype=np.int64)
     elif args.features:
         feats = writer.read_npy(args.features, "--features")

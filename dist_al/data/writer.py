@@ -438,7 +438,8 @@ def _is_image(name: str) -> bool:
 
 def _walk(root: str, sub: str) -> tuple[list[str], list[str]]:
     """(images, other files) below root/sub, as sorted '/'-separated paths relative to root."""
-    images, other = [], []
+    images: list[str] = []
+    other: list[str] = []
     for folder, dirs, names in os.walk(os.path.join(root, sub)):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         rel = os.path.relpath(folder, root).replace(os.sep, "/")
