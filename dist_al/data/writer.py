@@ -459,12 +459,14 @@ def check_images(folder: ImageFolder, threads: int = _IO_THREADS) -> None:
     from PIL import Image
 
     def problem(rel: str) -> str | None:
+        path = os.path.join(folder.root, rel)
         try:
-            with Image.open(os.path.join(folder.root, rel)) as image:
+            with Image.open(path) as image:
                 image.draft(image.mode, (1, 1))  # JPEG: decode at 1/8 scale; other formats: a full decode
                 image.load()
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-            return f"{type(err).__name__}: {' '.join(str(err).split())}"
+            reason = " ".join(str(err).replace(f" {path!r}", "").split())  # the line names the file once
+            return f"{type(err).__name__}: {reason}"
         return None
 
     with ThreadPoolExecutor(threads) as pool:
