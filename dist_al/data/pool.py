@@ -190,7 +190,8 @@ def file_schemas(pool: Pool, columns: Sequence[str]) -> list[tuple[str, pa.Schem
     out = []
     for path, md in zip(pool.files, pool.metadata):
         _validate_schema(pool.spec, pool.fs, path, md, columns)
-        out.append((_display(pool.fs, path), md.schema.to_arrow_schema().select(list(columns))))  # type: ignore[arg-type]
+        schema = md.schema.to_arrow_schema()
+        out.append((_display(pool.fs, path), pa.schema([schema.field(c) for c in columns])))
     return out
 
 
@@ -579,11 +580,12 @@ def check_unique_ids(id_arrays: Iterable[np.ndarray]) -> None:
     raise PoolError(f"pool ids are not unique: id {value!r} appears more than once (in id array(s) {where})")
 
 
-def id_locations(pool: Pool, shard: Shard, ids: np.ndarray, value) -> list[str]:
-    """'FILE row group G' for each row of the shard (whose ids, in row order, are ``ids``) holding ``value``."""
+def id_locations(pool: Pool, shard: Shard, ids: np.ndarray, value, positions: np.ndarray | None = None) -> list[str]:
+    """'FILE row group G' for each row of the shard holding ``value``: ``ids`` are the ids of the shard rows
+    ``positions`` (default: every row of the shard, in order)."""
     out = []
     for pos in np.flatnonzero(ids == value):
-        file_uri, group, _ = row_location(pool, shard, int(pos))
+        file_uri, group, _ = row_location(pool, shard, int(pos if positions is None else positions[pos]))
         out.append(f"{file_uri} row group {group}")
     return out
 

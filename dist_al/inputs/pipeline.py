@@ -29,7 +29,7 @@ from dist_al.core.errors import UserError
 from dist_al.data.pool import Pool, Shard, read_shard, row_location
 from dist_al.inputs.contract import InputError, Problem, Reader, ReaderOutput, output_rows
 
-__all__ = ["Decoded", "Skip", "decoded_batches", "ordered_map", "read_batch"]
+__all__ = ["Decoded", "Skip", "decoded_batches", "ordered_map", "read_batch", "skipped_note"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,15 @@ class Decoded:
     labels: np.ndarray | None
     x: ReaderOutput | None
     skipped: list[Skip]
+
+
+def skipped_note(skipped: list[Skip], where: str | None = None) -> str:
+    """What a command's status line says about rows the reader skipped ("" when none were)."""
+    if not skipped:
+        return ""
+    ids = ", ".join(repr(s.id) for s in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+    listed = f", listed in {where}" if where else ""
+    return f"; {len(skipped)} unreadable rows left out (inputs.on_error=skip: ids {ids}{listed})"
 
 
 def _plain(value: Any) -> Any:
@@ -150,7 +159,7 @@ def read_batch(
                         "returns a torch.Tensor, or a dict of them, whose first dimension is the row count"
                     ),
                     ids[idx],
-                    lambda i: locate(int(idx[i])),
+                    lambda i, idx=idx: locate(int(idx[i])),
                     None,
                 )
             )
@@ -193,9 +202,7 @@ def decoded_batches(
 
     ``exclude``: shard rows not to decode (those skipped in an earlier pass). Close the iterator to stop early.
     """
-    raw = read_shard(
-        pool, shard, ("id", "label") if labels else ("id",), batch_rows=batch_rows, inputs=reader.columns
-    )
+    raw = read_shard(pool, shard, ("id", "label") if labels else ("id",), batch_rows=batch_rows, inputs=reader.columns)
     source = f"pool {pool.spec.uri}"
 
     def locate(shard_row: int) -> str:
