@@ -21,6 +21,8 @@ A reader is any ``module:function`` named by ``inputs.reader`` (config section `
   ``InputError.several(errors)`` reports every bad row of the batch at once. dist-al names the row's id,
   file and row group in the one-line error, or, with ``inputs.on_error: skip``, leaves those rows out (counted,
   logged at WARNING with their ids, reported at the end) and calls the reader again on the rest.
+- A reader that takes a ``storage_options`` keyword gets the pool's (``pool.storage_options``, credentials held
+  as secrets that ``dist_al.data.storage.filesystem`` reveals to fsspec alone) unless ``inputs.kwargs`` gives it.
 - Any other exception is a failure of the reader, never skipped: dist-al finds the first row it fails on (by
   calling it on halves of the batch) and names it.
 - The same reader feeds selection (ShardWorkers), retraining (Ray Train workers, minibatch by minibatch) and
@@ -133,6 +135,13 @@ def _check_kwargs(path: str, fn: Callable[..., Any], kwargs: Mapping[str, Any]) 
         )
 
 
+def _takes(fn: Callable[..., Any], name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return False
+
+
 def load_reader(inputs: InputsConfig, pool: PoolConfig, schema: pa.Schema) -> Reader:
     """The ``inputs`` section's reader, with the pool columns it reads (``schema``: the pool's, for the default).
 
@@ -143,6 +152,8 @@ def load_reader(inputs: InputsConfig, pool: PoolConfig, schema: pa.Schema) -> Re
     fn = _import(inputs.reader)
     kwargs = dict(inputs.kwargs)
     _check_kwargs(inputs.reader, fn, kwargs)
+    if "storage_options" not in kwargs and _takes(fn, "storage_options"):
+        kwargs["storage_options"] = pool.storage_options  # the pool's, credentials held as secrets
     named = getattr(fn, "columns", None)
     if named is not None:
         if inputs.columns is not None:
@@ -192,6 +203,7 @@ def open_inputs(pool_cfg: PoolConfig, inputs: InputsConfig) -> tuple[Pool, Reade
             reader.check(schema)
         except InputError as err:
             p = err.problems[0]
-            column = "" if p.column is None else f" column {p.column!r}"
-            raise InputError(f"pool {pool_cfg.uri}: file {uri}{column}: {p.reason}") from None
+            if p.column is None:  # about the reader's settings, not the file
+                raise InputError(p.reason) from None
+            raise InputError(f"pool {pool_cfg.uri}: file {uri} column {p.column!r}: {p.reason}") from None
     return pool, reader
