@@ -161,3 +161,30 @@ class BagOfWords(nn.Module):
 
 def bag_of_words(vocab: int = 64, n_classes: int = TEXT_CLASSES, dim: int = 16) -> nn.Module:
     return BagOfWords(vocab, n_classes, dim)
+
+
+# --------------------------------------------------------------------------- users' readers (inputdata:NAME)
+
+
+def fails_on_value(batch: pa.RecordBatch, value: float) -> torch.Tensor:
+    """A reader with a bug: the vectors of the batch, unless a row's first value is ``value``."""
+    from dist_al.inputs import vectors
+
+    x = vectors(batch)
+    if bool((x[:, 0] == value).any()):
+        raise ValueError(f"cannot handle {value}")
+    return x
+
+
+def one_row_short(batch: pa.RecordBatch) -> torch.Tensor:
+    """A reader that breaks the contract: one row fewer than the batch."""
+    from dist_al.inputs import vectors
+
+    return vectors(batch)[1:]
+
+
+def too_narrow(batch: pa.RecordBatch) -> torch.Tensor:
+    """A reader whose output the model cannot take: vectors cut to their first 3 values."""
+    from dist_al.inputs import vectors
+
+    return vectors(batch)[:, :3].contiguous()
