@@ -21,9 +21,12 @@ def select_command(args) -> int:
     # named by what determines it, so running the same selection again rewrites the same bytes
     out = args.out or f"{cfg.workdir.rstrip('/')}/selections/{strategy}-budget{sel.budget}-seed{sel.seed}.parquet"
     write_table_atomic(out, result.table, cfg.pool.storage_options)
+    from dist_al.inputs.pipeline import skipped_note
+
     print(
         f"selected {result.table.num_rows} rows with {strategy} on {result.workers} workers "
         f"(embedding {result.seconds_embed:.1f}s, selection {result.seconds_select:.1f}s) -> {out}"
+        f"{skipped_note(result.skipped)}"
     )
     return 0
 
