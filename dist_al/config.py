@@ -82,13 +82,13 @@ class Section(BaseModel):
 
 
 class PoolConfig(Section):
-    """Where the pool lives and which columns hold ids, features and labels (the data layer's input)."""
+    """Where the pool lives and which columns hold ids and labels (the data layer's input); the columns the
+    model reads are the ``inputs`` section's."""
 
     uri: str = Field(
         description="Parquet file, directory or prefix; a local path or any fsspec URL (s3://, gs://, file://, memory://)"
     )
     id_column: str = Field("id", description="unique row id (int64 or string)")
-    feature_column: str = Field("features", description="list of floats per row (fixed-size or not), the model's input")
     label_column: str | None = Field(None, description="integer labels; read only by simulation and evaluation")
     storage_options: dict[str, Any] = Field(
         default_factory=dict,
@@ -104,6 +104,35 @@ class PoolConfig(Section):
     @field_serializer("storage_options")
     def _dump_storage_options(self, value: dict) -> dict:
         return _redacted(value)
+
+
+class InputsConfig(Section):
+    """How a batch of pool rows becomes the model's input: a reader (``dist_al.inputs``, "The reader contract")."""
+
+    reader: str = Field(
+        "dist_al.inputs:vectors",
+        description="module:function(batch: pyarrow.RecordBatch, **kwargs) -> tensor or dict of tensors; built in: "
+        "dist_al.inputs:vectors, dist_al.inputs:images, dist_al.inputs:text",
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of the reader, e.g. {column: features} for vectors"
+    )
+    columns: list[str] | None = Field(
+        None,
+        description="pool columns a reader without a columns() attribute reads; null = every column but the id "
+        "and label columns",
+    )
+    on_error: Literal["raise", "skip"] = Field(
+        "raise",
+        description="a row the reader cannot read: raise = fail naming it; skip = leave it out of selection, "
+        "counted, logged with its id and reported",
+    )
+    max_skipped: float = Field(
+        0.01, ge=0, le=1, description="with on_error=skip: fail when more than this fraction of the pool is skipped"
+    )
+    threads: int | None = Field(
+        None, gt=0, description="decode threads per worker; null = the worker's CPUs (cluster.cpus_per_worker)"
+    )
 
 
 class ModelConfig(Section):
@@ -261,6 +290,7 @@ class Config(Section):
     """
 
     pool: PoolConfig
+    inputs: InputsConfig = InputsConfig()
     model: ModelConfig = ModelConfig()
     selection: SelectionConfig
     train: TrainConfig = TrainConfig()
@@ -383,6 +413,7 @@ def validate(raw: dict) -> Config:
     # an absent or empty section is a section of defaults, so a missing key is named as such
     raw = {**{name: {} for name, f in Config.model_fields.items() if f.annotation is not str}, **raw}
     raw = {k: ({} if v is None and k != "workdir" else v) for k, v in raw.items()}
+    _moved_keys(raw)
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as err:
@@ -392,6 +423,18 @@ def validate(raw: dict) -> Config:
     except UserError as err:
         raise ConfigError(f"config key selection: {err}") from None
     return cfg
+
+
+def _moved_keys(raw: dict) -> None:
+    """Keys of earlier versions that now live elsewhere: one line saying where, not "unknown key"."""
+    pool = raw.get("pool")
+    if isinstance(pool, dict) and "feature_column" in pool:
+        column = pool["feature_column"]
+        raise ConfigError(
+            f"config key pool.feature_column moved: the vectors reader's column is inputs.kwargs.column; write "
+            f"`inputs: {{reader: dist_al.inputs:vectors, kwargs: {{column: {column}}}}}` (or --set "
+            f"inputs.kwargs.column={column}) and remove pool.feature_column"
+        )
 
 
 def schema() -> dict:

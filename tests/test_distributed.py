@@ -14,8 +14,9 @@ from reference import embed_pool
 
 from dist_al.config import validate
 from dist_al.core import STRATEGIES, select
-from dist_al.data.pool import open_pool, plan_shards, write_pool
+from dist_al.data.pool import open_pool, plan_shards
 from dist_al.data.synthetic import gaussian_mixture
+from dist_al.data.writer import write_pool
 from dist_al.models.build import build_model
 from dist_al.runtime.selection import run_selection, sharded_pool
 

@@ -24,8 +24,8 @@ from reference import embed_pool
 
 from dist_al.config import validate
 from dist_al.core import select
-from dist_al.data.pool import write_pool
 from dist_al.data.synthetic import gaussian_mixture
+from dist_al.data.writer import write_pool
 from dist_al.models.build import build_model
 from dist_al.runtime import sharded_pool as pool_runtime
 from dist_al.runtime.selection import sharded_pool

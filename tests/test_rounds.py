@@ -19,9 +19,9 @@ from dist_al.campaign.rounds import (
 )
 from dist_al.campaign.workdir import WorkdirError, open_workdir
 from dist_al.config import validate
-from dist_al.data.pool import write_pool
 from dist_al.data.storage import filesystem, read_bytes
 from dist_al.data.synthetic import gaussian_mixture
+from dist_al.data.writer import write_pool
 from dist_al.models.build import read_weights
 
 pytestmark = [pytest.mark.cluster]

@@ -38,7 +38,7 @@ from s3server import (
 from test_bad_input import assert_one_line_error, cli, snapshot
 
 from dist_al.campaign.labels import EXPORT_FILES
-from dist_al.data.pool import write_pool
+from dist_al.data.writer import write_pool
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dist_al"
 DIM, CLASSES = 8, 3

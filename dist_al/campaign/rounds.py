@@ -30,15 +30,19 @@ from dist_al.config import Config
 from dist_al.data.pool import find_ids, open_pool
 from dist_al.data.storage import read_bytes, remove_tree, write_table_atomic
 from dist_al.faults import crash_point
+from dist_al.inputs.pipeline import skipped_note
 from dist_al.models.build import build_model, classifier_layer, read_weights
 from dist_al.runtime.cluster import cluster_session
 from dist_al.runtime.selection import preflight, sharded_pool
 
 log = logging.getLogger(__name__)
 
-# Each round's selected rows, with where they live in the pool and their features (pool.rows_table): the
-# ShardWorkers read them right after selecting, so training reads them here rather than scanning the pool.
+# Each round's selected rows, with where they live in the pool and their input columns as stored (pool.rows_table:
+# vectors, image bytes or URIs, texts): the ShardWorkers read them right after selecting, so training reads them
+# here rather than scanning the pool.
 SELECTED_ROWS = "selected_rows.parquet"
+# The rows a round's selection left out because the reader could not read them (inputs.on_error: skip): id, reason.
+SKIPPED_ROWS = "skipped_rows.parquet"
 
 
 def _labels(cfg: Config, wd: Workdir) -> dict:
@@ -58,10 +62,14 @@ def _read_selection(wd: Workdir, n: int, name: str = "selection.parquet", column
 
 
 def _recorded_rows(wd: Workdir) -> pa.Table | None:
-    """Every round's selected rows with their places and features (rounds from before they were recorded
-    have none: their labeled rows are found in the pool)."""
+    """Every round's selected rows with their places and input columns (rounds from before they were recorded,
+    or recorded without today's input columns, have none: their labeled rows are found in the pool)."""
     tables = [_read_selection(wd, n, SELECTED_ROWS) for n in wd.rounds() if wd.exists(wd.round_path(n, SELECTED_ROWS))]
-    return pa.concat_tables(tables, promote_options="permissive") if tables else None
+    tables = [t for t in tables if "inputs" in t.column_names]  # earlier versions recorded a features column
+    try:
+        return pa.concat_tables(tables, promote_options="permissive") if tables else None
+    except pa.ArrowInvalid:  # rounds recorded with different readers: the latest one's rows, the rest by id
+        return tables[-1]
 
 
 def _current(wd: Workdir) -> tuple[int, str | None]:
@@ -95,6 +103,9 @@ def select_step(cfg: Config, wd: Workdir, progress: bool = False) -> str:
         finally:
             pool.close()
     wd.create()
+    if result.skipped:
+        skipped = pa.table({"id": [s.id for s in result.skipped], "reason": [s.line for s in result.skipped]})
+        write_table_atomic(wd.round_path(n, SKIPPED_ROWS), skipped, wd.storage_options)
     write_table_atomic(wd.round_path(n, SELECTED_ROWS), rows, wd.storage_options)
     write_table_atomic(wd.round_path(n, "selection.parquet"), result.table, wd.storage_options)
     crash_point("select.after_write")
@@ -105,8 +116,10 @@ def select_step(cfg: Config, wd: Workdir, progress: bool = False) -> str:
         budget=result.table.num_rows,
         checkpoint=round_cfg.model.checkpoint,
         selected_at=time.time(),
+        skipped=len(result.skipped),
     )
-    return f"round {n}: selected {result.table.num_rows} rows with {sel.strategy}"
+    note = skipped_note(result.skipped, wd.round_path(n, SKIPPED_ROWS))
+    return f"round {n}: selected {result.table.num_rows} rows with {sel.strategy}{note}"
 
 
 def export_step(cfg: Config, wd: Workdir) -> str:
@@ -148,7 +161,7 @@ def check_training_inputs(cfg: Config) -> None:
 
     build_model(cfg.model.model_copy(update={"checkpoint": None}), seed=cfg.train_seed)
     if cfg.eval.uri is not None:
-        open_eval_set(cfg.pool, cfg.eval.uri)
+        open_eval_set(cfg.pool, cfg.eval.uri, cfg.inputs)
 
 
 def train_step(cfg: Config, wd: Workdir) -> str:
