@@ -245,6 +245,11 @@ def _decode_batch(batch: pa.RecordBatch) -> torch.Tensor:
     return images(batch, **_IMAGES.kwargs)
 
 
+def _tensor(x: object) -> torch.Tensor:
+    assert isinstance(x, torch.Tensor)
+    return x
+
+
 def _ray_data_decode(table: pa.Table) -> dict:
     """Ray Data's first stage: a batch of the pool's rows decoded by the images reader."""
     return {"x": _decode_batch(table.combine_chunks().to_batches()[0]).numpy()}
@@ -287,7 +292,10 @@ def bench_decoding(tmp: str, rows: int, device: torch.device) -> list[dict]:
         t0 = time.perf_counter()
         processes = list(ex.map(_decode_batch, raw))
         times["2 processes"] = time.perf_counter() - t0
-    same = all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(serial, threads, processes))
+    same = all(
+        torch.equal(_tensor(a), _tensor(b)) and torch.equal(_tensor(a), _tensor(c))
+        for a, b, c in zip(serial, threads, processes)
+    )
     rate = {k: rows / v for k, v in times.items()}
     out = [
         {

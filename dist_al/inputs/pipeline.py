@@ -17,7 +17,7 @@ the first row it fails on.
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -91,6 +91,11 @@ def _describe(out: Any) -> str:
     return f"a {type(out).__name__} of shape {tuple(shape)}" if shape is not None else f"a {type(out).__name__}"
 
 
+def _located(locate: Callable[[int], str], idx: np.ndarray) -> Callable[[int], str]:
+    """``locate`` for the rows ``idx`` of a batch, by their position among them."""
+    return lambda i: locate(int(idx[i]))
+
+
 def _first_failing(reader: Reader, batch: pa.RecordBatch) -> int | None:
     """The first row the reader fails on, by halving the batch; None when only the whole batch fails."""
     lo, hi = 0, batch.num_rows
@@ -159,7 +164,7 @@ def read_batch(
                         "returns a torch.Tensor, or a dict of them, whose first dimension is the row count"
                     ),
                     ids[idx],
-                    lambda i, idx=idx: locate(int(idx[i])),
+                    _located(locate, idx),
                     None,
                 )
             )
@@ -167,7 +172,7 @@ def read_batch(
     return None, keep, skipped
 
 
-def ordered_map(fn: Callable[[Any], Any], items: Iterable, threads: int, name: str = "decode") -> Iterator:
+def ordered_map(fn: Callable[[Any], Any], items: Iterable, threads: int, name: str = "decode") -> Generator:
     """``fn`` over ``items`` in ``threads`` threads, ``threads + 1`` calls in flight, results in order.
 
     Close the iterator (or exhaust it) to stop: calls not started are cancelled, and ``items`` is closed.
@@ -197,7 +202,7 @@ def decoded_batches(
     threads: int,
     labels: bool = False,
     exclude: np.ndarray | None = None,
-) -> Iterator[Decoded]:
+) -> Generator[Decoded, None, None]:
     """The shard's rows decoded by ``reader``, batch by batch in pool order (module docstring).
 
     ``exclude``: shard rows not to decode (those skipped in an earlier pass). Close the iterator to stop early.

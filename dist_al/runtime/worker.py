@@ -10,6 +10,7 @@ input through the ``inputs`` reader, decoded in threads on the worker's CPUs whi
 from __future__ import annotations
 
 import os
+from collections.abc import Generator
 from typing import Any
 
 import numpy as np
@@ -71,7 +72,7 @@ class ShardWorker:
             build_model(model, state=weights), model.classifier, self.device, model.autocast if gpu else None
         )
         self.batch_size = model.batch_size
-        self._batches = None
+        self._batches: Generator[Decoded, None, None] | None = None
         self._next_row = 0  # resident row of the next embedded batch's first row
         self._ids: list[np.ndarray] = []
         self._rows: list[np.ndarray] = []
@@ -143,6 +144,7 @@ class ShardWorker:
 
     def _forward(self, batch: Decoded) -> tuple[torch.Tensor, torch.Tensor]:
         """The model on a batch of reader output; its failure (a shape the model does not take) names the rows."""
+        assert batch.x is not None
         try:
             return self.embedder(batch.x)
         except ModelError:
