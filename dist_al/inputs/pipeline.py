@@ -5,7 +5,14 @@ next row group is read ahead in a background thread) and hands each batch to the
 ``threads`` threads, keeping ``threads + 1`` batches in flight and yielding them in pool order: while the
 worker's main thread runs the model on one batch, the next ones are being decoded. Threads, not processes:
 the decoding that costs (Pillow's decode and resize, Arrow's conversions, the tokenizers library) releases
-the GIL, and a thread hands its tensors over without pickling them (docs/BENCHMARKS.md has the comparison).
+the GIL, and a thread hands its tensors over without pickling them (64x64 PNG/JPEG on 2 cores: 2 threads
+decoded 2.0x as fast as 2 processes; docs/BENCHMARKS.md).
+
+Decoding happens in the ShardWorkers, not in a Ray Data stage: ``ray.data`` streaming ``map_batches``
+(decode on CPU tasks, then embedding actors) took 2.7x as long as 2 ShardWorkers decoding in themselves
+on the same image pool (docs/BENCHMARKS.md), and its (p, h) would still have to travel to the ShardWorkers
+that keep them resident for every selection step. Ray Data would pay off only where decoding needs more
+CPUs than the embedding nodes have; the workers' decode threads are the seam where it would plug in.
 
 ``read_batch`` is where the contract (``dist_al.inputs.contract``) is enforced, for every caller (the
 ShardWorkers, training, evaluation): the output's type and row count; a reader's ``InputError`` becomes one
