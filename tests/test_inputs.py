@@ -418,3 +418,28 @@ def test_digits_are_real_images():
     blobs, exts, _ = image_files(2)
     assert blobs[0][:8] == b"\x89PNG\r\n\x1a\n" and blobs[1][:2] == b"\xff\xd8"
     assert Image.open(io.BytesIO(blobs[1])).size == (SIDE, SIDE)
+
+
+def test_workdirs_pin_the_reader_and_read_the_old_pin(tmp_path):
+    """A workdir pins inputs.reader and its kwargs; one made before the inputs section pinned pool.feature_column,
+    which stands for the vectors reader on that column."""
+    import json
+
+    from dist_al.campaign.workdir import WorkdirError, open_workdir
+
+    x = np.random.default_rng(5).normal(size=(20, 3)).astype(np.float32)
+    write_pool(str(tmp_path / "pool"), np.arange(20), x)
+    base = {"pool": {"uri": str(tmp_path / "pool")}, "selection": {"budget": 1}, "workdir": str(tmp_path / "work")}
+    cfg = validate(base)
+    open_workdir(cfg)
+    meta_path = tmp_path / "work" / "workdir.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["pinned"]["inputs.reader"] == "dist_al.inputs:vectors" and meta["pinned"]["inputs.kwargs"] == {}
+    open_workdir(cfg.replace(inputs={"kwargs": {"column": "features"}}))  # the default, said out loud
+    with pytest.raises(WorkdirError, match="was made with inputs.reader = 'dist_al.inputs:vectors'"):
+        open_workdir(cfg.replace(inputs={"reader": "dist_al.inputs:images", "kwargs": {"column": "features"}}))
+    old = {k: v for k, v in meta["pinned"].items() if not k.startswith("inputs.")}
+    meta_path.write_text(json.dumps({**meta, "pinned": {**old, "pool.feature_column": "features"}}))
+    open_workdir(cfg)
+    with pytest.raises(WorkdirError, match=r"was made with inputs.kwargs = \{'column': 'features'\}"):
+        open_workdir(cfg.replace(inputs={"kwargs": {"column": "emb"}}))

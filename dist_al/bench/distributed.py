@@ -2,8 +2,12 @@
 
 - coordination overhead per exact-BADGE centre with 2 workers, and distributed / single-process
   time for BADGE on the same (p, h) rows;
-- embedding-pass throughput (Parquet read with prefetch + model) / bare model forward throughput
-  on the same rows already in memory, same process and threads;
+- embedding-pass throughput (Parquet read with prefetch, the vectors reader in decode threads, the model)
+  / bare model forward throughput on the same rows already in memory, same process and threads, for
+  each vector layout a pool may hold (``make-pool`` writes the fastest, fixed_size_binary);
+- decoding images (PNG/JPEG) for the embedding pass: decode threads against processes, and the
+  ShardWorkers decoding in themselves against a Ray Data ``map_batches`` decode stage feeding
+  embedding actors, on the same pool;
 - a full `dist-al select` (embed + BADGE) on a large pool on local disk: wall time and peak
   memory summed over the driver and every Ray process;
 - training's read of its labeled rows (1 in 400 of the pool, spread over it) from the rows
@@ -21,6 +25,7 @@ ShardWorkers get half a GPU each.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import platform
 import shlex
@@ -29,14 +34,16 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
 from dist_al.bench import options
 from dist_al.campaign.train import gather_labeled
-from dist_al.config import Config, ModelConfig, PoolConfig, validate
+from dist_al.config import ClusterConfig, Config, InputsConfig, ModelConfig, PoolConfig, validate
 from dist_al.core import select
 from dist_al.data.pool import (
     open_pool,
@@ -48,19 +55,23 @@ from dist_al.data.pool import (
 )
 from dist_al.data.synthetic import gaussian_mixture
 from dist_al.data.writer import write_pool
+from dist_al.inputs.contract import open_inputs
+from dist_al.inputs.pipeline import decoded_batches
 from dist_al.models.build import build_model
 from dist_al.models.embedder import Embedder
 
 K, D = 10, 128
-ROWS = ("coordination", "embedding", "full", "gather", "images")
+ROWS = ("coordination", "embedding", "decoding", "full", "gather", "images")
 IMAGE_SIDE, IMAGE_SOURCE_SIDE, IMAGE_BATCH = 64, 128, 64
+LAYOUTS = {"binary": "fixed_size_binary (make-pool's)", "fixed": "fixed_size_list", "list": "list"}
+BATCH_ROWS = ModelConfig().batch_size  # rows per forward pass, as the ShardWorkers run it
 
 
 def _model_config(hidden: int = D, depth: int = 2) -> ModelConfig:
     return ModelConfig(kwargs={"in_dim": D, "n_classes": K, "hidden": hidden, "depth": depth})
 
 
-def _make_pool(path: str, rows: int) -> None:
+def _make_pool(path: str, rows: int, layout: str = "binary") -> None:
     """Writes in slices so making a 2M-row pool does not need the whole pool in memory."""
     step = 250_000
     parts = []
@@ -75,6 +86,7 @@ def _make_pool(path: str, rows: int) -> None:
             labels.numpy(),
             rows_per_file=step,
             rows_per_group=16_384,
+            feature_type=layout,
         )
         parts.append(sub)
 
@@ -99,12 +111,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _batches(uri: str, threads: int = 2, inputs: InputsConfig = InputsConfig()):
+    """The pool's rows decoded as a ShardWorker decodes them (``dist_al.inputs.pipeline``), batch by batch."""
+    pool, reader = open_inputs(PoolConfig(uri=uri), inputs)
+    return decoded_batches(pool, plan_shards(pool, 1)[0], reader, batch_rows=BATCH_ROWS, threads=threads)
+
+
 def _embed_in_driver(uri: str, device: torch.device):
-    pool = open_pool(PoolConfig(uri=uri))
     embed = Embedder(build_model(_model_config(), seed=0), device=device)
     probs, feats = [], []
-    for batch in read_shard(pool, plan_shards(pool, 1)[0]):
-        p, h = embed(torch.from_numpy(batch["features"].copy()))
+    for batch in _batches(uri):
+        p, h = embed(batch.x)
         probs.append(p)
         feats.append(h)
     return torch.cat(probs), torch.cat(feats)
@@ -154,17 +171,16 @@ def bench_coordination(uri: str, rows: int, budget: int, device: torch.device) -
     ]
 
 
-def bench_embedding(uri: str, hidden: int, depth: int, device: torch.device) -> dict:
-    """Pass (read with prefetch + model) vs bare forward on in-memory rows, same process and threads.
+def bench_embedding(uri: str, hidden: int, depth: int, device: torch.device, layout: str = "binary") -> dict:
+    """Pass (read with prefetch, decode in threads, model) vs bare forward on in-memory rows, same process and
+    threads, on a pool whose vectors have the given layout.
 
-    Also times reading alone: overlap = (read + forward - pass) / min(read, forward) is 1 when the
-    shorter of the two is fully hidden behind the longer and 0 when they run one after the other.
+    Also times reading and decoding alone: overlap = (read + forward - pass) / min(read, forward) is 1 when
+    the shorter of the two is fully hidden behind the longer and 0 when they run one after the other.
     """
     torch.set_num_threads(2)
-    pool = open_pool(PoolConfig(uri=uri))
-    shard = plan_shards(pool, 1)[0]
     embed = Embedder(build_model(_model_config(hidden, depth), seed=0), device=device)
-    in_memory = [torch.from_numpy(b["features"].copy()) for b in read_shard(pool, shard)]  # host memory
+    in_memory = [b.x.clone() for b in _batches(uri)]  # host memory
     for x in in_memory[:2]:
         embed(x)  # warm-up
     best = {"bare": float("inf"), "read": float("inf"), "pass": float("inf")}
@@ -176,27 +192,158 @@ def bench_embedding(uri: str, hidden: int, depth: int, device: torch.device) -> 
         _sync(device)
         best["bare"] = min(best["bare"], time.perf_counter() - t0)
         t0 = time.perf_counter()
-        for b in read_shard(pool, shard):
-            torch.from_numpy(b["features"].copy())
+        for _b in _batches(uri):
+            pass
         best["read"] = min(best["read"], time.perf_counter() - t0)
         t0 = time.perf_counter()
-        for b in read_shard(pool, shard):
-            embed(torch.from_numpy(b["features"].copy()))
+        for b in _batches(uri):
+            embed(b.x)
         _sync(device)
         best["pass"] = min(best["pass"], time.perf_counter() - t0)
-    rows = pool.num_rows
+    rows = sum(len(x) for x in in_memory)
     ratio = best["bare"] / best["pass"]  # = pass throughput / bare throughput
     overlap = (best["read"] + best["bare"] - best["pass"]) / min(best["read"], best["bare"])
     rate = {k: f"{rows / v:,.0f}" for k, v in best.items()}
     return {
         "name": f"embedding pass / bare forward throughput (N={rows:,}, D={D}, MLP hidden {hidden} x {depth}, "
-        f"{device.type})",
+        f"{LAYOUTS[layout]} vectors, {device.type})",
         "figure": f"pass {rate['pass']} vs bare {rate['bare']} rows/s; reading alone {rate['read']} rows/s; "
         f"overlap {overlap:.2f}",
         "ratio": ratio,
         "goal": ">= 0.8",
         "met": ratio >= 0.8,
     }
+
+
+IMAGE_SIDE = 64
+
+
+def _image_pool(path: str, rows: int) -> str:
+    """scikit-learn's digits rendered as 64x64 RGB images, PNG and JPEG in turn, as bytes in Parquet."""
+    import io
+
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    blobs = []
+    for i in range(rows):
+        img = Image.fromarray((digits.images[i % len(digits.images)] * 255 / 16).astype(np.uint8)).convert("RGB")
+        buf = io.BytesIO()
+        img.resize((IMAGE_SIDE, IMAGE_SIDE), Image.Resampling.BILINEAR).save(buf, format="PNG" if i % 2 else "JPEG")
+        blobs.append(buf.getvalue())
+    os.makedirs(path, exist_ok=True)
+    table = pa.table({"id": np.arange(rows), "image": pa.array(blobs, pa.binary())})
+    pq.write_table(table, os.path.join(path, "part-00000.parquet"), row_group_size=1024)
+    return path
+
+
+_IMAGES = InputsConfig(reader="dist_al.inputs:images", kwargs={"size": IMAGE_SIDE, "mode": "RGB"})
+_CNN = ModelConfig(
+    factory="dist_al.models:cnn", kwargs={"image_shape": [3, IMAGE_SIDE, IMAGE_SIDE], "n_classes": K}, batch_size=256
+)
+
+
+def _decode_batch(batch: pa.RecordBatch) -> torch.Tensor:
+    from dist_al.inputs import images
+
+    return images(batch, **_IMAGES.kwargs)
+
+
+def _tensor(x: object) -> torch.Tensor:
+    assert isinstance(x, torch.Tensor)
+    return x
+
+
+def _ray_data_decode(table: pa.Table) -> dict:
+    """Ray Data's first stage: a batch of the pool's rows decoded by the images reader."""
+    return {"x": _decode_batch(table.combine_chunks().to_batches()[0]).numpy()}
+
+
+class _RayDataEmbed:
+    """Ray Data's second stage: an actor holding the model, embedding decoded batches."""
+
+    def __init__(self, weights: dict):
+        torch.set_num_threads(1)
+        self.embed = Embedder(build_model(_CNN, weights=weights))
+
+    def __call__(self, batch: dict) -> dict:
+        p, h = self.embed(torch.from_numpy(batch["x"]))
+        return {"p": p.numpy(), "h": h.numpy()}
+
+
+def bench_decoding(tmp: str, rows: int, device: torch.device) -> list[dict]:
+    """Images (64x64 PNG/JPEG bytes) for the embedding pass, on 2 CPUs: decoding in 2 threads and in 2 processes
+    against one thread; then the ShardWorkers (2) decoding in themselves against Ray Data (a map_batches decode
+    stage on CPU tasks feeding 2 embedding actors), both from the start of the pass to every (p, h) computed."""
+    import ray
+
+    from dist_al.runtime.cluster import ray_session
+    from dist_al.runtime.sharded_pool import ShardedPool
+
+    uri = _image_pool(os.path.join(tmp, "images"), rows)
+    pool, reader = open_inputs(PoolConfig(uri=uri), _IMAGES)
+    raw = [b["inputs"] for b in read_shard(pool, plan_shards(pool, 1)[0], (), batch_rows=256, inputs=reader.columns)]
+    times = {}
+    t0 = time.perf_counter()
+    serial = [reader(b) for b in raw]
+    times["one thread"] = time.perf_counter() - t0
+    with ThreadPoolExecutor(2) as ex:
+        t0 = time.perf_counter()
+        threads = list(ex.map(reader, raw))
+        times["2 threads"] = time.perf_counter() - t0
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as ex:
+        list(ex.map(_decode_batch, raw[:2]))  # start-up, not counted
+        t0 = time.perf_counter()
+        processes = list(ex.map(_decode_batch, raw))
+        times["2 processes"] = time.perf_counter() - t0
+    same = all(
+        torch.equal(_tensor(a), _tensor(b)) and torch.equal(_tensor(a), _tensor(c))
+        for a, b, c in zip(serial, threads, processes)
+    )
+    rate = {k: rows / v for k, v in times.items()}
+    out = [
+        {
+            "name": f"image decoding, 2 threads / 2 processes (N={rows:,} PNG/JPEG {IMAGE_SIDE}x{IMAGE_SIDE})",
+            "figure": ", ".join(f"{k} {v:,.0f} rows/s" for k, v in rate.items()) + f"; same tensors: {same}",
+            "ratio": rate["2 threads"] / rate["2 processes"],
+            "goal": "threads / processes >= 1 (choose threads)",
+            "met": rate["2 threads"] >= rate["2 processes"],
+        }
+    ]
+    network = build_model(_CNN, seed=0)
+    weights = {k: v.detach().cpu() for k, v in network.state_dict().items()}
+    cluster = ClusterConfig(workers=2, cpus_per_worker=1)
+    with ray_session(None, num_cpus=2):
+        t0 = time.perf_counter()
+        sharded = ShardedPool(PoolConfig(uri=uri), _CNN, cluster, inputs=_IMAGES, network=network)
+        t_workers = time.perf_counter() - t0
+        sharded.close()
+        t0 = time.perf_counter()
+        ds = ray.data.read_parquet(uri, columns=["image"])
+        # 2 CPUs as the ShardWorkers had: half a CPU for each embedding actor, the rest for the decode tasks
+        ds = ds.map_batches(_ray_data_decode, batch_format="pyarrow", batch_size=256, num_cpus=0.5)
+        ds = ds.map_batches(
+            _RayDataEmbed,
+            fn_constructor_args=(weights,),
+            batch_size=256,
+            compute=ray.data.ActorPoolStrategy(size=2),
+            num_cpus=0.5,
+        )
+        n = sum(len(b["p"]) for b in ds.iter_batches(batch_size=None))
+        t_data = time.perf_counter() - t0
+    out.append(
+        {
+            "name": f"embedding pass on images, Ray Data decode stage + 2 actors / 2 ShardWorkers decoding in "
+            f"themselves (N={rows:,}, CNN {IMAGE_SIDE}x{IMAGE_SIDE}, {device.type})",
+            "figure": f"Ray Data {t_data:.1f} s ({n:,} rows), ShardWorkers {t_workers:.1f} s, each from its start "
+            "(Ray Data's p and h would still travel to the ShardWorkers)",
+            "ratio": t_data / t_workers,
+            "goal": "> 1: decode in the workers",
+            "met": t_data > t_workers,
+        }
+    )
+    return out
 
 
 class _PeakMemory:
@@ -279,19 +426,19 @@ def bench_gather(uri: str, rows: int, labeled: int, workdir: str) -> dict:
     pool_cfg = _cfg(uri, 1, 1).pool
 
     def full_pass():
-        for _ in read_shard(pool, shard, columns=("id", "features")):
+        for _ in _batches(uri):
             pass
 
     def record():  # what the ShardWorkers do right after selecting, each for its own shard, here in one process
         places = shard_places(shard, picked)
-        pq.write_table(rows_table(pool, picked, places, read_rows(pool, places)), recorded_uri)
+        pq.write_table(rows_table(pool, picked, places, read_rows(pool, places, ["features"])), recorded_uri)
 
     recorded_uri = os.path.join(workdir, "selected_rows.parquet")
     t_full, _ = _best(full_pass)
     t_record, _ = _best(record)
     t_gather, got = _best(lambda: gather_labeled(pool_cfg, labels, pq.read_table(recorded_uri)))  # as train_step reads
     t_by_id, want = _best(lambda: gather_labeled(pool_cfg, labels))
-    same = all(np.array_equal(a, b) for a, b in zip(got, want))
+    same = np.array_equal(got.ids, want.ids) and np.array_equal(got.y, want.y) and got.inputs.equals(want.inputs)
     starts = np.cumsum([0] + [n for _, _, n in pool.row_groups])
     touched = len(np.unique(np.searchsorted(starts, picked, side="right")))
     ratio = t_gather / t_full
@@ -420,6 +567,10 @@ def main(argv: list[str] | None = None) -> int:
         small_uri, large_uri = os.path.join(tmp, "small"), os.path.join(tmp, "large")
         if {"coordination", "embedding"} & set(only):
             _make_pool(small_uri, small)
+        if "embedding" in only:
+            for layout in LAYOUTS:
+                if layout != "binary":
+                    _make_pool(f"{small_uri}-{layout}", small, layout)
         if {"coordination", "full", "gather"} & set(only):
             _make_pool(large_uri, large)
         if "images" in only:
@@ -430,8 +581,12 @@ def main(argv: list[str] | None = None) -> int:
                 # the same comparison where per-centre work dwarfs the RPCs
                 rows += bench_coordination(large_uri, large, budget_small // 2, device)
             elif name == "embedding":
-                rows.append(bench_embedding(small_uri, D, 2, device))  # tiny head: reading-bound
+                for layout in LAYOUTS:  # tiny head: reading-bound
+                    uri = small_uri if layout == "binary" else f"{small_uri}-{layout}"
+                    rows.append(bench_embedding(uri, D, 2, device, layout))
                 rows.append(bench_embedding(small_uri, 1024, 2, device))  # production-size head
+            elif name == "decoding":
+                rows += bench_decoding(tmp, 2_000 if args.quick else 8_000, device)
             elif name == "images":
                 counts = [2**i for i in range(8) if 2**i <= max(2, os.cpu_count() or 1)]
                 image_uri = os.path.join(tmp, "images")

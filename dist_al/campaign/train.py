@@ -538,9 +538,9 @@ def train(
     result = trainer.fit()  # raises ray.train.TrainingFailedError if a worker fails
     if result.checkpoint is None:
         raise RuntimeError(f"Ray Train run {run_name} finished without a checkpoint")
-    data = _read_checkpoint_bytes(result.checkpoint)
-    trained_weights = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)  # what readers will do
-    write_bytes_atomic(checkpoint_uri, data, storage_options)
+    saved = _read_checkpoint_bytes(result.checkpoint)
+    trained_weights = torch.load(io.BytesIO(saved), map_location="cpu", weights_only=True)  # what readers will do
+    write_bytes_atomic(checkpoint_uri, saved, storage_options)
     _remove_run(result.checkpoint.filesystem, storage_path, run_name, default_storage)
     return _result(cfg, driver_model, trained_weights, dict(result.metrics or {}), checkpoint_uri, rows, eval_uri, t0)
 

@@ -33,10 +33,7 @@ A reader is any ``module:function`` named by ``inputs.reader`` (config section `
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import os
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
@@ -47,6 +44,7 @@ import torch
 from dist_al.config import InputsConfig, PoolConfig
 from dist_al.core.errors import UserError
 from dist_al.data.pool import Pool, file_schemas, open_pool
+from dist_al.importing import import_path
 
 __all__ = ["InputError", "Problem", "Reader", "ReaderOutput", "load_reader", "open_inputs", "output_rows"]
 
@@ -101,18 +99,7 @@ class Reader:
 
 
 def _import(path: str) -> Callable[..., Any]:
-    module_name, sep, attr = path.partition(":")
-    if not sep or not module_name or not attr:
-        raise UserError(f"inputs.reader must look like 'package.module:function', got {path!r}")
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.append(os.getcwd())  # a user's module next to the config, as `python -m` would find it
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise UserError(f"inputs.reader {path!r}: cannot import module {module_name!r} ({err})") from None
-    fn = getattr(module, attr, None)
-    if fn is None:
-        raise UserError(f"inputs.reader {path!r}: module {module_name!r} has no attribute {attr!r}")
+    fn = import_path(path, "inputs.reader")
     if not callable(fn):
         raise UserError(f"inputs.reader {path!r} is a {type(fn).__name__}, not a function")
     return fn

@@ -217,7 +217,7 @@ def _decode(blob: Any, size: int, crop: int, mode: str, convert: bool) -> np.nda
     if isinstance(blob, InputError):
         raise blob
     try:
-        img = Image.open(io.BytesIO(blob))
+        img: Image.Image = Image.open(io.BytesIO(blob))
         if img.mode != mode and not convert:
             raise InputError(f"image mode is {img.mode}, inputs.kwargs.mode is {mode} (and convert is false)")
         if img.format == "JPEG":

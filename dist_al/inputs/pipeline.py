@@ -5,7 +5,14 @@ next row group is read ahead in a background thread) and hands each batch to the
 ``threads`` threads, keeping ``threads + 1`` batches in flight and yielding them in pool order: while the
 worker's main thread runs the model on one batch, the next ones are being decoded. Threads, not processes:
 the decoding that costs (Pillow's decode and resize, Arrow's conversions, the tokenizers library) releases
-the GIL, and a thread hands its tensors over without pickling them (docs/BENCHMARKS.md has the comparison).
+the GIL, and a thread hands its tensors over without pickling them (64x64 PNG/JPEG on 2 cores: 2 threads
+decoded 2.0x as fast as 2 processes; docs/BENCHMARKS.md).
+
+Decoding happens in the ShardWorkers, not in a Ray Data stage: ``ray.data`` streaming ``map_batches``
+(decode on CPU tasks, then embedding actors) took 2.7x as long as 2 ShardWorkers decoding in themselves
+on the same image pool (docs/BENCHMARKS.md), and its (p, h) would still have to travel to the ShardWorkers
+that keep them resident for every selection step. Ray Data would pay off only where decoding needs more
+CPUs than the embedding nodes have; the workers' decode threads are the seam where it would plug in.
 
 ``read_batch`` is where the contract (``dist_al.inputs.contract``) is enforced, for every caller (the
 ShardWorkers, training, evaluation): the output's type and row count; a reader's ``InputError`` becomes one
@@ -17,7 +24,7 @@ the first row it fails on.
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -91,6 +98,11 @@ def _describe(out: Any) -> str:
     return f"a {type(out).__name__} of shape {tuple(shape)}" if shape is not None else f"a {type(out).__name__}"
 
 
+def _located(locate: Callable[[int], str], idx: np.ndarray) -> Callable[[int], str]:
+    """``locate`` for the rows ``idx`` of a batch, by their position among them."""
+    return lambda i: locate(int(idx[i]))
+
+
 def _first_failing(reader: Reader, batch: pa.RecordBatch) -> int | None:
     """The first row the reader fails on, by halving the batch; None when only the whole batch fails."""
     lo, hi = 0, batch.num_rows
@@ -159,7 +171,7 @@ def read_batch(
                         "returns a torch.Tensor, or a dict of them, whose first dimension is the row count"
                     ),
                     ids[idx],
-                    lambda i, idx=idx: locate(int(idx[i])),
+                    _located(locate, idx),
                     None,
                 )
             )
@@ -167,7 +179,7 @@ def read_batch(
     return None, keep, skipped
 
 
-def ordered_map(fn: Callable[[Any], Any], items: Iterable, threads: int, name: str = "decode") -> Iterator:
+def ordered_map(fn: Callable[[Any], Any], items: Iterable, threads: int, name: str = "decode") -> Generator:
     """``fn`` over ``items`` in ``threads`` threads, ``threads + 1`` calls in flight, results in order.
 
     Close the iterator (or exhaust it) to stop: calls not started are cancelled, and ``items`` is closed.
@@ -197,7 +209,7 @@ def decoded_batches(
     threads: int,
     labels: bool = False,
     exclude: np.ndarray | None = None,
-) -> Iterator[Decoded]:
+) -> Generator[Decoded, None, None]:
     """The shard's rows decoded by ``reader``, batch by batch in pool order (module docstring).
 
     ``exclude``: shard rows not to decode (those skipped in an earlier pass). Close the iterator to stop early.

@@ -23,7 +23,11 @@ from dist_al.inputs.contract import InputError
 
 __all__ = ["Vectors", "vectors"]
 
-_BINARY_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "float64": np.dtype("<f8")}
+_BINARY_DTYPES: dict[str, np.dtype] = {
+    "float32": np.dtype("<f4"),
+    "float16": np.dtype("<f2"),
+    "float64": np.dtype("<f8"),
+}
 
 
 def _is_binary(t: pa.DataType) -> bool:
@@ -77,7 +81,7 @@ class Vectors:
     def _dtype(field: pa.Field, dtype: str | None) -> np.dtype:
         if dtype is None and field.metadata and DTYPE_KEY in field.metadata:
             dtype = field.metadata[DTYPE_KEY].decode()
-        return _BINARY_DTYPES.get(dtype or "float32", _BINARY_DTYPES["float32"])
+        return _BINARY_DTYPES[dtype if dtype in _BINARY_DTYPES else "float32"]
 
     def __call__(
         self, batch: pa.RecordBatch, column: str = "features", dim: int | None = None, dtype: str | None = None

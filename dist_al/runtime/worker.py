@@ -72,7 +72,7 @@ class ShardWorker:
             build_model(model, weights=weights), model.classifier, self.device, model.autocast if gpu else None
         )
         self.batch_size = model.batch_size
-        self._batches: Generator[dict[str, Any], None, None] | None = None
+        self._batches: Generator[Decoded, None, None] | None = None
         self._next_row = 0  # resident row of the next embedded batch's first row
         self._ids: list[np.ndarray] = []
         self._rows: list[np.ndarray] = []
@@ -148,6 +148,7 @@ class ShardWorker:
 
     def _forward(self, batch: Decoded) -> tuple[torch.Tensor, torch.Tensor]:
         """The model on a batch of reader output; its failure (a shape the model does not take) names the rows."""
+        assert batch.x is not None
         try:
             return self.embedder(batch.x)
         except ModelError:
