@@ -473,7 +473,7 @@ def test_records_are_append_only_and_reingest_is_a_noop(store):
     first_bytes = store.get("workdir/labels/" + name)
 
     t = pq.read_table(io.BytesIO(first_bytes))
-    assert t.column_names == ["id", "label", "round", "source", "ingested_at"]
+    assert t.column_names == ["id", "label", "round", "source", "ingested_at", "predicted"]
     assert t.column("id").to_pylist() == [17, 3, 9] and t.column("round").to_pylist() == [0, 0, 0]
     assert t.column("source").to_pylist() == ["labelers"] * 3
     assert load_label_records(store.uri("workdir/labels"), storage_options=store.options) == {17: 2, 3: 1, 9: 2}

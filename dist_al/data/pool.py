@@ -59,6 +59,8 @@ __all__ = [
     "find_ids",
     "shard_places",
     "read_rows",
+    "read_values",
+    "recorded_places",
     "rows_table",
     "recorded_rows",
     "write_pool",
@@ -719,6 +721,58 @@ def read_rows(pool: Pool, places) -> np.ndarray:
     with ThreadPoolExecutor(max_workers=min(_READ_THREADS, len(groups))) as ex:
         list(ex.map(read, groups))
     return out
+
+
+def read_values(pool: Pool, places, columns: Sequence[str]) -> pa.Table:
+    """The raw values of the pool columns ``columns`` in the rows at ``places``, in that order.
+
+    What a person is shown (an image URI or its bytes, a text), as stored: nothing is decoded. Reads only those
+    column chunks of the row groups holding the rows, several at once.
+
+    Raises:
+        PoolError: a column the pool does not have (naming the pool's columns), or a corrupt row group.
+    """
+    places = np.asarray(places, dtype=np.int64).reshape(-1, 3)
+    missing = [c for c in columns if c not in pool.schema.names]
+    if missing:
+        raise PoolError(f"pool {pool.spec.uri} has no column {missing[0]!r} (columns: {', '.join(pool.schema.names)})")
+    order = np.lexsort((places[:, 1], places[:, 0]))
+    starts = np.flatnonzero(np.any(np.diff(places[order, :2], axis=0) != 0, axis=1)) + 1
+    groups = np.split(order, starts) if len(places) else []
+
+    def read(idx: np.ndarray) -> pa.Table:
+        fi, rg = int(places[idx[0], 0]), int(places[idx[0], 1])
+        with _reading(pool, fi, rg):
+            table = _read_row_group(pool.fs, pool.files[fi], pool.metadata[fi], rg, list(columns))
+        return table.take(pa.array(places[idx, 2]))
+
+    with ThreadPoolExecutor(max_workers=max(1, min(_READ_THREADS, len(groups)))) as ex:
+        parts = list(ex.map(read, groups))
+    if not parts:
+        return pool.schema.empty_table().select(list(columns))
+    table = pa.concat_tables(parts, promote_options="permissive")
+    return table.take(pa.array(np.argsort(np.concatenate(groups), kind="stable")))
+
+
+def recorded_places(pool: Pool, table: pa.Table) -> np.ndarray:
+    """Places of the rows of ``table`` (``rows_table``: file, row_group, row), in its order.
+
+    Raises:
+        PoolError: a row this pool does not have (the pool changed since the rows were recorded).
+    """
+    files = {pool.file_key(i): i for i in range(len(pool.files))}
+    group_rows = {(fi, rg): n for fi, rg, n in pool.row_groups}
+    places = np.column_stack(
+        [
+            np.asarray([files.get(k, -1) for k in table.column("file").to_pylist()], dtype=np.int64),
+            table.column("row_group").to_numpy().astype(np.int64),
+            table.column("row").to_numpy().astype(np.int64),
+        ]
+    ).reshape(-1, 3)
+    for f, g, r in places.tolist():
+        if not 0 <= r < group_rows.get((f, g), 0):
+            raise PoolError(f"pool {pool.spec.uri} has no row {r} in row group {g} of the file recorded for it")
+    return places
 
 
 def rows_table(pool: Pool, ids, places, features: np.ndarray) -> pa.Table:
