@@ -80,6 +80,7 @@ def config(pool: str, workdir: str, server, project: str, **labeling) -> dict:
             "project": project,
             "classes": CLASSES,
             "local_files_root": str(server.files_root),
+            "image": "image",
             **labeling,
         },
         "workdir": workdir,
@@ -191,7 +192,15 @@ def test_full_round_on_an_image_pool_shows_each_image_and_trains(label_studio, a
 @pytest.mark.slow
 def test_full_round_on_a_text_pool_with_predictions(label_studio, api_key, files, ray_local):
     truth = write_pool(files / "pool", text=True)
-    raw = config(str(files / "pool"), str(files / "work"), label_studio, "texts full round", predictions=True)
+    raw = config(
+        str(files / "pool"),
+        str(files / "work"),
+        label_studio,
+        "texts full round",
+        predictions=True,
+        image=None,
+        text="body",
+    )
     torch.save(build_model(validate(raw).model, seed=5).state_dict(), files / "given.pt")
     raw["model"]["checkpoint"] = str(files / "given.pt")
     cfg = validate(raw)
@@ -418,3 +427,43 @@ def test_a_personal_access_token_works_as_the_api_key(label_studio, files, monke
     selected_round(cfg, list(range(100, 105)))
     assert advance(cfg).startswith("round 1: waiting for labels, 0/5 received")
     assert len(label_studio.tasks(project_named(label_studio, "personal token")["id"])) == 5
+
+
+def test_object_store_images_are_presigned_for_label_studio_and_never_in_the_workdir(
+    label_studio, api_key, s3_bucket, s3_storage_options
+):
+    import fsspec
+
+    fs = fsspec.filesystem("s3", **s3_storage_options)
+    uris = {}
+    for i in range(100, 100 + ROWS):
+        fs.pipe_file(f"{s3_bucket}/pool/images/{i}.png", image_bytes(i))
+        # half absolute, half relative to the pool's directory
+        uris[i] = f"s3://{s3_bucket}/pool/images/{i}.png" if i % 2 else f"images/{i}.png"
+    write_pool(f"s3://{s3_bucket}/pool", image_uris=uris, storage_options=s3_storage_options)
+    pool = f"s3://{s3_bucket}/pool/part-0.parquet"  # images next to it: relative paths are relative to its folder
+    raw = config(pool, f"s3://{s3_bucket}/work", label_studio, "presigned", image="image_uri")
+    raw["pool"]["storage_options"] = s3_storage_options
+    cfg = validate(raw)
+    selected_round(cfg, list(range(100, 106)))
+    advance(cfg)
+    tasks = label_studio.tasks(project_named(label_studio, "presigned")["id"])
+    assert len(tasks) == 6
+    for task in tasks:  # a link any browser can open, for a week
+        link = task["data"]["image"]
+        assert link.startswith(s3_storage_options["endpoint_url"]) and "X-Amz-Signature=" in link
+        assert "X-Amz-Expires=604800" in link and label_studio.fetch(link) == image_bytes(task["data"]["id"])
+    exported = json.loads(fs.cat_file(f"{s3_bucket}/work/rounds/0001/export/label_studio_tasks.json"))
+    assert {t["data"]["id"]: t["data"]["image"] for t in exported} == {
+        i: f"s3://{s3_bucket}/pool/images/{i}.png" for i in range(100, 106)
+    }
+    fs.invalidate_cache()
+    assert not [p for p in fs.find(f"{s3_bucket}/work") if b"X-Amz-" in fs.cat_file(p)]  # no signature in a file
+
+    unsigned = cfg.replace(labeling={"presign_expiry_s": None, "project": "unsigned"}, workdir=f"s3://{s3_bucket}/w2")
+    selected_round(unsigned, list(range(100, 103)))
+    advance(unsigned)  # for Label Studio's own cloud storage connection to resolve
+    tasks = label_studio.tasks(project_named(label_studio, "unsigned")["id"])
+    assert sorted(t["data"]["image"] for t in tasks) == sorted(
+        uris[i] if i % 2 else f"s3://{s3_bucket}/pool/{uris[i]}" for i in range(100, 103)
+    )

@@ -213,7 +213,7 @@ class LabelStudio:
 
     def check(self) -> None:
         """Reaches the server and has the key accepted."""
-        self.call("GET", "/api/current-user/whoami/", what="checking the API key", retry=True)
+        self.call("GET", "/api/current-user/whoami", what="checking the API key", retry=True)
 
     def project(self, project: int) -> dict:
         return self.call("GET", f"/api/projects/{project}/", what=f"reading project {project}", retry=True)

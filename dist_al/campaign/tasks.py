@@ -40,6 +40,7 @@ import torch
 
 from dist_al.config import Config, LabelingConfig
 from dist_al.core.errors import UserError
+from dist_al.credentials import reveal
 from dist_al.data.pool import Pool, find_ids, read_rows, read_values, recorded_places
 from dist_al.data.storage import exists, filesystem, write_bytes_atomic
 from dist_al.models.build import build_model, load_state
@@ -173,7 +174,11 @@ class Linker:
         if scheme not in ("", "file"):
             if self.lab.presign_expiry_s is None:
                 return uri
-            fs, path = filesystem(uri, self.storage_options)
+            options = self.storage_options
+            if scheme in ("s3", "s3a"):  # Signature Version 4: what every AWS region accepts, expiry up to a week
+                config = reveal(options).get("config_kwargs") or {}
+                options = {**options, "config_kwargs": {"signature_version": "s3v4", **config}}
+            fs, path = filesystem(uri, options)
             try:
                 return fs.sign(path, expiration=self.lab.presign_expiry_s)
             except NotImplementedError:
