@@ -94,6 +94,7 @@ class LabelStudioServer:
     files_root: Path  # LOCAL_FILES_DOCUMENT_ROOT
     process: subprocess.Popen
     log: Path
+    _personal: str | None = None
 
     def api(self, method: str, path: str, body=None, *, authorization: str | None = None):
         """A request as an annotator's browser (or an admin's script) makes it; its JSON answer."""
@@ -115,8 +116,10 @@ class LabelStudioServer:
             return response.read()
 
     def personal_access_token(self) -> str:
-        """A new personal access token (a JWT refresh token) of the test user."""
-        return self.api("POST", "/api/token/")["token"]
+        """The test user's personal access token (a JWT refresh token; Label Studio gives a user one at a time)."""
+        if self._personal is None:
+            self._personal = self.api("POST", "/api/token/")["token"]
+        return self._personal
 
     def tasks(self, project: int) -> list[dict]:
         return self.api("GET", f"/api/tasks/?project={project}&fields=all&page_size=1000")["tasks"]
