@@ -12,9 +12,12 @@ Label Studio reads ``data`` as the task's variables (``$id``, ``$rank``,
 ``$ref`` in a labeling config, see :func:`label_studio_config`) and keeps
 ``meta`` as opaque per-task metadata.  ``data_ref`` / ``ref`` says where a
 labeler finds the row: ``"{pool_uri}#{id_column}={id}"`` unless the caller
-passes its own mapping (e.g. an image URL per id).  File names are fixed; no
-pool value ever becomes part of a path.  Every file is written atomically, and
-``selection.parquet`` last, so its presence means the export is complete.
+passes its own mapping (e.g. an image URL per id).  ``task_data`` adds what
+annotators see (``image``, ``text``, ``context``, ``features``: see
+``dist_al.campaign.tasks``) and ``predictions`` the model's proposal.  File names
+are fixed; no pool value ever becomes part of a path.  Every file is written
+atomically, and ``selection.parquet`` last, so its presence means the export is
+complete.
 
 In: :func:`read_labels` reads ``(id, label)`` rows from Parquet or CSV (columns
 ``id`` and ``label``; extra columns ignored) or from a Label Studio JSON export
@@ -52,13 +55,16 @@ bucket, checked in this order, so the counts add up to the number of rows:
    same label.  Re-ingesting a file therefore changes nothing.
 8. accepted: everything else, in file order.
 
-Label records (:func:`append_label_records`, :func:`load_label_records`): each
-ingest that accepts anything writes ONE new immutable Parquet file under the
-records prefix, named ``<UTC timestamp>-<content hash>.parquet`` (never from
-ids), with columns ``id, label, round, source, ingested_at``.  Files are never
-rewritten or deleted; the current labels are all files read in name (= time)
-order.  Should two files ever disagree about an id (two ingests racing on one
-workdir), the earlier record wins and a warning names the later file.
+Label records (:class:`LabelRecords`; :func:`append_label_records`,
+:func:`load_label_records`): each ingest that accepts anything writes ONE new
+immutable Parquet file under the records prefix, named ``<UTC timestamp>-<content
+hash>.parquet`` (never from ids), with columns ``id, label, round, source,
+ingested_at, predicted`` (``predicted``: the class the model proposed to the
+annotator, null when none was).  Files are never rewritten or deleted; the current
+labels are all records in name (= time) order, read through the latest checkpoint
+(see :class:`LabelRecords`) so that a read stays bounded however many there are.
+Should two records ever disagree about an id (two ingests racing on one workdir),
+the earlier record wins and a warning names the later file.
 """
 
 from __future__ import annotations

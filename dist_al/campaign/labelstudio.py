@@ -394,7 +394,7 @@ def read_record(wd: Workdir, n: int) -> dict | None:
 
 
 def _meta(wd: Workdir, n: int) -> dict:
-    return {"dist_al_workdir": wd.uri, "dist_al_round": n}
+    return {"dist_al_workdir": redact(wd.uri), "dist_al_round": n}
 
 
 def push_round(

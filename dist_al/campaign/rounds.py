@@ -30,7 +30,16 @@ from dist_al.campaign.labels import (
     validate_labels,
 )
 from dist_al.campaign.labelstudio import LabelStudio, LabelStudioError, pull_round, push_round
-from dist_al.campaign.tasks import Linker, linked, predict, prediction, row_places, shown_rows, to_name
+from dist_al.campaign.tasks import (
+    Linker,
+    check_columns,
+    linked,
+    predict,
+    prediction,
+    row_places,
+    shown_rows,
+    to_name,
+)
 from dist_al.campaign.workdir import Workdir, open_workdir
 from dist_al.config import Config
 from dist_al.data.pool import find_ids, open_pool
@@ -149,6 +158,7 @@ def export_step(cfg: Config, wd: Workdir) -> str:
     if state != "SELECTED":
         return f"round {n}: nothing to export ({(state or 'no round').lower()})"
     lab = cfg.labeling
+    client = LabelStudio.from_config(lab) if lab.backend == "label-studio" else None
     class_names = lab.class_names(_n_classes(cfg))
     selection = _read_selection(wd, n)
     ids = selection.column("id").to_pylist()
@@ -175,8 +185,8 @@ def export_step(cfg: Config, wd: Workdir) -> str:
     config_xml = _label_config(cfg, class_names)
     write_bytes_atomic(wd.round_path(n, "export", LABEL_CONFIG), config_xml.encode(), wd.storage_options)
     line = f"round {n}: exported {len(files) + 1} files to {wd.round_path(n, 'export')}"
-    if lab.backend == "label-studio":
-        record, made = _push(cfg, wd, n, LabelStudio.from_config(lab), ids, class_names)
+    if client is not None:
+        record, made = _push(cfg, wd, n, client, ids, class_names)
         line += f"; {made} tasks pushed to Label Studio project {record['project']} ({record['title']!r})"
     wd.set_state(n, "EXPORTED", exported_at=time.time())
     return line
@@ -196,9 +206,9 @@ def _label_config(cfg: Config, class_names: list[str]) -> str:
 def _predictions(cfg: Config, wd: Workdir, n: int, features, class_names: list[str]) -> list[list[dict]] | None:
     """The class the round's model predicts for each selected row, as Label Studio predictions (labeling.predictions;
     none before a model was trained or given, since an untrained model's guess would only mislead)."""
-    checkpoint = (wd.state(n) or {}).get("checkpoint")
     if not cfg.labeling.predictions or features is None:
         return None
+    checkpoint = (wd.state(n) or {}).get("checkpoint")
     if checkpoint is None:
         log.info("round %d: no trained model yet, so no predictions are sent with the tasks", n)
         return None
@@ -349,8 +359,10 @@ def advance(cfg: Config, progress: bool = False) -> str:
     """Moves the current round as far as it can go; answers the last status line."""
     wd = open_workdir(cfg, create=False)
     n, state = _current(wd)
-    if state in (None, "TRAINED"):
-        if cfg.labeling.backend == "label-studio":  # before minutes of selection that it could not hand over
+    if state in (None, "TRAINED"):  # before minutes of selection, what would keep it from reaching annotators
+        check_columns(cfg.labeling, open_pool(cfg.pool))
+        cfg.labeling.class_names(_n_classes(cfg))
+        if cfg.labeling.backend == "label-studio":
             LabelStudio.from_config(cfg.labeling).check()
         log.info(select_step(cfg, wd, progress))
     if _current(wd)[1] == "SELECTED":

@@ -79,6 +79,17 @@ def shown_columns(lab: LabelingConfig) -> list[str]:
     return [c for c in (lab.image, lab.text) if c is not None] + list(lab.context)
 
 
+def check_columns(lab: LabelingConfig, pool: Pool) -> None:
+    """Raises UserError naming the config key of a shown column the pool does not have."""
+    keys = [("labeling.image", lab.image), ("labeling.text", lab.text)] + [("labeling.context", c) for c in lab.context]
+    for key, column in keys:
+        if column is not None and column not in pool.schema.names:
+            raise UserError(
+                f"config key {key}: pool {pool.spec.uri} has no column {column!r} "
+                f"(columns: {', '.join(pool.schema.names)})"
+            )
+
+
 def row_places(pool: Pool, ids: list, recorded: pa.Table | None) -> np.ndarray:
     """Places of the rows ``ids``, in that order: as recorded at selection, else found in the pool (one pass)."""
     if recorded is not None and set(ids) <= set(recorded.column("id").to_pylist()):
@@ -106,6 +117,7 @@ def shown_rows(
     Raises:
         UserError: a shown column the pool does not have, or an image column that holds neither URIs nor bytes.
     """
+    check_columns(lab, pool)
     columns = shown_columns(lab)
     values = read_values(pool, places, columns) if columns else None
     data: list[dict] = [{} for _ in ids]
