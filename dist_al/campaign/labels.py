@@ -724,9 +724,10 @@ class LabelRecords:
             for name in self._names_after(self._through)
         ]
         self._loaded = True
-        return self._labels()
+        return self.labels()
 
-    def _labels(self) -> dict:
+    def labels(self) -> dict:
+        """The labels as last loaded, with what this instance appended since (no I/O)."""
         parts = [self._checkpoint.select(["id", "label", "record"])] if self._checkpoint is not None else []
         parts += [t.select(["id", "label"]).append_column("record", pa.array([n] * t.num_rows)) for n, t in self._tail]
         if not parts or not sum(p.num_rows for p in parts):

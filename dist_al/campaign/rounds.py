@@ -188,7 +188,7 @@ def export_step(cfg: Config, wd: Workdir) -> str:
     if client is not None:
         record, made = _push(cfg, wd, n, client, ids, class_names)
         line += f"; {made} tasks pushed to Label Studio project {record['project']} ({record['title']!r})"
-    wd.set_state(n, "EXPORTED", exported_at=time.time())
+    wd.set_state(n, "EXPORTED", exported_at=time.time(), classes=class_names)
     return line
 
 
@@ -257,7 +257,7 @@ def labeled_step(cfg: Config, wd: Workdir) -> str:
     pulled = ""
     if cfg.labeling.backend == "label-studio":
         pulled = "; " + _pull(cfg, wd, n, records, labels)
-        labels = records.load()
+        labels = records.labels()
     got, want = label_progress(cfg, wd, n, labels)
     lab = cfg.labeling
     waited = time.time() - (wd.state(n) or {}).get("exported_at", time.time())
@@ -276,8 +276,8 @@ def _pull(cfg: Config, wd: Workdir, n: int, records: LabelRecords, labels: dict)
     """Pulls the round's annotations from Label Studio and ingests them (after pushing what is missing); answers
     what it saw. Writes nothing unless everything was read."""
     lab = cfg.labeling
-    class_names = lab.class_names(_n_classes(cfg))
     client = LabelStudio.from_config(lab)
+    class_names = (wd.state(n) or {}).get("classes") or lab.class_names(_n_classes(cfg))  # as exported
     ids = _round_ids(wd, n)
     record, _ = _push(cfg, wd, n, client, ids, class_names)
     pulled = pull_round(client, record, class_names)
