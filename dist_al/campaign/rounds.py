@@ -169,6 +169,7 @@ def export_step(cfg: Config, wd: Workdir) -> str:
         pool,
         ids,
         row_places(pool, ids, recorded),
+        recorded=recorded,
         media_prefix=wd.round_path(n, "export", "media"),
         storage_options=wd.storage_options,
     )

@@ -30,6 +30,7 @@ import hashlib
 import math
 import os
 import posixpath
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from urllib.parse import quote
@@ -46,6 +47,7 @@ from dist_al.data.storage import exists, filesystem, write_bytes_atomic
 from dist_al.models.build import build_model, load_state
 
 LOCAL_FILES = "/data/local-files/?d="
+_MEDIA_THREADS = 8
 _IMAGE_FORMATS = (
     (b"\x89PNG\r\n\x1a\n", ".png"),
     (b"\xff\xd8\xff", ".jpg"),
@@ -108,18 +110,36 @@ class ShownRows:
     features: np.ndarray | None = field(default=None, repr=False)
 
 
+def _values(pool: Pool, ids: list, places: np.ndarray, columns: list[str], recorded: pa.Table | None) -> pa.Table:
+    """The shown columns of the rows: from the rows recorded at selection when they hold them (the workers had
+    them in hand), else read from the pool (whole column chunks of the row groups that hold the rows)."""
+    if recorded is not None and set(columns) <= set(recorded.column_names):
+        at = {i: k for k, i in enumerate(recorded.column("id").to_pylist())}
+        if set(ids) <= set(at):
+            return recorded.select(columns).take(pa.array([at[i] for i in ids], pa.int64()))
+    return read_values(pool, places, columns)
+
+
 def shown_rows(
-    lab: LabelingConfig, pool: Pool, ids: list, places: np.ndarray, *, media_prefix: str, storage_options: dict
+    lab: LabelingConfig,
+    pool: Pool,
+    ids: list,
+    places: np.ndarray,
+    *,
+    recorded: pa.Table | None = None,
+    media_prefix: str,
+    storage_options: dict,
 ) -> ShownRows:
-    """Reads the shown columns of the rows at ``places`` and makes each row's task data; image bytes are written
-    to ``media_prefix`` (once: a file already there has the same content, its name being that content's hash).
+    """Reads the shown columns of the rows at ``places`` (or takes them from ``recorded``, the rows recorded at
+    selection, when it has them) and makes each row's task data; image bytes are written to ``media_prefix``
+    (once: a file already there has the same content, its name being that content's hash).
 
     Raises:
         UserError: a shown column the pool does not have, or an image column that holds neither URIs nor bytes.
     """
     check_columns(lab, pool)
     columns = shown_columns(lab)
-    values = read_values(pool, places, columns) if columns else None
+    values = _values(pool, ids, places, columns, recorded) if columns else None
     data: list[dict] = [{} for _ in ids]
     if lab.image is not None and values is not None:
         kind = values.schema.field(lab.image).type
@@ -129,9 +149,16 @@ def shown_rows(
                 "(strings) or image bytes (binary)"
             )
         base = _pool_base(pool)
-        for row, value in zip(data, values.column(lab.image).to_pylist()):
-            if isinstance(value, bytes):
-                row["image"] = _write_media(value, media_prefix, storage_options)
+        images = values.column(lab.image).to_pylist()
+        with ThreadPoolExecutor(max_workers=_MEDIA_THREADS) as writers:  # an object store answers in parallel
+            media = list(
+                writers.map(
+                    lambda v: _write_media(v, media_prefix, storage_options) if isinstance(v, bytes) else None, images
+                )
+            )
+        for row, value, written in zip(data, images, media):
+            if written is not None:
+                row["image"] = written
             elif value is not None:
                 row["image"] = value if _scheme(value) or value.startswith("/") else posixpath.join(base, value)
     if lab.text is not None and values is not None:
@@ -141,10 +168,8 @@ def shown_rows(
         context = {c: values.column(c).to_pylist() for c in lab.context}
         for k, row in enumerate(data):
             row["context"] = {c: _scalar(v[k]) for c, v in context.items()}
-    features = None
-    if lab.features == "table" or lab.predictions:
-        features = read_rows(pool, places)
-    if lab.features == "table" and features is not None:
+    features = read_rows(pool, places) if lab.features == "table" or lab.predictions else None
+    if features is not None and lab.features == "table":
         for row, vector in zip(data, features.tolist()):
             row["features"] = {str(j): float(f"{x:.6g}") for j, x in enumerate(vector)}
     return ShownRows(data, features)
