@@ -36,9 +36,11 @@ EXAMPLES = {
     "writes OUT/eval-curves-DATASET.png, eval-penalty.png, eval-tables.md and eval-summary.csv",
     "round": "examples:\n  dist-al round --config configs/local-round.yaml\n"
     "  */5 * * * *  dist-al round --config /etc/dist-al/prod.yaml     (crontab: one tick every 5 minutes)\n"
+    "  LABEL_STUDIO_API_KEY=... dist-al round --config configs/label-studio-round.yaml   (push and pull)\n"
     "prints one line, e.g. 'round 3: waiting for labels, 412/500 received'",
     "export": "examples:\n  dist-al export --config configs/local-round.yaml\n"
-    "writes WORKDIR/rounds/NNNN/export/{selection.parquet,selection.csv,label_studio_tasks.json}",
+    "writes WORKDIR/rounds/NNNN/export/{selection.parquet,selection.csv,label_studio_tasks.json,\n"
+    "label_studio_config.xml}; with labeling.backend label-studio it also pushes the tasks (once)",
     "ingest": "examples:\n"
     "  dist-al ingest --config configs/local-round.yaml project-3-export.json   (Label Studio JSON export)\n"
     "  dist-al ingest --config configs/local-round.yaml labels.csv                (columns id,label)\n"
@@ -285,7 +287,7 @@ def _parser() -> argparse.ArgumentParser:
 
     for name, text in (
         ("round", "advance the current labeling round as far as it can go (safe from cron)"),
-        ("export", "write the round's selection for labelers (Parquet, CSV, Label Studio tasks)"),
+        ("export", "write the round's selection for labelers (Parquet, CSV, Label Studio tasks; push them)"),
         ("ingest", "add labels from a Label Studio JSON export or a CSV/Parquet file (id, label)"),
         ("train", "retrain on all labeled rows with Ray Train and record eval accuracy"),
         ("status", "rounds, their states, label counts and metrics, as a table"),
@@ -296,7 +298,9 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--no-progress", action="store_true", help="no progress bars")
         if name == "ingest":
             cmd.add_argument("file", help="labels file or URI (.json Label Studio export, .csv, .parquet)")
-            cmd.add_argument("--class-names", help="comma-separated class names, in class-index order")
+            cmd.add_argument(
+                "--class-names", help="comma-separated class names, in class-index order (default: labeling.classes)"
+            )
 
     submit = _command(
         sub,

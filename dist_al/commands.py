@@ -146,6 +146,7 @@ EXIT_STORAGE = 1
 
 def _locked(cfg, command: str, step) -> int:
     """Runs a mutating step under the workdir lock; a held or lost lock or a store that stays down is one line."""
+    from dist_al.campaign.labelstudio import LabelStudioUnavailable
     from dist_al.campaign.lock import LockLost, WorkdirLocked
     from dist_al.campaign.workdir import workdir_lock
     from dist_al.data.storage import StorageUnavailable
@@ -161,6 +162,9 @@ def _locked(cfg, command: str, step) -> int:
         return EXIT_LOCK_LOST
     except StorageUnavailable as err:
         print(f"dist-al: error: {err}; the workdir was left as it was", file=sys.stderr)
+        return EXIT_STORAGE
+    except LabelStudioUnavailable as err:  # what Label Studio confirmed is recorded, nothing else
+        print(f"dist-al: error: {err}; the next tick carries on", file=sys.stderr)
         return EXIT_STORAGE
     return 0
 

@@ -7,6 +7,7 @@ import pytest
 import ray
 import torch
 from hypothesis import settings
+from lsserver import label_studio  # noqa: F401  (a real Label Studio on loopback, once per session)
 from s3server import s3_bucket, s3_server, s3_storage_options  # noqa: F401  (moto S3 on loopback)
 
 # "ci" (the default): the same examples on every run and every machine, so a red suite means a change

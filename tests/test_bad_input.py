@@ -250,6 +250,20 @@ def test_pool_that_is_not_readable(env, tmp_path):
 
 
 CONFIG_CASES = [
+    (
+        "labeling column missing",
+        ROUND,
+        True,
+        {"labeling__image": "photo"},
+        ["config key labeling.image: pool ", "has no column 'photo' (columns: id, features"],
+    ),
+    (
+        "labeling classes do not match the model",
+        ROUND,
+        False,
+        {"labeling__classes": ["cat", "dog"]},
+        [f"config key labeling.classes names 2 classes, the model has {CLASSES}"],
+    ),
     ("budget zero", ROUND, True, {"selection__budget": 0}, ["selection.budget must be positive, got 0"]),
     ("budget negative", SELECT, False, {"selection__budget": -3}, ["selection.budget must be positive, got -3"]),
     (

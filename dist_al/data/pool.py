@@ -61,6 +61,7 @@ __all__ = [
     "find_ids",
     "shard_places",
     "read_rows",
+    "recorded_places",
     "rows_table",
     "recorded_rows",
     "LOGICAL_COLUMNS",
@@ -630,6 +631,9 @@ def read_rows(pool: Pool, places, columns: Sequence[str]) -> pa.Table:
     """
     places = np.asarray(places, dtype=np.int64).reshape(-1, 3)
     columns = list(dict.fromkeys(columns))
+    missing = [c for c in columns if c not in pool.schema.names]
+    if missing:
+        raise PoolError(f"pool {pool.spec.uri} has no column {missing[0]!r} (columns: {', '.join(pool.schema.names)})")
     if not len(places):
         return pool.schema.empty_table().select(columns)
     order = np.lexsort((places[:, 1], places[:, 0]))
@@ -647,6 +651,27 @@ def read_rows(pool: Pool, places, columns: Sequence[str]) -> pa.Table:
     # files may differ in width (int32/int64, list/large_list): one schema, the first part's, for all
     table = pa.concat_tables(parts, promote_options="permissive")
     return table.take(pa.array(np.argsort(np.concatenate(groups), kind="stable")))
+
+
+def recorded_places(pool: Pool, table: pa.Table) -> np.ndarray:
+    """Places of the rows of ``table`` (``rows_table``: file, row_group, row), in its order.
+
+    Raises:
+        PoolError: a row this pool does not have (the pool changed since the rows were recorded).
+    """
+    files = {pool.file_key(i): i for i in range(len(pool.files))}
+    group_rows = {(fi, rg): n for fi, rg, n in pool.row_groups}
+    places = np.column_stack(
+        [
+            np.asarray([files.get(k, -1) for k in table.column("file").to_pylist()], dtype=np.int64),
+            table.column("row_group").to_numpy().astype(np.int64),
+            table.column("row").to_numpy().astype(np.int64),
+        ]
+    ).reshape(-1, 3)
+    for f, g, r in places.tolist():
+        if not 0 <= r < group_rows.get((f, g), 0):
+            raise PoolError(f"pool {pool.spec.uri} has no row {r} in row group {g} of the file recorded for it")
+    return places
 
 
 def rows_table(pool: Pool, ids, places, inputs: pa.Table) -> pa.Table:
