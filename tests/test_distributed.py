@@ -161,3 +161,29 @@ def test_badge_same_ids_for_1_and_3_workers_with_tiny_norm_rows(cluster, tmp_pat
         finally:
             pool.close()
     assert len(set(picked[0])) == 60 and picked[0] == picked[1]
+
+
+def test_badge_pruned_equals_full_pass_for_1_and_3_workers(cluster, tmp_path):
+    """BADGE's pruning on the workers (a trained MLP's embeddings of noisy digits, the data where it skips most
+    rows): the same ids with and without it, for 1 and 3 workers, and the core's ids on the same (p, h)."""
+    from dist_al.models.embedder import Embedder
+    from dist_al.testing.pools import noisy_digits, trained_digits_mlp
+
+    network = trained_digits_mlp(hidden=32, steps=150)
+    pixels, labels = noisy_digits(1500)
+    uri = str(tmp_path / "digits")
+    write_pool(uri, np.arange(1500), pixels.numpy(), labels.numpy(), rows_per_file=500, rows_per_group=100)
+    model = {"factory": "dist_al.models:mlp", "kwargs": {"in_dim": 64, "n_classes": 10, "hidden": 32}}
+    picked = {}
+    for workers in (1, 3):
+        pool = sharded_pool(_config(uri, "badge", workers, model=model), network)
+        try:
+            for prune in (True, False):
+                result = pool.select("badge", 80, seed=7, options={"prune": prune}, labeled_ids=np.arange(0, 1500, 50))
+                picked[workers, prune] = result.table.column("id").to_pylist()
+        finally:
+            pool.close()
+    probs, feats = Embedder(network)(pixels)
+    labeled = np.isin(np.arange(1500), np.arange(0, 1500, 50))
+    core = select("badge", probs, feats, 80, labeled=labeled, seed=7, prune=False).tolist()
+    assert all(ids == core for ids in picked.values()), picked

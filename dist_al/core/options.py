@@ -36,6 +36,15 @@ class NoOptions(StrategyOptions):
 
 
 @dataclass(frozen=True)
+class BadgeOptions(StrategyOptions):
+    prune: bool = True  # skip rows that bounds prove unchanged by a new centre (same picks; False reads every row)
+
+    def __post_init__(self):
+        if not isinstance(self.prune, bool):
+            raise UserError(f"option prune must be true or false, got {self.prune!r}")
+
+
+@dataclass(frozen=True)
 class BadgeScalableOptions(StrategyOptions):
     rounds: int = 5  # k-means|| rounds (passes over the pool)
     oversampling: float = 2.0  # candidates per round, as a multiple of the budget
