@@ -209,6 +209,9 @@ class ClusterConfig(Section):
     start_timeout_s: float = Field(
         300.0, gt=0, description="how long to wait for a cluster dist-al connects to to place every worker"
     )
+    compiled_graph: bool = Field(
+        True, description="exact BADGE's centres as a Ray compiled graph (false: plain actor calls, same ids)"
+    )
 
 
 class Config(Section):

@@ -160,3 +160,42 @@ def test_rows_where_is_torch_nonzero():
     mask = torch.rand(10_000, generator=torch.Generator().manual_seed(0)) > 0.7
     assert torch.equal(_rows_where(mask), mask.nonzero()[:, 0])
     assert torch.equal(_rows_where(torch.zeros(0, dtype=torch.bool)), torch.zeros(0, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    "mkl, vendor, numpy_blas, kernel",
+    [
+        (True, "GenuineIntel", "scipy-openblas", "torch"),
+        (True, "AuthenticAMD", "scipy-openblas", "numpy"),
+        (True, "AuthenticAMD", "mkl-sdl", "torch"),
+        (True, "AuthenticAMD", "unknown", "torch"),
+        (False, "AuthenticAMD", "openblas", "torch"),
+        (True, "unknown", "openblas", "torch"),
+    ],
+)
+def test_dot_kernel_avoids_mkl_gemv_off_intel(monkeypatch, mkl, vendor, numpy_blas, kernel):
+    from dist_al.core import kernels
+
+    monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: mkl)
+    monkeypatch.setattr(kernels, "cpu_info", lambda key: vendor)
+    monkeypatch.setattr(kernels, "_numpy_blas", lambda: numpy_blas)
+    kernels.dot_kernel.cache_clear()
+    try:
+        assert kernels.dot_kernel() == kernel
+    finally:
+        kernels.dot_kernel.cache_clear()
+
+
+@pytest.mark.parametrize("pool", ["digits-mlp", "gaussian"])
+def test_numpy_dot_kernel_gives_the_same_picks(monkeypatch, pool):
+    """The kernel taken on AMD CPUs (numpy's BLAS), run here: the picks of torch.mv's, pruned or not."""
+    from dist_al.core import kernels
+
+    probs, feats = POOLS[pool](0)
+    want = select("badge", probs, feats, 100, seed=2)
+    monkeypatch.setattr(kernels, "dot_kernel", lambda: "numpy")
+    for prune in (True, False):
+        np.testing.assert_array_equal(select("badge", probs, feats, 100, seed=2, prune=prune), want)
+    out = torch.empty(len(feats))
+    assert kernels.row_dots(feats, feats[0], out=out) is out
+    torch.testing.assert_close(out, feats @ feats[0])

@@ -187,3 +187,20 @@ def test_badge_pruned_equals_full_pass_for_1_and_3_workers(cluster, tmp_path):
     labeled = np.isin(np.arange(1500), np.arange(0, 1500, 50))
     core = select("badge", probs, feats, 80, labeled=labeled, seed=7, prune=False).tolist()
     assert all(ids == core for ids in picked.values()), picked
+
+
+def test_badge_compiled_graph_and_plain_actor_calls_give_the_same_ids(embedded, monkeypatch):
+    """cluster.compiled_graph: exact BADGE's centres through a Ray compiled graph (checked to have run), or
+    through plain actor calls; the same ids for 1, 2 and 4 workers."""
+    from dist_al.runtime import sharded_pool as runtime
+
+    graphs = []
+    close = runtime.RayShards.close
+    monkeypatch.setattr(runtime.RayShards, "close", lambda self: (graphs.append(self._graph), close(self))[1])
+    picked = {}
+    for workers, pool in embedded.items():
+        for compiled in (True, False):
+            monkeypatch.setattr(pool, "cluster", pool.cluster.model_copy(update={"compiled_graph": compiled}))
+            picked[workers, compiled] = pool.select("badge", 40, seed=3).table.column("id").to_pylist()
+    assert [g is not None for g in graphs] == [True, False] * 3
+    assert len(set(map(tuple, picked.values()))) == 1, picked

@@ -15,10 +15,13 @@ the j-th unchosen row.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
 from .errors import UserError
+from .kernels import row_dots
 from .progress import progress_bar
 from .shards import ROUNDOFF_ULPS, ShardGroup, argmax_first, locate, snap_roundoff_
 
@@ -29,9 +32,9 @@ _DRAW_BLOCK = 4096
 # Every pruning bound keeps this margin, in ulps of the norms involved: four times the round-off that
 # snap_roundoff_ allows for the factorised distance (ROUNDOFF_ULPS), so a skipped row's d2 is the full pass's.
 PRUNE_ULPS = 4 * ROUNDOFF_ULPS
-# Rows whose exact distance is needed are gathered into a buffer of this size (about half an L2 cache) at a time,
-# below this share of the shard; above it, one pass over all rows is cheaper.
-_GATHER_BYTES = 1 << 20
+# Rows whose exact distance is needed are gathered into a buffer of this size at a time (cache-resident, and few
+# enough calls), below this share of the shard; above it, one pass over all rows is cheaper.
+_GATHER_BYTES = 1 << 22
 _GATHER_SHARE = 0.3
 # Above this share of rows left by the triangle inequality, the Cauchy-Schwarz bound reads all of a in one pass.
 _STREAM_SHARE = 0.25
@@ -56,11 +59,6 @@ def _rows_where(mask: torch.Tensor) -> torch.Tensor:
     if mask.device.type == "cpu":
         return torch.from_numpy(np.flatnonzero(mask.numpy()))
     return mask.nonzero()[:, 0]
-
-
-def row_dots(rows: torch.Tensor, v: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """<x, v> for every row x: the one dot kernel of every BADGE pass, so pruned and full passes agree bit for bit."""
-    return torch.mv(rows, v, out=out)
 
 
 def gradient_factors(probs: torch.Tensor) -> torch.Tensor:
@@ -227,6 +225,10 @@ class BadgeShard:
         i = int(self.available.nonzero()[j, 0])
         return i, self.take(i)
 
+    def add_taken(self, taken, prune: bool = True) -> tuple[float, int]:
+        """add_centre of the centre that take_weighted or take_uniform answered (row, centre) for."""
+        return self.add_centre(taken[1], prune)
+
     # -- k-means|| ----------------------------------------------------------------------
 
     def add_centres(self, centres) -> tuple[float, int]:
@@ -375,26 +377,27 @@ def _finite_total(stats) -> float:
     return total
 
 
-def _draw_next(group: ShardGroup, stats, rng: np.random.Generator):
-    """Starts taking the next centre; returns (shard, handle of its local row, handle of the centre)."""
+def _draw_next(stats, rng: np.random.Generator) -> tuple[int, Callable, float | int]:
+    """Where the next centre is: (shard, the BadgeShard method that takes it there, its argument)."""
     totals = [t for t, _ in stats]
     total = _finite_total(stats)
     if total > 0:
         shard, target = locate(totals, rng.random() * total)
-        row, centre = group.submit(shard, BadgeShard.take_weighted, target, returns=2)
-    else:  # every unchosen row coincides with a centre: uniform, never a hang
-        counts = [m for _, m in stats]
-        shard, j = locate(counts, int(rng.integers(sum(counts))))
-        row, centre = group.submit(shard, BadgeShard.take_uniform, int(j), returns=2)
-    return shard, row, centre
+        return shard, BadgeShard.take_weighted, target
+    # every unchosen row coincides with a centre: uniform, never a hang
+    counts = [m for _, m in stats]
+    shard, j = locate(counts, int(rng.integers(sum(counts))))
+    return shard, BadgeShard.take_uniform, int(j)
 
 
 def _continue_kmeanspp(group, picks, stats, budget, rng, bar, prune=True):
     while len(picks) < budget:
-        shard, row, centre = _draw_next(group, stats, rng)
-        if len(picks) + 1 < budget:
-            stats = group.map(BadgeShard.add_centre, centre, prune)  # the centre goes shard to shard, not via here
-        picks.append((shard, group.fetch(row)))
+        shard, take, arg = _draw_next(stats, rng)
+        if len(picks) + 1 < budget:  # the centre goes shard to shards, not via here
+            (row, _), stats = group.relay(shard, take, (arg,), BadgeShard.add_taken, prune)
+        else:
+            row, _ = group.call(shard, take, arg)
+        picks.append((shard, row))
         bar.update()
     return picks
 
