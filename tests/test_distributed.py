@@ -204,3 +204,24 @@ def test_badge_compiled_graph_and_plain_actor_calls_give_the_same_ids(embedded, 
             picked[workers, compiled] = pool.select("badge", 40, seed=3).table.column("id").to_pylist()
     assert [g is not None for g in graphs] == [True, False] * 3
     assert len(set(map(tuple, picked.values()))) == 1, picked
+
+
+def test_a_graph_that_cannot_be_compiled_falls_back_to_actor_calls(embedded, monkeypatch, caplog):
+    """A Ray that cannot compile the graph (an older or restricted one): one warning, plain calls, the same ids."""
+    import logging
+
+    from ray.dag import MultiOutputNode
+
+    want = embedded[2].select("badge", 30, seed=5).table.column("id").to_pylist()
+
+    def refuse(self, **kwargs):
+        raise RuntimeError("shared-memory channels are not available here")
+
+    monkeypatch.setattr(MultiOutputNode, "experimental_compile", refuse)
+    caplog.set_level(logging.WARNING, logger="dist_al.runtime.sharded_pool")
+    assert embedded[2].select("badge", 30, seed=5).table.column("id").to_pylist() == want
+    warnings = [r.getMessage() for r in caplog.records if "compiled graph" in r.getMessage()]
+    assert warnings == [
+        "Ray compiled graph unavailable (RuntimeError: shared-memory channels are not available here); "
+        "coordinating with plain actor calls"
+    ]
