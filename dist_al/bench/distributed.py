@@ -1,7 +1,9 @@
 """`dist-al bench distributed`: ratios for the Ray layer, measured in one run on this machine.
 
-- coordination overhead per exact-BADGE centre with 2 workers, and distributed / single-process
-  time for BADGE on the same (p, h) rows;
+- where an exact-BADGE centre's time goes with 2 workers (compiled graph or plain actor calls, pruned or
+  full pass, a round that does nothing), and distributed / single-process time on the same (p, h) rows;
+- exact BADGE with pruning on the sharded pool: time per centre / one read of (a, h), on a Gaussian
+  mixture through an untrained MLP and on noisy digits through an MLP trained on digits;
 - embedding-pass throughput (Parquet read with prefetch + model) / bare model forward throughput
   on the same rows already in memory, same process and threads;
 - a full `dist-al select` (embed + BADGE) on a large pool on local disk: wall time and peak
@@ -48,7 +50,7 @@ from dist_al.models.build import build_model
 from dist_al.models.embedder import Embedder
 
 K, D = 10, 128
-ROWS = ("coordination", "embedding", "full", "gather")
+ROWS = ("coordination", "pruning", "embedding", "full", "gather")
 
 
 def _model_config(hidden: int = D, depth: int = 2) -> ModelConfig:
@@ -94,9 +96,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _embed_in_driver(uri: str, device: torch.device):
+def _embed_in_driver(uri: str, device: torch.device, network: torch.nn.Module | None = None):
+    """(p, h) of the whole pool in this process, with ``network`` (default: the untrained MLP of seed 0)."""
     pool = open_pool(PoolConfig(uri=uri))
-    embed = Embedder(build_model(_model_config(), seed=0), device=device)
+    embed = Embedder(network or build_model(_model_config(), seed=0), device=device)
     probs, feats = [], []
     for batch in read_shard(pool, plan_shards(pool, 1)[0]):
         p, h = embed(torch.from_numpy(batch["features"].copy()))
@@ -185,6 +188,67 @@ def bench_coordination(uri: str, rows: int, budget: int, device: torch.device) -
             "met": ratio <= 1.2 and same,
         },
     ]
+
+
+def _digits_pool(path: str, rows: int) -> None:
+    """Noisy handwritten digits (64 pixels, labels), in slices, for the MLP trained on digits."""
+    from dist_al.testing.pools import noisy_digits
+
+    step = 250_000
+    for lo in range(0, rows, step):
+        pixels, labels = noisy_digits(min(step, rows - lo), seed=lo)
+        ids = np.arange(lo, lo + len(pixels), dtype=np.int64)
+        sub = os.path.join(path, f"slice-{lo // step:04d}")
+        write_pool(sub, ids, pixels.numpy(), labels.numpy(), rows_per_file=step, rows_per_group=16_384)
+
+
+def bench_pruning(tmp: str, rows: int, budget: int, device: torch.device) -> list[dict]:
+    """Exact BADGE with pruning on the sharded pool (2 workers): time per centre against one read of the pool's
+    (a, h) in this process, on a Gaussian mixture through an untrained MLP and on noisy digits through an MLP
+    trained on digits; the ids of one process."""
+    from dist_al.core.badge import gradient_factors
+    from dist_al.runtime.cluster import ray_session
+    from dist_al.runtime.selection import sharded_pool
+    from dist_al.testing.pools import trained_digits_mlp
+
+    out = []
+    for name in ("Gaussian mixture, untrained MLP", "noisy digits, MLP trained on digits"):
+        uri = os.path.join(tmp, "pruning-" + name.split()[0].lower())
+        if name.startswith("Gaussian"):
+            _make_pool(uri, rows)
+            network, model = build_model(_model_config(), seed=0), _model_config()
+        else:
+            _digits_pool(uri, rows)
+            network = trained_digits_mlp(hidden=D)
+            model = ModelConfig(kwargs={"in_dim": 64, "n_classes": K, "hidden": D})
+        probs, feats = _embed_in_driver(uri, device, network)
+        torch.set_num_threads(2)
+        a = gradient_factors(probs.clone())
+        bound = min(_best(lambda a=a, h=feats: (a.sum(), h.sum()), repeats=5)[0] for _ in range(2))
+        t0 = time.perf_counter()
+        want = select("badge", probs, feats, budget, seed=0)
+        single = time.perf_counter() - t0
+        a = probs = feats = None
+        with ray_session(None, num_cpus=2):
+            cfg = _cfg(uri, 2, budget, device).replace(model=model.model_dump())
+            pool = sharded_pool(cfg, network)
+            result = pool.select("badge", budget)
+            pool.close()
+        same = result.table.column("id").to_pylist() == [int(i) for i in want]  # ids are row numbers here
+        ratio = result.seconds_select / budget / bound
+        out.append(
+            {
+                "name": f"BADGE pruned per centre on the sharded pool / one-pass bound (N={rows:,}, K={K}, D={D}, "
+                f"B={budget}, 2 workers; {name})",
+                "figure": f"{result.seconds_select / budget * 1e3:.2f} ms/centre (one process, 2 threads: "
+                f"{single / budget * 1e3:.2f}); one read of (a, h) {bound * 1e3:.2f} ms; same ids as one process: "
+                f"{same}",
+                "ratio": ratio,
+                "goal": "<= 0.5",
+                "met": ratio <= 0.5 and same,
+            }
+        )
+    return out
 
 
 def bench_embedding(uri: str, hidden: int, depth: int, device: torch.device) -> dict:
@@ -379,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows += bench_coordination(small_uri, small, budget_small, device)
                 # the same comparison where per-centre work dwarfs the RPCs
                 rows += bench_coordination(large_uri, large, budget_small // 2, device)
+            elif name == "pruning":
+                rows += bench_pruning(tmp, large // 2, budget_large, device)
             elif name == "embedding":
                 rows.append(bench_embedding(small_uri, D, 2, device))  # tiny head: reading-bound
                 rows.append(bench_embedding(small_uri, 1024, 2, device))  # production-size head
