@@ -365,6 +365,9 @@ class ClusterConfig(Section):
         description="on a cluster dist-al connects to: how long to wait for it to place and start the ShardWorkers "
         "(and Ray Train's workers) before a one-line error; a progress line every 10 s says what is missing",
     )
+    compiled_graph: bool = Field(
+        True, description="exact BADGE's centres as a Ray compiled graph (false: plain actor calls, same ids)"
+    )
 
 
 class Config(Section):

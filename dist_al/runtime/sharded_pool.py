@@ -52,6 +52,7 @@ WORKER_LOST = (
     ray.exceptions.ObjectLostError,  # a result that lived on a removed node
     ray.exceptions.WorkerCrashedError,
     ray.exceptions.NodeDiedError,
+    ray.exceptions.RayChannelError,  # a compiled graph's channel closed under it (its worker died)
 )
 
 # A worker that has not answered in this long, while another was lost, is taken for lost too.
@@ -74,13 +75,22 @@ def get_all(refs: list) -> list:
 
 class RayShards:
     """The core's ShardGroup over ShardWorker actors: ``map`` calls every worker at once, in shard order. A
-    method travels by name (``ShardWorker.invoke``); the coordinator loops name it by reference."""
+    method travels by name (``ShardWorker.invoke``); the coordinator loops name it by reference.
+
+    ``relay`` (one exact k-means++ centre: take the drawn row on its shard, add it as a centre on all) runs
+    as a Ray compiled graph when ``compiled`` (``cluster.compiled_graph``): the workers stay in one graph
+    for the whole selection and pass the step's values through shared-memory channels, instead of a task
+    submission, an object-store round and a reply per call. If the graph cannot be compiled (an older or
+    restricted Ray), relay falls back to plain actor calls, which give the same results. ``close`` ends it.
+    """
 
     # Arguments larger than this go to the object store once instead of once per worker.
     _PUT_BYTES = 1 << 16
 
-    def __init__(self, workers: list):
+    def __init__(self, workers: list, *, compiled: bool = False):
         self.workers = workers
+        self.compiled = compiled
+        self._graph: Any = None
 
     def map(self, method: Callable, *args: Any) -> list:
         args = tuple(ray.put(a) if _nbytes(a) > self._PUT_BYTES else a for a in args)
@@ -89,11 +99,41 @@ class RayShards:
     def call(self, shard: int, method: Callable, *args: Any) -> Any:
         return ray.get(self.workers[shard].invoke.remote(method.__name__, *args))
 
-    def submit(self, shard: int, method: Callable, *args: Any, returns: int = 1) -> Any:
-        return self.workers[shard].invoke.options(num_returns=returns).remote(method.__name__, *args)
+    def relay(self, shard: int, method: Callable, args: tuple, then: Callable, *then_args: Any) -> tuple[Any, list]:
+        step = (shard, method.__name__, args, then.__name__, then_args)
+        graph = self._compiled_graph() if self.compiled else None
+        if graph is not None:
+            outputs = ray.get(graph.execute(step), timeout=-1)  # -1: as long as the step takes, as ray.get
+            return outputs[shard], outputs[len(self.workers) :]
+        value = self.workers[shard].invoke.remote(method.__name__, *args)
+        results = get_all([w.invoke.remote(then.__name__, value, *then_args) for w in self.workers])
+        return ray.get(value), results
 
-    def fetch(self, handle: Any) -> Any:
-        return ray.get(handle)
+    def _compiled_graph(self):
+        """Every worker's relay_first (the shard's own call; the others answer None), whose outputs every
+        worker's relay_then reads; the driver reads both layers. Compiled once, on the first relay."""
+        if self._graph is None:
+            from ray.dag import InputNode, MultiOutputNode
+
+            try:
+                with InputNode() as step:
+                    first = [w.relay_first.bind(step, i) for i, w in enumerate(self.workers)]
+                    then = [w.relay_then.bind(step, *first) for w in self.workers]
+                    self._graph = MultiOutputNode(first + then).experimental_compile()
+            except Exception as err:  # noqa: BLE001 - any failure to compile leaves the plain calls
+                log.warning(
+                    "Ray compiled graph unavailable (%s); coordinating with plain actor calls", _first_line(err)
+                )
+                self.compiled = False
+                return None
+        return self._graph
+
+    def close(self) -> None:
+        """Tears the compiled graph down (the workers can then join another one)."""
+        graph, self._graph = self._graph, None
+        if graph is not None:
+            with contextlib.suppress(Exception):  # after a lost worker the graph may be down already
+                graph.teardown()
 
 
 def _nbytes(value: Any) -> int:
@@ -457,8 +497,12 @@ class ShardedPool:
         """One run of the strategy from its start: every worker's strategy shard is built afresh."""
         counts = ray.get([w.start.remote(strategy, labeled, row) for w, row in zip(self.workers, self.first_rows)])
         budget = check_budget(budget, sum(counts))
-        with torch.inference_mode():
-            selection = run_strategy(strategy, RayShards(self.workers), budget, seed, options, self.progress)
+        group = RayShards(self.workers, compiled=self.cluster.compiled_graph)
+        try:
+            with torch.inference_mode():
+                selection = run_strategy(strategy, group, budget, seed, options, self.progress)
+        finally:
+            group.close()
         by_shard: dict[int, list[int]] = {}
         for s, i in selection.picks:
             by_shard.setdefault(s, []).append(i)

@@ -287,6 +287,16 @@ class ShardWorker:
         with torch.inference_mode():
             return _to_cpu(getattr(self.strategy_shard, method)(*args))
 
+    def relay_first(self, step: tuple, index: int) -> Any:
+        """A relay's first call (``RayShards.relay``) if this worker holds shard ``index``, the drawn one."""
+        shard, method, args, _then, _then_args = step
+        return self.invoke(method, *args) if shard == index else None
+
+    def relay_then(self, step: tuple, *first: Any) -> Any:
+        """A relay's second call, with the value the drawn shard's first call answered."""
+        shard, _method, _args, then, then_args = step
+        return self.invoke(then, first[shard], *then_args)
+
     def ids_at(self, local_rows: list[int]) -> np.ndarray:
         return self.ids[np.asarray(local_rows, dtype=np.int64)]
 
