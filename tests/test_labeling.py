@@ -22,10 +22,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from inputdata import TEXT_CLASSES, digits, image_pool, sentences, text_pool, train_tokenizer
 from lsserver import free_port
 from s3server import FaultProxy
 
-from dist_al.campaign.labels import load_label_records
+from dist_al.campaign import rounds
+from dist_al.campaign.labels import label_studio_config, load_label_records
+from dist_al.campaign.labelstudio import LabelStudioError, LabelStudioUnavailable
 from dist_al.campaign.rounds import SELECTED_ROWS, advance, status_table
 from dist_al.campaign.workdir import open_workdir
 from dist_al.config import validate
@@ -33,7 +36,7 @@ from dist_al.data.pool import find_ids, read_rows, rows_table
 from dist_al.data.storage import write_table_atomic
 from dist_al.data.synthetic import gaussian_mixture
 from dist_al.inputs.contract import open_inputs
-from dist_al.models.build import build_model
+from dist_al.models.build import build_model, read_weights
 
 pytestmark = pytest.mark.labelstudio
 
@@ -421,6 +424,88 @@ def test_every_server_failure_is_one_line_and_changes_nothing(label_studio, api_
     assert len(label_studio.tasks(project_named(label_studio, "failures, second project")["id"])) == 10
 
 
+def test_the_server_stopped_during_a_tick_fails_it_and_the_next_tick_carries_on(
+    label_studio, api_key, files, monkeypatch
+):
+    """The tick pushes, then Label Studio stops (SIGSTOP: a hung server) while the tick pulls: the tick fails
+    naming it, with the push recorded and no label written; the next one pulls without pushing again."""
+    truth = write_pool(files / "pool")
+    cfg = validate(config(str(files / "pool"), str(files / "work"), label_studio, "stopped mid-tick", timeout_s=2))
+    selected_round(cfg, list(range(100, 110)))
+    real_pull = rounds.pull_round
+
+    def stopped_while_pulling(client, record, class_names):
+        with label_studio.paused():
+            return real_pull(client, record, class_names)
+
+    monkeypatch.setattr(rounds, "pull_round", stopped_while_pulling)
+    with pytest.raises(LabelStudioUnavailable, match=r"did not answer within 2 s .*\(reading project \d+\)"):
+        advance(cfg)
+    monkeypatch.setattr(rounds, "pull_round", real_pull)
+    wd = open_workdir(cfg)
+    project = project_named(label_studio, "stopped mid-tick")
+    tasks = label_studio.tasks(project["id"])
+    assert (
+        wd.state(1)["state"] == "EXPORTED" and len(wd.read_json(wd.round_path(1, "label_studio.json"))["tasks"]) == 10
+    )
+    assert not (files / "work/labels").exists() or not list((files / "work/labels").glob("*.parquet"))
+    assert "counts" not in wd.state(1) or wd.state(1)["counts"] == {}
+    for task in tasks[:3]:
+        label_studio.annotate(task["id"], CLASSES[truth[task["data"]["id"]]], to_name="image")
+    assert advance(cfg).startswith("round 1: waiting for labels, 3/10 received; Label Studio: 3/10 annotated")
+    assert len(label_studio.tasks(project["id"])) == 10
+
+
+def test_two_ticks_at_once_push_each_task_once(label_studio, api_key, files):
+    """Two `dist-al round` processes started together: the workdir lock lets one push while the other waits or
+    exits 75; the project holds each selected row once."""
+    write_pool(files / "pool")
+    raw = config(str(files / "pool"), str(files / "work"), label_studio, "two ticks", push_batch=2)
+    selected_round(validate(raw), list(range(110, 120)))
+    path = write_config(files, raw)
+    env = {k: v for k, v in os.environ.items() if k != "DIST_AL_CRASH_AT"}
+    ticks = [
+        subprocess.Popen(
+            [sys.executable, "-m", "dist_al.cli", "round", "--config", path], env=env, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    codes = sorted(t.wait(timeout=300) for t in ticks)
+    assert codes in ([0, 0], [0, 75]), [t.stderr.read() for t in ticks if t.stderr]
+    tasks = label_studio.tasks(project_named(label_studio, "two ticks")["id"])
+    assert sorted(t["data"]["id"] for t in tasks) == list(range(110, 120))
+
+
+def test_a_project_given_by_id_gets_the_tasks_and_one_with_other_classes_is_refused(label_studio, api_key, files):
+    write_pool(files / "pool")
+    ours = label_studio.api(
+        "POST", "/api/projects/", {"title": "made by hand", "label_config": label_studio_config(CLASSES, image=True)}
+    )
+    cfg = validate(config(str(files / "pool"), str(files / "work"), label_studio, ours["id"]))
+    selected_round(cfg, list(range(100, 105)))
+    assert advance(cfg).startswith("round 1: waiting for labels, 0/5 received")
+    assert sorted(t["data"]["id"] for t in label_studio.tasks(ours["id"])) == list(range(100, 105))
+
+    others = ["x", "y", "z", "w"]
+    theirs = label_studio.api(
+        "POST", "/api/projects/", {"title": "other classes", "label_config": label_studio_config(others, image=True)}
+    )
+    elsewhere = validate(config(str(files / "pool"), str(files / "work2"), label_studio, theirs["id"]))
+    selected_round(elsewhere, list(range(100, 105)))
+    with pytest.raises(
+        LabelStudioError,
+        match=rf"project {theirs['id']} \('other classes'\) at .* has the classes \['x', 'y', 'z', 'w'\]; the "
+        r"model's classes \(labeling\.classes\) are \['cat', 'dog', 'bird', 'fish'\]",
+    ):
+        advance(elsewhere)
+    with pytest.raises(
+        LabelStudioError, match=r"config key labeling\.project: Label Studio at .* has no project 99999"
+    ):
+        advance(elsewhere.replace(labeling={"project": 99999}))
+    assert label_studio.tasks(theirs["id"]) == []
+    assert open_workdir(elsewhere).state(1)["state"] == "SELECTED"
+
+
 def test_a_personal_access_token_works_as_the_api_key(label_studio, files, monkeypatch):
     write_pool(files / "pool")
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.personal_access_token())
@@ -468,3 +553,133 @@ def test_object_store_images_are_presigned_for_label_studio_and_never_in_the_wor
     assert sorted(t["data"]["image"] for t in tasks) == sorted(
         uris[i] if i % 2 else f"s3://{s3_bucket}/pool/{uris[i]}" for i in range(100, 103)
     )
+
+
+# ------------------------------------------------------------------- the image and text pools of the readers
+
+
+def _two_rounds(label_studio, cfg, truth: dict, to_name: str, shows) -> None:
+    """Two ticks-driven rounds through to TRAINED: round 1 without predictions (no model yet), round 2 with the
+    class round 1's model predicts for each task, computed through the inputs reader as the check here does."""
+    assert advance(cfg).startswith("round 1: waiting for labels, 0/8 received; Label Studio: 0/8 annotated")
+    project = project_named(label_studio, cfg.labeling.project)
+    labeled: dict = {}
+    for n in (1, 2):
+        ids = pq.read_table(f"{cfg.workdir}/rounds/000{n}/selection.parquet").column("id").to_pylist()
+        tasks = [t for t in label_studio.tasks(project["id"]) if t["data"]["id"] in set(ids)]
+        assert sorted(t["data"]["id"] for t in tasks) == sorted(ids)
+        for task in tasks:
+            shows(task)
+        if n == 1:
+            assert all(t["predictions"] == [] for t in tasks)
+        else:  # the model of round 1 on the rows as its reader decodes them
+            pool, reader = open_inputs(cfg.pool, cfg.inputs)
+            found, places = find_ids(pool, np.asarray(ids))
+            model = build_model(cfg.model, weights=read_weights(f"{cfg.workdir}/rounds/0001/model.pt", {})).eval()
+            with torch.inference_mode():
+                x = reader(read_rows(pool, places, reader.columns).combine_chunks().to_batches()[0])
+                best = torch.softmax(model(**x) if isinstance(x, dict) else model(x), dim=1).max(dim=1)
+            want = {
+                i: (cfg.labeling.classes[c], s)
+                for i, c, s in zip(found.tolist(), best.indices.tolist(), best.values.tolist())
+            }
+            for task in tasks:
+                (proposal,) = task["predictions"]
+                choice, score = want[task["data"]["id"]]
+                assert proposal["result"][0]["value"]["choices"] == [choice]
+                assert proposal["score"] == pytest.approx(float(score), abs=1e-5)
+        for task in tasks:
+            label_studio.annotate(task["id"], cfg.labeling.classes[truth[task["data"]["id"]]], to_name=to_name)
+        labeled.update({i: truth[i] for i in ids})
+        line = advance(cfg)
+        assert line.startswith(f"round {n}: trained on {8 * n} labeled rows"), line
+        if n == 1:
+            assert advance(cfg).startswith("round 2: waiting for labels, 0/8 received")  # selected with round 1's
+    assert load_label_records(f"{cfg.workdir}/labels") == labeled
+    table = status_table(cfg)
+    for n in (1, 2):
+        assert f"| {n} | TRAINED | badge | 8 | 8 | 8 | 0 | 8 | 0 | {8 * n} |" in table, table
+
+
+def _reader_round_config(pool: str, files: Path, server, project: str, inputs: dict, model: dict, **labeling):
+    return validate(
+        {
+            "pool": {"uri": pool, "label_column": "label"},
+            "inputs": inputs,
+            "model": {**model, "batch_size": 16},
+            "selection": {"strategy": "badge", "budget": 8, "seed": 3},
+            "cluster": {"workers": 1},
+            "train": {"epochs": 2, "backend": "local", "seed": 0},
+            "labeling": {
+                "backend": "label-studio",
+                "url": server.url,
+                "project": project,
+                "local_files_root": str(server.files_root),
+                "predictions": True,
+                **labeling,
+            },
+            "workdir": str(files / "work"),
+        }
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["bytes", "uri"])
+def test_two_rounds_on_an_image_pool_read_by_the_images_reader(layout, label_studio, api_key, files, ray_local):
+    uri = image_pool(str(files), ROWS, layout, rows_per_group=20)
+    stored = pq.read_table(uri).column("image").to_pylist()
+    cfg = _reader_round_config(
+        uri,
+        files,
+        label_studio,
+        f"digits as {layout}",
+        {"reader": "dist_al.inputs:images", "kwargs": {"size": 12, "crop": 10, "mode": "L"}},
+        {"factory": "dist_al.models:cnn", "kwargs": {"image_shape": [1, 10, 10], "n_classes": 10, "width": 4}},
+        image="image",
+        classes=[f"digit {d}" for d in range(10)],
+    )
+
+    def shows(task):  # the row's image as the pool holds it: its bytes written to media, or its file, linked
+        link = task["data"]["image"]
+        assert link.startswith("/data/local-files/?d=")
+        want = stored[task["data"]["id"]]
+        assert label_studio.fetch(link) == (want if layout == "bytes" else Path(want).read_bytes())
+        if layout == "uri":
+            assert link.endswith(Path(want).name)
+
+    _two_rounds(label_studio, cfg, dict(enumerate(digits(ROWS)[1].tolist())), "image", shows)
+    media = files / "work/rounds/0001/export/media"
+    assert (len(list(media.iterdir())) == 8) if layout == "bytes" else not media.exists()
+
+
+@pytest.mark.slow
+def test_two_rounds_on_a_text_pool_read_by_the_text_reader(label_studio, api_key, files, ray_local):
+    from tokenizers import Tokenizer
+
+    tokenizer = train_tokenizer(str(files / "tokenizer.json"))
+    uri = text_pool(str(files / "pool"), ROWS, rows_per_group=20)
+    texts, labels = sentences(ROWS)
+    cfg = _reader_round_config(
+        uri,
+        files,
+        label_studio,
+        "sentences",
+        {"reader": "dist_al.inputs:text", "kwargs": {"tokenizer": tokenizer, "max_length": 16}},
+        {
+            "factory": "dist_al.models:text_classifier",
+            "kwargs": {
+                "vocab_size": Tokenizer.from_file(tokenizer).get_vocab_size(),
+                "num_classes": TEXT_CLASSES,
+                "dim": 8,
+                "layers": 0,
+                "max_length": 16,
+            },
+        },
+        text="text",
+        classes=["sport", "markets", "weather"],
+    )
+
+    def shows(task):
+        assert task["data"]["text"] == texts[task["data"]["id"]]
+
+    _two_rounds(label_studio, cfg, dict(enumerate(labels.tolist())), "text", shows)

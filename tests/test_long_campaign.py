@@ -1,8 +1,11 @@
 """A long campaign stays fast: 1,000 ingests (one label record each, as a pull every few minutes for weeks
-makes) and the objects each ingest and each `status` reads stay bounded, through the label-record checkpoints.
+makes) and 1,000 `dist-al round` ticks that each pull one new annotation; the objects each ingest, tick and
+`status` reads stay bounded, through the label-record checkpoints.
 
-The server is not needed for this: a pull from Label Studio ingests through the same records
-(``dist_al.campaign.labels.LabelRecords``). The test asserts what is read, never a time; it prints the times.
+The ticks run dist-al's whole tick (lock, round files, push check, pull, ingest, label record) against Label
+Studio's answers held in memory (``LabelStudioInMemory``): the real server's side of a pull is covered by
+tests/test_labeling.py, and its time would hide dist-al's. The tests assert what is read, never a time; they
+print the times.
 """
 
 from __future__ import annotations
@@ -11,14 +14,15 @@ import os
 import time
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from dist_al.campaign import labels
 from dist_al.campaign.rounds import ingest, status_table
 from dist_al.config import validate
-from dist_al.data.writer import write_pool
 from dist_al.data.synthetic import gaussian_mixture
+from dist_al.data.writer import write_pool
 
 INGESTS = 1000
 
@@ -82,4 +86,131 @@ def test_a_thousand_ingests_and_status_read_a_bounded_number_of_objects(tmp_path
         print(
             f"OBSERVED ingests {block + 1:4d}-{block + 100:4d}: median {np.median(times) * 1e3:6.1f} ms, "
             f"objects read max {max(objects):2d}; status after them: {status_s * 1e3:6.1f} ms, {status_objects} objects"
+        )
+
+
+class LabelStudioInMemory:
+    """Label Studio's answers to the client calls a tick makes (``dist_al.campaign.labelstudio.LabelStudio``), from
+    memory: one project, the tasks pushed to it, and the annotations the test adds. What the soak measures is
+    dist-al's side of a tick (the lock, the round's files, the pull's ingest and its label record), not HTTP."""
+
+    shown = "http://label-studio.test"
+
+    def __init__(self):
+        self.project_: dict | None = None
+        self.stored: list[dict] = []
+
+    def check(self) -> None:
+        pass
+
+    def project(self, project: int) -> dict:
+        assert self.project_ is not None and project == self.project_["id"]
+        return self.project_
+
+    def projects_titled(self, title: str) -> list[dict]:
+        return [self.project_] if self.project_ is not None and self.project_["title"] == title else []
+
+    def create_project(self, title: str, label_config: str) -> dict:
+        self.project_ = {"id": 1, "title": title, "label_config": label_config}
+        return self.project_
+
+    def ensure_local_storage(self, project: int, directories: set[str]) -> None:
+        pass
+
+    def import_tasks(self, project: int, tasks: list[dict]) -> list[int]:
+        first = len(self.stored) + 1
+        self.stored += [{**t, "id": first + k, "annotations": [], "predictions": []} for k, t in enumerate(tasks)]
+        return [first + k for k in range(len(tasks))]
+
+    def tasks(self, project: int, first: int, last: int) -> list[dict]:
+        return [t for t in self.stored if first <= t["id"] <= last]
+
+    def annotate(self, k: int, choice: str) -> None:
+        result = [{"from_name": "label", "to_name": "ref", "type": "choices", "value": {"choices": [choice]}}]
+        self.stored[k]["annotations"].append({"id": k, "result": result, "was_cancelled": False})
+
+
+@pytest.mark.slow
+def test_a_thousand_ticks_each_pulling_a_new_annotation_stay_flat(tmp_path, monkeypatch):
+    """1,000 `dist-al round` ticks on one round of 1,001 tasks, an annotator finishing one task between ticks:
+    every tick pulls and records it (one label record per tick), every 100th is followed by `status`. The objects
+    a tick's and a status's label load reads stay bounded; the time per tick and per status is printed."""
+    from dist_al.campaign import labelstudio, rounds
+    from dist_al.campaign.workdir import open_workdir, workdir_lock
+    from dist_al.data.pool import find_ids, read_rows, rows_table
+    from dist_al.data.storage import write_table_atomic
+    from dist_al.inputs import open_inputs
+
+    rows = INGESTS + 1  # one task stays open: the round never trains
+    feats, truth = gaussian_mixture(rows, 3, 4, seed=0)
+    write_pool(str(tmp_path / "pool"), np.arange(rows), feats.numpy(), truth.numpy(), rows_per_group=250)
+    classes = ["a", "b", "c"]
+    cfg = validate(
+        {
+            "pool": {"uri": str(tmp_path / "pool")},
+            "model": {"kwargs": {"in_dim": 4, "n_classes": 3, "hidden": 4}},
+            "selection": {"budget": rows},
+            "labeling": {
+                "backend": "label-studio",
+                "url": LabelStudioInMemory.shown,
+                "project": "soak",
+                "classes": classes,
+            },
+            "workdir": str(tmp_path / "work"),
+        }
+    )
+    server = LabelStudioInMemory()
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "0" * 40)
+    monkeypatch.setattr(labelstudio.LabelStudio, "from_config", classmethod(lambda cls, lab: server))
+    wd = open_workdir(cfg)  # round 1 as selection leaves it: every row selected
+    pool, reader = open_inputs(cfg.pool, cfg.inputs)
+    ids = list(range(rows))
+    found, places = find_ids(pool, np.asarray(ids))
+    assert found.tolist() == ids
+    write_table_atomic(
+        wd.round_path(1, rounds.SELECTED_ROWS), rows_table(pool, ids, places, read_rows(pool, places, reader.columns))
+    )
+    selection = {"id": np.arange(rows), "rank": np.arange(1, rows + 1)}
+    write_table_atomic(wd.round_path(1, "selection.parquet"), pa.table(selection))
+    wd.set_state(1, "SELECTED", strategy="random", budget=rows, checkpoint=None, selected_at=time.time())
+
+    reads = {"n": 0}
+    real_read = labels.LabelRecords._read
+
+    def counted(self, name):
+        reads["n"] += 1
+        return real_read(self, name)
+
+    monkeypatch.setattr(labels.LabelRecords, "_read", counted)
+    assert rounds.advance(cfg).startswith(f"round 1: waiting for labels, 0/{rows} received")  # the push
+    per_tick, per_status = [], []
+    for k in range(INGESTS):
+        server.annotate(k, classes[int(truth[server.stored[k]["data"]["id"]])])
+        reads["n"] = 0
+        t0 = time.perf_counter()
+        with workdir_lock(cfg.workdir, cfg.pool.storage_options, "round"):  # as `dist-al round` runs it
+            line = rounds.advance(cfg)
+        per_tick.append((time.perf_counter() - t0, reads["n"]))
+        assert line.startswith(f"round 1: waiting for labels, {k + 1}/{rows} received"), line
+        assert line.endswith("; 1 new label accepted"), line
+        if (k + 1) % 100 == 0:
+            reads["n"] = 0
+            t0 = time.perf_counter()
+            assert status_table(cfg).startswith(f"workdir {cfg.workdir}: {k + 1} labels recorded")
+            per_status.append((time.perf_counter() - t0, reads["n"]))
+
+    assert len(server.stored) == rows  # pushed once
+    bound = labels.CHECKPOINT_EVERY + 2  # the pointer, the checkpoint, the records after it
+    assert max(n for _, n in per_tick) <= bound and max(n for _, n in per_status) <= bound
+    records = [n for n in os.listdir(tmp_path / "work" / "labels") if n.endswith(".parquet")]
+    assert len(records) == INGESTS
+    assert labels.load_label_records(str(tmp_path / "work" / "labels")) == {k: int(truth[k]) for k in range(INGESTS)}
+    print(f"OBSERVED load average {open('/proc/loadavg').read().split()[0]}; {INGESTS} ticks. Per block of 100 ticks:")
+    for block in range(0, INGESTS, 100):
+        times = [t for t, _ in per_tick[block : block + 100]]
+        objects = [n for _, n in per_tick[block : block + 100]]
+        status_s, status_objects = per_status[block // 100]
+        print(
+            f"OBSERVED ticks {block + 1:4d}-{block + 100:4d}: median {np.median(times) * 1e3:6.1f} ms, "
+            f"objects read max {max(objects):3d}; status after them: {status_s * 1e3:6.1f} ms, {status_objects} objects"
         )
