@@ -602,23 +602,14 @@ def _two_rounds(label_studio, cfg, truth: dict, to_name: str, shows) -> None:
 
 
 def _reader_round_config(pool: str, files: Path, server, project: str, inputs: dict, model: dict, **labeling):
+    raw = config(pool, str(files / "work"), server, project, predictions=True, **labeling)
     return validate(
         {
-            "pool": {"uri": pool, "label_column": "label"},
+            **raw,
             "inputs": inputs,
             "model": {**model, "batch_size": 16},
             "selection": {"strategy": "badge", "budget": 8, "seed": 3},
-            "cluster": {"workers": 1},
             "train": {"epochs": 2, "backend": "local", "seed": 0},
-            "labeling": {
-                "backend": "label-studio",
-                "url": server.url,
-                "project": project,
-                "local_files_root": str(server.files_root),
-                "predictions": True,
-                **labeling,
-            },
-            "workdir": str(files / "work"),
         }
     )
 
@@ -675,6 +666,7 @@ def test_two_rounds_on_a_text_pool_read_by_the_text_reader(label_studio, api_key
                 "max_length": 16,
             },
         },
+        image=None,
         text="text",
         classes=["sport", "markets", "weather"],
     )

@@ -27,8 +27,54 @@ from dist_al.data.writer import write_pool
 INGESTS = 1000
 
 
+@pytest.fixture
+def reads(monkeypatch) -> dict:
+    """{"n": the label-record objects read since the test last set it to 0}."""
+    count = {"n": 0}
+    real_read = labels.LabelRecords._read
+
+    def counted(self, name):
+        count["n"] += 1
+        return real_read(self, name)
+
+    monkeypatch.setattr(labels.LabelRecords, "_read", counted)
+    return count
+
+
+def soak(cfg, reads: dict, prepare, step) -> tuple[list, list]:
+    """INGESTS steps, each recording one new label (``prepare(k)`` untimed, then ``step(k)`` timed), a `status`
+    after every 100; asserts that each reads a bounded number of objects. Returns (seconds, objects read) per step
+    and per status."""
+    per_step, per_status = [], []
+    for k in range(INGESTS):
+        prepare(k)
+        reads["n"] = 0
+        t0 = time.perf_counter()
+        step(k)
+        per_step.append((time.perf_counter() - t0, reads["n"]))
+        if (k + 1) % 100 == 0:
+            reads["n"] = 0
+            t0 = time.perf_counter()
+            assert status_table(cfg).startswith(f"workdir {cfg.workdir}: {k + 1} labels recorded")
+            per_status.append((time.perf_counter() - t0, reads["n"]))
+    bound = labels.CHECKPOINT_EVERY + 2  # the pointer, the checkpoint, the records after it
+    assert max(n for _, n in per_step) <= bound and max(n for _, n in per_status) <= bound
+    return per_step, per_status
+
+
+def print_blocks(what: str, per_step: list, per_status: list) -> None:
+    for block in range(0, INGESTS, 100):
+        times = [t for t, _ in per_step[block : block + 100]]
+        objects = [n for _, n in per_step[block : block + 100]]
+        status_s, status_objects = per_status[block // 100]
+        print(
+            f"OBSERVED {what} {block + 1:4d}-{block + 100:4d}: median {np.median(times) * 1e3:6.1f} ms, "
+            f"objects read max {max(objects):2d}; status after them: {status_s * 1e3:6.1f} ms, {status_objects} objects"
+        )
+
+
 @pytest.mark.slow
-def test_a_thousand_ingests_and_status_read_a_bounded_number_of_objects(tmp_path, monkeypatch):
+def test_a_thousand_ingests_and_status_read_a_bounded_number_of_objects(tmp_path, reads):
     feats, truth = gaussian_mixture(INGESTS, 3, 4, seed=0)
     write_pool(str(tmp_path / "pool"), np.arange(INGESTS), feats.numpy(), truth.numpy(), rows_per_group=250)
     cfg = validate(
@@ -39,30 +85,14 @@ def test_a_thousand_ingests_and_status_read_a_bounded_number_of_objects(tmp_path
             "workdir": str(tmp_path / "work"),
         }
     )
-    reads = {"n": 0}
-    real_read = labels.LabelRecords._read
+    inbox = tmp_path / "inbox.csv"
 
-    def counted(self, name):
-        reads["n"] += 1
-        return real_read(self, name)
+    def ingest_one(k: int) -> None:
+        assert ingest(cfg, str(inbox)).startswith("1 label accepted")
 
-    monkeypatch.setattr(labels.LabelRecords, "_read", counted)
-    per_ingest, per_status = [], []
-    for k in range(INGESTS):
-        path = tmp_path / "inbox.csv"
-        path.write_text(f"id,label\n{k},{int(truth[k])}\n")
-        reads["n"] = 0
-        t0 = time.perf_counter()
-        assert ingest(cfg, str(path)).startswith("1 label accepted")
-        per_ingest.append((time.perf_counter() - t0, reads["n"]))
-        if (k + 1) % 100 == 0:
-            reads["n"] = 0
-            t0 = time.perf_counter()
-            assert status_table(cfg).startswith(f"workdir {cfg.workdir}: {k + 1} labels recorded")
-            per_status.append((time.perf_counter() - t0, reads["n"]))
-
-    bound = labels.CHECKPOINT_EVERY + 2  # the pointer, the checkpoint, the records after it
-    assert max(n for _, n in per_ingest) <= bound and max(n for _, n in per_status) <= bound
+    per_ingest, per_status = soak(
+        cfg, reads, lambda k: inbox.write_text(f"id,label\n{k},{int(truth[k])}\n"), ingest_one
+    )
     records = [n for n in os.listdir(tmp_path / "work" / "labels") if n.endswith(".parquet")]
     assert len(records) == INGESTS  # every record kept
     reads["n"] = 0
@@ -79,14 +109,7 @@ def test_a_thousand_ingests_and_status_read_a_bounded_number_of_objects(tmp_path
         f"{load_reads} objects in {(time.perf_counter() - t0) * 1e3:.1f} ms; reading every record instead: "
         f"{len(records)} objects in {every_record_s * 1e3:.1f} ms. Per block of 100 ingests:"
     )
-    for block in range(0, INGESTS, 100):
-        times = [t for t, _ in per_ingest[block : block + 100]]
-        objects = [n for _, n in per_ingest[block : block + 100]]
-        status_s, status_objects = per_status[block // 100]
-        print(
-            f"OBSERVED ingests {block + 1:4d}-{block + 100:4d}: median {np.median(times) * 1e3:6.1f} ms, "
-            f"objects read max {max(objects):2d}; status after them: {status_s * 1e3:6.1f} ms, {status_objects} objects"
-        )
+    print_blocks("ingests", per_ingest, per_status)
 
 
 class LabelStudioInMemory:
@@ -131,7 +154,7 @@ class LabelStudioInMemory:
 
 
 @pytest.mark.slow
-def test_a_thousand_ticks_each_pulling_a_new_annotation_stay_flat(tmp_path, monkeypatch):
+def test_a_thousand_ticks_each_pulling_a_new_annotation_stay_flat(tmp_path, monkeypatch, reads):
     """1,000 `dist-al round` ticks on one round of 1,001 tasks, an annotator finishing one task between ticks:
     every tick pulls and records it (one label record per tick), every 100th is followed by `status`. The objects
     a tick's and a status's label load reads stay bounded; the time per tick and per status is printed."""
@@ -174,43 +197,20 @@ def test_a_thousand_ticks_each_pulling_a_new_annotation_stay_flat(tmp_path, monk
     write_table_atomic(wd.round_path(1, "selection.parquet"), pa.table(selection))
     wd.set_state(1, "SELECTED", strategy="random", budget=rows, checkpoint=None, selected_at=time.time())
 
-    reads = {"n": 0}
-    real_read = labels.LabelRecords._read
-
-    def counted(self, name):
-        reads["n"] += 1
-        return real_read(self, name)
-
-    monkeypatch.setattr(labels.LabelRecords, "_read", counted)
     assert rounds.advance(cfg).startswith(f"round 1: waiting for labels, 0/{rows} received")  # the push
-    per_tick, per_status = [], []
-    for k in range(INGESTS):
-        server.annotate(k, classes[int(truth[server.stored[k]["data"]["id"]])])
-        reads["n"] = 0
-        t0 = time.perf_counter()
+
+    def tick(k: int) -> None:
         with workdir_lock(cfg.workdir, cfg.pool.storage_options, "round"):  # as `dist-al round` runs it
             line = rounds.advance(cfg)
-        per_tick.append((time.perf_counter() - t0, reads["n"]))
         assert line.startswith(f"round 1: waiting for labels, {k + 1}/{rows} received"), line
         assert line.endswith("; 1 new label accepted"), line
-        if (k + 1) % 100 == 0:
-            reads["n"] = 0
-            t0 = time.perf_counter()
-            assert status_table(cfg).startswith(f"workdir {cfg.workdir}: {k + 1} labels recorded")
-            per_status.append((time.perf_counter() - t0, reads["n"]))
 
+    per_tick, per_status = soak(
+        cfg, reads, lambda k: server.annotate(k, classes[int(truth[server.stored[k]["data"]["id"]])]), tick
+    )
     assert len(server.stored) == rows  # pushed once
-    bound = labels.CHECKPOINT_EVERY + 2  # the pointer, the checkpoint, the records after it
-    assert max(n for _, n in per_tick) <= bound and max(n for _, n in per_status) <= bound
     records = [n for n in os.listdir(tmp_path / "work" / "labels") if n.endswith(".parquet")]
     assert len(records) == INGESTS
     assert labels.load_label_records(str(tmp_path / "work" / "labels")) == {k: int(truth[k]) for k in range(INGESTS)}
-    print(f"OBSERVED load average {open('/proc/loadavg').read().split()[0]}; {INGESTS} ticks. Per block of 100 ticks:")
-    for block in range(0, INGESTS, 100):
-        times = [t for t, _ in per_tick[block : block + 100]]
-        objects = [n for _, n in per_tick[block : block + 100]]
-        status_s, status_objects = per_status[block // 100]
-        print(
-            f"OBSERVED ticks {block + 1:4d}-{block + 100:4d}: median {np.median(times) * 1e3:6.1f} ms, "
-            f"objects read max {max(objects):3d}; status after them: {status_s * 1e3:6.1f} ms, {status_objects} objects"
-        )
+    print(f"OBSERVED load average {open('/proc/loadavg').read().split()[0]}; {INGESTS} ticks. Per block of 100:")
+    print_blocks("ticks", per_tick, per_status)

@@ -126,3 +126,35 @@ def test_a_shown_column_the_pool_lacks_or_cannot_show_is_named(tmp_path):
         shown_rows(
             labeling(pool_uri, image="score").labeling, pool, reader, [10], places, media_prefix="", storage_options={}
         )
+
+
+def test_rows_recorded_at_selection_keep_their_vector_dtype(tmp_path):
+    """A float64 vector pool (make-pool's raw binary vectors, the dtype in the field's metadata): the rows recorded
+    at selection, read back from Parquet, decode to the pool's values in the features table, the predictions'
+    inputs and training (not to twice as many float32s)."""
+    from dist_al.campaign.train import gather_labeled
+    from dist_al.data.pool import read_rows
+    from dist_al.data.writer import write_pool
+    from dist_al.inputs import vectors
+
+    x = np.random.default_rng(0).normal(size=(12, 3))
+    write_pool(str(tmp_path / "pool"), np.arange(12), x, np.arange(12) % 2, rows_per_group=5)
+    cfg = validate(
+        {"pool": {"uri": str(tmp_path / "pool")}, "selection": {"budget": 1}, "labeling": {"features": "table"}}
+    )
+    pool, reader = open_inputs(cfg.pool, cfg.inputs)
+    ids = [7, 2, 9]
+    places = row_places(pool, ids, None)
+    write_table_atomic(
+        str(tmp_path / "rows.parquet"), rows_table(pool, ids, places, read_rows(pool, places, ["features"]))
+    )
+    recorded = pa.parquet.read_table(tmp_path / "rows.parquet")
+    shown = shown_rows(
+        cfg.labeling, pool, reader, ids, places, recorded=recorded, media_prefix=str(tmp_path), storage_options={}
+    )
+    assert [list(row["features"].values()) for row in shown.data] == [[float(f"{v:.6g}") for v in x[i]] for i in ids]
+    assert np.array_equal(vectors(shown.inputs.to_batches()[0]).numpy(), x[ids].astype(np.float32))
+    got = gather_labeled(cfg.pool, {i: i % 2 for i in ids}, recorded)
+    assert np.array_equal(
+        vectors(got.inputs.combine_chunks().to_batches()[0]).numpy(), x[sorted(ids)].astype(np.float32)
+    )

@@ -720,7 +720,8 @@ def recorded_rows(
     exists = np.asarray([0 <= r < group_rows.get((f, g), 0) for f, g, r in places.tolist()], dtype=bool)
     keep, places = keep[exists], places[exists].astype(np.int64)
     struct = table.column("inputs").take(keep).combine_chunks()
-    values = pa.table({c: struct.field(c) for c in columns})
+    fields = pa.schema([recorded.field(c) for c in columns])  # with their metadata: a vector column's dtype
+    values = pa.Table.from_arrays([struct.field(c) for c in columns], schema=fields)
     return rec_ids[keep], places, values
 
 
