@@ -43,33 +43,37 @@ def reads(monkeypatch) -> dict:
 
 def soak(cfg, reads: dict, prepare, step) -> tuple[list, list]:
     """INGESTS steps, each recording one new label (``prepare(k)`` untimed, then ``step(k)`` timed), a `status`
-    after every 100; asserts that each reads a bounded number of objects. Returns (seconds, objects read) per step
-    and per status."""
+    after every 100; asserts that each reads a bounded number of objects. Returns (wall seconds, this process's
+    CPU seconds, objects read) per step and per status: the CPU time is what other jobs on the machine disturb
+    least."""
     per_step, per_status = [], []
+
+    def timed(fn, *args) -> tuple:
+        reads["n"] = 0
+        t0, c0 = time.perf_counter(), time.process_time()
+        answer = fn(*args)
+        return (time.perf_counter() - t0, time.process_time() - c0, reads["n"]), answer
+
     for k in range(INGESTS):
         prepare(k)
-        reads["n"] = 0
-        t0 = time.perf_counter()
-        step(k)
-        per_step.append((time.perf_counter() - t0, reads["n"]))
+        per_step.append(timed(step, k)[0])
         if (k + 1) % 100 == 0:
-            reads["n"] = 0
-            t0 = time.perf_counter()
-            assert status_table(cfg).startswith(f"workdir {cfg.workdir}: {k + 1} labels recorded")
-            per_status.append((time.perf_counter() - t0, reads["n"]))
+            figures, table = timed(status_table, cfg)
+            assert table.startswith(f"workdir {cfg.workdir}: {k + 1} labels recorded")
+            per_status.append(figures)
     bound = labels.CHECKPOINT_EVERY + 2  # the pointer, the checkpoint, the records after it
-    assert max(n for _, n in per_step) <= bound and max(n for _, n in per_status) <= bound
+    assert max(n for *_, n in per_step) <= bound and max(n for *_, n in per_status) <= bound
     return per_step, per_status
 
 
 def print_blocks(what: str, per_step: list, per_status: list) -> None:
     for block in range(0, INGESTS, 100):
-        times = [t for t, _ in per_step[block : block + 100]]
-        objects = [n for _, n in per_step[block : block + 100]]
-        status_s, status_objects = per_status[block // 100]
+        wall, cpu, objects = zip(*per_step[block : block + 100])
+        status_wall, status_cpu, status_objects = per_status[block // 100]
         print(
-            f"OBSERVED {what} {block + 1:4d}-{block + 100:4d}: median {np.median(times) * 1e3:6.1f} ms, "
-            f"objects read max {max(objects):2d}; status after them: {status_s * 1e3:6.1f} ms, {status_objects} objects"
+            f"OBSERVED {what} {block + 1:4d}-{block + 100:4d}: median {np.median(wall) * 1e3:6.1f} ms "
+            f"(CPU {np.median(cpu) * 1e3:5.1f} ms), objects read max {max(objects):2d}; status after them: "
+            f"{status_wall * 1e3:6.1f} ms (CPU {status_cpu * 1e3:5.1f} ms), {status_objects} objects"
         )
 
 
