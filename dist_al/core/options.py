@@ -52,6 +52,8 @@ class BaitOptions(StrategyOptions):
     weighting: Literal["reference", "mean"] = "reference"  # labeled vs batch Fisher weights (DESIGN.md 4)
     pca_dim: int | None = None  # project h onto its top pca_dim eigenvectors (large K*D)
     top_classes: int | None = None  # keep each row's top_classes most likely classes (large K)
+    mode: Literal["auto", "exact", "candidates"] = "auto"  # greedy steps over all rows or over candidates
+    candidates: float = 25.0  # candidate mode: rows kept, as a multiple of the forward steps
 
     def __post_init__(self):
         object.__setattr__(self, "lam", _check_positive("lam", self.lam))
@@ -62,3 +64,6 @@ class BaitOptions(StrategyOptions):
         object.__setattr__(
             self, "top_classes", _check_positive("top_classes", self.top_classes, integer=True, optional=True)
         )
+        if self.mode not in ("auto", "exact", "candidates"):
+            raise UserError(f"option mode must be one of 'auto', 'exact', 'candidates', got {self.mode!r}")
+        object.__setattr__(self, "candidates", _check_positive("candidates", self.candidates, at_least=1.0))
