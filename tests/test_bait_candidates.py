@@ -127,3 +127,14 @@ def test_candidate_count_and_auto_mode():
 def test_bad_candidate_options(option, value, match):
     with pytest.raises(UserError, match=match):
         BaitOptions(**{option: value})
+
+
+def test_objectives_equal_the_dense_oracle():
+    probs, feats, labeled = pool(11, n=400, d=6)
+    rng = np.random.default_rng(0)
+    picks = [rng.choice(400, 12, replace=False) for _ in range(3)]
+    for weighting in ("reference", "mean"):
+        got = bait.objectives(probs, feats, picks, labeled=labeled, budget=12, lam=0.3, weighting=weighting)
+        for rows, value in zip(picks, got):
+            want = objective(probs, feats, rows, labeled, 12, lam=0.3, weighting=weighting)
+            assert value == pytest.approx(want, rel=1e-7)  # float32 inputs

@@ -641,3 +641,41 @@ def run(
             LocalShards([BaitShard(probs, feats, mask)]), budget, opts, progress=progress, forward_steps=forward_steps
         )
     return BaitResult(np.array([i for _, i in picks], dtype=np.int64), objective)
+
+
+def objectives(
+    probs, feats, selections, *, labeled=None, budget: int, lam: float = 1.0, weighting: str = "reference"
+) -> list[float]:
+    """tr(M_S^{-1} F) of each selection S (row indices) of one pool, from float64 Fisher sums: how benchmarks
+    compare selections on pools too large for the dense oracle (`dist_al.testing.oracles.bait_objective`,
+    whose memory grows as N * K * K*D).
+
+    Args:
+        probs, feats: the pool's (N, K) probabilities and (N, D) features.
+        selections: row index arrays, one per selection.
+        labeled: the labeled rows (mask or indices), in F_L.
+        budget: the B of the weights w_L, w_S.
+        lam, weighting: as BaitOptions.
+
+    Returns:
+        One objective per selection (the unreduced problem's: no pca_dim or top_classes).
+    """
+    from .inputs import check_labeled, check_probs_feats
+
+    probs, feats = check_probs_feats(probs, feats)
+    mask = check_labeled(labeled, len(probs), probs.device)
+    opts = BaitOptions(lam=lam, weighting=weighting)
+    shard = BaitShard(probs, feats, mask)
+    K, D = probs.shape[1], feats.shape[1]
+    with torch.inference_mode():
+        pool, labeled_sum, n_rows, n_labeled, _ = shard.fisher_sums(K)
+        F = pool / n_rows
+        w_labeled = 1.0 / (n_labeled + budget)
+        w_batch = budget * w_labeled if opts.weighting == "reference" else w_labeled
+        M0 = opts.lam * torch.eye(K * D, dtype=torch.float64, device=F.device) + w_labeled * labeled_sum
+        out = []
+        for rows in selections:
+            rows = torch.as_tensor(np.asarray(rows, dtype=np.int64), device=shard.h.device)
+            M = M0 + w_batch * shard._fisher_sum(shard.p[rows], None, shard.h[rows], K)
+            out.append(float(torch.trace(torch.linalg.solve(M, F))))
+    return out
