@@ -16,6 +16,7 @@ EXAMPLES = {
     "  dist-al select --config configs/local-select.yaml --set selection.strategy=bait --set selection.budget=50\n"
     "  dist-al select --config configs/s3-select.yaml --out s3://bucket/selections/round-1.parquet",
     "make-pool": "examples:\n  dist-al make-pool ./pool --synthetic --rows 100000 --classes 10 --dim 64\n"
+    "  dist-al make-pool ./eval-pool --synthetic --rows 2000 --classes 10 --dim 64 --sample-seed 1   (its eval set)\n"
     "  dist-al make-pool ./pool --features X.npy --labels y.npy\n"
     "  dist-al make-pool ./pool --csv data.csv --id-column id --label-column label",
     "demo": "examples:\n  dist-al demo\n  dist-al demo --workdir /tmp/al-demo --seeds 3\n"
@@ -52,6 +53,11 @@ EXAMPLES = {
     "jobs": "examples:\n  dist-al jobs --address http://HEAD:8265\n  RAY_ADDRESS=http://HEAD:8265 dist-al jobs --all",
     "logs": "examples:\n  dist-al logs dist-al-round-20261121-101500-3fa2c1 --address http://HEAD:8265\n"
     "  dist-al logs dist-al-round-20261121-101500-3fa2c1 --follow",
+    "config": "examples:\n  dist-al config show --config configs/local-select.yaml\n"
+    "  dist-al config show --config configs/local-round.yaml --set selection.strategy=bait --set selection.lam=0.1\n"
+    "  dist-al config schema > dist-al.schema.json\n"
+    "then, as a config's first line, for VS Code's YAML extension (completion, descriptions, checking):\n"
+    "  # yaml-language-server: $schema=./dist-al.schema.json",
     "bench": "examples:\n  dist-al bench core\n  dist-al bench core --quick --only badge-bound,bait-step\n"
     "  dist-al bench core --device cuda --scale 10\n"
     "  dist-al bench distributed\n  dist-al bench distributed --quick --only coordination,gather\n"
@@ -232,7 +238,13 @@ def _parser() -> argparse.ArgumentParser:
     make_pool.add_argument("--rows", type=int, default=100_000, help="synthetic: rows (default 100000)")
     make_pool.add_argument("--classes", type=int, default=10, help="synthetic: classes (default 10)")
     make_pool.add_argument("--dim", type=int, default=64, help="synthetic: feature width (default 64)")
-    make_pool.add_argument("--seed", type=int, default=0, help="synthetic: seed (default 0)")
+    make_pool.add_argument("--seed", type=int, default=0, help="synthetic: seed of the mixture and rows (default 0)")
+    make_pool.add_argument(
+        "--sample-seed",
+        type=int,
+        default=None,
+        help="synthetic: draw other rows of the --seed mixture with this seed (a labeled eval set for a pool)",
+    )
     make_pool.add_argument("--id-column", default="id", help="CSV: id column (default id)")
     make_pool.add_argument("--label-column", default=None, help="CSV: label column (default: none)")
     make_pool.add_argument("--rows-per-file", type=int, default=262_144, help="rows per Parquet file")
@@ -283,6 +295,29 @@ def _parser() -> argparse.ArgumentParser:
     _address_arg(logs)
     logs.add_argument("submission_id", help="the id `dist-al submit` printed")
     logs.add_argument("--follow", "-f", action="store_true", help="stream until the job ends; exit with its status")
+
+    config = _command(
+        sub,
+        "config",
+        help="print the resolved config (credentials redacted) or the JSON Schema of config files",
+        description="`show` prints the config a command would run with: the file, then the --set overrides, with "
+        "every default filled in and every credential shown as <redacted>. `schema` prints the JSON Schema that "
+        "editors' YAML plugins use to complete and check config files.",
+    )
+    actions = config.add_subparsers(dest="action", metavar="ACTION", required=True)
+    show = actions.add_parser(
+        "show",
+        help="the resolved config as YAML, credentials redacted",
+        epilog=EXAMPLES["config"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _config_args(show)
+    actions.add_parser(
+        "schema",
+        help="the JSON Schema of config files",
+        epilog=EXAMPLES["config"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
     bench = _command(
         sub,
@@ -339,6 +374,10 @@ def main(argv: list[str] | None = None) -> int:
             from dist_al.commands import make_pool_command
 
             return make_pool_command(args)
+        if args.command == "config":
+            from dist_al.commands import config_command
+
+            return config_command(args)
         if args.command in ("submit", "jobs", "logs"):
             from dist_al import commands
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
@@ -28,15 +29,28 @@ def select_command(args) -> int:
     return 0
 
 
+def config_command(args) -> int:
+    """``config show``: the resolved config as YAML, credentials redacted; ``config schema``: its JSON Schema."""
+    if args.action == "schema":
+        from dist_al.config import schema
+
+        print(json.dumps(schema(), indent=2))
+        return 0
+    from dist_al.config import load_config
+
+    print(load_config(args.config, args.overrides).to_yaml(), end="")
+    return 0
+
+
 def make_pool_command(args) -> int:
     from dist_al.data.pool import write_pool
 
-    labels = None
+    labels: np.ndarray | None = None
     if args.synthetic:
         from dist_al.data.synthetic import gaussian_mixture
 
-        feats, labels = gaussian_mixture(args.rows, args.classes, args.dim, seed=args.seed)
-        feats, labels = feats.numpy(), labels.numpy()
+        x, y = gaussian_mixture(args.rows, args.classes, args.dim, seed=args.seed, sample_seed=args.sample_seed)
+        feats, labels = x.numpy(), y.numpy()
         ids = np.arange(len(feats), dtype=np.int64)
     elif args.features:
         feats = _load_npy(args.features, "--features")

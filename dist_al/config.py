@@ -1,14 +1,14 @@
 """The config: one typed model per section, and the only place where defaults live.
 
-A YAML file (safe loader) and ``--set key=value`` overrides (each value parsed as YAML) are merged first and
-checked once, so a file and an override are the same thing. Every error is one line naming the key; a misspelt
-key suggests the closest valid one. Credentials in ``pool.storage_options`` (``dist_al.credentials`` says what
-counts) are held as :class:`Secret` values that print, dump and serialise as ``<redacted>``: a config copy that
-dist-al writes (``dist-al config show``, the workdir's ``config.yaml``, a log line) cannot leak one, while the
-filesystem still gets the value (``PoolConfig.fsspec_options``). Each layer gets only its section:
+A YAML file (safe loader) and ``--set key=value`` overrides (each value parsed as YAML) are merged first and checked
+once, so a file and an override are the same thing. Every error is one line naming the key; a misspelt key suggests
+the closest valid one. Credentials in ``pool.storage_options`` (``dist_al.credentials`` says what counts) are held
+as `Secret` values that print, dump and serialise as ``<redacted>``: a config copy that dist-al writes (``dist-al
+config show``, the workdir's ``config.yaml``, a log line) cannot leak one, while the filesystem still gets the value
+(``dist_al.data.storage.filesystem``, the one place it reaches fsspec). Each layer gets only its section:
 ``PoolConfig`` the data layer, ``ModelConfig`` the model layer, ``ClusterConfig`` the Ray runtime, ``TrainConfig``
-training. Strategy options are typed per strategy from the core's own option types (``dist_al.core.api``), so
-the core and the config cannot disagree on a default.
+training. Strategy options are typed per strategy from the core's own option types (``dist_al.core.api``), so the
+core and the config cannot disagree on a default.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import json
 import typing
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import yaml
@@ -83,9 +84,11 @@ class Section(BaseModel):
 class PoolConfig(Section):
     """Where the pool lives and which columns hold ids, features and labels (the data layer's input)."""
 
-    uri: str = Field(description="Parquet file, directory or prefix; a local path or any fsspec URL (s3://, gs://)")
+    uri: str = Field(
+        description="Parquet file, directory or prefix; a local path or any fsspec URL (s3://, gs://, file://, memory://)"
+    )
     id_column: str = Field("id", description="unique row id (int64 or string)")
-    feature_column: str = Field("features", description="list of floats per row, the model's input")
+    feature_column: str = Field("features", description="list of floats per row (fixed-size or not), the model's input")
     label_column: str | None = Field(None, description="integer labels; read only by simulation and evaluation")
     storage_options: dict[str, Any] = Field(
         default_factory=dict,
@@ -102,30 +105,44 @@ class PoolConfig(Section):
     def _dump_storage_options(self, value: dict) -> dict:
         return _redacted(value)
 
-    def fsspec_options(self) -> dict:
-        """storage_options with the credentials' values, for fsspec alone."""
-        return reveal(self.storage_options)
-
 
 class ModelConfig(Section):
     """The model by import path and its weights (the model layer's input)."""
 
-    factory: str = Field("dist_al.models:mlp", description="module:function returning an nn.Module")
+    factory: str = Field(
+        "dist_al.models:mlp",
+        description="module:function returning an nn.Module (dist_al.models.build says what it must return; "
+        "the built-ins are dist_al.models:NAME)",
+    )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the factory")
     checkpoint: str | None = Field(
-        None, description="state_dict URI, loaded with weights_only=True; null = initialise once from selection.seed"
+        None,
+        description="state_dict URI (local or object store), loaded with weights_only=True; null = initialise once "
+        "from selection.seed and ship the same weights to every worker",
     )
-    classifier: str | None = Field(None, description="module name of the final nn.Linear; null = the last one")
-    autocast: Literal["bf16", "fp16"] | None = Field(None, description="mixed precision on GPU workers")
+    classifier: str | None = Field(
+        None, description="module name of the final nn.Linear; null = the last nn.Linear of the model"
+    )
+    autocast: Literal["bf16", "fp16"] | None = Field(
+        None, description="mixed precision on GPU workers (bf16 or fp16); null = float32"
+    )
     batch_size: int = Field(4096, gt=0, description="rows per forward pass")
+
+
+_DEFAULT_STRATEGY = "badge"  # of a selection section that names none
 
 
 class SelectionBase(Section):
     """The selection section's keys that every strategy has; each strategy adds its own options."""
 
-    strategy: str = Field("badge", description="the acquisition strategy")
+    strategy: str = Field(_DEFAULT_STRATEGY, description=f"the acquisition strategy: {', '.join(STRATEGIES)}")
     budget: int = Field(gt=0, description="rows to select")
-    seed: int = Field(0, ge=0, description="seeds the coordinator's RNG and the model initialisation")
+    seed: int = Field(
+        0,
+        ge=0,
+        description="seeds the coordinator's RNG and the model initialisation (round n of dist-al round uses "
+        "seed + n, seed s of a simulation seed + s)",
+    )
 
     def options(self) -> StrategyOptions:
         """This strategy's options, as the core takes them."""
@@ -142,22 +159,27 @@ class SelectionBase(Section):
 def _selection_model(name: str) -> type[SelectionBase]:
     kind = STRATEGIES[name].options
     hints = typing.get_type_hints(kind)
-    fields: dict[str, Any] = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(kind)}
+    fields: dict[str, Any] = {
+        "strategy": (Literal[name], name),  # the tag that picks this model
+        **{
+            f.name: (hints[f.name], Field(f.default, description=f.metadata.get("description")))
+            for f in dataclasses.fields(kind)
+        },
+    }
     model_name = "".join(part.capitalize() for part in name.split("-")) + "Selection"
     return create_model(
         model_name,
         __base__=SelectionBase,
-        __module__=__name__,  # type: ignore[call-overload]
+        __module__=__name__,
         __doc__=f"The selection section with strategy {name!r}.",
-        strategy=(Literal[name], name),
         **fields,
     )
 
 
 def _strategy_of(value: Any) -> str:
     if isinstance(value, dict):
-        return value.get("strategy", "badge")
-    return getattr(value, "strategy", "badge")
+        return value.get("strategy", _DEFAULT_STRATEGY)
+    return getattr(value, "strategy", _DEFAULT_STRATEGY)
 
 
 SELECTION_MODELS = {name: _selection_model(name) for name in STRATEGIES}
@@ -180,10 +202,14 @@ class TrainConfig(Section):
     workers: int = Field(2, gt=0, description="Ray Train workers (DDP processes)")
     use_gpu: bool = Field(False, description="one GPU per Ray Train worker")
     cpus_per_worker: float = Field(1, ge=0, description="CPUs reserved per worker (also its torch threads)")
-    warm_start: bool = Field(False, description="start each round from the previous round's weights")
+    warm_start: bool = Field(
+        False, description="false: each round trains from the seed; true: from the previous round's weights"
+    )
     seed: int | None = Field(None, ge=0, description="model init and shuffling; null = selection.seed")
     storage_path: str | None = Field(None, description="Ray Train run storage; null = next to the checkpoint")
-    backend: Literal["ray", "local"] = Field("ray", description="ray: TorchTrainer; local: the same loop in-process")
+    backend: Literal["ray", "local"] = Field(
+        "ray", description="ray: Ray Train's TorchTrainer; local: the same loop in this process (small simulations)"
+    )
 
 
 class SimulationConfig(Section):
@@ -196,23 +222,43 @@ class SimulationConfig(Section):
 
 
 class EvalConfig(Section):
-    uri: str | None = Field(None, description="a labeled Parquet dataset with the pool's columns; null = none")
+    """The held-out labeled rows on which training records its accuracy."""
+
+    uri: str | None = Field(
+        None, description="a labeled Parquet dataset with the pool's columns; null = no eval accuracy"
+    )
 
 
 class ClusterConfig(Section):
     """Where the ShardWorkers run and what each asks for (the Ray runtime's input)."""
 
-    address: str | None = Field(None, description="null = a private local Ray; auto, ray://... or HOST:PORT = connect")
+    address: str | None = Field(
+        None,
+        description="null = a private local Ray (the job's cluster inside a Ray Job); auto, ray://... or HOST:PORT "
+        "= connect",
+    )
     workers: int = Field(2, gt=0, description="ShardWorker actors (shards)")
-    gpus_per_worker: float = Field(0, ge=0, description="GPUs per ShardWorker")
-    cpus_per_worker: float = Field(1, ge=0, description="CPUs per ShardWorker (also its torch threads)")
+    gpus_per_worker: float = Field(0, ge=0, description="GPUs per ShardWorker (CUDA is used when Ray assigns one)")
+    cpus_per_worker: float = Field(
+        1,
+        ge=0,
+        description="CPUs per ShardWorker (also its torch thread count; on a local Ray, at most its share of the "
+        "cores)",
+    )
     start_timeout_s: float = Field(
-        300.0, gt=0, description="how long to wait for a cluster dist-al connects to to place every worker"
+        300.0,
+        gt=0,
+        description="on a cluster dist-al connects to: how long to wait for it to place and start the ShardWorkers "
+        "(and Ray Train's workers) before a one-line error; a progress line every 10 s says what is missing",
     )
 
 
 class Config(Section):
-    """A whole dist-al config (README, "Config reference")."""
+    """A whole dist-al config: one model per section (README, "Config reference", lists every key).
+
+    Make one with `load_config` (a YAML file and ``--set`` overrides) or `validate` (plain data);
+    both check everything at once. A Config is frozen: `replace` makes a checked copy.
+    """
 
     pool: PoolConfig
     model: ModelConfig = ModelConfig()
@@ -225,6 +271,7 @@ class Config(Section):
 
     @property
     def train_seed(self) -> int:
+        """``train.seed``, or ``selection.seed`` when that is null."""
         return self.selection.seed if self.train.seed is None else self.train.seed
 
     def raw(self) -> dict:
@@ -234,7 +281,18 @@ class Config(Section):
         return data
 
     def replace(self, **sections: Any) -> Config:
-        """A copy with some sections or keys changed (``replace(model={"checkpoint": uri})``), checked again."""
+        """A copy with some sections or keys changed, checked again.
+
+        Args:
+            **sections: per section, the keys to change (``replace(model={"checkpoint": uri})``); a top-level
+                key by its value (``replace(workdir="/tmp/w")``).
+
+        Returns:
+            A new, checked Config; this one is unchanged.
+
+        Raises:
+            ConfigError: the changed config is invalid (the message names the key).
+        """
         return validate(_merge(self.raw(), sections))
 
     def dump(self) -> dict:
@@ -243,20 +301,33 @@ class Config(Section):
         return redact(self.model_dump(mode="json"))
 
     def to_yaml(self) -> str:
+        """`dump` as YAML, sections in their order: what ``dist-al config show`` prints."""
         return yaml.safe_dump(self.dump(), sort_keys=False)
 
 
 # -- reading -------------------------------------------------------------------------------------------
 
 
-def load_config(
-    path: str | None = None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None
-) -> Config:
-    """Reads YAML (safe loader), applies `key=value` overrides, checks and fills defaults."""
+def load_config(path: str | None = None, overrides: Sequence[str] = (), base: dict | None = None) -> Config:
+    """The checked config of a YAML file with ``--set`` overrides, defaults filled in.
+
+    Args:
+        path: a YAML file (read with a safe loader); None = only ``base`` and the overrides.
+        overrides: ``"key=value"`` strings, each value parsed as YAML (``"model.kwargs={in_dim: 8}"``), applied
+            after the file.
+        base: plain data the file and the overrides are merged onto.
+
+    Returns:
+        The checked Config.
+
+    Raises:
+        ConfigError: the file is missing, unreadable or not YAML, an override is not ``key=value``, a key is
+            unknown (the message suggests the closest valid one), missing or of the wrong type or range.
+    """
     return validate(read_config(path, overrides, base))
 
 
-def read_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None) -> dict:
+def read_config(path: str | None = None, overrides: Sequence[str] = (), base: dict | None = None) -> dict:
     """What `load_config` checks: the YAML file with the overrides applied, as given (no defaults, unchecked)."""
     raw: dict = copy.deepcopy(base) if base else {}
     if path is not None:
@@ -305,7 +376,8 @@ def _set_path(raw: dict, key: str, value: Any) -> None:
 
 
 def validate(raw: dict) -> Config:
-    """A complete, checked config; raises ConfigError naming the first bad key."""
+    """A complete, checked config from plain data (as the YAML holds it); raises ConfigError naming the first bad
+    key."""
     if not isinstance(raw, dict):
         raise ConfigError(f"a config is a mapping of sections, got {type(raw).__name__}")
     # an absent or empty section is a section of defaults, so a missing key is named as such
@@ -323,11 +395,55 @@ def validate(raw: dict) -> Config:
 
 
 def schema() -> dict:
-    """JSON Schema of a config file, for editors' YAML plugins (completion and checking)."""
+    """JSON Schema (draft 2020-12) of a config file, for editors' YAML plugins (completion and checking): what
+    ``dist-al config schema`` prints. A selection section without ``strategy`` is badge's, as in `validate`."""
     out = Config.model_json_schema()
     out["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     out["title"] = "dist-al config"
+    for name, model in SELECTION_MODELS.items():  # one branch of the union per strategy: only badge's may omit it
+        if name != _DEFAULT_STRATEGY:
+            out["$defs"][model.__name__]["required"] = ["strategy", *out["$defs"][model.__name__]["required"]]
     return out
+
+
+def reference_table() -> str:
+    """README's "Config reference" table (markdown) from the models' fields and the strategies' options: every key,
+    its default and its description. ``python scripts/config_reference.py`` writes it into README.md and
+    tests/test_config.py checks that README holds it."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for name, f in Config.model_fields.items():
+        section = SelectionBase if name == "selection" else f.annotation
+        if not (isinstance(section, type) and issubclass(section, BaseModel)):
+            rows.append(_reference_row(name, f.get_default(call_default_factory=True), f.is_required(), f.description))
+            continue
+        for key, sub in section.model_fields.items():
+            default = sub.get_default(call_default_factory=True)
+            rows.append(_reference_row(f"{name}.{key}", default, sub.is_required(), sub.description))
+        if name == "selection":
+            rows += _option_rows()
+    return "\n".join(rows) + "\n"
+
+
+def _option_rows() -> list[str]:
+    """One row per strategy option, named with the strategies that take it."""
+    options: dict[str, tuple[list[str], dataclasses.Field]] = {}
+    for strategy, spec in STRATEGIES.items():
+        for f in dataclasses.fields(spec.options):
+            options.setdefault(f.name, ([], f))[0].append(strategy)
+    return [
+        _reference_row(f"selection.{name}", f.default, False, f"{', '.join(strategies)}: {f.metadata['description']}")
+        for name, (strategies, f) in options.items()
+    ]
+
+
+def _reference_row(key: str, default: Any, required: bool, description: str | None) -> str:
+    if required:
+        shown = "required"
+    elif isinstance(default, str):
+        shown = f"`{default}`"
+    else:
+        shown = f"`{json.dumps(default)}`"
+    return f"| `{key}` | {shown} | {(description or '').replace('|', chr(92) + '|')} |"
 
 
 # -- one line per error ----------------------------------------------------------------------------
@@ -352,7 +468,7 @@ def _key(loc: tuple, raw: dict) -> str:
 
 def _selection_tag(raw: dict) -> str:
     section = raw.get("selection")
-    return _strategy_of(section) if isinstance(section, dict) else "badge"
+    return _strategy_of(section) if isinstance(section, dict) else _DEFAULT_STRATEGY
 
 
 def _shown(key: str, value: Any) -> str:

@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Installs dist-al with its test dependencies into .venv and runs the whole test suite.
+# Installs dist-al with its test and dev dependencies into .venv and runs the test suite; arguments go to pytest.
+#   bash scripts/test.sh                   the whole suite (what CI runs)
+#   bash scripts/test.sh -m "not slow"     the fast tier: no test over ~5 s (README, "Tests")
+#   bash scripts/test.sh --checks -q       first ruff, mypy and the docs build (scripts/check.sh), as CI does
 # The CPU build of torch is pinned here only (CI and dev machines have no GPU);
 # pyproject keeps torch open so GPU users get their CUDA build.
 set -euo pipefail
@@ -7,5 +10,9 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q -c scripts/constraints.txt torch==2.13.0
-.venv/bin/python -m pip install -q -c scripts/constraints.txt -e '.[test]'
+.venv/bin/python -m pip install -q -c scripts/constraints.txt -e '.[test,dev]'
+if [ "${1:-}" = "--checks" ]; then
+    shift
+    bash scripts/check.sh
+fi
 exec .venv/bin/python -m pytest "$@"

@@ -1,4 +1,4 @@
-"""Shared pytest fixtures, and the Hypothesis profiles."""
+"""Shared pytest fixtures, the Hypothesis profiles, and the test tiers' markers."""
 
 import logging
 import os
@@ -16,6 +16,32 @@ from s3server import s3_bucket, s3_server, s3_storage_options  # noqa: F401  (mo
 settings.register_profile("ci", max_examples=80, derandomize=True, database=None, print_blob=True)
 settings.register_profile("explore", max_examples=2000, derandomize=False, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+# Test tiers (markers registered in pyproject.toml): tests that use these fixtures get the marker themselves.
+_FIXTURE_MARKS = {"ray_local": "cluster", "s3_server": "s3", "s3_bucket": "s3", "s3_storage_options": "s3"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for fixture, mark in _FIXTURE_MARKS.items():
+            if fixture in item.fixturenames:
+                item.add_marker(mark)
+        if item.get_closest_marker("cluster") or item.get_closest_marker("subprocess"):
+            item.add_marker("slow")  # starting Ray, or a fresh interpreter that imports torch, takes seconds here
+
+
+@pytest.fixture(autouse=True)
+def _ray_only_in_cluster_tests(request, monkeypatch):
+    """A test that starts Ray in this process must be marked ``cluster``, so ``-m "not cluster"`` never starts
+    one (the tiers stay what their markers say)."""
+    if request.node.get_closest_marker("cluster") is None:
+
+        def refuse(*args, **kwargs):
+            pytest.fail(f"{request.node.nodeid} starts Ray: mark it @pytest.mark.cluster", pytrace=False)
+
+        monkeypatch.setattr(ray, "init", refuse)
+    yield
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -28,6 +28,8 @@ from dist_al.data.pool import write_pool
 from dist_al.models import mlp
 from dist_al.runtime.cluster import LOCAL_WORKERS_PER_CORE, cores
 
+pytestmark = [pytest.mark.subprocess, pytest.mark.cluster]
+
 ROWS, CLASSES, DIM = 120, 4, 8
 MODEL = {"in_dim": DIM, "n_classes": CLASSES, "hidden": 16}
 LABELED = 5  # rows labeled in the shared workdir
@@ -282,6 +284,20 @@ CONFIG_CASES = [
         True,
         {"model__checkpoint": "/nonexistent/model.pt"},
         ["model.checkpoint '/nonexistent/model.pt' cannot be read"],
+    ),
+    (  # found when the round starts, not after its labels are in and it trains
+        "eval set that does not exist (round)",
+        ROUND,
+        False,
+        {"eval__uri": "/nonexistent/eval-pool"},
+        ["eval.uri: pool /nonexistent/eval-pool: no such file, directory, bucket or prefix"],
+    ),
+    (
+        "eval set that does not exist (train)",
+        ["train"],
+        True,
+        {"eval__uri": "/nonexistent/eval-pool"},
+        ["eval.uri: pool /nonexistent/eval-pool: no such file, directory, bucket or prefix"],
     ),
     (
         "model class count differs from the labels",

@@ -301,6 +301,7 @@ def drifting_pool():
     return probs, feats, labeled
 
 
+@pytest.mark.slow
 def test_float32_state_refreshed_from_A_matches_float64(monkeypatch):
     """Stated tolerance: the float32 selection's exact objective within 1e-3 of the float64 selection's, and
     at least 90% of its picks (measured here: identical picks in identical order). Without the refresh the

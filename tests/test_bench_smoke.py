@@ -28,6 +28,7 @@ def _table_rows(out: str) -> list[list[str]]:
     return [[c.strip() for c in line.strip("|").split(" | ")] for line in lines[1:]]  # without the header
 
 
+@pytest.mark.slow
 def test_quick_run_prints_every_row(capsys):
     rc = core.main(["--quick", "--repeats", "1"])
     out = capsys.readouterr().out
@@ -87,6 +88,7 @@ def test_both_benchmarks_take_the_same_options(argv, message, capsys):
         assert f"dist-al bench {suite}: error: {message}" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_distributed_quick_gather_row(capsys):
     assert bench_cli.main(["distributed", "--quick", "--only", "gather"]) == 0
     out = capsys.readouterr().out

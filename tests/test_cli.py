@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from dist_al.cli import main
 from dist_al.config import load_config
 from dist_al.runtime.cluster import cores
 
@@ -39,11 +40,13 @@ def run(*args, cwd=None):
         "jobs",
         "logs",
         "evaluate",
+        "config",
     ],
 )
-def test_every_command_has_help_with_examples(command):
-    out = run(command, "--help")
-    assert out.returncode == 0 and "examples:" in out.stdout
+def test_every_command_has_help_with_examples(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0 and "examples:" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(str(ROOT / "configs" / "*.yaml"))), ids=lambda p: Path(p).name)
@@ -71,6 +74,8 @@ def _select_args(tmp_path, out):
     ]
 
 
+@pytest.mark.subprocess
+@pytest.mark.cluster
 def test_make_pool_then_select_with_overrides(tmp_path):
     made = run(
         "make-pool",
@@ -97,6 +102,7 @@ def test_make_pool_then_select_with_overrides(tmp_path):
     assert again.returncode == 0 and out.read_bytes() == first  # the same selection, the same bytes
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     "override, message",
     [
@@ -123,6 +129,8 @@ def test_user_mistakes_are_one_line_and_write_nothing(tmp_path, override, messag
     assert not out.exists() and not (tmp_path / "dist-al-work").exists()
 
 
+@pytest.mark.subprocess
+@pytest.mark.cluster
 def test_a_local_ray_holds_more_cpu_workers_than_the_machine_has_cores(tmp_path):
     """A private local Ray cannot grow, so it is sized to the job: 3 workers asking for all the cores each run
     (one torch thread each) instead of waiting forever for CPUs that will never come."""

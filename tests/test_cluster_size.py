@@ -101,6 +101,7 @@ def progress(monkeypatch):
     logging.getLogger("dist_al.runtime.cluster").removeHandler(handler)
 
 
+@pytest.mark.cluster
 def test_waits_for_a_node_that_joins_then_proceeds(head_only, pool_uri, progress):
     """2 ShardWorkers of 1 CPU on a 1-CPU cluster: one starts, the other waits until a node joins."""
     outcome = {}
@@ -131,6 +132,7 @@ def test_waits_for_a_node_that_joins_then_proceeds(head_only, pool_uri, progress
     )
 
 
+@pytest.mark.cluster
 def test_shard_workers_time_out_and_are_released(head_only, pool_uri, progress):
     with pytest.raises(ClusterTooSmall) as err:
         sharded_pool(_config(pool_uri, cpus_per_worker=1, start_timeout_s=2))
@@ -152,6 +154,7 @@ class _Worker:
         return True
 
 
+@pytest.mark.cluster
 def test_a_timeout_kills_the_workers_that_had_started(head_only):
     first, second = _Worker.remote(), _Worker.remote()
     assert ray.get(first.ping.remote())  # started: it holds the cluster's only CPU
@@ -164,6 +167,7 @@ def test_a_timeout_kills_the_workers_that_had_started(head_only):
     assert _cpus_free_again(1)
 
 
+@pytest.mark.cluster
 def test_ray_train_workers_time_out_and_their_placement_is_released(head_only, pool_uri, tmp_path):
     cfg = _config(pool_uri, start_timeout_s=1)
     with pytest.raises(

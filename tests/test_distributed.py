@@ -19,6 +19,8 @@ from dist_al.data.synthetic import gaussian_mixture
 from dist_al.models.build import build_model
 from dist_al.runtime.selection import run_selection, sharded_pool
 
+pytestmark = [pytest.mark.cluster]
+
 N_ROWS, N_CLASSES, DIM, ROWS_PER_GROUP = 1200, 4, 8, 100
 MODEL = {"factory": "dist_al.models:mlp", "kwargs": {"in_dim": DIM, "n_classes": N_CLASSES, "hidden": 12}}
 OPTIONS = {"bait": {"oversample": 1.5}, "badge-scalable": {"rounds": 3}}

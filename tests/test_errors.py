@@ -55,6 +55,7 @@ BUGS = [
 ]
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("patch, kind, message, where, function", BUGS, ids=["ValueError", "KeyError"])
 def test_a_bug_is_an_internal_error_with_its_place(tmp_path, patch, kind, message, where, function):
     res = make_pool_with(patch, "make-pool", str(tmp_path / "pool"), "--synthetic", "--rows", "20")
@@ -67,6 +68,7 @@ def test_a_bug_is_an_internal_error_with_its_place(tmp_path, patch, kind, messag
     assert "Traceback (most recent call last)" in debug.stderr and f"{kind}: {message}" in debug.stderr
 
 
+@pytest.mark.subprocess
 def test_a_store_that_stays_down_is_an_error_of_the_environment_not_a_bug(tmp_path):
     patch = (
         "from dist_al.data.storage import StorageUnavailable\n"
@@ -78,6 +80,7 @@ def test_a_store_that_stays_down_is_an_error_of_the_environment_not_a_bug(tmp_pa
     assert res.stderr.strip() == "dist-al: error: writing s3://b/p failed 3 times in 4.2 s, giving up"
 
 
+@pytest.mark.subprocess
 def test_a_place_that_cannot_be_written_is_a_user_error(tmp_path):
     (tmp_path / "a-file").write_text("")
     res = make_pool_with("", "make-pool", str(tmp_path / "a-file" / "pool"), "--synthetic", "--rows", "20")

@@ -118,6 +118,7 @@ def test_eval_data_split_is_stratified_disjoint_and_fixed(tmp_path):
 # --------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_tiny_comparison_end_to_end(ray_local, tmp_path):
     """2 strategies x 2 seeds x 2 rounds on digits through the CLI: the files exist and parse."""
     write_dataset(str(tmp_path / "data"), "digits")

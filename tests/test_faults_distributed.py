@@ -32,6 +32,8 @@ from dist_al.runtime.selection import sharded_pool
 from dist_al.runtime.sharded_pool import RayShards, WorkerLostError, get_all
 from dist_al.runtime.worker import ShardWorker
 
+pytestmark = [pytest.mark.cluster]
+
 # Workers unpickle the test's ShardWorker subclass by value: this module is not importable there.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

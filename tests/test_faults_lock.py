@@ -117,6 +117,7 @@ def where(kind: str, tmp_path: Path, request) -> tuple[str, dict]:
 # ----------------------------------------------------------------------------------------- the fence
 
 
+@pytest.mark.subprocess
 def test_a_command_that_lost_its_lease_stops_before_its_next_write(tmp_path):
     truth = make_pool(str(tmp_path / "pool"))
     work = str(tmp_path / "work")
@@ -271,6 +272,7 @@ def test_an_unrelated_einval_on_a_lock_put_is_raised_not_taken_for_a_lost_lock(f
 # ---------------------------------------------------------------------------------- takeover guards
 
 
+@pytest.mark.subprocess
 def test_a_taker_killed_holding_its_guard_does_not_block_later_takeovers(tmp_path):
     work = str(tmp_path / "work")
     os.makedirs(work)
@@ -311,6 +313,7 @@ def test_takeover_guards_expire_and_a_live_one_wins(tmp_path):
 # ----------------------------------------------------------------------------------------- the sweep
 
 
+@pytest.mark.subprocess
 def test_the_temp_sweep_spares_a_competing_acquirers_temp_file(tmp_path):
     work = tmp_path / "work"
     (work / "rounds" / "0001").mkdir(parents=True)

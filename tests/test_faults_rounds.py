@@ -37,7 +37,9 @@ from dist_al.config import validate
 from dist_al.data.pool import write_pool
 from dist_al.data.storage import write_bytes_atomic
 from dist_al.data.synthetic import gaussian_mixture
-from dist_al.models.build import load_state
+from dist_al.models.build import read_weights
+
+pytestmark = [pytest.mark.subprocess]
 
 BUDGET = 10
 ROWS = 400
@@ -113,7 +115,7 @@ def outcome(workdir: str) -> dict:
     records = sorted((root / "labels").glob("*.parquet"))
     rounds = sorted(p.name for p in (root / "rounds").iterdir())
     model = (
-        load_state(str(root / "rounds" / rounds[-1] / "model.pt"))
+        read_weights(str(root / "rounds" / rounds[-1] / "model.pt"))
         if (root / "rounds" / rounds[-1] / "model.pt").exists()
         else None
     )
@@ -139,6 +141,7 @@ def same_model(a: dict, b: dict) -> bool:
 # ------------------------------------------------------------------------------------------ crashes
 
 
+@pytest.mark.cluster
 def test_sigkill_at_every_step_resumes_to_the_uninterrupted_result(tmp_path, ray_local):
     truth = make_pool(str(tmp_path / "pool"))
 
@@ -204,6 +207,7 @@ def test_sigkill_at_every_step_resumes_to_the_uninterrupted_result(tmp_path, ray
     assert got["record_rows"] == BUDGET  # not a label lost or duplicated
 
 
+@pytest.mark.cluster
 def test_driver_killed_while_ray_train_runs_resumes(tmp_path, ray_local):
     truth = make_pool(str(tmp_path / "pool"))
     cfg = config(str(tmp_path / "pool"), str(tmp_path / "work"), backend="ray")

@@ -20,6 +20,8 @@ from dist_al.data.pool import write_pool
 from dist_al.data.synthetic import gaussian_mixture
 from dist_al.runtime.selection import sharded_pool
 
+pytestmark = [pytest.mark.cluster]
+
 N, K, D, PICKS = 360, 3, 6, 12
 
 

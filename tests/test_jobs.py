@@ -90,6 +90,8 @@ def job_record(head, sid) -> str:
     return urllib.request.urlopen(req, timeout=10).read().decode()
 
 
+@pytest.mark.cluster
+@pytest.mark.subprocess
 def test_select_job_runs_on_the_cluster_with_the_users_model(head, project):
     out = submit(head, project, "select", "--log-level", "INFO")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -110,6 +112,8 @@ def test_select_job_runs_on_the_cluster_with_the_users_model(head, project):
     assert record["entrypoint"] == "python -m dist_al.cli select --config configs/al.yaml --log-level INFO"
 
 
+@pytest.mark.cluster
+@pytest.mark.subprocess
 def test_round_jobs_select_ingest_and_train_with_ray_train(head, project):
     root, data, truth = project
     out = submit(head, project, "round")
@@ -129,6 +133,8 @@ def test_round_jobs_select_ingest_and_train_with_ray_train(head, project):
     assert (data / "work" / "rounds" / "0001" / "model.pt").stat().st_size > 0
 
 
+@pytest.mark.cluster
+@pytest.mark.subprocess
 def test_invalid_config_fails_the_job_with_the_config_error_in_its_logs(head, project):
     out = submit(head, project, "select", config="configs/bad.yaml")
     assert out.returncode == 1
@@ -140,6 +146,8 @@ def test_invalid_config_fails_the_job_with_the_config_error_in_its_logs(head, pr
     assert logs.returncode == 0 and error in logs.stdout
 
 
+@pytest.mark.cluster
+@pytest.mark.subprocess
 def test_jobs_lists_dist_al_jobs(head, project):
     out = dist_al(head, project, "jobs", env=head.client_env(RAY_ADDRESS=head.dashboard))
     assert out.returncode == 0, out.stderr
@@ -148,6 +156,8 @@ def test_jobs_lists_dist_al_jobs(head, project):
     assert any("| select |" in r and "SUCCEEDED" in r for r in rows) and any("FAILED" in r for r in rows)
 
 
+@pytest.mark.cluster
+@pytest.mark.subprocess
 def test_without_the_token_the_cluster_refuses_and_says_how_to_pass_it(head, project, tmp_path):
     env = head.client_env(HOME=str(tmp_path))  # no ~/.ray/auth_token there
     del env["RAY_AUTH_TOKEN"]
@@ -156,6 +166,8 @@ def test_without_the_token_the_cluster_refuses_and_says_how_to_pass_it(head, pro
     assert "token authentication is on" in out.stderr and "RAY_AUTH_TOKEN" in out.stderr
 
 
+@pytest.mark.cluster
+@pytest.mark.subprocess
 def test_credentials_in_a_submitted_config_are_refused_before_anything_is_sent(head, project):
     """Wherever a credential sits, in the config file or a --set, at any depth, as a key or inside a URI: one
     line naming where (never the value), exit 2, and the cluster never hears of the job."""
@@ -193,6 +205,8 @@ def test_credentials_in_a_submitted_config_are_refused_before_anything_is_sent(h
     assert dist_al(head, project, "jobs", "--address", head.dashboard).stdout == before
 
 
+@pytest.mark.cluster
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -206,12 +220,15 @@ def test_bad_submissions_are_one_line_errors(head, project, args, message):
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.subprocess
 def test_the_address_is_required():
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("RAY_")}
     out = subprocess.run([sys.executable, "-m", "dist_al.cli", "jobs"], capture_output=True, text=True, env=env)
     assert out.returncode == 2 and "no cluster address" in out.stderr
 
 
+@pytest.mark.cluster
+@pytest.mark.subprocess
 def test_the_token_file_in_home_is_used_when_the_environment_has_none(head, project, tmp_path):
     (tmp_path / ".ray").mkdir()
     (tmp_path / ".ray" / "auth_token").write_text(head.token + "\n")

@@ -27,7 +27,7 @@ def test_same_seed_same_weights_and_state_overrides_seed():
     spec = ModelConfig(kwargs={"in_dim": 6, "n_classes": 3})
     a, b = build_model(spec, seed=4), build_model(spec, seed=4)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
-    c = build_model(spec, seed=5, state=a.state_dict())
+    c = build_model(spec, seed=5, weights=a.state_dict())
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values()))
 
 

@@ -30,9 +30,10 @@ def imported_names(path: Path) -> set[str]:
 
 
 def declared_distributions() -> set[str]:
-    """The distributions the package's own code may import: its dependencies and every extra but `test`."""
+    """The distributions the package's own code may import: its dependencies and every extra but the tooling's
+    (`test`, `dev`)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    extras = [r for name, reqs in project["optional-dependencies"].items() if name != "test" for r in reqs]
+    extras = [r for name, reqs in project["optional-dependencies"].items() if name not in ("test", "dev") for r in reqs]
     return {canonicalize_name(Requirement(r).name) for r in project["dependencies"] + extras}
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 
-import fsspec
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -20,8 +20,11 @@ from dist_al.campaign.rounds import (
 from dist_al.campaign.workdir import WorkdirError, open_workdir
 from dist_al.config import validate
 from dist_al.data.pool import write_pool
+from dist_al.data.storage import filesystem, read_bytes
 from dist_al.data.synthetic import gaussian_mixture
-from dist_al.models.build import load_state
+from dist_al.models.build import read_weights
+
+pytestmark = [pytest.mark.cluster]
 
 BUDGET = 20
 
@@ -56,14 +59,14 @@ def campaign(s3_bucket, s3_storage_options, ray_local):
 
 
 def snapshot(cfg) -> dict:
-    fs, root = fsspec.core.url_to_fs(cfg.workdir, **cfg.pool.fsspec_options())
+    fs, root = filesystem(cfg.workdir, cfg.pool.storage_options)
     fs.invalidate_cache()
     return {p: fs.cat_file(p) for p in sorted(fs.find(root))}
 
 
 def selected_ids(cfg, n) -> list:
-    with fsspec.open(f"{cfg.workdir}/rounds/{n:04d}/selection.parquet", "rb", **cfg.pool.fsspec_options()) as f:
-        return pq.read_table(f).column("id").to_pylist()
+    data = read_bytes(f"{cfg.workdir}/rounds/{n:04d}/selection.parquet", cfg.pool.storage_options)
+    return pq.read_table(io.BytesIO(data)).column("id").to_pylist()
 
 
 def label_studio_export(ids, truth) -> str:
@@ -97,8 +100,8 @@ def label_studio_export(ids, truth) -> str:
 
 def put(cfg, name: str, text: str) -> str:
     uri = f"{cfg.workdir.rsplit('/', 1)[0]}/inbox/{name}"
-    with fsspec.open(uri, "w", **cfg.pool.fsspec_options()) as f:
-        f.write(text)
+    fs, path = filesystem(uri, cfg.pool.storage_options)
+    fs.pipe_file(path, text.encode())
     return uri
 
 
@@ -116,8 +119,8 @@ def test_production_loop_is_idempotent_and_trains_with_ray_train(campaign, caplo
 
     ids = selected_ids(cfg, 1)
     recorded = f"{cfg.workdir}/rounds/0001/selected_rows.parquet"
-    with fsspec.open(recorded, "rb", **cfg.pool.fsspec_options()) as f:
-        assert pq.read_table(f).column("id").to_pylist() == ids  # the picked rows, recorded by the ShardWorkers
+    recorded_ids = pq.read_table(io.BytesIO(read_bytes(recorded, cfg.pool.storage_options))).column("id")
+    assert recorded_ids.to_pylist() == ids  # the picked rows, recorded by the ShardWorkers
     first = put(cfg, "batch1.json", label_studio_export(ids[:12], truth))
     assert ingest(cfg, first).startswith("12 labels accepted")
     assert not [r for r in caplog.records if "never selected" in r.getMessage()]  # selected ids: no pass
@@ -146,7 +149,7 @@ def test_production_loop_is_idempotent_and_trains_with_ray_train(campaign, caplo
     metrics = json.loads(snapshot(cfg)[next(p for p in snapshot(cfg) if p.endswith("0001/metrics.json"))])
     assert metrics["workers"] == 2 and metrics["train_rows"] == BUDGET
     model_uri = f"{cfg.workdir}/rounds/0001/model.pt"
-    load_state(model_uri, cfg.pool.storage_options)  # weights_only load works
+    read_weights(model_uri, cfg.pool.storage_options)  # weights_only load works
     trained = snapshot(cfg)
     assert train_step(cfg, open_workdir(cfg)) == "round 1: nothing to train (trained)"
     assert export_step(cfg, open_workdir(cfg)) == "round 1: nothing to export (trained)"

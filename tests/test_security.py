@@ -140,6 +140,7 @@ def pool_dir(tmp_path_factory):
     return root / "pool"
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("writer", ["torch.save", "pickle.dumps"])
 def test_checkpoint_with_a_code_payload_is_refused_and_does_not_run(tmp_path, pool_dir, writer):
     marker = tmp_path / "payload-ran"
@@ -398,6 +399,8 @@ def credential_run(tmp_path_factory, s3_server):
         shutil.rmtree(private_tmp, ignore_errors=True)
 
 
+@pytest.mark.subprocess
+@pytest.mark.cluster
 def test_every_writer_ran(credential_run):
     """The scan below covers real writes: each command wrote what it writes, at DEBUG; the bucket's history holds
     what was deleted since (Ray Train's run directory); Ray's session logs of each local Ray are in the scanned
@@ -433,6 +436,8 @@ def test_every_writer_ran(credential_run):
         assert text.count("<redacted>") == 3 and "aws_session_token" in text and "endpoint_url" in text
 
 
+@pytest.mark.subprocess
+@pytest.mark.cluster
 def test_credentials_never_reach_a_file_an_object_or_a_log(credential_run):
     """No planted secret, raw or encoded, in any command's output, in any file under the workdirs, pools,
     outputs, HOME or the temp dir with Ray's session logs, or in any object of the bucket."""
@@ -469,6 +474,7 @@ def test_the_scan_finds_each_planted_secret_in_each_form():
     assert SECRETS["env HF_TOKEN"].encode() not in buf.getvalue() and _leaks(buf.getvalue()) == ["env HF_TOKEN"]
 
 
+@pytest.mark.subprocess
 def test_config_errors_do_not_echo_storage_options(tmp_path):
     res = cli(
         "select",
@@ -506,6 +512,8 @@ ODD_IDS = [
 ]
 
 
+@pytest.mark.subprocess
+@pytest.mark.cluster
 def test_export_file_names_never_come_from_pool_values(tmp_path):
     ids = ODD_IDS + [f"row-{i}" for i in range(30 - len(ODD_IDS))]
     feats = np.random.default_rng(2).normal(size=(len(ids), DIM)).astype(np.float32)

@@ -25,7 +25,7 @@ from dist_al.experiments.simulate import (
     format_table,
     simulate,
 )
-from dist_al.models.build import build_model, load_state
+from dist_al.models.build import build_model, read_weights
 from dist_al.models.embedder import Embedder
 from dist_al.runtime.selection import sharded_pool
 from dist_al.runtime.worker import ShardWorker
@@ -78,6 +78,7 @@ def _mean(records, **where):
 # --------------------------------------------------------------------------- the simulation
 
 
+@pytest.mark.cluster
 def test_curve_csv(run, data):
     csv_uri, _ = curve_uris(data["cfg"])
     with open(csv_uri) as f:
@@ -93,6 +94,7 @@ def test_curve_csv(run, data):
             assert all(float(r["select_seconds"]) >= 0 for r in mine[:-1]) and mine[-1]["select_seconds"] == ""
 
 
+@pytest.mark.cluster
 def test_curve_png_is_a_valid_png(run, data):
     import matplotlib.image
 
@@ -104,27 +106,31 @@ def test_curve_png_is_a_valid_png(run, data):
     assert image[..., :3].std() > 0.05  # something is drawn
 
 
+@pytest.mark.cluster
 def test_accuracy_rises_with_labels(run):
     first, last = _mean(run, round=0), _mean(run, round=ROUNDS)
     assert last > first, (first, last)
     assert last > 0.8
 
 
+@pytest.mark.cluster
 def test_same_initial_rows_for_every_strategy_at_a_seed(run):
     for seed in (3, 4):
         round0 = {r["accuracy"] for r in run if r["seed"] == seed and r["round"] == 0}
         assert len(round0) == 1  # the same rows, the same model
 
 
+@pytest.mark.cluster
 def test_checkpoints_per_round_load_and_match_the_curve(run, data):
     cfg = data["cfg"]
     for strategy in STRATEGIES:
-        state = load_state(f"{cfg.workdir}/simulation/{strategy}/seed4/round{ROUNDS}.pt")
-        acc = accuracy(cfg.pool, build_model(ModelConfig(**MODEL), state=state), data["eval_uri"])
+        weights = read_weights(f"{cfg.workdir}/simulation/{strategy}/seed4/round{ROUNDS}.pt")
+        acc = accuracy(cfg.pool, build_model(ModelConfig(**MODEL), weights=weights), data["eval_uri"])
         want = next(r["accuracy"] for r in run if r["strategy"] == strategy and r["seed"] == 4 and r["round"] == ROUNDS)
         assert acc == pytest.approx(want)
 
 
+@pytest.mark.cluster
 def test_table_lists_every_strategy_and_label_count(run):
     table = format_table(run)
     assert "over 2 seeds" in table
@@ -141,7 +147,7 @@ def test_reembed_changes_predictions_and_matches_core(ray_local, data):
     cfg = data["cfg"].replace(selection={"strategy": "margin", "budget": 20, "seed": 0})
     x, y, ids = data["x"][:N_POOL], data["y"][:N_POOL], data["ids"][:N_POOL]
     labeled = {int(i): int(c) for i, c in zip(ids[::10], y[::10])}
-    trained = train(cfg, labeled, checkpoint_uri=str(data["root"] / "reembed" / "model.pt")).state
+    trained = train(cfg, labeled, checkpoint_uri=str(data["root"] / "reembed" / "model.pt")).weights
     pool = sharded_pool(cfg, labels=True)
     try:
         before = pool.select("margin", 20).table.column("id").to_pylist()
@@ -157,12 +163,13 @@ def test_reembed_changes_predictions_and_matches_core(ray_local, data):
             pool.labels_of([ids[0], 1])
     finally:
         pool.close()
-    embedder = Embedder(build_model(ModelConfig(**MODEL), state=trained))
+    embedder = Embedder(build_model(ModelConfig(**MODEL), weights=trained))
     p, h = embedder(torch.from_numpy(x))
     assert after == ids[core_select("margin", p, h, 20)].tolist()  # the workers used the new weights
     assert after != before
 
 
+@pytest.mark.cluster
 def test_worker_reembeds_in_place_with_string_ids(tmp_path):
     x, y = gaussian_mixture(40, 3, 4, seed=1)
     ids = np.array([f"row-{i:03d}" for i in range(40)], dtype=object)
@@ -198,14 +205,14 @@ def test_local_backend_is_deterministic_and_learns(data):
     b = train(cfg, labels, checkpoint_uri=str(data["root"] / "local" / "b.pt"), eval_uri=data["eval_uri"])
     assert a.workers == 1 and a.train_rows == 60 and len(a.metrics["loss_history"]) == TRAIN["epochs"]
     assert a.metrics["loss_history"] == b.metrics["loss_history"] and a.accuracy == b.accuracy
-    assert all(torch.equal(v, b.state[k]) for k, v in a.state.items())
-    saved = load_state(str(data["root"] / "local" / "a.pt"))
-    assert all(torch.equal(v, saved[k]) for k, v in a.state.items())
+    assert all(torch.equal(v, b.weights[k]) for k, v in a.weights.items())
+    saved = read_weights(str(data["root"] / "local" / "a.pt"))
+    assert all(torch.equal(v, saved[k]) for k, v in a.weights.items())
     untrained = accuracy(cfg.pool, build_model(ModelConfig(**MODEL), seed=cfg.selection.seed), data["eval_uri"])
     assert a.accuracy > untrained + 0.2, (a.accuracy, untrained)
     assert a.metrics["loss_history"][-1] < 0.5 * a.metrics["loss_history"][0]
     other = train(cfg.replace(train={**TRAIN, "seed": 99}), labels, checkpoint_uri=str(data["root"] / "local" / "c.pt"))
-    assert not all(torch.equal(v, other.state[k]) for k, v in a.state.items())
+    assert not all(torch.equal(v, other.weights[k]) for k, v in a.weights.items())
 
 
 def test_local_backend_leaves_torch_rng_and_threads_alone(data):
@@ -263,7 +270,7 @@ def test_local_backend_equals_one_worker_ray_train(ray_local, data):
     cfg = data["cfg"].replace(train={**TRAIN, "backend": "ray", "workers": 1})
     on_ray = train(cfg, labels, checkpoint_uri=str(data["root"] / "backends" / "ray.pt"))
     assert on_ray.workers == 1 and on_ray.metrics["loss_history"] == local.metrics["loss_history"]
-    assert all(torch.equal(v, on_ray.state[k]) for k, v in local.state.items())
+    assert all(torch.equal(v, on_ray.weights[k]) for k, v in local.weights.items())
 
 
 def test_pool_and_workdir_on_s3(ray_local, data, s3_bucket, s3_storage_options):

@@ -21,7 +21,7 @@ from dist_al.campaign.train import accuracy, gather_labeled, train
 from dist_al.config import ConfigError, ModelConfig, validate
 from dist_al.data.pool import write_pool
 from dist_al.data.synthetic import gaussian_mixture
-from dist_al.models.build import ModelError, build_model, load_state
+from dist_al.models.build import ModelError, build_model, read_weights
 
 N_POOL, N_EVAL, K, D = 600, 300, 4, 8
 N_LABELED = 240
@@ -88,6 +88,7 @@ def _untrained(cfg):
 # --------------------------------------------------------------------------- a real fit
 
 
+@pytest.mark.cluster
 def test_ray_train_runs_two_workers(s3_run):
     result = s3_run["result"]
     assert result.workers == 2 and result.metrics["world_size"] == 2  # reported from inside the workers
@@ -98,20 +99,22 @@ def test_ray_train_runs_two_workers(s3_run):
     assert result.checkpoint_uri == s3_run["uri"] and result.seconds > 0
 
 
+@pytest.mark.cluster
 def test_s3_checkpoint_loads_and_beats_untrained_model(s3_run, data):
     result, uri, options = s3_run["result"], s3_run["uri"], s3_run["options"]
-    state = load_state(uri, options)  # weights_only=True, as selection loads model.checkpoint
+    weights = read_weights(uri, options)  # weights_only=True, as selection loads model.checkpoint
     m = data["cfg"].model
-    trained = build_model(m, state=state)
+    trained = build_model(m, weights=weights)
     acc_trained = accuracy(data["cfg"].pool, trained, data["eval_uri"])
     acc_untrained = accuracy(data["cfg"].pool, _untrained(data["cfg"]), data["eval_uri"])
     assert acc_trained == pytest.approx(result.accuracy)
     assert acc_trained > acc_untrained + 0.2, (acc_trained, acc_untrained)
     # model.checkpoint in a selection config (with the pool's storage_options) picks it up the same way
     via_spec = build_model(m.model_copy(update={"checkpoint": uri}), storage_options=options)
-    assert all(torch.equal(a, state[k]) for k, a in via_spec.state_dict().items())
+    assert all(torch.equal(a, weights[k]) for k, a in via_spec.state_dict().items())
 
 
+@pytest.mark.cluster
 def test_s3_run_storage_is_cleaned_up(s3_run):
     import s3fs
 
@@ -156,44 +159,44 @@ def _train_fails(data, labels, match, **kwargs):
     uri = str(data["root"] / "errors" / "model.pt")
     with pytest.raises(ValueError, match=match):
         train(data["cfg"], labels, checkpoint_uri=uri, **kwargs)
-    assert not os.path.exists(os.path.dirname(uri))  # failed before Ray Train started or wrote anything
+    assert not os.path.exists(os.path.dirname(uri))  # failed before Ray Train started or wrote anything (no Ray)
 
 
-def test_no_labeled_rows(ray_local, data):
+def test_no_labeled_rows(data):
     _train_fails(data, {}, "no labeled rows")
 
 
 @pytest.mark.parametrize("bad", [K, -1])
-def test_label_outside_model_classes_names_the_id(ray_local, data, bad):
+def test_label_outside_model_classes_names_the_id(data, bad):
     labels = dict(data["labels"])
     some_id = next(iter(labels))
     labels[some_id] = bad
     _train_fails(data, labels, rf"label {bad} of id {some_id} is outside \[0, {K}\)")
 
 
-def test_non_integer_label(ray_local, data):
+def test_non_integer_label(data):
     labels = dict(data["labels"])
     labels[next(iter(labels))] = "cat"
     _train_fails(data, labels, "must be an integer class index")
 
 
-def test_labeled_ids_missing_from_pool(ray_local, data):
+def test_labeled_ids_missing_from_pool(data):
     labels = dict(data["labels"])
     labels.update({10**9 + 1: 0, 10**9 + 2: 1, 10**9 + 3: 2})
     _train_fails(data, labels, rf"3 of {N_LABELED + 3} labeled id\(s\) are not in pool .*e\.g\. 1000000001")
 
 
-def test_string_ids_against_integer_pool(ray_local, data):
+def test_string_ids_against_integer_pool(data):
     labels = {str(k): v for k, v in data["labels"].items()}
     _train_fails(data, labels, "pool's ids are integers")
 
 
-def test_warm_start_state_must_match_the_model(ray_local, data):
+def test_warm_start_weights_must_match_the_model(data):
     wrong = build_model(ModelConfig(kwargs={"in_dim": D, "n_classes": K, "hidden": 16})).state_dict()
     with pytest.raises(ModelError, match="does not match"):
         train(
             data["cfg"],
             data["labels"],
             checkpoint_uri=str(data["root"] / "errors" / "model.pt"),
-            warm_start_state=wrong,
+            warm_start_weights=wrong,
         )

@@ -375,9 +375,8 @@ def bench_badge_bound(cfg: Config) -> list[Row]:
     )
     # the bound again after the selection, so a noisy neighbour during one of the two does not decide the ratio
     reads = {name: min(t, t_after) for (name, t), t_after in zip(reads.items(), read_bound().values())}
-    reader = min(reads, key=reads.get)
+    reader = min(reads, key=lambda name: reads[name])
     bound = reads[reader]
-    a = None  # the selection below needs the memory; the readers are done with it
     per_centre = tb / b
     loop = (tb - t1) / (b - 1) if b > 1 else float("nan")
     ratio = per_centre / bound

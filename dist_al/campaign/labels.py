@@ -119,7 +119,6 @@ REASONS: dict[str, tuple[bool, str, str]] = {
 }
 MAX_EXAMPLES = 5
 _ID_ONLY = ("unknown_id", "duplicate", "already_labeled")  # examples shown as the id alone
-RECORD_COLUMNS = ("id", "label", "round", "source", "ingested_at")
 _INT_RE = re.compile(r"\s*[+-]?\d+\s*")
 _FRACTION_RE = re.compile(r"\.(\d+)")
 
@@ -245,9 +244,11 @@ def read_labels(
     """
     if id_type not in ("int", "str"):
         raise ValueError(f"id_type must be 'int' or 'str', got {id_type!r}")
-    names = {str(c): i for i, c in enumerate(class_names)} if class_names is not None else None
-    if class_names is not None and len(names) != len(class_names):
-        raise UserError(f"class names repeat: {', '.join(map(str, class_names))}")
+    names: dict[str, int] | None = None
+    if class_names is not None:
+        names = {str(c): i for i, c in enumerate(class_names)}
+        if len(names) != len(class_names):
+            raise UserError(f"class names repeat: {', '.join(map(str, class_names))}")
     path_part = uri.split("?", 1)[0].rstrip("/")
     base = path_part.rsplit("/", 1)[-1]
     ext = "." + base.rsplit(".", 1)[-1].lower() if "." in base else ""
@@ -360,10 +361,10 @@ def _choices_of(where: str, ann: dict, from_name: str | None) -> list | None:
             )
     if not results:
         return None
-    out = []
+    out: list = []
     for r in results:
-        value = r.get("value") if isinstance(r.get("value"), dict) else {}
-        out.extend(value.get("choices") or [])
+        value = r.get("value")
+        out.extend((value.get("choices") if isinstance(value, dict) else None) or [])
     return out or None
 
 
@@ -431,10 +432,6 @@ class IngestReport:
     def n_rejected(self) -> int:
         return sum(c for r, c in self.counts.items() if REASONS[r][0])
 
-    @property
-    def n_noop(self) -> int:
-        return sum(c for r, c in self.counts.items() if not REASONS[r][0])
-
     def _add(self, reason: str, example: tuple, key=None) -> None:
         """Count one row; keep it as an example (one per ``key`` when given, at most MAX_EXAMPLES)."""
         self.counts[reason] += 1
@@ -479,23 +476,6 @@ class IngestReport:
         if reason == "conflict_existing":
             return f"id {e[0]!r}: {e[1]!r}, recorded {e[2]!r}"
         return f"id {e[0]!r}: {e[1]!r}"
-
-    def to_dict(self) -> dict:
-        """JSON-ready: accepted count, per-reason counts and examples, and the summary line."""
-        return {
-            "accepted": len(self.accepted),
-            "counts": dict(self.counts),
-            "examples": {r: [list(map(_jsonable, e)) for e in ex] for r, ex in self.examples.items()},
-            "summary": self.summary(),
-        }
-
-
-def _jsonable(v):
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    return repr(v)
 
 
 def validate_labels(

@@ -53,6 +53,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import suppress
 
 from fsspec.implementations.local import LocalFileSystem
@@ -99,7 +100,7 @@ class WorkdirLock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._created_dir = False
-        self._lift_fence = None
+        self._lift_fence: Callable[[], None] | None = None
         self._confirmed_at = 0.0  # monotonic time at which the lease last confirmed was written
         self._lost = False
         self._refresh_error = "none"  # the last heartbeat failure, for LockLost's message
@@ -146,7 +147,7 @@ class WorkdirLock:
                 pass
         return False
 
-    def _swap(self, expected_token: str) -> bool:
+    def _swap(self, expected_token: str | None) -> bool:
         """Replaces the lock record holding ``expected_token`` by ours; False if it changed meanwhile."""
         current, etag = self._read()
         if current is None or current.get("token") != expected_token:

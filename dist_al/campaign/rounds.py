@@ -30,7 +30,7 @@ from dist_al.config import Config
 from dist_al.data.pool import find_ids, open_pool
 from dist_al.data.storage import read_bytes, remove_tree, write_table_atomic
 from dist_al.faults import crash_point
-from dist_al.models.build import build_model, classifier_layer, load_state
+from dist_al.models.build import build_model, classifier_layer, read_weights
 from dist_al.runtime.cluster import cluster_session
 from dist_al.runtime.selection import preflight, sharded_pool
 
@@ -141,9 +141,20 @@ def labeled_step(cfg: Config, wd: Workdir) -> str:
     return f"round {n}: all {want} labels received"
 
 
+def check_training_inputs(cfg: Config) -> None:
+    """What training will read besides the labeled rows, checked before anything starts or is written: the
+    model (factory, kwargs, classifier) and the eval set's footers (``eval.uri``)."""
+    from dist_al.campaign.train import open_eval_set
+
+    build_model(cfg.model.model_copy(update={"checkpoint": None}), seed=cfg.train_seed)
+    if cfg.eval.uri is not None:
+        open_eval_set(cfg.pool, cfg.eval.uri)
+
+
 def train_step(cfg: Config, wd: Workdir) -> str:
     from dist_al.campaign.train import train
 
+    check_training_inputs(cfg)
     n, state = _current(wd)
     if state != "LABELED":
         if state == "EXPORTED":
@@ -159,7 +170,7 @@ def train_step(cfg: Config, wd: Workdir) -> str:
     warm = None
     if cfg.train.warm_start:
         previous = latest_checkpoint(wd) or cfg.model.checkpoint
-        warm = load_state(previous, wd.storage_options) if previous else None
+        warm = read_weights(previous, wd.storage_options) if previous else None
     local = cfg.train.backend == "local"  # trains in this process: no Ray to start
     with contextlib.nullcontext() if local else cluster_session(cfg, shards=False, train=True):
         result = train(
@@ -167,7 +178,7 @@ def train_step(cfg: Config, wd: Workdir) -> str:
             labels,
             checkpoint_uri=wd.round_path(n, "model.pt"),
             eval_uri=cfg.eval.uri,
-            warm_start_state=warm,
+            warm_start_weights=warm,
             storage_options=wd.storage_options,
             recorded=_recorded_rows(wd),
         )
@@ -186,7 +197,10 @@ def train_step(cfg: Config, wd: Workdir) -> str:
 
 
 def advance(cfg: Config, progress: bool = False) -> str:
-    """Moves the current round as far as it can go; answers the last status line."""
+    """Moves the current round as far as it can go; answers the last status line. Everything the round will need
+    is checked first (the eval set and the model here, the pool, checkpoint and budget before selecting), so a
+    bad input fails this tick, not the one that trains after the labels are in."""
+    check_training_inputs(cfg)
     wd = open_workdir(cfg, create=False)
     n, state = _current(wd)
     if state in (None, "TRAINED"):
@@ -200,7 +214,7 @@ def advance(cfg: Config, progress: bool = False) -> str:
     if _current(wd)[1] == "LABELED":
         return train_step(cfg, wd)
     n, state = _current(wd)
-    return f"round {n}: {state.lower()}"
+    return f"round {n}: {(state or 'no round').lower()}"
 
 
 # -- labels in --------------------------------------------------------------------------
@@ -227,11 +241,11 @@ def ingest(cfg: Config, uri: str, class_names: list[str] | None = None) -> str:
             if wd.exists(wd.round_path(n, "selection.parquet"))
             for i in _read_selection(wd, n, columns=["id"]).column("id").to_pylist()
         }
-        rest = [i for i in ids if i not in found]
+        unseen = [i for i in ids if i not in found]
         if id_type == "int":  # only ids of the pool's kind can be in it
-            rest = np.asarray([i for i in rest if isinstance(i, int) and -(2**63) <= i < 2**63], dtype=np.int64)
+            rest = np.asarray([i for i in unseen if isinstance(i, int) and -(2**63) <= i < 2**63], dtype=np.int64)
         else:
-            rest = np.asarray([i for i in rest if isinstance(i, str)], dtype=object)
+            rest = np.asarray([i for i in unseen if isinstance(i, str)], dtype=object)
         if len(rest):
             log.info(
                 "%d of %d ids were never selected: looking for them in one pass over the id column of pool %s",

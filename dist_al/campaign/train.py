@@ -57,6 +57,8 @@ from torch import nn
 from dist_al.config import Config, PoolConfig
 from dist_al.core.errors import UserError
 from dist_al.data.pool import (
+    Pool,
+    PoolError,
     find_ids,
     open_pool,
     plan_shards,
@@ -65,7 +67,7 @@ from dist_al.data.pool import (
     recorded_rows,
 )
 from dist_al.data.storage import filesystem, write_bytes_atomic
-from dist_al.models.build import build_model, classifier_layer, load_state
+from dist_al.models.build import build_model, classifier_layer, read_weights
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,7 @@ class TrainResult:
     workers: int = 0  # world size Ray Train ran with (reported by the workers)
     loss: float | None = None  # mean training loss of the last epoch, over all workers
     metrics: dict = field(default_factory=dict)  # rank 0's final ray.train.report metrics
-    state: dict | None = None  # the trained state_dict (CPU), as loaded back from the checkpoint bytes
+    weights: dict | None = None  # the trained state_dict (CPU), as loaded back from the checkpoint bytes
 
 
 # --------------------------------------------------------------------------- labeled rows
@@ -179,7 +181,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def fit_loop(
     config: dict,
     data: dict,
-    state: dict | None,
+    weights: dict | None,
     *,
     rank: int = 0,
     world: int = 1,
@@ -188,18 +190,18 @@ def fit_loop(
 ) -> tuple[dict, dict]:
     """The training loop both backends run: same seeded model, this rank's share of the rows, Adam + CE.
 
-    ``data`` holds ``x`` (n, D) float32 and ``y`` (n,) int64; ``state`` an
+    ``data`` holds ``x`` (n, D) float32 and ``y`` (n,) int64; ``weights`` an
     optional starting state_dict.  ``prepare`` wraps the model for the
     backend (Ray Train's ``prepare_model``: device placement, DDP when
     world > 1); None moves it to ``device``.  With ``world == 1`` this is plain
     single-process training (the ``local`` backend).  Returns (the trained
     state_dict on CPU, metrics).
     """
-    from torch.utils.data import DistributedSampler
+    from torch.utils.data import DistributedSampler, TensorDataset
 
     torch.set_num_threads(config["threads"])
     torch.manual_seed(config["seed"] + rank)  # dropout etc.; weights come from build_model's own seed
-    model = build_model(config["model"], seed=config["seed"], state=state)
+    model = build_model(config["model"], seed=config["seed"], weights=weights)
     model = prepare(model) if prepare is not None else model.to(device)
     device = torch.device(device)
 
@@ -207,7 +209,9 @@ def fit_loop(
     y = torch.tensor(data["y"])
     n = len(y)
     # DistributedSampler pads to a multiple of world size, so every rank takes the same number of steps.
-    sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=config["seed"])
+    sampler: DistributedSampler[int] = DistributedSampler(
+        TensorDataset(y), num_replicas=world, rank=rank, shuffle=True, seed=config["seed"]
+    )
     optimiser = torch.optim.Adam(model.parameters(), lr=config["lr"])
     loss_fn = nn.CrossEntropyLoss()
     batch_size = config["batch_size"]
@@ -255,11 +259,11 @@ def _train_loop(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     data = ray.get(config["data"])
-    state = ray.get(config["state"]) if config["state"] is not None else None
+    weights = ray.get(config["weights"]) if config["weights"] is not None else None
     state_dict, metrics = fit_loop(
         config,
         data,
-        state,
+        weights,
         rank=rank,
         world=world,
         device=ray.train.torch.get_device(),
@@ -273,14 +277,14 @@ def _train_loop(config: dict) -> None:
         ray.train.report(metrics, checkpoint=None)  # every rank must call report the same number of times
 
 
-def _train_local(config: dict, data: dict, state: dict | None, use_gpu: bool) -> tuple[dict, dict]:
+def _train_local(config: dict, data: dict, weights: dict | None, use_gpu: bool) -> tuple[dict, dict]:
     """The ``local`` backend: ``fit_loop`` in this process as the only worker, leaving the caller's
     torch RNG and thread count as they were."""
     device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
     threads = torch.get_num_threads()
     try:
         with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.type == "cuda" else []):
-            return fit_loop(config, data, state, device=device)
+            return fit_loop(config, data, weights, device=device)
     finally:
         torch.set_num_threads(threads)
 
@@ -338,10 +342,19 @@ def eval_pool(pool_cfg: PoolConfig, eval_uri: str) -> PoolConfig:
     return pool_cfg.model_copy(update={"uri": eval_uri, "label_column": pool_cfg.label_column or "label"})
 
 
+def open_eval_set(pool_cfg: PoolConfig, eval_uri: str) -> Pool:
+    """The eval set with its footers read and checked (columns, types, rows), so that a bad ``eval.uri`` fails
+    when a command starts, not after training; the error names the key."""
+    try:
+        return open_pool(eval_pool(pool_cfg, eval_uri))
+    except PoolError as err:
+        raise PoolError(f"eval.uri: {err}") from None
+
+
 @torch.inference_mode()
 def accuracy(pool_cfg: PoolConfig, model: nn.Module, eval_uri: str, *, batch_rows: int = _EVAL_BATCH_ROWS) -> float:
     """Accuracy of ``model`` on a Parquet dataset with the pool's column names (``eval_pool``), batch by batch."""
-    pool = open_pool(eval_pool(pool_cfg, eval_uri))
+    pool = open_eval_set(pool_cfg, eval_uri)
     model = model.eval()
     device = next(model.parameters()).device
     correct = total = 0
@@ -363,7 +376,7 @@ def train(
     *,
     checkpoint_uri: str,
     eval_uri: str | None = None,
-    warm_start_state: dict | None = None,
+    warm_start_weights: dict | None = None,
     storage_options: dict | None = None,
     recorded: pa.Table | None = None,
 ) -> TrainResult:
@@ -374,7 +387,7 @@ def train(
     (``train.workers``, ``cpus_per_worker`` and ``storage_path`` are then unused;
     torch threads: ``cpus_per_worker``).
 
-    ``labels`` maps pool id -> integer class.  ``warm_start_state`` (a
+    ``labels`` maps pool id -> integer class.  ``warm_start_weights`` (a
     state_dict) is the starting point when given; otherwise with
     ``train.warm_start: true`` the model starts from ``model.checkpoint``, and
     else from a fresh init seeded by ``train.seed``.  ``storage_options`` are
@@ -382,8 +395,8 @@ def train(
     ``eval_uri`` use ``pool.storage_options``.  ``recorded``: rows recorded at selection, read
     instead of the pool (``gather_labeled``).
 
-    Raises UserError for an empty ``labels``, a label outside the model's
-    classes, or labeled ids missing from the pool, before any worker starts.
+    Raises UserError for an empty ``labels``, a bad ``eval_uri``, a label outside the model's
+    classes, or labeled ids missing from the pool, before any worker starts (and before it needs Ray).
     """
     import ray
 
@@ -393,16 +406,14 @@ def train(
     settings = cfg.train
     if not labels:
         raise UserError("no labeled rows: the labels mapping is empty, nothing to train on")
-    if settings.backend == "ray" and not ray.is_initialized():
-        raise RuntimeError(
-            "Ray is not initialised: call ray.init() or use dist_al.runtime.cluster.cluster_session first"
-        )
+    if eval_uri is not None:
+        open_eval_set(cfg.pool, eval_uri)
 
-    state = warm_start_state
-    if state is None and settings.warm_start and cfg.model.checkpoint:
-        state = load_state(cfg.model.checkpoint, cfg.pool.storage_options)
+    weights = warm_start_weights
+    if weights is None and settings.warm_start and cfg.model.checkpoint:
+        weights = read_weights(cfg.model.checkpoint, cfg.pool.storage_options)
     fresh = cfg.model.model_copy(update={"checkpoint": None})
-    driver_model = build_model(fresh, seed=cfg.train_seed, state=state)  # fails fast on a bad model or state
+    driver_model = build_model(fresh, seed=cfg.train_seed, weights=weights)  # fails fast on a bad model or weights
     n_classes = classifier_layer(driver_model, fresh.classifier).out_features
     _check_labels(labels, n_classes)
 
@@ -417,12 +428,16 @@ def train(
     }
     if settings.backend == "local":
         log.info("training on %d labeled rows (D=%d) in this process", len(y), x.shape[1])
-        trained_state, metrics = _train_local(loop_config, {"x": x, "y": y}, state, settings.use_gpu)
+        trained_weights, metrics = _train_local(loop_config, {"x": x, "y": y}, weights, settings.use_gpu)
         buf = io.BytesIO()
-        torch.save(trained_state, buf)
+        torch.save(trained_weights, buf)
         write_bytes_atomic(checkpoint_uri, buf.getvalue(), storage_options)
-        return _result(cfg, driver_model, trained_state, metrics, checkpoint_uri, len(y), eval_uri, t0)
+        return _result(cfg, driver_model, trained_weights, metrics, checkpoint_uri, len(y), eval_uri, t0)
 
+    if not ray.is_initialized():  # checked after the inputs, so a bad input needs no Ray to be reported
+        raise RuntimeError(
+            "Ray is not initialised: call ray.init() or use dist_al.runtime.cluster.cluster_session first"
+        )
     log.info("training on %d labeled rows (D=%d) with %d Ray Train workers", len(y), x.shape[1], settings.workers)
     try:
         from ray.train import CheckpointConfig, RunConfig, ScalingConfig
@@ -438,8 +453,8 @@ def train(
     wait_placeable(train_workers(settings), cfg.cluster.start_timeout_s)
     run_name = f"dist-al-train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     data_ref = ray.put({"x": x, "y": y})
-    state_ref = ray.put({k: v.detach().cpu() for k, v in state.items()}) if state is not None else None
-    loop_config.update(data=data_ref, state=state_ref)
+    weights_ref = ray.put({k: v.detach().cpu() for k, v in weights.items()}) if weights is not None else None
+    loop_config.update(data=data_ref, weights=weights_ref)
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config=loop_config,
@@ -459,16 +474,16 @@ def train(
     if result.checkpoint is None:
         raise RuntimeError(f"Ray Train run {run_name} finished without a checkpoint")
     data = _read_checkpoint_bytes(result.checkpoint)
-    trained_state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)  # what readers will do
+    trained_weights = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)  # what readers will do
     write_bytes_atomic(checkpoint_uri, data, storage_options)
     _remove_run(result.checkpoint.filesystem, storage_path, run_name, default_storage)
-    return _result(cfg, driver_model, trained_state, dict(result.metrics or {}), checkpoint_uri, len(y), eval_uri, t0)
+    return _result(cfg, driver_model, trained_weights, dict(result.metrics or {}), checkpoint_uri, len(y), eval_uri, t0)
 
 
-def _result(cfg: Config, driver_model, trained_state, metrics, checkpoint_uri, rows, eval_uri, t0) -> TrainResult:
+def _result(cfg: Config, driver_model, trained_weights, metrics, checkpoint_uri, rows, eval_uri, t0) -> TrainResult:
     score = None
     if eval_uri is not None:
-        driver_model.load_state_dict(trained_state)
+        driver_model.load_state_dict(trained_weights)
         score = accuracy(cfg.pool, driver_model, eval_uri)
     return TrainResult(
         checkpoint_uri=checkpoint_uri,
@@ -479,5 +494,5 @@ def _result(cfg: Config, driver_model, trained_state, metrics, checkpoint_uri, r
         workers=int(metrics.get("world_size", 0)),
         loss=metrics.get("loss"),
         metrics=metrics,
-        state=trained_state,
+        weights=trained_weights,
     )

@@ -84,9 +84,6 @@ class Workdir:
 
     # -- small files ------------------------------------------------------------------
 
-    def _fs(self):
-        return filesystem(self.uri, self.storage_options)[0]
-
     def exists(self, uri: str) -> bool:
         return exists(uri, self.storage_options)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import difflib
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
@@ -89,16 +89,16 @@ def resolve_options(name: str, options: StrategyOptions | dict[str, Any] | None 
         return options
     if isinstance(options, StrategyOptions):
         raise UserError(f"strategy {name!r} takes {kind.__name__}, got {type(options).__name__}")
-    options = dict(options or {})
+    given = dict(options or {})
     valid = [f.name for f in fields(kind)]
-    for key in options:
+    for key in given:
         if key not in valid:
             hint = difflib.get_close_matches(key, valid, n=1)
             extra = f" (did you mean {hint[0]!r}?)" if hint else ""
             raise UserError(
                 f"unknown option {key!r} for strategy {name!r}{extra}; valid options: {', '.join(valid) or 'none'}"
             )
-    return kind(**options)
+    return kind(**given)
 
 
 def check_seed(seed) -> int:
@@ -114,26 +114,57 @@ def run_strategy(
     return STRATEGIES[name].run(group, budget, seed, options, progress)
 
 
-def select(
-    strategy: str, probs, feats, budget: int, *, labeled=None, seed: int = 0, progress: bool = False, **options
-) -> np.ndarray:
-    """Rows to label next, in pick order.
+ArrayLike: TypeAlias = np.ndarray | torch.Tensor  # numpy arrays or torch tensors on any device
 
-    probs: (N, K) softmax probabilities; feats: (N, D) inputs of the final linear
-    layer. numpy arrays or torch tensors on any device; the work stays on that
-    device, in float64 if either input is float64 and float32 otherwise.
-    labeled: None, a boolean mask of length N, or row indices already labeled:
-    never returned; BAIT uses them in the labeled Fisher, coreset as centres.
-    Returns `budget` distinct row indices as a numpy int64 array.
+
+def select(
+    strategy: str,
+    probs: ArrayLike,
+    feats: ArrayLike,
+    budget: int,
+    *,
+    labeled: ArrayLike | Sequence[int] | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    **options: Any,
+) -> np.ndarray:
+    """Rows to label next, in pick order, from the model's outputs on the pool (one process, no Ray).
+
+    Inputs are numpy arrays or torch tensors on any device; the work stays on that device, in float64 if either
+    input is float64 and float32 otherwise. The same picks as the textbook algorithm (tested against dense
+    float64 oracles in ``dist_al.testing.oracles``); ties go to the lowest row.
+
+    Args:
+        strategy: one of `STRATEGIES`: ``badge``, ``badge-scalable``, ``bait``, ``random``, ``entropy``,
+            ``margin``, ``confidence``, ``coreset``.
+        probs: (N, K) softmax probabilities, K >= 2; each row sums to 1.
+        feats: (N, D) inputs of the model's final linear layer (the penultimate features).
+        budget: rows to pick, at most the number of unlabeled rows.
+        labeled: None, a boolean mask of length N, or indices of rows already labeled: never returned; BAIT
+            counts them in its labeled Fisher, coreset uses them as initial centres.
+        seed: seeds the strategy's random draws (BADGE's D^2 sampling, random); a non-negative integer.
+        progress: show a progress bar on a terminal.
+        **options: the strategy's options, the fields of its options type in `dist_al.core.options`
+            (``rounds``, ``oversampling`` for badge-scalable; ``lam``, ``oversample``, ``weighting``, ``pca_dim``,
+            ``top_classes`` for bait); the others take none.
+
+    Returns:
+        ``budget`` distinct row indices, a numpy int64 array in pick order.
+
+    Raises:
+        dist_al.core.errors.UserError: (a ValueError) an unknown strategy or option, an option out of range,
+            arrays of the wrong shape, dtype or values (NaN/inf, probabilities that do not sum to 1), a bad
+            ``labeled`` or ``seed``, a budget above the unlabeled rows, or BAIT's d = K * D above
+            ``dist_al.core.bait.MAX_FISHER_DIM``; the message names the problem and what to change.
     """
-    options = resolve_options(strategy, options)
+    opts = resolve_options(strategy, options)
     seed = check_seed(seed)
     probs, feats = check_probs_feats(probs, feats)
     mask = check_labeled(labeled, len(probs), probs.device)
     budget = check_budget(budget, int((~mask).sum()))
-    if isinstance(options, BaitOptions):
-        bait.check_reduction(options, probs.shape[1], feats.shape[1])
+    if isinstance(opts, BaitOptions):
+        bait.check_reduction(opts, probs.shape[1], feats.shape[1])
     with torch.inference_mode(), bait.numerical_errors():
         shard = STRATEGIES[strategy].shard(probs, feats, mask)
-        selection = run_strategy(strategy, LocalShards([shard]), budget, seed, options, bool(progress))
+        selection = run_strategy(strategy, LocalShards([shard]), budget, seed, opts, bool(progress))
     return np.fromiter((i for _, i in selection.picks), dtype=np.int64, count=len(selection.picks))

@@ -56,7 +56,7 @@ class BadgeShard:
         self.norm2 = torch.linalg.vecdot(self.a, self.a) * torch.linalg.vecdot(self.h, self.h)
         self.available = ~labeled
         self.d2 = torch.where(self.available, torch.inf, 0.0).to(self.h.dtype)
-        self.block_sums = None
+        self.block_sums: torch.Tensor | None = None  # d2 summed per block of rows, by add_centre
         self.first_row = first_row
         self.n_available = int(self.available.sum())
 
@@ -101,6 +101,8 @@ class BadgeShard:
 
     def take_weighted(self, target: float):
         """The first row whose running d2 sum exceeds target (D^2 sampling), taken."""
+        if self.block_sums is None:
+            raise RuntimeError("take_weighted needs the d2 sums of an add_centre first")
         b, rest = _first_exceeding(self.block_sums, target)
         lo = b * _DRAW_BLOCK
         block = self.d2[lo : lo + _DRAW_BLOCK]

@@ -61,7 +61,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -112,7 +112,7 @@ class BaitShard:
 
     def __init__(self, probs: torch.Tensor, feats: torch.Tensor, labeled: torch.Tensor, first_row: int = 0):
         self.p = probs / probs.sum(1, keepdim=True)  # the softmax Fisher assumes sum(p) == 1 exactly
-        self.idx = None  # class of each column of p, when reduced to top classes
+        self.idx: torch.Tensor | None = None  # class of each column of p, when reduced to top classes
         self.h = feats
         self.labeled = labeled
         self.first_row = first_row
@@ -276,7 +276,7 @@ class BaitShard:
         self.chosen = torch.zeros(len(self.rows), dtype=torch.bool, device=self.h.device)
         self.free = torch.ones_like(self.chosen)  # neither chosen nor pruned
         self.lu_solves = 0
-        self.pruning = None
+        self.pruning: _RowState | None = None
         self.outside_best = -np.inf  # the best stale score of a free row outside the candidates
 
     def _rows(self, pos: torch.Tensor | None, dtype: torch.dtype) -> _RowState:
@@ -306,7 +306,11 @@ class BaitShard:
             st.score[sl] = self._scores(kind, st.P[sl], st.Q[sl])
 
     def _state(self, kind: str) -> _RowState:
-        return self.candidates if kind == "add" else self.pruning
+        if kind == "add":
+            return self.candidates
+        if self.pruning is None:
+            raise RuntimeError("BAIT's pruning phase has not started on this shard")
+        return self.pruning
 
     def update(self, GZ, sign, global_row: int, kind: str, next_kind: str | None):
         """Applies A' = A - G S G^T to P and Q (from the step's factors, see `_step_factors`); marks the row
@@ -370,6 +374,10 @@ class BaitShard:
         return float(st.score[j]), self.first_row + r, st.p[j].cpu(), idx, st.h[j].cpu(), outside
 
 
+def _not_computed() -> torch.Tensor:
+    return torch.empty(0)
+
+
 @dataclass
 class _RowState:
     """Some candidate rows of a shard (pos: their positions among the candidates, None for all) with
@@ -380,9 +388,9 @@ class _RowState:
     p: torch.Tensor
     s: torch.Tensor  # sqrt(w_S p)
     ic: torch.Tensor | None
-    P: torch.Tensor | None = None
-    Q: torch.Tensor | None = None
-    score: torch.Tensor | None = None
+    P: torch.Tensor = field(default_factory=_not_computed)  # the three are set by BaitShard.refresh
+    Q: torch.Tensor = field(default_factory=_not_computed)
+    score: torch.Tensor = field(default_factory=_not_computed)
 
 
 def _fisher_sum_all_classes(p: torch.Tensor, h: torch.Tensor) -> torch.Tensor:

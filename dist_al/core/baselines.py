@@ -130,7 +130,8 @@ def kcentre(group: ShardGroup, budget: int, progress: bool = False) -> tuple[lis
     first_rows = group.map(BaselineShard.first_row_index)
     labeled = torch.cat(group.map(BaselineShard.labeled_feats))
     bests = group.map(BaselineShard.start_kcentre, labeled)
-    picks, scores = [], []
+    picks: list[tuple[int, int]] = []
+    scores: list[float] = []
     bar = progress_bar(budget, "coreset", progress)
     while len(picks) < budget:
         s = argmax_first([v for v, _ in bests])

@@ -100,30 +100,21 @@ def check_labeled(labeled, n: int, device: torch.device) -> torch.Tensor:
     """Boolean mask of length n from None, a boolean mask, or row indices (array, tensor or list)."""
     if labeled is None:
         return torch.zeros(n, dtype=torch.bool, device=device)
+    array: np.ndarray | None = None  # what is read as numpy: anything but a boolean or integer tensor
     if isinstance(labeled, torch.Tensor):
         lab = labeled.detach()
         if lab.dtype != torch.bool and (lab.is_floating_point() or lab.is_complex()):
-            lab = lab.cpu().numpy()
+            array = lab.cpu().numpy()
     else:
         try:
-            lab = np.asarray(labeled)
+            array = np.asarray(labeled)
         except (ValueError, TypeError):
             raise UserError("labeled must be a boolean mask or an array of row indices") from None
-    if lab.ndim != 1:
-        raise UserError(f"labeled must be 1-dimensional (a mask or row indices), got shape {tuple(lab.shape)}")
-    if isinstance(lab, np.ndarray):
-        if lab.dtype == bool:
-            lab = torch.from_numpy(np.ascontiguousarray(lab))
-        elif len(lab) == 0:
-            lab = torch.zeros(0, dtype=torch.long)
-        elif lab.dtype.kind == "f":
-            if not np.isfinite(lab).all() or (lab != np.round(lab)).any():
-                raise UserError("labeled indices must be integers (or pass a boolean mask)")
-            lab = torch.from_numpy(lab.astype(np.float64))
-        elif lab.dtype.kind in "iu":
-            lab = torch.from_numpy(np.clip(lab, -1, n).astype(np.int64))  # out-of-range stays out of range
-        else:
-            raise UserError(f"labeled must be a boolean mask or integer row indices, got values of type {lab.dtype}")
+    shape = tuple(lab.shape) if array is None else array.shape
+    if len(shape) != 1:
+        raise UserError(f"labeled must be 1-dimensional (a mask or row indices), got shape {shape}")
+    if array is not None:
+        lab = _labeled_tensor(array, n)
     if lab.dtype == torch.bool:
         if lab.numel() != n:
             raise UserError(f"labeled mask has length {lab.numel()} but the pool has {n} rows")
@@ -136,6 +127,21 @@ def check_labeled(labeled, n: int, device: torch.device) -> torch.Tensor:
     mask = torch.zeros(n, dtype=torch.bool, device=device)
     mask[lab.to(device=device, dtype=torch.long)] = True
     return mask
+
+
+def _labeled_tensor(array: np.ndarray, n: int) -> torch.Tensor:
+    """A 1-D numpy mask or index array as a tensor; indices out of range stay out of range."""
+    if array.dtype == bool:
+        return torch.from_numpy(np.ascontiguousarray(array))
+    if len(array) == 0:
+        return torch.zeros(0, dtype=torch.long)
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all() or (array != np.round(array)).any():
+            raise UserError("labeled indices must be integers (or pass a boolean mask)")
+        return torch.from_numpy(array.astype(np.float64))
+    if array.dtype.kind in "iu":
+        return torch.from_numpy(np.clip(array, -1, n).astype(np.int64))
+    raise UserError(f"labeled must be a boolean mask or integer row indices, got values of type {array.dtype}")
 
 
 def check_budget(budget, n_unlabeled: int) -> int:

@@ -3,11 +3,10 @@ typed selection section is built from these), checked on construction with error
 
 from __future__ import annotations
 
+import math
 import numbers
-from dataclasses import dataclass
-from typing import Any, Literal
-
-import numpy as np
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
 
 from .errors import UserError
 
@@ -19,13 +18,23 @@ def _check_positive(name: str, value: Any, *, at_least: float = 0.0, integer: bo
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
             raise UserError(f"option {name} must be a positive integer{' or None' if optional else ''}, got {value!r}")
         return int(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
         raise UserError(f"option {name} must be a positive number, got {value!r}")
     if value < at_least:
         raise UserError(f"option {name} must be >= {at_least:g}, got {value!r}")
     return float(value)
 
 
+T = TypeVar("T")
+
+
+def option(default: T, description: str) -> T:
+    """A strategy option's field: its default and the one line that documents it (in the config's JSON Schema,
+    README's config reference and the API docs)."""
+    return field(default=default, metadata={"description": description})
+
+
+@dataclass(frozen=True)
 class StrategyOptions:
     """A strategy's options: a frozen dataclass whose defaults are the only defaults (the config's too)."""
 
@@ -37,8 +46,8 @@ class NoOptions(StrategyOptions):
 
 @dataclass(frozen=True)
 class BadgeScalableOptions(StrategyOptions):
-    rounds: int = 5  # k-means|| rounds (passes over the pool)
-    oversampling: float = 2.0  # candidates per round, as a multiple of the budget
+    rounds: int = option(5, "k-means|| rounds (passes over the pool)")
+    oversampling: float = option(2.0, "candidates drawn per round, as a multiple of the budget")
 
     def __post_init__(self):
         object.__setattr__(self, "rounds", _check_positive("rounds", self.rounds, integer=True))
@@ -47,13 +56,17 @@ class BadgeScalableOptions(StrategyOptions):
 
 @dataclass(frozen=True)
 class BaitOptions(StrategyOptions):
-    lam: float = 1.0  # ridge of M; the reference uses 1e-2 for CIFAR
-    oversample: float = 2.0  # forward steps, as a multiple of the budget, before backward pruning
-    weighting: Literal["reference", "mean"] = "reference"  # labeled vs batch Fisher weights (DESIGN.md 4)
-    pca_dim: int | None = None  # project h onto its top pca_dim eigenvectors (large K*D)
-    top_classes: int | None = None  # keep each row's top_classes most likely classes (large K)
-    mode: Literal["auto", "exact", "candidates"] = "auto"  # greedy steps over all rows or over candidates
-    candidates: float = 25.0  # candidate mode: rows kept, as a multiple of the forward steps
+    lam: float = option(1.0, "ridge of M = lam I + ...; acts relative to |h|^2 (the reference uses 1e-2 for CIFAR)")
+    oversample: float = option(2.0, "forward steps, as a multiple of the budget, before backward pruning")
+    weighting: Literal["reference", "mean"] = option(
+        "reference", "labeled vs batch Fisher weights: reference (1/(n_L+B) and B/(n_L+B)) or mean (both 1/(n_L+B))"
+    )
+    pca_dim: int | None = option(None, "project h onto its top pca_dim eigenvectors (large K*D); null = no projection")
+    top_classes: int | None = option(None, "keep each row's top_classes most likely classes (large K); null = all")
+    mode: Literal["auto", "exact", "candidates"] = option(
+        "auto", "greedy steps over every unlabeled row (exact) or over candidates (large pools); auto picks by size"
+    )
+    candidates: float = option(25.0, "candidate mode: rows kept for the greedy steps, as a multiple of the forward steps")
 
     def __post_init__(self):
         object.__setattr__(self, "lam", _check_positive("lam", self.lam))

@@ -31,7 +31,7 @@ import contextlib
 import posixpath
 import queue
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -410,7 +410,7 @@ def read_shard(
     shard: Shard,
     columns: Sequence[str] = ("id", "features"),
     batch_rows: int = 65536,
-) -> Iterator[dict[str, np.ndarray]]:
+) -> Generator[dict[str, np.ndarray], None, None]:
     """Yield the shard's rows in order as dicts of numpy arrays, prefetching in a thread.
 
     ``columns`` are logical names from ``LOGICAL_COLUMNS`` ("id", "features",
@@ -434,7 +434,7 @@ def read_shard(
     return _prefetch(lambda: _iter_batches(pool, shard, wanted, batch_rows), f"pool-prefetch-{shard.index}")
 
 
-def _prefetch(make_iter, name: str) -> Iterator:
+def _prefetch(make_iter, name: str) -> Generator:
     """Run an iterator in a daemon thread behind a bounded queue; re-raise its errors."""
     q: queue.Queue = queue.Queue(maxsize=_PREFETCH_DEPTH)
     stop = threading.Event()

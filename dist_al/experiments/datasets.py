@@ -31,7 +31,8 @@ from dist_al.core.errors import UserError
 __all__ = ["DATASETS", "load", "write_dataset"]
 
 SPLIT_SEED = 0
-SYNTHETIC = {"classes": 10, "dim": 32, "separation": 1.5, "test": 2000}
+# the "synthetic" data set: a Gaussian mixture, its held-out test rows after the pool's
+SYNTHETIC_CLASSES, SYNTHETIC_DIM, SYNTHETIC_SEPARATION, SYNTHETIC_TEST_ROWS = 10, 32, 1.5, 2000
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray, int]:
@@ -62,9 +63,10 @@ def _weather() -> tuple[np.ndarray, np.ndarray, int]:
 def _synthetic(rows: int) -> tuple[np.ndarray, np.ndarray, int]:
     from dist_al.data.synthetic import gaussian_mixture
 
-    s = SYNTHETIC
-    x, y = gaussian_mixture(rows + s["test"], s["classes"], s["dim"], seed=SPLIT_SEED, separation=s["separation"])
-    return x.numpy(), y.numpy().astype(np.int64), s["test"]
+    x, y = gaussian_mixture(
+        rows + SYNTHETIC_TEST_ROWS, SYNTHETIC_CLASSES, SYNTHETIC_DIM, seed=SPLIT_SEED, separation=SYNTHETIC_SEPARATION
+    )
+    return x.numpy(), y.numpy().astype(np.int64), SYNTHETIC_TEST_ROWS
 
 
 DATASETS = ("digits", "weather", "synthetic")

@@ -28,6 +28,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -90,7 +91,7 @@ def load_setting(run_dir: str) -> Setting:
         acc[strategy] = a
         sel[strategy] = float(np.mean([float(r["select_seconds"]) for r in mine if r["select_seconds"]] or [np.nan]))
         emb[strategy] = float(np.mean([float(r["embed_seconds"]) for r in mine if r["embed_seconds"]] or [np.nan]))
-    info = {"seeds": len(seeds)}
+    info: dict[str, Any] = {"seeds": len(seeds)}
     run_json = os.path.join(sim, "run.json")
     if os.path.isfile(run_json):
         with open(run_json) as f:
@@ -168,36 +169,38 @@ def penalty_matrix(settings: list[Setting], strategies: list[str], alpha: float 
 
 def setting_summary(s: Setting) -> dict[str, dict]:
     """strategy -> auc, auc_diff (vs random, paired mean), auc_se, auc_t, significant, labels, ratio, select_s."""
-    out = {}
-    base = s.acc.get("random")
-    target = float(base.mean(0)[-1]) if base is not None else None
-    base_auc = np.array([auc(s.labels, row) for row in base]) if base is not None else None
-    base_n = labels_to_target(s.labels, base.mean(0), target) if base is not None else None
-    for name in s.strategies:
-        per_seed = np.array([auc(s.labels, row) for row in s.acc[name]])
-        row = {
-            "auc": float(per_seed.mean()),
-            "auc_se": _se(per_seed),
+    per_seed = {name: np.array([auc(s.labels, row) for row in s.acc[name]]) for name in s.strategies}
+    out: dict[str, dict[str, Any]] = {
+        name: {
+            "auc": float(per_seed[name].mean()),
+            "auc_se": _se(per_seed[name]),
             "select_s": s.select_seconds[name],
             "embed_s": s.embed_seconds[name],
             "final": float(s.acc[name].mean(0)[-1]),
             "final_se": _se(s.acc[name][:, -1]),
         }
-        if base is not None:
-            d = per_seed - base_auc
-            t = paired_t(d) if len(d) > 1 else 0.0
-            crit = t_critical(len(d) - 1) if len(d) > 1 else math.inf
-            n = labels_to_target(s.labels, s.acc[name].mean(0), target)
-            row.update(
-                auc_diff=float(d.mean()),
-                auc_diff_se=_se(d),
-                auc_t=t,
-                significant=abs(t) > crit,
-                target=target,
-                labels=n,
-                ratio=None if n is None or not base_n else n / base_n,
-            )
-        out[name] = row
+        for name in s.strategies
+    }
+    base = s.acc.get("random")
+    if base is None:
+        return out
+    target = float(base.mean(0)[-1])
+    base_auc = np.array([auc(s.labels, row) for row in base])
+    base_n = labels_to_target(s.labels, base.mean(0), target)
+    for name, row in out.items():
+        d = per_seed[name] - base_auc
+        t = paired_t(d) if len(d) > 1 else 0.0
+        crit = t_critical(len(d) - 1) if len(d) > 1 else math.inf
+        n = labels_to_target(s.labels, s.acc[name].mean(0), target)
+        row.update(
+            auc_diff=float(d.mean()),
+            auc_diff_se=_se(d),
+            auc_t=t,
+            significant=abs(t) > crit,
+            target=target,
+            labels=n,
+            ratio=None if n is None or not base_n else n / base_n,
+        )
     return out
 
 

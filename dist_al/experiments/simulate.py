@@ -29,7 +29,7 @@ import logging
 import os
 import posixpath
 import time
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -81,7 +81,7 @@ def _round_seed(seed: int, round_: int) -> int:
 
 
 def _check(cfg: Config, strategies: list[str], seeds: int):
-    from dist_al.campaign.train import eval_pool
+    from dist_al.campaign.train import open_eval_set
     from dist_al.data.pool import open_pool
 
     if not cfg.pool.label_column:
@@ -97,7 +97,7 @@ def _check(cfg: Config, strategies: list[str], seeds: int):
     if seeds < 1:
         raise UserError(f"seeds must be >= 1, got {seeds}")
     pool = open_pool(cfg.pool)  # footers only: schema problems before anything starts
-    open_pool(eval_pool(cfg.pool, cfg.eval.uri))
+    open_eval_set(cfg.pool, cfg.eval.uri)
     sim, budget = cfg.simulation, cfg.selection.budget
     need = sim.initial_labeled + sim.rounds * budget
     if need > pool.num_rows:
@@ -108,10 +108,12 @@ def _check(cfg: Config, strategies: list[str], seeds: int):
         )
     if "bait" in strategies:
         from dist_al.core.bait import check_reduction
+        from dist_al.core.options import BaitOptions
         from dist_al.models.build import build_model, classifier_layer
 
         layer = classifier_layer(build_model(cfg.model, storage_options=cfg.pool.storage_options), cfg.model.classifier)
-        check_reduction(cfg.selection.options_for("bait"), layer.out_features, layer.in_features)
+        options = cast(BaitOptions, cfg.selection.options_for("bait"))
+        check_reduction(options, layer.out_features, layer.in_features)
     return pool
 
 
@@ -202,14 +204,14 @@ def _run(cfg, pool, strategy, seed, offset, init_ids, init_labels, shared_round0
     labeled = dict(zip(init_ids.tolist(), init_labels.tolist()))
     out_dir = _join(cfg.workdir, "simulation", strategy, f"seed{seed}")
     warm = cfg.train.warm_start
-    state = None
+    weights = None
     records = []
     for r in range(sim.rounds + 1):
         uri = _join(out_dir, f"round{r}.pt")
         t_train = time.perf_counter()
-        if r == 0 and "state" in shared_round0:
+        if r == 0 and "weights" in shared_round0:
             # Round 0 trains on the seed's initial rows only: the same model for every strategy.
-            state, accuracy = shared_round0["state"], shared_round0["accuracy"]
+            weights, accuracy = shared_round0["weights"], shared_round0["accuracy"]
             write_bytes_atomic(uri, shared_round0["bytes"], storage)
             t_train -= shared_round0["seconds"]  # report the training it stands for
         elif labeled:
@@ -219,21 +221,21 @@ def _run(cfg, pool, strategy, seed, offset, init_ids, init_labels, shared_round0
                 checkpoint_uri=uri,
                 eval_uri=eval_uri,
                 storage_options=storage,
-                warm_start_state=state if warm else None,
+                warm_start_weights=weights if warm else None,
             )
-            state, accuracy = result.state, result.accuracy
+            weights, accuracy = result.weights, result.accuracy
         else:  # initial_labeled: 0 -- the untrained model selects the first batch
             model = build_model(run_cfg.model, seed=run_cfg.train_seed, storage_options=storage)
-            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
             accuracy = eval_accuracy(run_cfg.pool, model, eval_uri)
             buf = io.BytesIO()
-            torch.save(state, buf)
+            torch.save(weights, buf)
             write_bytes_atomic(uri, buf.getvalue(), storage)
-        if r == 0 and "state" not in shared_round0:
+        if r == 0 and "weights" not in shared_round0:
             buf = io.BytesIO()
-            torch.save(state, buf)
+            torch.save(weights, buf)
             shared_round0.update(
-                state=state, accuracy=accuracy, bytes=buf.getvalue(), seconds=time.perf_counter() - t_train
+                weights=weights, accuracy=accuracy, bytes=buf.getvalue(), seconds=time.perf_counter() - t_train
             )
         record = {
             "strategy": strategy,
@@ -246,7 +248,7 @@ def _run(cfg, pool, strategy, seed, offset, init_ids, init_labels, shared_round0
             "select_seconds": None,
         }
         if r < sim.rounds:
-            record["embed_seconds"] = pool.reembed(state)
+            record["embed_seconds"] = pool.reembed(weights)
             picked = pool.select(
                 strategy, budget, seed=_round_seed(seed, r), options=options, labeled_ids=_label_keys(labeled)
             )

@@ -1,6 +1,22 @@
 """Models named by import path (``model.factory``), with weights from a checkpoint or a seed.
 
-Checkpoints are state_dicts read with torch's weights_only unpickler: a file that holds code is refused.
+The model factory contract. ``model.factory: "package.module:function"`` names a callable that dist-al imports
+(the current directory is on the path, so a module next to the config works, and travels with ``dist-al submit``)
+and calls as ``function(**model.kwargs)``. It must return a ``torch.nn.Module`` that
+
+* takes a batch of the pool's rows as its model input (today a float32 ``(rows, D)`` tensor of the feature
+  column) and needs no special forward signature;
+* ends in an ``nn.Linear`` classifier: dist-al hooks that layer (named by ``model.classifier``; by default the
+  last ``nn.Linear`` the model registers), takes its input as the features h and the softmax of its output as the
+  class probabilities p, which is all BADGE, BAIT and the baselines need (``dist_al.models.embedder``). The layer
+  must run exactly once per forward pass;
+* builds the same architecture for the same kwargs, so its ``state_dict`` loads on every ShardWorker and Ray
+  Train worker.
+
+Weights come from ``model.checkpoint`` (a ``state_dict`` read with torch's ``weights_only`` unpickler: a file
+that holds code is refused), from the previous round, or from a fresh initialisation seeded by
+``selection.seed``, done once in the driver and shipped to every worker. Every failure is a ``ModelError`` (a
+``UserError``) whose one line names the key and what to change.
 """
 
 from __future__ import annotations
@@ -40,8 +56,20 @@ def _import_factory(path: str):
         raise ModelError(f"model.factory {path!r}: module {module_name!r} has no attribute {attr!r}") from None
 
 
-def load_state(uri: str, storage_options: dict | None = None) -> dict:
-    """A state_dict from any fsspec URI, loaded with weights_only=True (never arbitrary pickle)."""
+def read_weights(uri: str, storage_options: dict | None = None) -> dict:
+    """A state_dict from any fsspec URI, loaded with ``weights_only=True`` (never arbitrary pickle).
+
+    Args:
+        uri: a local path or fsspec URL of a ``torch.save(model.state_dict())`` file (a dict with a ``model`` entry
+            holding the state_dict is taken too).
+        storage_options: fsspec options for ``uri`` (``pool.storage_options``).
+
+    Returns:
+        The state_dict, its tensors on the CPU.
+
+    Raises:
+        ModelError: the file cannot be read, holds more than tensors (code), or is no state_dict.
+    """
     try:
         fs, path = filesystem(uri, storage_options)
         data = fs.cat_file(path)
@@ -50,7 +78,7 @@ def load_state(uri: str, storage_options: dict | None = None) -> dict:
     try:
         with warnings.catch_warnings():  # e.g. "pickle protocol 4": noise on top of the one error line
             warnings.simplefilter("ignore")
-            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            weights = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:  # torch's weights_only unpickler refused something
         raise ModelError(
             f"model.checkpoint {uri!r} holds more than tensors and is refused (loading it could run "
@@ -61,11 +89,11 @@ def load_state(uri: str, storage_options: dict | None = None) -> dict:
             f"model.checkpoint {uri!r} is not a torch state_dict file (torch.save of "
             f"model.state_dict()): {type(err).__name__}: {_first_line(err)}"
         ) from None
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise ModelError(f"model.checkpoint {uri!r} holds a {type(state).__name__}, not a state_dict")
-    return state
+    if isinstance(weights, dict) and "model" in weights and isinstance(weights["model"], dict):
+        weights = weights["model"]
+    if not isinstance(weights, dict):
+        raise ModelError(f"model.checkpoint {uri!r} holds a {type(weights).__name__}, not a state_dict")
+    return weights
 
 
 def _first_line(err: BaseException) -> str:
@@ -80,10 +108,23 @@ def _unpickling_reason(err: BaseException) -> str:
 
 
 def build_model(
-    spec: ModelConfig, *, seed: int = 0, state: dict | None = None, storage_options: dict | None = None
+    spec: ModelConfig, *, seed: int = 0, weights: dict | None = None, storage_options: dict | None = None
 ) -> nn.Module:
-    """The model with weights from `state`, else the checkpoint (read with ``storage_options``), else initialised
-    from the seed."""
+    """The config's model, built by its factory and given its weights.
+
+    Args:
+        spec: the ``model`` section: factory, kwargs, checkpoint, classifier.
+        seed: seeds the factory's initialisation (used when neither ``weights`` nor a checkpoint is given).
+        weights: a state_dict to load; else ``spec.checkpoint`` is read; else the seeded initialisation stays.
+        storage_options: fsspec options for the checkpoint (``pool.storage_options``).
+
+    Returns:
+        The model, on the CPU, with its classifier layer checked (``classifier_layer``).
+
+    Raises:
+        ModelError: the factory cannot be imported, rejects the kwargs or returns no ``nn.Module``; the
+            checkpoint cannot be read or does not match the model; no classifier layer is found.
+    """
     factory = _import_factory(spec.factory)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -93,11 +134,11 @@ def build_model(
             raise ModelError(f"model.factory {spec.factory!r} rejected model.kwargs {spec.kwargs}: {err}") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"model.factory {spec.factory!r} returned a {type(model).__name__}, not a torch.nn.Module")
-    if state is None and spec.checkpoint:
-        state = load_state(spec.checkpoint, storage_options)
-    if state is not None:
+    if weights is None and spec.checkpoint:
+        weights = read_weights(spec.checkpoint, storage_options)
+    if weights is not None:
         try:
-            model.load_state_dict(state)
+            model.load_state_dict(weights)
         except RuntimeError as err:
             first = str(err).strip().splitlines()
             detail = " ".join(line.strip() for line in first[:3])
@@ -107,7 +148,19 @@ def build_model(
 
 
 def classifier_layer(model: nn.Module, name: str | None = None) -> nn.Linear:
-    """The final nn.Linear: the named module, else the last nn.Linear registered."""
+    """The model's classifier: the layer whose input is h and whose softmax output is p.
+
+    Args:
+        model: the built model.
+        name: a module name (``model.classifier``, as ``model.named_modules()`` lists it); None = the last
+            ``nn.Linear`` the model registers.
+
+    Returns:
+        The ``nn.Linear`` layer.
+
+    Raises:
+        ModelError: ``name`` is not an ``nn.Linear`` of the model, or the model has no ``nn.Linear``.
+    """
     if name is not None:
         layer = dict(model.named_modules()).get(name)
         if not isinstance(layer, nn.Linear):

@@ -28,6 +28,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import ray
 
@@ -104,7 +105,7 @@ def ray_session(address: str | None, num_cpus: int | None = None, *, groups: tup
     if ray.is_initialized():
         yield
         return
-    kwargs = dict(logging_level=logging.ERROR, log_to_driver=False)
+    kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, **kwargs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
+
 import pyarrow as pa
 from torch import nn
 
@@ -39,7 +41,7 @@ def sharded_pool(
     )
 
 
-def run_selection(cfg: Config, *, labeled_ids=None, progress: bool = False) -> SelectionResult:
+def run_selection(cfg: Config, *, labeled_ids: Collection | None = None, progress: bool = False) -> SelectionResult:
     """One selection as the config says: embed the pool on Ray, select, return the ids."""
     network = preflight(cfg)
     with cluster_session(cfg):
@@ -56,11 +58,17 @@ def run_selection(cfg: Config, *, labeled_ids=None, progress: bool = False) -> S
             pool.close()
 
 
-def select(config: str | dict | Config, *, overrides=(), labeled_ids=None, progress: bool = False) -> pa.Table:
+def select(
+    config: str | dict | Config,
+    *,
+    overrides: Sequence[str] = (),
+    labeled_ids: Collection | None = None,
+    progress: bool = False,
+) -> pa.Table:
     """Selects the next batch to label, as ``dist-al select`` does, from a notebook or a script.
 
     Args:
-        config: a YAML file's path, a config as a dict (as the YAML would hold it), or a :class:`Config`.
+        config: a YAML file's path, a config as a dict (as the YAML would hold it), or a `Config`.
         overrides: ``"key=value"`` strings applied on top, as ``--set`` does (``"selection.budget=500"``).
         labeled_ids: pool ids never to select (already labeled); BAIT counts them in its labeled Fisher.
         progress: show progress bars on a terminal.

@@ -124,7 +124,8 @@ def start_workers(
         num_cpus=cluster.cpus_per_worker, num_gpus=cluster.gpus_per_worker, scheduling_strategy="SPREAD", max_restarts=0
     )
     threads = worker_threads(cluster.cpus_per_worker)
-    workers = [actor.remote(pool, shard, model, weights, threads=threads, labels=labels) for shard in shards]
+    # handles: Ray types a method's .remote only on @ray.method-decorated methods; the driver calls them as Any
+    workers: list[Any] = [actor.remote(pool, shard, model, weights, threads=threads, labels=labels) for shard in shards]
     group = replace(shard_workers(cluster), count=len(workers))
     wait_started(workers, [w.where.remote() for w in workers], group, cluster.start_timeout_s)
     return workers
@@ -230,7 +231,7 @@ class ShardedPool:
                 node,
                 pid,
                 _first_line(err),
-                *self.where[s],
+                *self._place(s),
                 time.perf_counter() - t0,
                 what,
             )
@@ -255,9 +256,13 @@ class ShardedPool:
                 lost.append(s)
         return lost
 
+    def _place(self, s: int) -> tuple[str, int | str]:
+        """(node, pid) of shard s's worker, as far as known."""
+        return self.where[s] or ("not yet known", "not yet known")
+
     def _replace(self, s: int) -> tuple[str, int | str]:
         """Starts a new worker for shard s (not yet embedded); answers where the lost one was."""
-        lost = self.where[s] or ("not yet known", "not yet known")
+        lost = self._place(s)
         ray.kill(self.workers[s], no_restart=True)  # one that hangs must not come back later
         self.workers[s] = self._start([self.shards[s]])[0]
         self.where[s] = None

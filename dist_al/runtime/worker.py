@@ -7,6 +7,7 @@ Workers keep ids, p and h resident (and the strategy's per-row shard state), so 
 from __future__ import annotations
 
 import os
+from collections.abc import Generator
 from typing import Any
 
 import numpy as np
@@ -56,16 +57,20 @@ class ShardWorker:
         self.pool = open_pool(pool)
         self.shard = shard
         self.embedder = Embedder(
-            build_model(model, state=weights), model.classifier, self.device, model.autocast if gpu else None
+            build_model(model, weights=weights), model.classifier, self.device, model.autocast if gpu else None
         )
         self.batch_size = model.batch_size
-        self._batches = None
+        self._batches: Generator[dict[str, np.ndarray], None, None] | None = None
         self._next_row = 0  # shard row of the next embedded batch's first row
         self._ids: list[np.ndarray] = []
         self._p: list[torch.Tensor] = []
         self._h: list[torch.Tensor] = []
         self._y: list[np.ndarray] = []
-        self.rows = None
+        self.rows: int | None = None  # known once the first pass is complete
+        # (p, h) of every row, resident once a pass is complete; dropped with new weights
+        self.probs: torch.Tensor | None = None
+        self.feats: torch.Tensor | None = None
+        self.strategy_shard: Any = None  # the core's row side of the running strategy (BadgeShard, ...)
         # Simulation reads the pool's label column once, with the ids, and keeps it resident.
         self.with_labels = bool(labels and pool.label_column)
         self.labels: np.ndarray | None = None
@@ -177,11 +182,17 @@ class ShardWorker:
         """(node id, pid): answers at once, so the driver can tell a live worker from a lost one."""
         return ray.get_runtime_context().get_node_id(), os.getpid()
 
+    def _embedding(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.probs is None or self.feats is None:
+            raise RuntimeError(f"shard {self.shard.index} is not embedded: run embed_step until it answers 0")
+        return self.probs, self.feats
+
     def summary(self) -> dict:
+        probs, feats = self._embedding()
         return {
             "rows": self.rows,
-            "classes": self.probs.shape[1],
-            "feat_dim": self.feats.shape[1],
+            "classes": probs.shape[1],
+            "feat_dim": feats.shape[1],
             "device": str(self.device),
             "node": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
@@ -207,9 +218,10 @@ class ShardWorker:
     def start(self, strategy: str, labeled_ids: np.ndarray | None, first_row: int) -> int:
         """Builds the strategy's shard (the core's row side of the algorithm) over the resident (p, h); returns
         this shard's unlabeled row count."""
-        labeled = np.zeros(self.rows, dtype=bool) if labeled_ids is None else np.isin(self.ids, labeled_ids)
+        probs, feats = self._embedding()
+        labeled = np.zeros(len(self.ids), dtype=bool) if labeled_ids is None else np.isin(self.ids, labeled_ids)
         mask = torch.from_numpy(labeled).to(self.device)
-        self.strategy_shard = STRATEGIES[strategy].shard(self.probs, self.feats, mask, first_row)
+        self.strategy_shard = STRATEGIES[strategy].shard(probs, feats, mask, first_row)
         return int((~labeled).sum())
 
     def invoke(self, method: str, *args: Any) -> Any:
@@ -228,21 +240,22 @@ class ShardWorker:
 
     # -- labels (simulation: the pool's hidden label column) ---------------------------
 
-    def _check_labels(self) -> None:
+    def _held_labels(self) -> np.ndarray:
         if self.labels is None:
             raise RuntimeError(
                 "this ShardWorker holds no labels: start it with labels=True on a pool with pool.label_column set"
             )
+        return self.labels
 
     def rows_at(self, local_rows) -> tuple[np.ndarray, np.ndarray]:
         """(ids, labels) of rows of this shard by position."""
-        self._check_labels()
+        labels = self._held_labels()
         rows = np.asarray(local_rows, dtype=np.int64)
-        return self.ids[rows], self.labels[rows]
+        return self.ids[rows], labels[rows]
 
     def labels_of(self, ids) -> tuple[np.ndarray, np.ndarray]:
         """(positions in ``ids`` of those held by this shard, their labels): a sorted-id lookup."""
-        self._check_labels()
+        labels = self._held_labels()
         if self._id_order is None:
             order = np.argsort(self.ids, kind="stable")
             self._id_order = (order, self.ids[order])
@@ -252,7 +265,7 @@ class ShardWorker:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
         hit = sorted_ids[pos] == ids
-        return np.flatnonzero(hit), self.labels[order[pos[hit]]]
+        return np.flatnonzero(hit), labels[order[pos[hit]]]
 
 
 def _hash_ids(ids: np.ndarray) -> np.ndarray:
