@@ -54,6 +54,35 @@ cannot help: what matters is lam relative to |h|^2, which is the user's
 choice, and the picks do depend on it (scaling feats by s is dividing lam by
 s^2). Large features with a small lam are handled by the float64 state above
 rather than refused.
+
+Candidate mode (BaitOptions.mode "candidates"; "auto" picks it above
+AUTO_EXACT_ROWS unlabeled rows). Exact BAIT updates every unlabeled row's P, Q
+at each of its 2B forward steps (O(N K^2 D) per step) and keeps 2 K^2 floats
+per row. Candidate mode keeps that state only for `candidates` x 2B rows (the
+candidates, 50,000 at B=1000) and runs the greedy steps on them, while F, the
+labeled Fisher and the objective still cover the whole pool:
+  - one initial pass scores every unlabeled row from A0 and C0 = A0 F A0
+    (O(N K^2 D^2), in blocks of SCORE_BLOCK rows, no state kept) and keeps only
+    that score, its stale score (float64, 8 bytes a row);
+  - the candidates are the rows with the best known scores (the candidates'
+    current ones, the others' stale ones); the coordinator cuts the shards'
+    top lists in (score desc, global row asc) order, so the set does not depend
+    on the sharding;
+  - lazy greedy: before each forward step, if a row outside the candidates had,
+    when last scored, a better score than the best candidate's current one,
+    every outside row whose stale score beats it is rescored exactly from the
+    current A (block by block), the candidates are cut again (rows joining get
+    P, Q from A; rows leaving keep their current score as stale score), and the
+    step is chosen again;
+  - pruning runs on the 2B chosen rows, as in exact mode; the precision policy
+    above applies to the candidates' state.
+If a row's add-score could only fall as rows are added (diminishing returns, as
+for a submodular objective), a stale score would bound the current one and the
+picks would be exact BAIT's. tr(M_S^-1 F) is not submodular in general, so this
+is a heuristic, and its bound is measured: the objective within 1% of exact
+BAIT's (`dist-al bench core --only bait-candidates`: N=100k and 200k, K=10,
+D=128, B=1000, three seeds; tests/test_bait_candidates.py on small pools).
+MEASURED_CANDIDATES
 """
 
 from __future__ import annotations
@@ -62,6 +91,7 @@ import contextlib
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -237,8 +267,10 @@ class BaitShard:
         """Candidate mode, after `rescore`: the free rows whose known score is above (score, global row) in
         (score desc, row asc) order become the candidates; rows that leave keep their current score as stale
         score, rows that join get P, Q from the A and C of the rescore. Returns the best row to add."""
-        (A, C), self.rescored_from = self.rescored_from, None
         old = self.candidates
+        if old.pos is None or self.rescored_from is None:
+            raise RuntimeError("BAIT: keep_candidates follows rescore, in candidate mode")
+        (A, C), self.rescored_from = self.rescored_from, None
         known = self._known()
         rows = self.first_row + self.rows
         pos = ((known > score) | ((known == score) & (rows <= row))).nonzero()[:, 0]
@@ -278,6 +310,7 @@ class BaitShard:
         self.lu_solves = 0
         self.pruning: _RowState | None = None
         self.outside_best = -np.inf  # the best stale score of a free row outside the candidates
+        self.rescored_from: tuple[torch.Tensor, torch.Tensor] | None = None  # (A, C) of the last rescore
 
     def _rows(self, pos: torch.Tensor | None, dtype: torch.dtype) -> _RowState:
         """State holder for the candidate rows at positions pos (None: all of them), P and Q not yet computed."""
@@ -563,7 +596,7 @@ def bait(
         kind = "add" if adding else "remove"
         shard = argmax_first([b[0] for b in bests])
         score, row, p, idx, h, _ = bests[shard]
-        if adding and max(b[5] for b in bests) > score:
+        if adding and keep is not None and max(b[5] for b in bests) > score:
             # a row outside the candidates scored better when it was last scored: rescore those rows from A
             tops = group.map(BaitShard.rescore, A, A @ F @ A, score, keep)
             bests = group.map(BaitShard.keep_candidates, *_candidate_cut(tops, keep))
@@ -652,7 +685,14 @@ def run(
 
 
 def objectives(
-    probs, feats, selections, *, labeled=None, budget: int, lam: float = 1.0, weighting: str = "reference"
+    probs,
+    feats,
+    selections,
+    *,
+    labeled=None,
+    budget: int,
+    lam: float = 1.0,
+    weighting: Literal["reference", "mean"] = "reference",
 ) -> list[float]:
     """tr(M_S^{-1} F) of each selection S (row indices) of one pool, from float64 Fisher sums: how benchmarks
     compare selections on pools too large for the dense oracle (`dist_al.testing.oracles.bait_objective`,

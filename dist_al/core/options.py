@@ -66,7 +66,7 @@ class BaitOptions(StrategyOptions):
     mode: Literal["auto", "exact", "candidates"] = option(
         "auto", "greedy steps over every unlabeled row (exact) or over candidates (large pools); auto picks by size"
     )
-    candidates: float = option(25.0, "candidate mode: rows kept for the greedy steps, as a multiple of the forward steps")
+    candidates: float = option(25.0, "candidate mode: rows kept for the greedy steps, per forward step")
 
     def __post_init__(self):
         object.__setattr__(self, "lam", _check_positive("lam", self.lam))
