@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     options.add_common(parser, ROWS, quick="small sizes (seconds), for smoke tests")
     parser.add_argument(
-        "--large-rows", type=int, default=None, help="rows of the large pool (default 2,000,000; 100,000 with --quick)"
+        "--rows", type=int, default=None, help="rows of the large pool (default 2,000,000; 100,000 with --quick)"
     )
     args = parser.parse_args(argv)
     device = options.device(parser, args.device)
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     small, large, budget_small, budget_large = (
         (20_000, 100_000, 50, 100) if args.quick else (200_000, 2_000_000, 200, 1000)
     )
-    large = args.large_rows or large
+    large = args.rows or large
     print(f"command: dist-al bench distributed {shlex.join(argv)}")
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
