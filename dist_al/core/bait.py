@@ -148,6 +148,8 @@ def _sandwich_left(Z: torch.Tensor, p: torch.Tensor, s: torch.Tensor) -> torch.T
 class BaitShard:
     """One shard's rows: (p, h) for the Fisher sums, per-row P and Q for the greedy steps."""
 
+    rescored_from: tuple[torch.Tensor, torch.Tensor] | None  # candidate mode: (A, C) of the last rescore
+
     def __init__(self, probs: torch.Tensor, feats: torch.Tensor, labeled: torch.Tensor, first_row: int = 0):
         self.p = probs / probs.sum(1, keepdim=True)  # the softmax Fisher assumes sum(p) == 1 exactly
         self.idx: torch.Tensor | None = None  # class of each column of p, when reduced to top classes
@@ -318,7 +320,7 @@ class BaitShard:
         self.lu_solves = 0
         self.pruning: _RowState | None = None
         self.outside_best = -np.inf  # the best stale score of a free row outside the candidates
-        self.rescored_from: tuple[torch.Tensor, torch.Tensor] | None = None  # (A, C) of the last rescore
+        self.rescored_from = None
 
     def _rows(self, pos: torch.Tensor | None, dtype: torch.dtype) -> _RowState:
         """State holder for the candidate rows at positions pos (None: all of them), P and Q not yet computed."""
