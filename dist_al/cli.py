@@ -18,7 +18,10 @@ EXAMPLES = {
     "make-pool": "examples:\n  dist-al make-pool ./pool --synthetic --rows 100000 --classes 10 --dim 64\n"
     "  dist-al make-pool ./eval-pool --synthetic --rows 2000 --classes 10 --dim 64 --sample-seed 1   (its eval set)\n"
     "  dist-al make-pool ./pool --features X.npy --labels y.npy\n"
-    "  dist-al make-pool ./pool --csv data.csv --id-column id --label-column label",
+    "  dist-al make-pool ./pool --csv data.csv --id-column id --label-column label\n"
+    "  dist-al make-pool ./pool --images ./photos                       (photos/CLASS/*.jpg: labels from folders)\n"
+    "  dist-al make-pool s3://bucket/pool --images ./photos --image-storage files\n"
+    "  dist-al make-pool ./pool --text tickets.csv --text-column body --label-column team",
     "demo": "examples:\n  dist-al demo\n  dist-al demo --workdir /tmp/al-demo --seeds 3\n"
     "  dist-al demo --set simulation.rounds=8 --set train.epochs=100\n"
     "reproduce it with the general command (after a first `dist-al demo` wrote the pools):\n"
@@ -33,9 +36,11 @@ EXAMPLES = {
     "writes OUT/eval-curves-DATASET.png, eval-penalty.png, eval-tables.md and eval-summary.csv",
     "round": "examples:\n  dist-al round --config configs/local-round.yaml\n"
     "  */5 * * * *  dist-al round --config /etc/dist-al/prod.yaml     (crontab: one tick every 5 minutes)\n"
+    "  LABEL_STUDIO_API_KEY=... dist-al round --config configs/label-studio-round.yaml   (push and pull)\n"
     "prints one line, e.g. 'round 3: waiting for labels, 412/500 received'",
     "export": "examples:\n  dist-al export --config configs/local-round.yaml\n"
-    "writes WORKDIR/rounds/NNNN/export/{selection.parquet,selection.csv,label_studio_tasks.json}",
+    "writes WORKDIR/rounds/NNNN/export/{selection.parquet,selection.csv,label_studio_tasks.json,\n"
+    "label_studio_config.xml}; with labeling.backend label-studio it also pushes the tasks (once)",
     "ingest": "examples:\n"
     "  dist-al ingest --config configs/local-round.yaml project-3-export.json   (Label Studio JSON export)\n"
     "  dist-al ingest --config configs/local-round.yaml labels.csv                (columns id,label)\n"
@@ -227,13 +232,25 @@ def _parser() -> argparse.ArgumentParser:
     make_pool = _command(
         sub,
         "make-pool",
-        help="write a Parquet pool from arrays, a CSV file, or a synthetic Gaussian mixture",
+        help="write a Parquet pool from arrays, a CSV file, a folder of images, a CSV of texts, or a synthetic mixture",
+        description="Writes part-NNNNN.parquet files under OUT (which must be empty, or --overwrite). Bad input (an "
+        "unreadable image, an empty folder, a missing column, an empty text, a repeated id) is one line and nothing "
+        "is written.",
     )
     make_pool.add_argument("out", help="pool directory or prefix (local path or fsspec URL)")
     source = make_pool.add_mutually_exclusive_group(required=True)
     source.add_argument("--synthetic", action="store_true", help="a labeled Gaussian mixture")
     source.add_argument("--features", help=".npy file with an (N, D) feature matrix")
     source.add_argument("--csv", help="CSV file: an id column, an optional label column, the rest are features")
+    source.add_argument(
+        "--images",
+        metavar="DIR",
+        help="local folder of images (.png, .jpg, ...): one sub-folder per class gives the label column, images only "
+        "give an unlabeled pool; columns id, path, image or image_uri, label",
+    )
+    source.add_argument(
+        "--text", metavar="FILE.csv", help="CSV of texts: an id column, a text column, an optional label column"
+    )
     make_pool.add_argument("--labels", help=".npy file with N integer labels (with --features)")
     make_pool.add_argument("--rows", type=int, default=100_000, help="synthetic: rows (default 100000)")
     make_pool.add_argument("--classes", type=int, default=10, help="synthetic: classes (default 10)")
@@ -246,14 +263,31 @@ def _parser() -> argparse.ArgumentParser:
         help="synthetic: draw other rows of the --seed mixture with this seed (a labeled eval set for a pool)",
     )
     make_pool.add_argument("--id-column", default="id", help="CSV: id column (default id)")
-    make_pool.add_argument("--label-column", default=None, help="CSV: label column (default: none)")
-    make_pool.add_argument("--rows-per-file", type=int, default=262_144, help="rows per Parquet file")
-    make_pool.add_argument("--rows-per-group", type=int, default=16_384, help="rows per row group")
+    make_pool.add_argument(
+        "--label-column", default=None, help="CSV: label column (default none; with --text, integers or class names)"
+    )
+    make_pool.add_argument("--text-column", default="text", help="--text: text column (default text)")
+    make_pool.add_argument(
+        "--image-storage",
+        choices=["bytes", "files"],
+        default="bytes",
+        help="--images: the encoded bytes in a binary column 'image' (default), or the files copied under "
+        "OUT/_images/ with their URIs in 'image_uri'",
+    )
+    make_pool.add_argument(
+        "--rows-per-file", type=int, default=None, help="rows per Parquet file (default 262144; images: ~512 MiB)"
+    )
+    make_pool.add_argument(
+        "--rows-per-group",
+        type=int,
+        default=None,
+        help="rows per row group, the unit workers read (default 16384; images: ~32 MiB, at most 1024 rows)",
+    )
     make_pool.add_argument("--overwrite", action="store_true", help="replace an existing pool at OUT")
 
     for name, text in (
         ("round", "advance the current labeling round as far as it can go (safe from cron)"),
-        ("export", "write the round's selection for labelers (Parquet, CSV, Label Studio tasks)"),
+        ("export", "write the round's selection for labelers (Parquet, CSV, Label Studio tasks; push them)"),
         ("ingest", "add labels from a Label Studio JSON export or a CSV/Parquet file (id, label)"),
         ("train", "retrain on all labeled rows with Ray Train and record eval accuracy"),
         ("status", "rounds, their states, label counts and metrics, as a table"),
@@ -264,7 +298,9 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--no-progress", action="store_true", help="no progress bars")
         if name == "ingest":
             cmd.add_argument("file", help="labels file or URI (.json Label Studio export, .csv, .parquet)")
-            cmd.add_argument("--class-names", help="comma-separated class names, in class-index order")
+            cmd.add_argument(
+                "--class-names", help="comma-separated class names, in class-index order (default: labeling.classes)"
+            )
 
     submit = _command(
         sub,

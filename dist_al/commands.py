@@ -22,9 +22,12 @@ def select_command(args) -> int:
     # named by what determines it, so running the same selection again rewrites the same bytes
     out = args.out or f"{cfg.workdir.rstrip('/')}/selections/{strategy}-budget{sel.budget}-seed{sel.seed}.parquet"
     write_table_atomic(out, result.table, cfg.pool.storage_options)
+    from dist_al.inputs.pipeline import skipped_note
+
     print(
         f"selected {result.table.num_rows} rows with {strategy} on {result.workers} workers "
         f"(embedding {result.seconds_embed:.1f}s, selection {result.seconds_select:.1f}s) -> {out}"
+        f"{skipped_note(result.skipped)}"
     )
     return 0
 
@@ -43,31 +46,37 @@ def config_command(args) -> int:
 
 
 def make_pool_command(args) -> int:
-    from dist_al.data.pool import write_pool
+    if args.images:
+        return _make_image_pool(args)
+    if args.text:
+        return _make_text_pool(args)
+    from dist_al.data import writer
 
     labels: np.ndarray | None = None
     if args.synthetic:
         from dist_al.data.synthetic import gaussian_mixture
 
-        x, y = gaussian_mixture(args.rows, args.classes, args.dim, seed=args.seed, sample_seed=args.sample_seed)
-        feats, labels = x.numpy(), y.numpy()
+        points, classes = gaussian_mixture(
+            args.rows, args.classes, args.dim, seed=args.seed, sample_seed=args.sample_seed
+        )
+        feats, labels = points.numpy(), classes.numpy()
         ids = np.arange(len(feats), dtype=np.int64)
     elif args.features:
-        feats = _load_npy(args.features, "--features")
+        feats = writer.read_npy(args.features, "--features")
         if feats.ndim != 2:
             raise UserError(f"--features {args.features} must hold a 2-D array, got shape {feats.shape}")
         if args.labels:
-            labels = _load_npy(args.labels, "--labels")
+            labels = writer.read_npy(args.labels, "--labels")
         ids = np.arange(len(feats), dtype=np.int64)
     else:
-        ids, feats, labels = _read_csv(args.csv, args.id_column, args.label_column)
-    files = write_pool(
+        ids, feats, labels = writer.read_vector_csv(args.csv, args.id_column, args.label_column)
+    files = writer.write_pool(
         args.out,
         ids,
         feats,
         labels,
-        rows_per_file=args.rows_per_file,
-        rows_per_group=args.rows_per_group,
+        rows_per_file=args.rows_per_file or writer.ROWS_PER_FILE,
+        rows_per_group=args.rows_per_group or writer.ROWS_PER_GROUP,
         overwrite=args.overwrite,
     )
     print(
@@ -78,33 +87,50 @@ def make_pool_command(args) -> int:
     return 0
 
 
-def _load_npy(path: str, flag: str) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)  # never unpickle user files
-    except (OSError, ValueError) as err:
-        raise UserError(f"{flag} {path}: cannot read a .npy array ({err})") from None
+def _make_image_pool(args) -> int:
+    from dist_al.data import writer
+
+    folder = writer.scan_image_folder(args.images)
+    writer.check_images(folder)
+    files = writer.write_image_pool(
+        args.out,
+        folder,
+        storage=args.image_storage,
+        rows_per_file=args.rows_per_file,
+        rows_per_group=args.rows_per_group,
+        overwrite=args.overwrite,
+    )
+    column = "image" if args.image_storage == "bytes" else "image_uri"
+    print(
+        f"wrote {len(folder.files)} images ({'encoded bytes' if args.image_storage == 'bytes' else 'URIs'} in column "
+        f"{column!r}){_classes(folder.class_names)} in {len(files)} file(s) to {args.out}"
+        + (f"; skipped {len(folder.skipped)} file(s) that are not images" if folder.skipped else "")
+    )
+    return 0
 
 
-def _read_csv(path: str, id_column: str, label_column: str | None):
-    import pyarrow.csv as pacsv
+def _make_text_pool(args) -> int:
+    from dist_al.data import writer
 
-    try:
-        table = pacsv.read_csv(path)
-    except (OSError, ValueError) as err:  # pyarrow.ArrowInvalid is a ValueError
-        raise UserError(f"--csv {path}: {err}") from None
-    names = table.column_names
-    for col in [id_column] + ([label_column] if label_column else []):
-        if col not in names:
-            raise UserError(f"--csv {path}: no column {col!r} (columns: {', '.join(names)})")
-    feature_cols = [c for c in names if c not in (id_column, label_column)]
-    if not feature_cols:
-        raise UserError(f"--csv {path}: no feature columns besides the id and label")
-    try:
-        feats = np.column_stack([table[c].to_numpy().astype(np.float32) for c in feature_cols])
-    except (ValueError, TypeError):
-        raise UserError(f"--csv {path}: feature columns must be numeric ({', '.join(feature_cols)})") from None
-    labels = table[label_column].to_numpy() if label_column else None
-    return table[id_column].to_numpy(), feats, labels
+    rows = writer.read_text_csv(args.text, args.id_column, args.text_column, args.label_column)
+    files = writer.write_text_pool(
+        args.out,
+        rows,
+        rows_per_file=args.rows_per_file or writer.ROWS_PER_FILE,
+        rows_per_group=args.rows_per_group or writer.ROWS_PER_GROUP,
+        overwrite=args.overwrite,
+    )
+    labels = "" if rows.labels is None else _classes(rows.class_names) if rows.class_names else " with labels"
+    print(f"wrote {len(rows.ids)} texts (column 'text'){labels} in {len(files)} file(s) to {args.out}")
+    return 0
+
+
+def _classes(names, shown: int = 10) -> str:
+    """' with labels 0=cat, 1=dog' (the first ``shown`` of them), or '' for an unlabeled pool."""
+    if not names:
+        return ""
+    listed = ", ".join(f"{i}={name}" for i, name in enumerate(names[:shown]))
+    return f" with labels {listed}{f', ... ({len(names)} classes)' if len(names) > shown else ''}"
 
 
 def _rounds_config(args):
@@ -120,6 +146,7 @@ EXIT_STORAGE = 1
 
 def _locked(cfg, command: str, step) -> int:
     """Runs a mutating step under the workdir lock; a held or lost lock or a store that stays down is one line."""
+    from dist_al.campaign.labelstudio import LabelStudioUnavailable
     from dist_al.campaign.lock import LockLost, WorkdirLocked
     from dist_al.campaign.workdir import workdir_lock
     from dist_al.data.storage import StorageUnavailable
@@ -135,6 +162,9 @@ def _locked(cfg, command: str, step) -> int:
         return EXIT_LOCK_LOST
     except StorageUnavailable as err:
         print(f"dist-al: error: {err}; the workdir was left as it was", file=sys.stderr)
+        return EXIT_STORAGE
+    except LabelStudioUnavailable as err:  # what Label Studio confirmed is recorded, nothing else
+        print(f"dist-al: error: {err}; the next tick carries on", file=sys.stderr)
         return EXIT_STORAGE
     return 0
 

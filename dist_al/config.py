@@ -32,6 +32,7 @@ from pydantic import (
     create_model,
     field_serializer,
     field_validator,
+    model_validator,
 )
 
 from dist_al.core.api import STRATEGIES, StrategyOptions
@@ -82,13 +83,13 @@ class Section(BaseModel):
 
 
 class PoolConfig(Section):
-    """Where the pool lives and which columns hold ids, features and labels (the data layer's input)."""
+    """Where the pool lives and which columns hold ids and labels (the data layer's input); the columns the
+    model reads are the ``inputs`` section's."""
 
     uri: str = Field(
         description="Parquet file, directory or prefix; a local path or any fsspec URL (s3://, gs://, file://, memory://)"
     )
     id_column: str = Field("id", description="unique row id (int64 or string)")
-    feature_column: str = Field("features", description="list of floats per row (fixed-size or not), the model's input")
     label_column: str | None = Field(None, description="integer labels; read only by simulation and evaluation")
     storage_options: dict[str, Any] = Field(
         default_factory=dict,
@@ -104,6 +105,35 @@ class PoolConfig(Section):
     @field_serializer("storage_options")
     def _dump_storage_options(self, value: dict) -> dict:
         return _redacted(value)
+
+
+class InputsConfig(Section):
+    """How a batch of pool rows becomes the model's input: a reader (``dist_al.inputs``, "The reader contract")."""
+
+    reader: str = Field(
+        "dist_al.inputs:vectors",
+        description="module:function(batch: pyarrow.RecordBatch, **kwargs) -> tensor or dict of tensors; built in: "
+        "dist_al.inputs:vectors, dist_al.inputs:images, dist_al.inputs:text",
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of the reader, e.g. {column: features} for vectors"
+    )
+    columns: list[str] | None = Field(
+        None,
+        description="pool columns a reader without a columns() attribute reads; null = every column but the id "
+        "and label columns",
+    )
+    on_error: Literal["raise", "skip"] = Field(
+        "raise",
+        description="a row the reader cannot read: raise = fail naming it; skip = leave it out of selection, "
+        "counted, logged with its id and reported",
+    )
+    max_skipped: float = Field(
+        0.01, ge=0, le=1, description="with on_error=skip: fail when more than this fraction of the pool is skipped"
+    )
+    threads: int | None = Field(
+        None, gt=0, description="decode threads per worker; null = the worker's CPUs (cluster.cpus_per_worker)"
+    )
 
 
 class ModelConfig(Section):
@@ -229,6 +259,90 @@ class EvalConfig(Section):
     )
 
 
+class LabelingConfig(Section):
+    """What annotators see and how their labels come back (the campaign layer's input).
+
+    ``files``: each round is exported as files (a Label Studio tasks file among them) and labels come back with
+    `dist-al ingest`. ``label-studio``: every `dist-al round` pushes the round's tasks to a Label Studio project
+    once and pulls the finished annotations; the API key comes from the environment (LABEL_STUDIO_API_KEY), never
+    from here.
+    """
+
+    backend: Literal["files", "label-studio"] = Field(
+        "files", description="files: export/ingest by hand; label-studio: each round tick pushes and pulls"
+    )
+    url: str | None = Field(None, description="Label Studio's base URL, e.g. http://label-studio:8080")
+    project: int | str | None = Field(
+        None, description="a Label Studio project id, or a title (created with the generated labeling config)"
+    )
+    classes: list[str] | None = Field(
+        None, description="class names in class-index order; null = 0, 1, ... up to the model's class count"
+    )
+    image: str | None = Field(
+        None, description="pool column shown as an image: a URI (s3://, https://, a path) or bytes"
+    )
+    text: str | None = Field(None, description="pool column shown as text")
+    context: list[str] = Field(default_factory=list, description="more pool columns, shown as a table")
+    features: Literal["hidden", "table"] = Field(
+        "hidden",
+        description="table: show the vector the vectors reader gives for each row (vector pools); hidden: not at all",
+    )
+    predictions: bool = Field(False, description="send the model's predicted class and score with each task")
+    min_fraction: float = Field(
+        1.0, gt=0, le=1, description="a round is labeled once this fraction is and max_wait_s has passed"
+    )
+    max_wait_s: float = Field(0, ge=0, description="seconds after the push before min_fraction suffices")
+    presign_expiry_s: int | None = Field(
+        604800,
+        gt=0,
+        le=604800,
+        description="object-store links become presigned URLs valid this long; null = sent as they are, for "
+        "Label Studio's own cloud storage connection to resolve",
+    )
+    local_files_root: str | None = Field(
+        None,
+        description="LOCAL_FILES_DOCUMENT_ROOT of a Label Studio that sees this machine's files: local images are "
+        "linked through its local-files storage",
+    )
+    timeout_s: float = Field(30, gt=0, description="seconds to wait for each Label Studio request")
+    push_batch: int = Field(100, gt=0, description="tasks per import request (each batch is recorded before the next)")
+
+    @field_validator("project", mode="before")
+    @classmethod
+    def _id_or_title(cls, value: Any) -> Any:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, str))):
+            raise ValueError(f"must be a project id or a title, got {value!r}")
+        return value
+
+    @field_validator("classes", mode="after")
+    @classmethod
+    def _distinct_classes(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (not value or len(set(value)) != len(value) or "" in value):
+            raise ValueError(f"class names must be distinct and non-empty, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _connected(self) -> LabelingConfig:
+        if self.backend == "label-studio":
+            missing = [key for key in ("url", "project") if getattr(self, key) is None]
+            if missing:
+                raise ValueError(f"backend label-studio needs labeling.{' and labeling.'.join(missing)}")
+        shown = [c for c in (self.image, self.text) if c is not None] + list(self.context)
+        if len(set(shown)) != len(shown):
+            raise ValueError(f"a pool column is shown twice ({', '.join(shown)})")
+        return self
+
+    def class_names(self, n_classes: int) -> list[str]:
+        """The names of the model's ``n_classes`` classes, in class-index order."""
+        if self.classes is None:
+            return [str(k) for k in range(n_classes)]
+        if len(self.classes) != n_classes:
+            raise ConfigError(
+                f"config key labeling.classes names {len(self.classes)} classes, the model has {n_classes}"
+            )
+        return list(self.classes)
+
+
 class ClusterConfig(Section):
     """Where the ShardWorkers run and what each asks for (the Ray runtime's input)."""
 
@@ -251,6 +365,9 @@ class ClusterConfig(Section):
         description="on a cluster dist-al connects to: how long to wait for it to place and start the ShardWorkers "
         "(and Ray Train's workers) before a one-line error; a progress line every 10 s says what is missing",
     )
+    compiled_graph: bool = Field(
+        True, description="exact BADGE's centres as a Ray compiled graph (false: plain actor calls, same ids)"
+    )
 
 
 class Config(Section):
@@ -261,12 +378,14 @@ class Config(Section):
     """
 
     pool: PoolConfig
+    inputs: InputsConfig = InputsConfig()
     model: ModelConfig = ModelConfig()
     selection: SelectionConfig
     train: TrainConfig = TrainConfig()
     simulation: SimulationConfig = SimulationConfig()
     eval: EvalConfig = EvalConfig()
     cluster: ClusterConfig = ClusterConfig()
+    labeling: LabelingConfig = LabelingConfig()
     workdir: str = Field("./dist-al-work", description="where outputs and rounds go (local path or s3:// prefix)")
 
     @property
@@ -383,6 +502,7 @@ def validate(raw: dict) -> Config:
     # an absent or empty section is a section of defaults, so a missing key is named as such
     raw = {**{name: {} for name, f in Config.model_fields.items() if f.annotation is not str}, **raw}
     raw = {k: ({} if v is None and k != "workdir" else v) for k, v in raw.items()}
+    _moved_keys(raw)
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as err:
@@ -392,6 +512,18 @@ def validate(raw: dict) -> Config:
     except UserError as err:
         raise ConfigError(f"config key selection: {err}") from None
     return cfg
+
+
+def _moved_keys(raw: dict) -> None:
+    """Keys of earlier versions that now live elsewhere: one line saying where, not "unknown key"."""
+    pool = raw.get("pool")
+    if isinstance(pool, dict) and "feature_column" in pool:
+        column = pool["feature_column"]
+        raise ConfigError(
+            f"config key pool.feature_column moved: the vectors reader's column is inputs.kwargs.column; write "
+            f"`inputs: {{reader: dist_al.inputs:vectors, kwargs: {{column: {column}}}}}` (or --set "
+            f"inputs.kwargs.column={column}) and remove pool.feature_column"
+        )
 
 
 def schema() -> dict:

@@ -17,6 +17,9 @@ The points:
   taking the workdir lock)
 * ``lock.after_guard``     -- a local takeover of a stale lock holds its takeover guard file
   and has not yet replaced the lock (detail: the guard's path)
+* ``labelstudio.before_send`` -- a push to Label Studio recorded a batch as being sent, and has not sent it
+* ``labelstudio.after_send``  -- Label Studio made a batch of tasks; their ids are not recorded yet
+* ``labels.after_checkpoint`` -- a label-record checkpoint is written, its pointer not yet
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ PY="${PYTHON:-python}"
 DATA="${DATA:-./eval-data}" RUNS="${RUNS:-./eval-runs}" OUT="${OUT:-docs}" PARALLEL="${PARALLEL:-1}"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1   # one torch thread per process: settings run side by side
 
-# name                 config                      budget rounds warm_start (longest first)
+# name                    config                          budget rounds warm_start (longest first)
 SETTINGS="
+digits-images-scratch-b10 configs/eval-digits-images.yaml 10  8   false
 digits-scratch-b10     configs/eval-digits.yaml    10  24  false
 digits-warm-b10        configs/eval-digits.yaml    10  24  true
 synthetic-scratch-b40  configs/eval-synthetic.yaml 40  5   false
@@ -21,6 +22,7 @@ weather-scratch-b10    configs/eval-weather.yaml   10  14  false
 weather-warm-b10       configs/eval-weather.yaml   10  14  true
 digits-scratch-b60     configs/eval-digits.yaml    60  4   false
 digits-warm-b60        configs/eval-digits.yaml    60  4   true
+digits-images-scratch-b40 configs/eval-digits-images.yaml 40  2   false
 weather-scratch-b50    configs/eval-weather.yaml   50  3   false
 weather-warm-b50       configs/eval-weather.yaml   50  3   true
 "

@@ -7,6 +7,7 @@ import pytest
 import ray
 import torch
 from hypothesis import settings
+from lsserver import label_studio  # noqa: F401  (a real Label Studio on loopback, once per session)
 from s3server import s3_bucket, s3_server, s3_storage_options  # noqa: F401  (moto S3 on loopback)
 
 # "ci" (the default): the same examples on every run and every machine, so a red suite means a change
@@ -27,8 +28,8 @@ def pytest_collection_modifyitems(items):
         for fixture, mark in _FIXTURE_MARKS.items():
             if fixture in item.fixturenames:
                 item.add_marker(mark)
-        if item.get_closest_marker("cluster") or item.get_closest_marker("subprocess"):
-            item.add_marker("slow")  # starting Ray, or a fresh interpreter that imports torch, takes seconds here
+        if any(item.get_closest_marker(m) for m in ("cluster", "subprocess", "labelstudio")):
+            item.add_marker("slow")  # starting Ray, a fresh interpreter that imports torch, or a Label Studio server
 
 
 @pytest.fixture(autouse=True)

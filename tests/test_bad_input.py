@@ -24,7 +24,7 @@ import yaml
 
 from dist_al.campaign.rounds import ingest
 from dist_al.config import load_config
-from dist_al.data.pool import write_pool
+from dist_al.data.writer import write_pool
 from dist_al.models import mlp
 from dist_al.runtime.cluster import LOCAL_WORKERS_PER_CORE, cores
 
@@ -198,10 +198,19 @@ POOL_CASES = [
         SELECT,
         False,
         "ragged",
-        ["part-00000.parquet", "ragged 'features'", "id 70", "expected D=8"],
+        [
+            "id 70 (file ",
+            "part-00000.parquet, row group 0, row 70), column 'features': vector of length 5, expected D=8",
+        ],
     ),
-    ("NaN feature", ROUND, False, "nan", ["part-00000.parquet", "NaN or inf in 'features'", "id 77"]),
-    ("inf feature", SELECT, False, "inf", ["part-00000.parquet", "NaN or inf in 'features'", "id 33"]),
+    ("NaN feature", ROUND, False, "nan", ["id 77 (file ", "part-00000.parquet", "column 'features': NaN or inf value"]),
+    (
+        "inf feature",
+        SELECT,
+        False,
+        "inf",
+        ["id 33 (file ", "part-00000.parquet", "column 'features': NaN or inf value"],
+    ),
     (
         "duplicate ids",
         ROUND,
@@ -241,6 +250,20 @@ def test_pool_that_is_not_readable(env, tmp_path):
 
 
 CONFIG_CASES = [
+    (
+        "labeling column missing",
+        ROUND,
+        True,
+        {"labeling__image": "photo"},
+        ["config key labeling.image: pool ", "has no column 'photo' (columns: id, features"],
+    ),
+    (
+        "labeling classes do not match the model",
+        ROUND,
+        False,
+        {"labeling__classes": ["cat", "dog"]},
+        [f"config key labeling.classes names 2 classes, the model has {CLASSES}"],
+    ),
     ("budget zero", ROUND, True, {"selection__budget": 0}, ["selection.budget must be positive, got 0"]),
     ("budget negative", SELECT, False, {"selection__budget": -3}, ["selection.budget must be positive, got -3"]),
     (
@@ -431,6 +454,7 @@ def test_nan_under_fp16_autocast_suggests_bf16(env):
     check itself, on a batch whose row 7 overflowed)."""
     from dist_al.config import PoolConfig
     from dist_al.data.pool import open_pool, plan_shards
+    from dist_al.inputs.pipeline import Decoded
     from dist_al.models.build import ModelError
     from dist_al.runtime.worker import ShardWorker
 
@@ -438,15 +462,15 @@ def test_nan_under_fp16_autocast_suggests_bf16(env):
     worker.pool = open_pool(PoolConfig(uri=str(env["root"] / "pool")))
     worker.shard = plan_shards(worker.pool, 2)[1]
     worker.embedder = types.SimpleNamespace(autocast=torch.float16)
-    worker._next_row = 30
     p, h = torch.full((30, CLASSES), 1 / CLASSES), torch.ones(30, 16)
     h[7, 3] = torch.inf
+    batch = Decoded(rows=np.arange(30, 60), ids=np.arange(1090, 1120), labels=None, x=None, skipped=[])
     with pytest.raises(
         ModelError,
         match=r"NaN/inf classifier inputs for id 1097 \(file \S+part-00001.parquet, "
         r"row group 1, row 7\); with model.autocast=fp16, try bf16 or null",
     ):
-        worker._check_output(p, h, {"ids": np.arange(1090, 1120), "features": np.zeros((30, DIM))})
+        worker._check_output(p, h, batch)
 
 
 # --------------------------------------------------------------------------- labels

@@ -98,6 +98,16 @@ def test_distributed_quick_gather_row(capsys):
     assert "same rows: True" in row[1] and row[4] in ("yes", "NO")
 
 
+def test_image_row_measures_the_pass_against_decoding_and_the_forward(tmp_path):
+    from dist_al.bench.distributed import _make_image_pool, bench_images
+
+    _make_image_pool(str(tmp_path / "pool"), 24, str(tmp_path / "files"))
+    rows = bench_images(str(tmp_path / "pool"), torch.device("cpu"), [1, 2], repeats=1)
+    assert [r["name"].split(", ")[-2] for r in rows] == ["1 decode thread(s)", "2 decode thread(s)"]
+    assert rows[0]["name"].startswith("image embedding pass / slower of decoding alone and forward alone (N=24 JPEGs")
+    assert all(r["ratio"] > 0 and "decoding alone" in r["figure"] and r["goal"] == ">= 0.8" for r in rows)
+
+
 def test_unknown_benchmark(capsys):
     assert bench_cli.main(["nope"]) == 2
     assert "unknown benchmark" in capsys.readouterr().err

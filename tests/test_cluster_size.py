@@ -20,7 +20,7 @@ from raycluster import multi_node_cluster
 
 from dist_al.campaign.train import train
 from dist_al.config import validate
-from dist_al.data.pool import write_pool
+from dist_al.data.writer import write_pool
 from dist_al.runtime import cluster as capacity
 from dist_al.runtime.cluster import ClusterTooSmall, WorkerGroup, worker_threads
 from dist_al.runtime.selection import sharded_pool

@@ -75,7 +75,6 @@ ORDINARY = [
         "pool": {
             "uri": "s3://bucket/pool",
             "id_column": "id",
-            "feature_column": "features",
             "label_column": "label",
             "storage_options": {
                 "endpoint_url": "http://127.0.0.1:9000",
@@ -113,6 +112,12 @@ ORDINARY = [
         }
     },
     {"workdir": "sftp://alice@host/work", "eval": {"uri": "s3://bucket/eval?versionId=3"}},
+    {
+        "inputs": {
+            "reader": "dist_al.inputs:text",
+            "kwargs": {"column": "text", "tokenizer": "s3://bucket/tokenizer.json", "pad_token": "[PAD]"},
+        }
+    },
     {"selection": {"strategy": "badge", "budget": 50, "seed": 0}, "cluster": {"address": "ray://head:10001"}},
 ]
 

@@ -599,6 +599,30 @@ def test_the_configmap_config_is_a_valid_dist_al_config():
     assert cfg.cluster.gpus_per_worker == 1 and cfg.train.use_gpu is True
 
 
+def test_the_round_driver_gets_the_label_studio_key_from_a_secret_and_the_labeling_section_is_valid():
+    """The Ray head, where `dist-al round` runs, reads LABEL_STUDIO_API_KEY from an optional Secret (clusters
+    without Label Studio still start), and the configmap's commented labeling section, uncommented, checks."""
+    from dist_al.config import validate
+
+    heads = [
+        (where, template)
+        for kind in ("RayCluster", "RayJob")
+        for where, doc in manifests(kind)
+        for at, template in pod_templates(doc)
+        if at.endswith("headGroupSpec.template")
+    ]
+    assert len(heads) == 2
+    for where, template in heads:
+        [container] = template["spec"]["containers"]
+        assert {"secretRef": {"name": "dist-al-label-studio", "optional": True}} in container["envFrom"], where
+    [(_, config)] = manifests("ConfigMap")
+    text = config["data"]["config.yaml"]
+    uncommented = re.sub(r"(?m)^# (labeling:|  \w)", r"\1", text)
+    assert uncommented != text
+    cfg = validate(yaml.safe_load(uncommented))
+    assert cfg.labeling.backend == "label-studio" and cfg.labeling.image == "image_uri"
+
+
 def test_cluster_launcher_config_has_a_head_and_gpu_workers_and_installs_dist_al():
     doc = yaml.safe_load((DEPLOY / "cluster" / "aws-gpu.yaml").read_text())
     assert doc["provider"]["type"] == "aws" and doc["provider"]["region"]

@@ -14,8 +14,9 @@ from reference import embed_pool
 
 from dist_al.config import validate
 from dist_al.core import STRATEGIES, select
-from dist_al.data.pool import open_pool, plan_shards, write_pool
+from dist_al.data.pool import open_pool, plan_shards
 from dist_al.data.synthetic import gaussian_mixture
+from dist_al.data.writer import write_pool
 from dist_al.models.build import build_model
 from dist_al.runtime.selection import run_selection, sharded_pool
 
@@ -177,3 +178,67 @@ def test_badge_same_ids_for_1_and_3_workers_with_tiny_norm_rows(cluster, tmp_pat
         finally:
             pool.close()
     assert len(set(picked[0])) == 60 and picked[0] == picked[1]
+
+
+def test_badge_pruned_equals_full_pass_for_1_and_3_workers(cluster, tmp_path):
+    """BADGE's pruning on the workers (a trained MLP's embeddings of noisy digits, the data where it skips most
+    rows): the same ids with and without it, for 1 and 3 workers, and the core's ids on the same (p, h)."""
+    from dist_al.models.embedder import Embedder
+    from dist_al.testing.pools import noisy_digits, trained_digits_mlp
+
+    network = trained_digits_mlp(hidden=32, steps=150)
+    pixels, labels = noisy_digits(1500)
+    uri = str(tmp_path / "digits")
+    write_pool(uri, np.arange(1500), pixels.numpy(), labels.numpy(), rows_per_file=500, rows_per_group=100)
+    model = {"factory": "dist_al.models:mlp", "kwargs": {"in_dim": 64, "n_classes": 10, "hidden": 32}}
+    picked = {}
+    for workers in (1, 3):
+        pool = sharded_pool(_config(uri, "badge", workers, model=model), network)
+        try:
+            for prune in (True, False):
+                result = pool.select("badge", 80, seed=7, options={"prune": prune}, labeled_ids=np.arange(0, 1500, 50))
+                picked[workers, prune] = result.table.column("id").to_pylist()
+        finally:
+            pool.close()
+    probs, feats = Embedder(network)(pixels)
+    labeled = np.isin(np.arange(1500), np.arange(0, 1500, 50))
+    core = select("badge", probs, feats, 80, labeled=labeled, seed=7, prune=False).tolist()
+    assert all(ids == core for ids in picked.values()), picked
+
+
+def test_badge_compiled_graph_and_plain_actor_calls_give_the_same_ids(embedded, monkeypatch):
+    """cluster.compiled_graph: exact BADGE's centres through a Ray compiled graph (checked to have run), or
+    through plain actor calls; the same ids for 1, 2 and 4 workers."""
+    from dist_al.runtime import sharded_pool as runtime
+
+    graphs = []
+    close = runtime.RayShards.close
+    monkeypatch.setattr(runtime.RayShards, "close", lambda self: (graphs.append(self._graph), close(self))[1])
+    picked = {}
+    for workers, pool in embedded.items():
+        for compiled in (True, False):
+            monkeypatch.setattr(pool, "cluster", pool.cluster.model_copy(update={"compiled_graph": compiled}))
+            picked[workers, compiled] = pool.select("badge", 40, seed=3).table.column("id").to_pylist()
+    assert [g is not None for g in graphs] == [True, False] * 3
+    assert len(set(map(tuple, picked.values()))) == 1, picked
+
+
+def test_a_graph_that_cannot_be_compiled_falls_back_to_actor_calls(embedded, monkeypatch, caplog):
+    """A Ray that cannot compile the graph (an older or restricted one): one warning, plain calls, the same ids."""
+    import logging
+
+    from ray.dag import MultiOutputNode
+
+    want = embedded[2].select("badge", 30, seed=5).table.column("id").to_pylist()
+
+    def refuse(self, **kwargs):
+        raise RuntimeError("shared-memory channels are not available here")
+
+    monkeypatch.setattr(MultiOutputNode, "experimental_compile", refuse)
+    caplog.set_level(logging.WARNING, logger="dist_al.runtime.sharded_pool")
+    assert embedded[2].select("badge", 30, seed=5).table.column("id").to_pylist() == want
+    warnings = [r.getMessage() for r in caplog.records if "compiled graph" in r.getMessage()]
+    assert warnings == [
+        "Ray compiled graph unavailable (RuntimeError: shared-memory channels are not available here); "
+        "coordinating with plain actor calls"
+    ]

@@ -30,7 +30,7 @@ INTERNAL = re.compile(
 def make_pool_with(patch: str, *args: str):
     """`dist-al make-pool` in a fresh process, after running `patch` (Python) to plant a bug."""
     code = (
-        f"import sys, dist_al.data.pool, dist_al.data.synthetic\n{patch}\n"
+        f"import sys, dist_al.data.writer, dist_al.data.synthetic\n{patch}\n"
         "from dist_al.cli import main\nsys.exit(main(sys.argv[1:]))"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
@@ -39,11 +39,11 @@ def make_pool_with(patch: str, *args: str):
 
 BUGS = [
     (
-        "def bug(*a, **k):\n    raise ValueError('a bug deep down')\ndist_al.data.pool.write_table_atomic = bug",
+        "def bug(*a, **k):\n    raise ValueError('a bug deep down')\ndist_al.data.writer.write_table_atomic = bug",
         "ValueError",
         "a bug deep down",
-        "dist_al/data/pool.py",
-        "write_pool",
+        "dist_al/data/writer.py",
+        "_write_parts",
     ),
     (
         "def bug(*a, **k):\n    return {}['rows']\ndist_al.data.synthetic.gaussian_mixture = bug",
@@ -73,7 +73,7 @@ def test_a_store_that_stays_down_is_an_error_of_the_environment_not_a_bug(tmp_pa
     patch = (
         "from dist_al.data.storage import StorageUnavailable\n"
         "def down(*a, **k):\n    raise StorageUnavailable('writing s3://b/p failed 3 times in 4.2 s, giving up')\n"
-        "dist_al.data.pool.write_table_atomic = down"
+        "dist_al.data.writer.write_table_atomic = down"
     )
     res = make_pool_with(patch, "make-pool", str(tmp_path / "pool"), "--synthetic", "--rows", "20")
     assert res.returncode == 1

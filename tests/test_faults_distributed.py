@@ -24,8 +24,8 @@ from reference import embed_pool
 
 from dist_al.config import validate
 from dist_al.core import select
-from dist_al.data.pool import write_pool
 from dist_al.data.synthetic import gaussian_mixture
+from dist_al.data.writer import write_pool
 from dist_al.models.build import build_model
 from dist_al.runtime import sharded_pool as pool_runtime
 from dist_al.runtime.selection import sharded_pool
@@ -231,7 +231,7 @@ def test_workers_dying_in_the_embedding_pass_and_the_id_check(hurt_pool, fault_f
 
 def test_worker_dying_in_badge_centre_3(pool, fault_free, trip, caplog):
     before = pool.where[2]
-    trip.write_text("2 add_centre 3")  # the broadcast of centre 3 of 10
+    trip.write_text("2 add_taken 3")  # the broadcast of centre 3 of 10 (relayed from the shard that drew it)
     caplog.set_level(logging.WARNING, logger="dist_al.runtime.sharded_pool")
     assert _select(pool, "badge") == fault_free["badge"]
     assert _died(trip) == [before[1]] and pool.where[2][1] != before[1]
@@ -310,7 +310,7 @@ def test_picked_rows_survive_a_killed_worker(pool, fault_free, caplog):
 
 def test_worker_that_keeps_dying_is_a_clear_error(pool, fault_free, trip, monkeypatch):
     monkeypatch.setattr(pool_runtime, "MAX_RECOVERIES", 1)  # the default 3 costs two more worker starts
-    trip.write_text("1 add_centre 2 always")  # every replacement of shard 1 dies the same way
+    trip.write_text("1 add_taken 1 always")  # every replacement of shard 1 dies the same way
     with pytest.raises(
         WorkerLostError, match=r"'badge': ShardWorkers kept dying \(lost now: shard 1\), gave up after 1 "
     ):

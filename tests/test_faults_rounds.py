@@ -34,9 +34,9 @@ from dist_al.campaign.labels import load_label_records
 from dist_al.campaign.lock import WorkdirLock, WorkdirLocked
 from dist_al.campaign.rounds import advance, ingest
 from dist_al.config import validate
-from dist_al.data.pool import write_pool
 from dist_al.data.storage import write_bytes_atomic
 from dist_al.data.synthetic import gaussian_mixture
+from dist_al.data.writer import write_pool
 from dist_al.models.build import read_weights
 
 pytestmark = [pytest.mark.subprocess]

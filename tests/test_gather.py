@@ -16,8 +16,9 @@ from reference import full_scan_labeled
 
 from dist_al.campaign.train import gather_labeled
 from dist_al.config import validate
-from dist_al.data.pool import write_pool
 from dist_al.data.synthetic import gaussian_mixture
+from dist_al.data.writer import write_pool
+from dist_al.inputs import vectors
 from dist_al.runtime.selection import sharded_pool
 
 pytestmark = [pytest.mark.cluster]
@@ -63,7 +64,7 @@ def test_recorded_rows_name_where_each_pick_lives(pool):
     for row in recorded.to_pylist():
         table = pq.ParquetFile(f"{root}/{row['file']}").read_row_group(row["row_group"])
         assert table.column("id")[row["row"]].as_py() == row["id"]
-        assert np.array_equal(np.float32(table.column("features")[row["row"]].as_py()), row["features"])
+        assert table.column("features")[row["row"]].as_py() == row["inputs"]["features"]  # as stored
 
 
 def _labels(truth: dict, ids: np.ndarray, recorded: pa.Table, extra: int) -> dict:
@@ -76,8 +77,11 @@ def _labels(truth: dict, ids: np.ndarray, recorded: pa.Table, extra: int) -> dic
 
 
 def _same(got, want):
-    for a, b in zip(got, want):
+    """The gathered rows, decoded by the vectors reader, are the full scan's."""
+    decoded = vectors(got.inputs.combine_chunks().to_batches()[0]).numpy()
+    for a, b in zip((got.ids, decoded, got.y), want):
         assert a.dtype == b.dtype and np.array_equal(a, b)
+    assert len(got.where) == len(got.ids) and all(w.startswith("file ") for w in got.where)
 
 
 def test_gather_equals_the_full_scan(pool, caplog):

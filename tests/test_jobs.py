@@ -21,8 +21,8 @@ import yaml
 from rayhead import ray_head
 from test_bad_input import assert_one_line_error
 
-from dist_al.data.pool import write_pool
 from dist_al.data.synthetic import gaussian_mixture
+from dist_al.data.writer import write_pool
 
 SECRET = "AKIA-NOT-A-REAL-SECRET-7f3a9c"  # must never reach the cluster's job records
 MODEL_MODULE = '''"""A user's own model, importable only from the submitted working directory."""

@@ -21,11 +21,13 @@ import pyarrow.parquet as pq
 import pytest
 from s3server import s3_filesystem
 
+from dist_al.campaign import labels as labels_module
 from dist_al.campaign.labels import (
     EXPORT_FILES,
     REASONS,
     IngestReport,
     LabelFileError,
+    LabelRecords,
     append_label_records,
     export_selection,
     label_studio_config,
@@ -471,7 +473,7 @@ def test_records_are_append_only_and_reingest_is_a_noop(store):
     first_bytes = store.get("workdir/labels/" + name)
 
     t = pq.read_table(io.BytesIO(first_bytes))
-    assert t.column_names == ["id", "label", "round", "source", "ingested_at"]
+    assert t.column_names == ["id", "label", "round", "source", "ingested_at", "predicted"]
     assert t.column("id").to_pylist() == [17, 3, 9] and t.column("round").to_pylist() == [0, 0, 0]
     assert t.column("source").to_pylist() == ["labelers"] * 3
     assert load_label_records(store.uri("workdir/labels"), storage_options=store.options) == {17: 2, 3: 1, 9: 2}
@@ -521,3 +523,74 @@ def test_load_records_missing_prefix_temp_files_and_earliest_wins(tmp_path):
         append_label_records(prefix, [(1, "cat")], source="x", round_=0)
     with pytest.raises(ValueError, match="repeat"):
         append_label_records(prefix, [(1, 0), (1, 0)], source="x", round_=0)
+
+
+# ----------------------------------------------------------------------------------- record checkpoints
+
+
+def _naive(store, prefix: str) -> dict:
+    """The labels as every record file says them, earliest first: what a load must equal."""
+    out: dict = {}
+    for name in sorted(
+        n for n in store.all_files() if re.fullmatch(rf"{prefix}/\d{{8}}T\d{{12}}Z-\w{{16}}\.parquet", n)
+    ):
+        t = pq.read_table(io.BytesIO(store.get(name)))
+        for i, lab in zip(t.column("id").to_pylist(), t.column("label").to_pylist()):
+            out.setdefault(i, lab)
+    return out
+
+
+def test_checkpoints_bound_what_a_load_reads_and_keep_every_record(store, monkeypatch):
+    monkeypatch.setattr(labels_module, "CHECKPOINT_EVERY", 4)
+    prefix = store.uri("work/labels")
+    records = LabelRecords(prefix, store.options)
+    assert records.load() == {} and records.objects_read == 1  # the pointer, absent
+    for k in range(11):
+        rows = [(10 * k + j, (k + j) % 3) for j in range(3)] + ([(0, 2)] if k == 5 else [])  # id 0 again, relabeled
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            LabelRecords(prefix, store.options).append(rows, source=f"batch {k}", round_=k)
+            fresh = LabelRecords(prefix, store.options)
+            assert fresh.load() == _naive(store, "work/labels")
+        assert fresh.objects_read <= 4 + 2, (k, fresh.objects_read)
+    files = store.all_files()
+    assert len([f for f in files if re.fullmatch(r"work/labels/\d{8}T.*\.parquet", f)]) == 11  # every record kept
+    assert len([f for f in files if f.startswith("work/labels/_checkpoints/")]) == 2  # the two newest
+    pointer = json.loads(store.get("work/labels/_last_checkpoint.json"))
+    assert pointer["rows"] == 8 * 3 + 1 and pointer["checkpoint"] == f"_checkpoints/{pointer['through']}"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert LabelRecords(prefix, store.options).load()[0] == 0  # the earlier record wins, and it says so
+    assert ["1 label(s) disagree" in str(w.message) for w in caught] == [True]
+
+
+def test_a_checkpoint_whose_pointer_was_never_written_changes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(labels_module, "CHECKPOINT_EVERY", 3)
+    prefix = str(tmp_path / "labels")
+    for k in range(3):
+        append_label_records(prefix, [(k, 1)], source="a", round_=0)
+    pointer = (tmp_path / "labels" / "_last_checkpoint.json").read_bytes()
+    real = labels_module.write_bytes_atomic
+
+    def dies_before_the_pointer(uri, data, *args, **kwargs):
+        if uri.endswith("_last_checkpoint.json"):
+            raise OSError("killed")
+        return real(uri, data, *args, **kwargs)
+
+    monkeypatch.setattr(labels_module, "write_bytes_atomic", dies_before_the_pointer)
+    for k in range(3, 5):
+        append_label_records(prefix, [(k, 1)], source="b", round_=1)
+    with pytest.raises(OSError, match="killed"):
+        append_label_records(prefix, [(5, 1)], source="b", round_=1)  # the checkpoint is written, its pointer not
+    assert (tmp_path / "labels" / "_last_checkpoint.json").read_bytes() == pointer
+    assert load_label_records(prefix) == dict.fromkeys(range(6), 1)
+
+
+def test_a_record_sorts_after_every_record_seen_even_from_a_lagging_clock(tmp_path):
+    prefix = str(tmp_path / "labels")
+    ahead = "21000101T000000000000Z-0123456789abcdef.parquet"  # written by a host whose clock runs ahead
+    (tmp_path / "labels").mkdir()
+    pq.write_table(pa.table({"id": [1], "label": [0]}), tmp_path / "labels" / ahead)
+    uri = append_label_records(prefix, [(2, 1)], source="x", round_=0)
+    assert uri.rsplit("/", 1)[-1] > ahead and uri.rsplit("/", 1)[-1].startswith("21000101T000000000001Z-")
+    assert load_label_records(prefix) == {1: 0, 2: 1}

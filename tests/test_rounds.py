@@ -19,9 +19,9 @@ from dist_al.campaign.rounds import (
 )
 from dist_al.campaign.workdir import WorkdirError, open_workdir
 from dist_al.config import validate
-from dist_al.data.pool import write_pool
 from dist_al.data.storage import filesystem, read_bytes
 from dist_al.data.synthetic import gaussian_mixture
+from dist_al.data.writer import write_pool
 from dist_al.models.build import read_weights
 
 pytestmark = [pytest.mark.cluster]
@@ -161,7 +161,9 @@ def test_production_loop_is_idempotent_and_trains_with_ray_train(campaign, caplo
     assert state2["checkpoint"] == model_uri  # round 2 selected with round 1's model
     assert not set(selected_ids(cfg, 2)) & set(ids)
     table = status_table(cfg)
-    assert "| 1 | TRAINED | badge | 20 | 20 | 20 |" in table and "| 2 | EXPORTED | badge | 20 | 0 |" in table
+    # no Label Studio: nothing pushed, annotated or skipped; 20 accepted, 2 rejected (the unknown id, the conflict)
+    assert "| 1 | TRAINED | badge | 20 |  |  |  | 20 | 2 | 20 |" in table
+    assert "| 2 | EXPORTED | badge | 20 |  |  |  | 0 |  |  |  |" in table
 
 
 def test_workdir_refuses_another_pool_or_model(campaign, tmp_path):

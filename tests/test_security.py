@@ -10,6 +10,7 @@ import io
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -38,7 +39,8 @@ from s3server import (
 from test_bad_input import assert_one_line_error, cli, snapshot
 
 from dist_al.campaign.labels import EXPORT_FILES
-from dist_al.data.pool import write_pool
+from dist_al.campaign.rounds import LABEL_CONFIG
+from dist_al.data.writer import write_pool
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dist_al"
 DIM, CLASSES = 8, 3
@@ -459,6 +461,86 @@ def test_credentials_never_reach_a_file_an_object_or_a_log(credential_run):
     )
 
 
+@pytest.mark.labelstudio
+@pytest.mark.slow
+def test_label_studio_api_keys_never_reach_the_workdir_a_log_or_an_error(label_studio, tmp_path):
+    """The labeling path (select, push, pull, train, status) at DEBUG against a real Label Studio, with
+    LABEL_STUDIO_API_KEY a personal access token, then a legacy token, then a wrong one: no form of any of them,
+    nor any access token Label Studio handed out for them (a JWT), in any output or in any file the commands
+    wrote (the workdir, HOME, the temp dir with Ray's session logs)."""
+    private_tmp = Path(tempfile.mkdtemp(prefix="dal-ls-sec-", dir="/tmp"))
+    personal = label_studio.personal_access_token()
+    wrong = uuid.uuid4().hex + uuid.uuid4().hex[:8]
+    keys = {"personal access token": personal, "legacy token": label_studio.token, "wrong key": wrong}
+    write_pool(
+        str(tmp_path / "pool"), np.arange(40), np.random.default_rng(0).normal(size=(40, DIM)), np.arange(40) % 3
+    )
+    config = {
+        "pool": {"uri": str(tmp_path / "pool")},
+        "model": {"kwargs": MODEL},
+        "selection": {"strategy": "random", "budget": 4},
+        "cluster": {"workers": 1},
+        "train": {"epochs": 1, "backend": "local"},
+        "labeling": {"backend": "label-studio", "url": label_studio.url, "project": "security scan"},
+        "workdir": str(tmp_path / "work"),
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "home").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "LABEL_STUDIO"))}
+    env.update(HOME=str(tmp_path / "home"), TMPDIR=str(private_tmp), RAY_TMPDIR=str(private_tmp))
+    outputs = []
+
+    def run(command: str, key: str, expect: int = 0) -> None:
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dist_al.cli",
+                "--log-level",
+                "DEBUG",
+                command,
+                "--config",
+                str(tmp_path / "config.yaml"),
+            ],
+            capture_output=True,
+            text=True,
+            env={**env, "LABEL_STUDIO_API_KEY": key},
+            timeout=600,
+        )
+        outputs.append(res.stdout + res.stderr)
+        assert res.returncode == expect, res.stderr[-3000:]
+
+    try:
+        run("round", personal)  # select, export, push, pull
+        project = next(p for p in label_studio.api("GET", "/api/projects/")["results"] if p["title"] == "security scan")
+        for task in label_studio.tasks(project["id"]):
+            label_studio.annotate(task["id"], str(task["data"]["id"] % 3))
+        run("round", personal)  # pull, then train
+        run("status", personal)
+        run("round", label_studio.token)  # round 2: select, push, pull with the legacy token
+        run("round", wrong, expect=2)
+        assert "refused the API key in LABEL_STUDIO_API_KEY (401" in outputs[-1]
+        files = _files(tmp_path / "work", tmp_path / "home", private_tmp)
+        assert any("/ray/" in p for p in files) and any(p.endswith("label_studio.json") for p in files)
+        scanned = [*outputs, *files.values()]
+        for name, key in keys.items():
+            forms = _forms(key)
+            leaked = [
+                blob[:200]
+                for blob in scanned
+                for view in _views(blob if isinstance(blob, bytes) else blob.encode())
+                if any(f in view for f in forms)
+            ]
+            assert not leaked, name
+        jwt = re.compile(rb"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.")
+        assert jwt.search(personal.encode())  # the shape every token Label Studio hands out has
+        assert not [b for b in scanned for v in _views(b if isinstance(b, bytes) else b.encode()) if jwt.search(v)]
+        print("OBSERVED", f"{len(outputs)} command outputs and {len(files)} files: no key and no access token")
+    finally:
+        _kill_leftovers(str(private_tmp))
+        shutil.rmtree(private_tmp, ignore_errors=True)
+
+
 def test_the_scan_finds_each_planted_secret_in_each_form():
     for where, secret in SECRETS.items():
         encoded = [
@@ -535,7 +617,7 @@ def test_export_file_names_never_come_from_pool_values(tmp_path):
     res = cli("round", *common, "--no-progress", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     export = work / "rounds" / "0001" / "export"
-    assert sorted(os.listdir(export)) == sorted(EXPORT_FILES)
+    assert sorted(os.listdir(export)) == sorted([*EXPORT_FILES, LABEL_CONFIG])
     exported = pacsv.read_csv(
         export / "selection.csv",
         convert_options=pacsv.ConvertOptions(column_types={"id": pa.string()}, strings_can_be_null=False),
@@ -568,6 +650,6 @@ def test_export_file_names_never_come_from_pool_values(tmp_path):
         "work/rounds/0001/selected_rows.parquet",
         "work/rounds/0001/state.json",
         "work/rounds/0001/export",
-        *(f"work/rounds/0001/export/{name}" for name in EXPORT_FILES),
+        *(f"work/rounds/0001/export/{name}" for name in [*EXPORT_FILES, LABEL_CONFIG]),
     }
     assert not Path("/abs/path").exists() and not (tmp_path / "pwned").exists()

@@ -17,8 +17,9 @@ from dist_al.campaign.train import accuracy, train
 from dist_al.cli import main as cli_main
 from dist_al.config import ModelConfig, PoolConfig, validate
 from dist_al.core import select as core_select
-from dist_al.data.pool import open_pool, plan_shards, write_pool
+from dist_al.data.pool import open_pool, plan_shards
 from dist_al.data.synthetic import gaussian_mixture
+from dist_al.data.writer import write_pool
 from dist_al.experiments.simulate import (
     CURVE_COLUMNS,
     curve_uris,

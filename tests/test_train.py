@@ -19,8 +19,9 @@ import torch
 
 from dist_al.campaign.train import accuracy, gather_labeled, train
 from dist_al.config import ConfigError, ModelConfig, validate
-from dist_al.data.pool import write_pool
 from dist_al.data.synthetic import gaussian_mixture
+from dist_al.data.writer import write_pool
+from dist_al.inputs import vectors
 from dist_al.models.build import ModelError, build_model, read_weights
 
 N_POOL, N_EVAL, K, D = 600, 300, 4, 8
@@ -128,7 +129,8 @@ def test_s3_run_storage_is_cleaned_up(s3_run):
 
 
 def test_gather_labeled_keeps_only_labeled_rows_in_pool_order(data):
-    ids, x, y = gather_labeled(data["cfg"].pool, data["labels"])
+    rows = gather_labeled(data["cfg"].pool, data["labels"])
+    ids, x, y = rows.ids, vectors(rows.inputs.combine_chunks().to_batches()[0]).numpy(), rows.y
     picked = data["picked"]
     np.testing.assert_array_equal(ids, data["ids"][picked])
     np.testing.assert_array_equal(x, data["x"][picked])

@@ -4,9 +4,13 @@ Every figure that is judged against a goal is a RATIO of two times (or a size)
 measured in the same run, because the machines this runs on are shared and
 noisy (DESIGN.md section 8). Rows:
 
-badge-bound    exact BADGE: time per centre of `select("badge")` (total / B)
-               over the time of one read of the resident arrays a (N, K) and
-               h (N, D) (the memory-bandwidth bound of one k-means++ pass).
+badge-bound    exact BADGE: time per centre (total / B) over the time of one
+               read of the resident arrays a (N, K) and h (N, D) (the
+               memory-bandwidth bound of one k-means++ pass): the full pass
+               (prune=False), and the pruned steps on a Gaussian mixture and
+               on a trained MLP's embeddings, with the same picks.
+badge-dots     the ways to compute h @ v against one read of h, with the BLAS
+               libraries torch and numpy run on (the vendor check).
 badge-dense    `select("badge")` against `dense.badge` (the materialised
                N x K*D float64 algorithm), same inputs and sampling protocol.
 bait-step      one BAIT forward step, ours (`bait.run(forward_steps=s)`)
@@ -48,6 +52,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,7 +62,7 @@ from dist_al.bench import options
 
 GIB = float(1 << 30)
 CHILD_TIMEOUT_S = 1800
-ROWS = ("badge-bound", "badge-dense", "bait-step", "bait-e2e", "bait-candidates", "bait-reduced")
+ROWS = ("badge-bound", "badge-dots", "badge-dense", "bait-step", "bait-e2e", "bait-candidates", "bait-reduced")
 
 
 # -- report ------------------------------------------------------------------------------
@@ -350,49 +355,114 @@ def _guard(fn, *args, **kwargs):
 # -- rows --------------------------------------------------------------------------------
 
 
+def _one_pass(cfg: Config, a: torch.Tensor, h: torch.Tensor) -> tuple[str, float, dict]:
+    """(reader, seconds, all readers' seconds): the fastest of a few one-pass readers of the arrays one
+    k-means++ step reads, a (N, K) and h (N, D): the memory-bandwidth bound of a full pass."""
+    v = torch.randn(h.shape[1], dtype=h.dtype, device=h.device)
+    w = torch.randn(a.shape[1], dtype=a.dtype, device=a.device)
+    readers = {"sum": lambda: a.sum() + h.sum(), "gemv": lambda: (h @ v).add_(a @ w)}
+    reads = {name: clock(fn, cfg.device, repeats=5, warmup=1)[0] for name, fn in readers.items()}
+    reader = min(reads, key=lambda name: reads[name])
+    return reader, reads[reader], reads
+
+
+def _kmeanspp(probs, feats, budget: int, seed: int, prune: bool) -> tuple[np.ndarray, int]:
+    """select("badge") as the core runs it, also answering how many rows' h the steps read."""
+    from dist_al.core.badge import BadgeShard, kmeanspp
+    from dist_al.core.shards import LocalShards
+
+    with torch.inference_mode():
+        shard = BadgeShard(probs, feats, torch.zeros(len(probs), dtype=torch.bool, device=probs.device))
+        picks = kmeanspp(LocalShards([shard]), budget, seed, prune=prune)
+    return np.array([i for _, i in picks]), shard.rows_read
+
+
 def bench_badge_bound(cfg: Config) -> list[Row]:
-    from dist_al.core import select
+    """The full pass per centre against one read of (a, h) (<= 2.0), and the pruned steps (<= 0.5), on a Gaussian
+    mixture and on a trained MLP's embeddings; pruned and full picks must be the same."""
+    from dist_al.testing.pools import digits_embeddings
+
+    n, k, d = cfg.n(1_000_000), 10, 128
+    rows = _badge_pool_rows(cfg, "Gaussian mixture", *make_pool(n, k, d, seed=cfg.seed, device=cfg.device))
+    probs, feats = digits_embeddings(n, hidden=d, seed=cfg.seed)
+    return rows + _badge_pool_rows(cfg, "trained MLP on digits", probs.to(cfg.device), feats.to(cfg.device))
+
+
+def _badge_pool_rows(cfg: Config, name: str, probs: torch.Tensor, feats: torch.Tensor) -> list[Row]:
     from dist_al.core.badge import gradient_factors
 
-    n, k, d, b = cfg.n(1_000_000), 10, 128, cfg.b(200, 20)
-    setting = f"N={n:,} K={k} D={d} B={b} float32 {cfg.device.type}"
-    probs, feats = make_pool(n, k, d, seed=cfg.seed, device=cfg.device)
-
-    # The bound: the fastest of a few one-pass readers of the arrays one k-means++ step reads.
-    a, h = gradient_factors(probs.clone()), feats
-    v = torch.randn(d, dtype=h.dtype, device=h.device)
-    w = torch.randn(k, dtype=a.dtype, device=a.device)
-    readers = {"sum": lambda: a.sum() + h.sum(), "gemv": lambda: (h @ v).add_(a @ w)}
-    nbytes = a.numel() * a.element_size() + h.numel() * h.element_size()
-
-    def read_bound():
-        return {name: clock(fn, cfg.device, repeats=5, warmup=1)[0] for name, fn in readers.items()}
-
-    reads = read_bound()
-    t1, _ = clock(lambda: select("badge", probs, feats, 1, seed=cfg.seed), cfg.device, repeats=cfg.repeats, warmup=1)
-    tb, _ = clock(
-        lambda: select("badge", probs, feats, b, seed=cfg.seed), cfg.device, repeats=1 if not cfg.quick else 2
+    (n, k), d, b = probs.shape, feats.shape[1], cfg.b(1000, 50)
+    setting = f"N={n:,} K={k} D={d} B={b} float32 {cfg.device.type}, {name}"
+    a = gradient_factors(probs.clone())
+    reader, before, reads = _one_pass(cfg, a, feats)
+    t_full, (full, _) = clock(lambda: _kmeanspp(probs, feats, b, cfg.seed, False), cfg.device)
+    t_pruned, (pruned, read) = clock(lambda: _kmeanspp(probs, feats, b, cfg.seed, True), cfg.device)
+    # the bound again after the selections, so a noisy neighbour during one of them does not decide the ratio
+    reader, after, reads_after = _one_pass(cfg, a, feats)
+    bound = min(before, after)
+    reads = {r: min(t, reads_after[r]) for r, t in reads.items()}
+    nbytes = n * (k + d) * feats.element_size()
+    one_pass = (
+        f"one pass ({reader}) {_fmt_time(bound)} = {nbytes / bound / 1e9:.1f} GB/s "
+        f"[{', '.join(f'{r} {_fmt_time(t)}' for r, t in reads.items())}]"
     )
-    # the bound again after the selection, so a noisy neighbour during one of the two does not decide the ratio
-    reads = {name: min(t, t_after) for (name, t), t_after in zip(reads.items(), read_bound().values())}
-    reader = min(reads, key=lambda name: reads[name])
-    bound = reads[reader]
-    per_centre = tb / b
-    loop = (tb - t1) / (b - 1) if b > 1 else float("nan")
-    ratio = per_centre / bound
-    measured = (
-        f"select: {_fmt_time(tb)} = {_fmt_time(per_centre)}/centre (budget-1 call {_fmt_time(t1)}; "
-        f"loop only {_fmt_time(loop)}/centre); one pass ({reader}) {_fmt_time(bound)} = "
-        f"{nbytes / bound / 1e9:.1f} GB/s [{', '.join(f'{k_} {_fmt_time(t)}' for k_, t in reads.items())}]"
+    rows = []
+    if name == "Gaussian mixture":
+        rows.append(
+            Row(
+                "BADGE time per centre / one-pass bound",
+                setting + ", full pass (prune=False)",
+                f"{_fmt_time(t_full)} = {_fmt_time(t_full / b)}/centre; {one_pass}",
+                f"{t_full / b / bound:.2f}",
+                "<= 2.0",
+                _yes(t_full / b / bound <= 2.0),
+            )
+        )
+    same = np.array_equal(full, pruned)
+    ratio = t_pruned / b / bound
+    rows.append(
+        Row(
+            f"BADGE pruned per centre / one-pass bound ({name})",
+            setting,
+            f"pruned {_fmt_time(t_pruned)} = {_fmt_time(t_pruned / b)}/centre, full pass {_fmt_time(t_full / b)}"
+            f"/centre ({t_full / t_pruned:.1f}x); h rows read per centre: {read / max(1, b - 1) / n:.1%} of the "
+            f"pool; {one_pass}; picks {'the same' if same else 'DIFFERENT'}",
+            f"{ratio:.2f}",
+            "<= 0.5, same picks",
+            _yes(ratio <= 0.5 and same),
+        )
     )
+    return rows
+
+
+def bench_badge_dots(cfg: Config) -> list[Row]:
+    """Every way of computing h @ v we know of, against one read of h: which one is at the bound depends on the
+    BLAS and the CPU (on AMD EPYC, MKL's GEMV ran at 4x the bound, OpenBLAS's at it)."""
+    from dist_al.core.kernels import row_dots
+
+    n, d = cfg.n(1_000_000), 128
+    h = torch.randn(n, d, device=cfg.device)
+    v = torch.randn(d, device=cfg.device)
+    out = torch.empty(n, device=cfg.device)
+    kernels: dict[str, Callable[[], object]] = {
+        "dist_al row_dots": lambda: row_dots(h, v, out=out),
+        "torch.mv": lambda: torch.mv(h, v, out=out),
+        "F.linear": lambda: torch.nn.functional.linear(h, v[None]),
+    }
+    if cfg.device.type == "cpu":
+        kernels["numpy matmul"] = lambda: np.matmul(h.numpy(), v.numpy(), out=out.numpy())
+        kernels["np.einsum"] = lambda: np.einsum("ij,j->i", h.numpy(), v.numpy(), out=out.numpy())
+    times = {"read": clock(lambda: h.sum(), cfg.device, repeats=cfg.repeats + 2, warmup=1)[0]}
+    times.update({name: clock(fn, cfg.device, repeats=cfg.repeats + 2, warmup=1)[0] for name, fn in kernels.items()})
+    read = times.pop("read")
     return [
         Row(
-            "BADGE time per centre / one-pass bound",
-            setting,
-            measured,
-            f"{ratio:.2f} (loop only {loop / bound:.2f})",
-            "<= 2.0",
-            _yes(ratio <= 2.0),
+            "BADGE dot kernels / one read of h",
+            f"N={n:,} D={d} float32 {cfg.device.type}; BLAS: {blas_facts()}",
+            f"one read (sum) {_fmt_time(read)}; " + ", ".join(f"{k_} {_fmt_time(t)}" for k_, t in times.items()),
+            ", ".join(f"{k_} {t / read:.2f}" for k_, t in times.items()),
+            "row_dots <= 1.3",
+            _yes(times["dist_al row_dots"] / read <= 1.3),
         )
     ]
 
@@ -638,6 +708,7 @@ def bench_bait_reduced(cfg: Config) -> list[Row]:
 
 BENCHES = {
     "badge-bound": bench_badge_bound,
+    "badge-dots": bench_badge_dots,
     "badge-dense": bench_badge_dense,
     "bait-step": bench_bait_step,
     "bait-e2e": bench_bait_e2e,
@@ -649,19 +720,43 @@ BENCHES = {
 # -- entry point -------------------------------------------------------------------------
 
 
+def cpu_facts() -> str:
+    """The CPU's model name and vendor."""
+    from dist_al.core.kernels import cpu_info
+
+    return f"{cpu_info('model name')} ({cpu_info('vendor_id')})"
+
+
+def blas_facts() -> str:
+    """The BLAS libraries torch and numpy run on, with their threads (threadpoolctl sees the libraries numpy loaded;
+    torch links its MKL statically, so its version comes from torch's build configuration), and which one BADGE's
+    dot products use here (dist_al.core.kernels)."""
+    import re
+
+    from threadpoolctl import threadpool_info
+
+    from dist_al.core.kernels import dot_kernel
+
+    build = torch.__config__.show()
+    mkl = re.search(r"Math Kernel Library Version (\S+)", build)
+    torch_blas = f"MKL {mkl.group(1)}" if mkl else (re.search(r"BLAS_INFO=(\w+)", build) or [None, "none"])[1]
+    parts = [f"torch: {torch_blas}"]
+    for lib in threadpool_info():
+        if lib["user_api"] == "blas":  # numpy's, and scipy's where it is loaded: named by the wheel that ships it
+            owner = os.path.basename(os.path.dirname(lib["filepath"])).removesuffix(".libs")
+            arch = f" {lib['architecture']}" if lib.get("architecture") else ""
+            parts.append(f"{owner}: {lib['internal_api']} {lib['version']}{arch}, {lib['num_threads']} threads")
+    return "; ".join(parts) + f"; BADGE's dot products: {dot_kernel()}'s"
+
+
 def machine_facts(device: torch.device) -> list[str]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     facts = [
         f"python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}",
-        f"cpu: {cpu}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}",
+        f"cpu: {cpu_facts()}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}",
+        f"blas: {blas_facts()}",
     ]
     if hasattr(os, "getloadavg"):
-        facts[-1] += ", load average {:.2f} {:.2f} {:.2f} (other work on the machine skews absolute times)".format(
+        facts[1] += ", load average {:.2f} {:.2f} {:.2f} (other work on the machine skews absolute times)".format(
             *os.getloadavg()
         )
     if device.type == "cuda":

@@ -12,9 +12,12 @@ Label Studio reads ``data`` as the task's variables (``$id``, ``$rank``,
 ``$ref`` in a labeling config, see :func:`label_studio_config`) and keeps
 ``meta`` as opaque per-task metadata.  ``data_ref`` / ``ref`` says where a
 labeler finds the row: ``"{pool_uri}#{id_column}={id}"`` unless the caller
-passes its own mapping (e.g. an image URL per id).  File names are fixed; no
-pool value ever becomes part of a path.  Every file is written atomically, and
-``selection.parquet`` last, so its presence means the export is complete.
+passes its own mapping (e.g. an image URL per id).  ``task_data`` adds what
+annotators see (``image``, ``text``, ``context``, ``features``: see
+``dist_al.campaign.tasks``) and ``predictions`` the model's proposal.  File names
+are fixed; no pool value ever becomes part of a path.  Every file is written
+atomically, and ``selection.parquet`` last, so its presence means the export is
+complete.
 
 In: :func:`read_labels` reads ``(id, label)`` rows from Parquet or CSV (columns
 ``id`` and ``label``; extra columns ignored) or from a Label Studio JSON export
@@ -52,13 +55,16 @@ bucket, checked in this order, so the counts add up to the number of rows:
    same label.  Re-ingesting a file therefore changes nothing.
 8. accepted: everything else, in file order.
 
-Label records (:func:`append_label_records`, :func:`load_label_records`): each
-ingest that accepts anything writes ONE new immutable Parquet file under the
-records prefix, named ``<UTC timestamp>-<content hash>.parquet`` (never from
-ids), with columns ``id, label, round, source, ingested_at``.  Files are never
-rewritten or deleted; the current labels are all files read in name (= time)
-order.  Should two files ever disagree about an id (two ingests racing on one
-workdir), the earlier record wins and a warning names the later file.
+Label records (:class:`LabelRecords`; :func:`append_label_records`,
+:func:`load_label_records`): each ingest that accepts anything writes ONE new
+immutable Parquet file under the records prefix, named ``<UTC timestamp>-<content
+hash>.parquet`` (never from ids), with columns ``id, label, round, source,
+ingested_at, predicted`` (``predicted``: the class the model proposed to the
+annotator, null when none was).  Files are never rewritten or deleted; the current
+labels are all records in name (= time) order, read through the latest checkpoint
+(see :class:`LabelRecords`) so that a read stays bounded however many there are.
+Should two records ever disagree about an id (two ingests racing on one workdir),
+the earlier record wins and a warning names the later file.
 """
 
 from __future__ import annotations
@@ -68,21 +74,26 @@ import io
 import json
 import math
 import numbers
+import os
 import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from typing import Any
 from xml.sax.saxutils import quoteattr
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from dist_al.core.errors import UserError
 from dist_al.data.storage import (
     exists,
     filesystem,
+    remove_tree,
     retrying,
     write_bytes_atomic,
     write_table_atomic,
@@ -119,6 +130,13 @@ REASONS: dict[str, tuple[bool, str, str]] = {
 }
 MAX_EXAMPLES = 5
 _ID_ONLY = ("unknown_id", "duplicate", "already_labeled")  # examples shown as the id alone
+RECORD_COLUMNS = ("id", "label", "round", "source", "ingested_at", "predicted")
+_RECORD_NAME = re.compile(r"^\d{8}T\d{12}Z-[0-9a-f]{16}\.parquet$")
+_STAMP = "%Y%m%dT%H%M%S%f"
+CHECKPOINTS = "_checkpoints"
+LAST_CHECKPOINT = "_last_checkpoint.json"
+CHECKPOINT_EVERY = 50  # records after the last checkpoint that make an append write the next one
+KEEP_CHECKPOINTS = 2
 _INT_RE = re.compile(r"\s*[+-]?\d+\s*")
 _FRACTION_RE = re.compile(r"\.(\d+)")
 
@@ -138,12 +156,17 @@ def export_selection(
     pool_uri: str,
     id_column: str,
     storage_options: dict | None = None,
+    task_data: list[dict] | None = None,
+    predictions: list[list[dict]] | None = None,
+    meta: dict | None = None,
 ) -> dict[str, str]:
     """Write the selection for labelers; return {file name: URI} for the three files.
 
     ``selection`` needs an ``id`` column; ``rank`` defaults to 1..n, ``strategy``
     and ``score`` to null.  ``data_reference`` maps every selected id to where a
     labeler finds the row; without it the reference is ``"{pool_uri}#{id_column}={id}"``.
+    ``task_data`` (one dict per selected row, in order) adds what annotators see to each task's ``data``
+    (``dist_al.campaign.tasks``), ``predictions`` the model's proposal per task, ``meta`` keys to every task's meta.
     """
     if not isinstance(selection, pa.Table):
         raise TypeError(f"selection must be a pyarrow.Table, got {type(selection).__name__}")
@@ -180,13 +203,19 @@ def export_selection(
         }
     )
 
-    tasks = [
+    shown = task_data if task_data is not None else [{}] * n
+    if len(shown) != n or (predictions is not None and len(predictions) != n):
+        raise ValueError(f"task_data and predictions need one entry per selected row ({n})")
+    tasks: list[dict[str, Any]] = [
         {
-            "data": {"id": i, "rank": r, "ref": ref},
-            "meta": {"strategy": s, "score": sc, "pool_uri": pool_uri, "id_column": id_column},
+            "data": {**extra, "id": i, "rank": r, "ref": ref},
+            "meta": {"strategy": s, "score": sc, "pool_uri": pool_uri, "id_column": id_column, **(meta or {})},
         }
-        for i, r, ref, s, sc in zip(ids, ranks, refs, strategies, scores)
+        for i, r, ref, s, sc, extra in zip(ids, ranks, refs, strategies, scores, shown)
     ]
+    for task, proposed in zip(tasks, predictions or []):
+        if proposed:
+            task["predictions"] = proposed
     tasks_bytes = json.dumps(tasks, indent=1, allow_nan=False).encode("utf-8")
 
     csv_buf = io.BytesIO()
@@ -200,27 +229,48 @@ def export_selection(
     return uris
 
 
-def label_studio_config(class_names: Iterable[str], *, from_name: str = "label") -> str:
+def label_studio_config(
+    class_names: Iterable[str],
+    *,
+    from_name: str = "label",
+    image: bool = False,
+    text: bool = False,
+    context: bool = False,
+    features: bool = False,
+) -> str:
     """A Label Studio labeling config for single-class labeling of exported tasks.
 
-    Shows the row's reference (``$ref``) and id, and one ``Choices`` control named
-    ``from_name`` whose choice values are the class names, in class-index order
-    (pass the same ``class_names`` to :func:`read_labels`).
+    Shows the row's id, then what the tasks carry: the image (``$image``), the text (``$text``), the context
+    columns and the feature vector as tables (``$context``, ``$features``); with neither an image nor a text,
+    the row's reference (``$ref``). One ``Choices`` control named ``from_name`` holds the class names in
+    class-index order (pass the same ``class_names`` to :func:`read_labels`).
     """
     names = [str(c) for c in class_names]
     if not names:
         raise ValueError("class_names is empty")
     if len(set(names)) != len(names):
         raise ValueError("class_names has repeated names")
+    shown = ['  <Header value="$id"/>']
+    if image:
+        shown.append('  <Image name="image" value="$image" zoom="true"/>')
+    if text:
+        shown.append('  <Text name="text" value="$text"/>')
+    if not (image or text):
+        shown.append('  <Text name="ref" value="$ref"/>')
+    if context:
+        shown.append('  <Table name="context" value="$context"/>')
+    if features:
+        shown.append('  <Table name="features" value="$features"/>')
+    to_name = "image" if image else "text" if text else "ref"
     choices = "\n".join(f"    <Choice value={quoteattr(c)}/>" for c in names)
     return (
         "<View>\n"
-        '  <Header value="$id"/>\n'
-        '  <Text name="ref" value="$ref"/>\n'
-        f'  <Choices name={quoteattr(from_name)} toName="ref" choice="single" showInline="true">\n'
-        f"{choices}\n"
-        "  </Choices>\n"
-        "</View>\n"
+        + "\n".join(shown)
+        + "\n"
+        + f'  <Choices name={quoteattr(from_name)} toName="{to_name}" choice="single" showInline="true">\n'
+        + f"{choices}\n"
+        + "  </Choices>\n"
+        + "</View>\n"
     )
 
 
@@ -331,20 +381,29 @@ def _label_studio_rows(uri: str, data: bytes, from_name: str | None) -> list[tup
         annotations = task.get("annotations")
         if annotations is None:
             raise LabelFileError(f"{where} has no 'annotations' list; expected Label Studio's JSON export format")
-        best, best_key = None, None
-        for pos, ann in enumerate(annotations):
-            if not isinstance(ann, dict) or ann.get("was_cancelled"):
-                continue
-            choices = _choices_of(where, ann, from_name)
-            if choices is None:
-                continue
-            key = (_timestamp(ann.get("updated_at")), _timestamp(ann.get("created_at")), pos)
-            if best_key is None or key > best_key:
-                best, best_key = choices, key
-        if best is None:
-            continue  # not labeled (yet): no submitted annotation with a choice
-        rows.append((task["data"]["id"], best[0] if len(best) == 1 else list(best)))
+        label = latest_label(annotations, where=where, from_name=from_name)
+        if label is not None:  # else not labeled (yet): no submitted annotation with a choice
+            rows.append((task["data"]["id"], label))
     return rows
+
+
+def latest_label(annotations: list, *, where: str, from_name: str | None = None):
+    """The label of a Label Studio task's latest (by ``updated_at``, then ``created_at``, then position)
+    non-cancelled annotation with a choice: the choice, or the list of choices when it holds several (which
+    the ingest policy rejects); None when there is none."""
+    best, best_key = None, None
+    for pos, ann in enumerate(annotations):
+        if not isinstance(ann, dict) or ann.get("was_cancelled"):
+            continue
+        choices = _choices_of(where, ann, from_name)
+        if choices is None:
+            continue
+        key = (_timestamp(ann.get("updated_at")), _timestamp(ann.get("created_at")), pos)
+        if best_key is None or key > best_key:
+            best, best_key = choices, key
+    if best is None:
+        return None
+    return best[0] if len(best) == 1 else list(best)
 
 
 def _choices_of(where: str, ann: dict, from_name: str | None) -> list | None:
@@ -571,22 +630,7 @@ def _label_key(lab):
 # --------------------------------------------------------------------------------------- records
 
 
-def append_label_records(
-    records_prefix: str,
-    accepted: list[tuple],
-    *,
-    source: str,
-    round_: int,
-    storage_options: dict | None = None,
-) -> str | None:
-    """Write one new immutable record file for ``accepted`` (id, label) rows; return its URI.
-
-    Nothing accepted -> nothing written, None.  The name is a UTC timestamp plus a
-    hash of the content, so name order is ingest order and no id reaches a path.
-    """
-    accepted = [(_py_int(i), _py_int(lab)) for i, lab in accepted]
-    if not accepted:
-        return None
+def _record_table(accepted: list[tuple], *, round_: int, source: str, predicted: Mapping | None, now) -> pa.Table:
     ids = [i for i, _ in accepted]
     labels = [lab for _, lab in accepted]
     if any(isinstance(v, bool) or not isinstance(v, int) for v in labels):
@@ -599,63 +643,218 @@ def append_label_records(
         raise ValueError("record ids must be all ints or all strings")
     if len(set(ids)) != len(ids):
         raise ValueError("record ids repeat (validate_labels first)")
-    now = datetime.now(timezone.utc)
-    table = pa.table(
+    return pa.table(
         {
             "id": id_arr,
             "label": pa.array(labels, pa.int64()),
             "round": pa.array([int(round_)] * len(ids), pa.int64()),
             "source": pa.array([str(source)] * len(ids), pa.string()),
             "ingested_at": pa.array([now] * len(ids), pa.timestamp("us", tz="UTC")),
+            "predicted": pa.array([(predicted or {}).get(i) for i in ids], pa.int64()),
         }
     )
-    digest = hashlib.sha256(
-        json.dumps([int(round_), str(source), [[i, lab] for i, lab in accepted]], sort_keys=True).encode()
-    ).hexdigest()[:16]
-    uri = _join(records_prefix, f"{now.strftime('%Y%m%dT%H%M%S%fZ')}-{digest}.parquet")
-    if exists(uri, storage_options):  # same content in the same microsecond: never overwrite a record
-        raise FileExistsError(f"label record {uri} already exists")
-    return write_table_atomic(uri, table, storage_options)
+
+
+def _record_columns(table: pa.Table) -> pa.Table:
+    """A record's columns in RECORD_COLUMNS order; records written before ``predicted`` existed get nulls."""
+    if "predicted" not in table.column_names:
+        table = table.append_column("predicted", pa.nulls(table.num_rows, pa.int64()))
+    return table.select(list(RECORD_COLUMNS))
+
+
+class LabelRecords:
+    """The label records under one prefix: one immutable file per ingest, read through the latest checkpoint.
+
+    Records are named ``<UTC timestamp>-<content hash>.parquet`` and never rewritten or deleted: they are the
+    audit trail. Reading them all would cost a GET per ingest ever made, so every ``CHECKPOINT_EVERY`` records
+    an append (under the workdir lock, as every append is) also writes a checkpoint, as table formats do:
+    ``_checkpoints/<last record covered>.parquet`` holds every row of every record up to that one (with a
+    ``record`` column naming its file), and ``_last_checkpoint.json`` points at it. A load then reads the
+    pointer, the checkpoint and the records named after it (on S3 one LIST that starts after that name), so
+    the objects read per load stay below ``CHECKPOINT_EVERY + 2`` however long the campaign. Checkpoints are
+    derived and replaceable: a crash between a checkpoint and its pointer leaves the older pair in force, and
+    only the ``KEEP_CHECKPOINTS`` newest are kept. A new record's name always sorts after every record seen,
+    so a host whose clock lags cannot slip a record behind a checkpoint.
+    """
+
+    def __init__(self, prefix: str, storage_options: dict | None = None):
+        self.prefix = prefix.rstrip("/")
+        self.storage_options = storage_options or {}
+        self.fs, self.root = filesystem(self.prefix, self.storage_options)
+        self.root = self.root.rstrip("/")
+        self.objects_read = 0  # by the last load: the pointer, the checkpoint and the records after it
+        self._checkpoint: pa.Table | None = None
+        self._through = ""  # the last record the checkpoint covers
+        self._tail: list[tuple[str, pa.Table]] = []  # the records after it, in name order
+        self._loaded = False
+
+    # -- reading ------------------------------------------------------------------------
+
+    def load(self) -> dict:
+        """All recorded labels, {id: label}; where two records disagree about an id, the earlier one wins
+        (and a warning names the later record)."""
+        self.objects_read = 0
+        self._checkpoint, self._through = None, ""
+        pointer = self._read(LAST_CHECKPOINT)
+        if pointer is not None:
+            last = json.loads(pointer)
+            self._checkpoint = pq.read_table(io.BytesIO(self._read_required(last["checkpoint"])))
+            self._through = last["through"]
+        self._tail = [
+            (name, _record_columns(self._parquet(name, self._read_required(name))))
+            for name in self._names_after(self._through)
+        ]
+        self._loaded = True
+        return self.labels()
+
+    def labels(self) -> dict:
+        """The labels as last loaded, with what this instance appended since (no I/O)."""
+        parts = [self._checkpoint.select(["id", "label", "record"])] if self._checkpoint is not None else []
+        parts += [t.select(["id", "label"]).append_column("record", pa.array([n] * t.num_rows)) for n, t in self._tail]
+        if not parts or not sum(p.num_rows for p in parts):
+            return {}
+        rows = pa.concat_tables(parts, promote_options="permissive")
+        ids = rows.column("id").to_numpy()
+        labels = rows.column("label").to_numpy()
+        _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+        disagree = np.flatnonzero(labels != labels[first[inverse.reshape(-1)]])
+        if disagree.size:
+            records = rows.column("record").to_numpy(zero_copy_only=False)
+            for name, count in zip(*np.unique(records[disagree], return_counts=True)):
+                warnings.warn(
+                    f"label record {_join(self.prefix, name)}: {count} label(s) disagree with earlier records; "
+                    "earlier kept",
+                    stacklevel=3,
+                )
+        first.sort()
+        return dict(zip(ids[first].tolist(), labels[first].tolist()))
+
+    def _read(self, name: str) -> bytes | None:
+        self.objects_read += 1
+        try:
+            return retrying(f"reading {_join(self.prefix, name)}", self.fs.cat_file, f"{self.root}/{name}")
+        except FileNotFoundError:
+            return None
+
+    def _read_required(self, name: str) -> bytes:
+        data = self._read(name)
+        if data is None:
+            raise LabelFileError(f"label records {self.prefix}: {name} is missing")
+        return data
+
+    def _parquet(self, name: str, data: bytes) -> pa.Table:
+        table = pq.read_table(io.BytesIO(data))
+        missing = [c for c in ("id", "label") if c not in table.column_names]
+        if missing:
+            raise LabelFileError(
+                f"label record {_join(self.prefix, name)}: missing column(s) {', '.join(missing)}; "
+                f"found: {', '.join(table.column_names)}"
+            )
+        for column, kind in (("round", pa.int64()), ("source", pa.string())):
+            if column not in table.column_names:
+                table = table.append_column(column, pa.nulls(table.num_rows, kind))
+        if "ingested_at" not in table.column_names:
+            table = table.append_column("ingested_at", pa.nulls(table.num_rows, pa.timestamp("us", tz="UTC")))
+        return table
+
+    def _names_after(self, after: str) -> list[str]:
+        """Names of the record files that sort after ``after``, in order (one LIST from there on S3)."""
+        if isinstance(self.fs, LocalFileSystem):
+            try:
+                names = os.listdir(self.root)
+            except FileNotFoundError:
+                return []
+        elif hasattr(self.fs, "call_s3"):  # s3fs: LIST from `after` on, not from the first record ever written
+            bucket, _, key = self.root.partition("/")
+            names, token = [], None
+            while True:
+                kwargs = {"Bucket": bucket, "Prefix": key + "/", "Delimiter": "/", "StartAfter": f"{key}/{after}"}
+                if token:
+                    kwargs["ContinuationToken"] = token
+                page = retrying(f"listing {self.prefix}", self.fs.call_s3, "list_objects_v2", **kwargs)
+                names += [o["Key"].rsplit("/", 1)[-1] for o in page.get("Contents", [])]
+                token = page.get("NextContinuationToken")
+                if not token:
+                    break
+        else:
+            self.fs.invalidate_cache(self.root)
+            try:
+                entries = retrying(f"listing {self.prefix}", self.fs.ls, self.root, detail=False)
+            except FileNotFoundError:
+                return []
+            names = [e.rstrip("/").rsplit("/", 1)[-1] for e in entries]
+        return sorted(n for n in names if _RECORD_NAME.match(n) and n > after)
+
+    # -- writing ------------------------------------------------------------------------
+
+    def append(
+        self, accepted: list[tuple], *, source: str, round_: int, predicted: Mapping | None = None
+    ) -> str | None:
+        """Writes one new immutable record of the ``accepted`` (id, label) rows; returns its URI (None when
+        nothing was accepted). ``predicted`` maps ids to the class the model proposed to the annotator."""
+        accepted = [(_py_int(i), _py_int(lab)) for i, lab in accepted]
+        if not accepted:
+            return None
+        if not self._loaded:
+            self.load()
+        now = datetime.now(timezone.utc)
+        table = _record_table(accepted, round_=round_, source=source, predicted=predicted, now=now)
+        last = self._tail[-1][0] if self._tail else self._through
+        stamp = now
+        if last and stamp.strftime(_STAMP) + "Z" <= last[:22]:  # this clock lags the one that wrote `last`
+            stamp = datetime.strptime(last[:21], _STAMP).replace(tzinfo=timezone.utc) + timedelta(microseconds=1)
+        digest = hashlib.sha256(
+            json.dumps([int(round_), str(source), [[i, lab] for i, lab in accepted]], sort_keys=True).encode()
+        ).hexdigest()[:16]
+        name = f"{stamp.strftime(_STAMP)}Z-{digest}.parquet"
+        uri = _join(self.prefix, name)
+        if exists(uri, self.storage_options):  # same content in the same microsecond: never overwrite a record
+            raise FileExistsError(f"label record {uri} already exists")
+        write_table_atomic(uri, table, self.storage_options)
+        self._tail.append((name, table))
+        if len(self._tail) >= CHECKPOINT_EVERY:
+            self._write_checkpoint()
+        return uri
+
+    def _write_checkpoint(self) -> None:
+        through = self._tail[-1][0]
+        parts = [self._checkpoint] if self._checkpoint is not None else []
+        parts += [t.append_column("record", pa.array([n] * t.num_rows, pa.string())) for n, t in self._tail]
+        table = pa.concat_tables(parts, promote_options="permissive")
+        name = f"{CHECKPOINTS}/{through}"
+        write_table_atomic(_join(self.prefix, name), table, self.storage_options)
+        crash_point("labels.after_checkpoint")
+        pointer = {"checkpoint": name, "through": through, "rows": table.num_rows}
+        write_bytes_atomic(_join(self.prefix, LAST_CHECKPOINT), json.dumps(pointer).encode(), self.storage_options)
+        self._checkpoint, self._through, self._tail = table, through, []
+        folder = f"{self.root}/{CHECKPOINTS}"
+        older = sorted(p.rsplit("/", 1)[-1] for p in retrying(f"listing {folder}", self.fs.ls, folder, detail=False))
+        for old in [n for n in older if _RECORD_NAME.match(n)][:-KEEP_CHECKPOINTS]:
+            remove_tree(_join(self.prefix, f"{CHECKPOINTS}/{old}"), self.storage_options)
+
+
+def append_label_records(
+    records_prefix: str,
+    accepted: list[tuple],
+    *,
+    source: str,
+    round_: int,
+    storage_options: dict | None = None,
+    predicted: Mapping | None = None,
+) -> str | None:
+    """Writes one new immutable record file for ``accepted`` (id, label) rows; returns its URI.
+
+    Nothing accepted -> nothing written, None.  The name is a UTC timestamp plus a
+    hash of the content, so name order is ingest order and no id reaches a path.
+    """
+    return LabelRecords(records_prefix, storage_options).append(
+        accepted, source=source, round_=round_, predicted=predicted
+    )
 
 
 def load_label_records(records_prefix: str, storage_options: dict | None = None) -> dict:
-    """All recorded labels, {id: label}, from every record file in name order (earliest wins)."""
-    fs, root = filesystem(records_prefix, storage_options)
-    fs.invalidate_cache(root)  # s3fs caches listings; a record written by another process must show
-    try:
-        entries = retrying(f"listing {records_prefix}", fs.ls, root, detail=True)
-    except FileNotFoundError:
-        return {}
-    names = sorted(
-        e["name"]
-        for e in entries
-        if e.get("type") == "file"
-        and e["name"].rsplit("/", 1)[-1].endswith(".parquet")
-        and not e["name"].rsplit("/", 1)[-1].startswith(".")  # in-flight temp files
-    )
-    out: dict = {}
-    for name in names:
-        display = _join(records_prefix, name.rsplit("/", 1)[-1])
-        pf = pq.ParquetFile(io.BytesIO(retrying(f"reading {display}", fs.cat_file, name)))
-        missing = [c for c in ("id", "label") if c not in pf.schema_arrow.names]
-        if missing:
-            raise LabelFileError(
-                f"label record {display}: missing column(s) {', '.join(missing)}; "
-                f"found: {', '.join(pf.schema_arrow.names)}"
-            )
-        t = pf.read(columns=["id", "label"])
-        clashes = 0
-        for i, lab in zip(t.column("id").to_pylist(), t.column("label").to_pylist()):
-            if i in out:
-                clashes += out[i] != lab
-                continue
-            out[i] = lab
-        if clashes:
-            warnings.warn(
-                f"label record {display}: {clashes} label(s) disagree with earlier records; earlier kept",
-                stacklevel=2,
-            )
-    return out
+    """All recorded labels, {id: label}, earliest record first (see :class:`LabelRecords`)."""
+    return LabelRecords(records_prefix, storage_options).load()
 
 
 def _join(prefix: str, name: str) -> str:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
+import math
 import os
 import time
 
@@ -18,31 +20,78 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dist_al.campaign.labels import (
+    LABEL_STUDIO_TASKS,
+    IngestReport,
     LabelFileError,
-    append_label_records,
+    LabelRecords,
     export_selection,
-    load_label_records,
+    label_studio_config,
     read_labels,
     validate_labels,
+)
+from dist_al.campaign.labelstudio import LabelStudio, LabelStudioError, pull_round, push_round
+from dist_al.campaign.tasks import (
+    Linker,
+    check_columns,
+    linked,
+    predict,
+    prediction,
+    row_places,
+    shown_rows,
+    to_name,
 )
 from dist_al.campaign.workdir import Workdir, open_workdir
 from dist_al.config import Config
 from dist_al.data.pool import find_ids, open_pool
-from dist_al.data.storage import read_bytes, remove_tree, write_table_atomic
+from dist_al.data.storage import read_bytes, remove_tree, write_bytes_atomic, write_table_atomic
 from dist_al.faults import crash_point
+from dist_al.inputs.contract import Reader, open_inputs
+from dist_al.inputs.pipeline import skipped_note
 from dist_al.models.build import build_model, classifier_layer, read_weights
 from dist_al.runtime.cluster import cluster_session
 from dist_al.runtime.selection import preflight, sharded_pool
 
 log = logging.getLogger(__name__)
 
-# Each round's selected rows, with where they live in the pool and their features (pool.rows_table): the
-# ShardWorkers read them right after selecting, so training reads them here rather than scanning the pool.
+# Each round's selected rows, with where they live in the pool and their input columns as stored (pool.rows_table:
+# vectors, image bytes or URIs, texts): the ShardWorkers read them right after selecting, so training reads them
+# here rather than scanning the pool.
 SELECTED_ROWS = "selected_rows.parquet"
+# The rows a round's selection left out because the reader could not read them (inputs.on_error: skip): id, reason.
+SKIPPED_ROWS = "skipped_rows.parquet"
+# Each round's labeling counts: what the last pull from Label Studio saw, and what file ingests rejected.
+LABELING = "labeling.json"
+LABEL_CONFIG = "label_studio_config.xml"
+
+
+def _records(wd: Workdir) -> LabelRecords:
+    return LabelRecords(wd.path("labels"), wd.storage_options)
 
 
 def _labels(cfg: Config, wd: Workdir) -> dict:
-    return load_label_records(wd.path("labels"), wd.storage_options)
+    return _records(wd).load()
+
+
+def _n_classes(cfg: Config) -> int:
+    model = build_model(cfg.model, storage_options=cfg.pool.storage_options)
+    return classifier_layer(model, cfg.model.classifier).out_features
+
+
+def _round_ids(wd: Workdir, n: int) -> list:
+    return _read_selection(wd, n, columns=["id"]).column("id").to_pylist()
+
+
+def _counts(wd: Workdir, n: int) -> dict:
+    uri = wd.round_path(n, LABELING)
+    return wd.read_json(uri) if wd.exists(uri) else {}
+
+
+def _update_counts(wd: Workdir, n: int, **counts) -> None:
+    """Rewrites the round's counts only when they change, so a tick that saw nothing new writes nothing."""
+    before = _counts(wd, n)
+    after = {**before, **counts}
+    if after != before:
+        wd.write_json(wd.round_path(n, LABELING), after)
 
 
 def latest_checkpoint(wd: Workdir) -> str | None:
@@ -58,10 +107,14 @@ def _read_selection(wd: Workdir, n: int, name: str = "selection.parquet", column
 
 
 def _recorded_rows(wd: Workdir) -> pa.Table | None:
-    """Every round's selected rows with their places and features (rounds from before they were recorded
-    have none: their labeled rows are found in the pool)."""
+    """Every round's selected rows with their places and input columns (rounds from before they were recorded,
+    or recorded without today's input columns, have none: their labeled rows are found in the pool)."""
     tables = [_read_selection(wd, n, SELECTED_ROWS) for n in wd.rounds() if wd.exists(wd.round_path(n, SELECTED_ROWS))]
-    return pa.concat_tables(tables, promote_options="permissive") if tables else None
+    tables = [t for t in tables if "inputs" in t.column_names]  # earlier versions recorded a features column
+    try:
+        return pa.concat_tables(tables, promote_options="permissive") if tables else None
+    except pa.ArrowInvalid:  # rounds recorded with different readers: the latest one's rows, the rest by id
+        return tables[-1]
 
 
 def _current(wd: Workdir) -> tuple[int, str | None]:
@@ -95,6 +148,9 @@ def select_step(cfg: Config, wd: Workdir, progress: bool = False) -> str:
         finally:
             pool.close()
     wd.create()
+    if result.skipped:
+        skipped = pa.table({"id": [s.id for s in result.skipped], "reason": [s.line for s in result.skipped]})
+        write_table_atomic(wd.round_path(n, SKIPPED_ROWS), skipped, wd.storage_options)
     write_table_atomic(wd.round_path(n, SELECTED_ROWS), rows, wd.storage_options)
     write_table_atomic(wd.round_path(n, "selection.parquet"), result.table, wd.storage_options)
     crash_point("select.after_write")
@@ -105,28 +161,108 @@ def select_step(cfg: Config, wd: Workdir, progress: bool = False) -> str:
         budget=result.table.num_rows,
         checkpoint=round_cfg.model.checkpoint,
         selected_at=time.time(),
+        skipped=len(result.skipped),
     )
-    return f"round {n}: selected {result.table.num_rows} rows with {sel.strategy}"
+    note = skipped_note(result.skipped, wd.round_path(n, SKIPPED_ROWS))
+    return f"round {n}: selected {result.table.num_rows} rows with {sel.strategy}{note}"
 
 
 def export_step(cfg: Config, wd: Workdir) -> str:
     n, state = _current(wd)
     if state != "SELECTED":
         return f"round {n}: nothing to export ({(state or 'no round').lower()})"
+    lab = cfg.labeling
+    client = LabelStudio.from_config(lab) if lab.backend == "label-studio" else None
+    class_names = lab.class_names(_n_classes(cfg))
+    selection = _read_selection(wd, n)
+    ids = selection.column("id").to_pylist()
+    pool, reader = open_inputs(cfg.pool, cfg.inputs)
+    recorded = _read_selection(wd, n, SELECTED_ROWS) if wd.exists(wd.round_path(n, SELECTED_ROWS)) else None
+    shown = shown_rows(
+        lab,
+        pool,
+        reader,
+        ids,
+        row_places(pool, ids, recorded),
+        recorded=recorded,
+        media_prefix=wd.round_path(n, "export", "media"),
+        storage_options=wd.storage_options,
+    )
     files = export_selection(
-        _read_selection(wd, n),
+        selection,
         wd.round_path(n, "export"),
         pool_uri=cfg.pool.uri,
         id_column=cfg.pool.id_column,
         storage_options=wd.storage_options,
+        task_data=shown.data,
+        predictions=_predictions(cfg, wd, n, reader, shown.inputs, class_names),
+        meta={"round": n},
     )
-    wd.set_state(n, "EXPORTED", exported_at=time.time())
-    return f"round {n}: exported {len(files)} files to {wd.round_path(n, 'export')}"
+    config_xml = _label_config(cfg, class_names)
+    write_bytes_atomic(wd.round_path(n, "export", LABEL_CONFIG), config_xml.encode(), wd.storage_options)
+    line = f"round {n}: exported {len(files) + 1} files to {wd.round_path(n, 'export')}"
+    if client is not None:
+        record, made = _push(cfg, wd, n, client, ids, class_names)
+        line += f"; {made} tasks pushed to Label Studio project {record['project']} ({record['title']!r})"
+    wd.set_state(n, "EXPORTED", exported_at=time.time(), classes=class_names)
+    return line
 
 
-def label_progress(cfg: Config, wd: Workdir, n: int) -> tuple[int, int]:
-    ids = _read_selection(wd, n).column("id").to_pylist()
-    labels = _labels(cfg, wd)
+def _label_config(cfg: Config, class_names: list[str]) -> str:
+    lab = cfg.labeling
+    return label_studio_config(
+        class_names,
+        image=lab.image is not None,
+        text=lab.text is not None,
+        context=bool(lab.context),
+        features=lab.features == "table",
+    )
+
+
+def _predictions(
+    cfg: Config, wd: Workdir, n: int, reader: Reader, inputs: pa.Table | None, class_names: list[str]
+) -> list[list[dict]] | None:
+    """The class the round's model predicts for each selected row, as Label Studio predictions (labeling.predictions;
+    none before a model was trained or given, since an untrained model's guess would only mislead)."""
+    if not cfg.labeling.predictions or inputs is None:
+        return None
+    checkpoint = (wd.state(n) or {}).get("checkpoint")
+    if checkpoint is None:
+        log.info("round %d: no trained model yet, so no predictions are sent with the tasks", n)
+        return None
+    classes, scores = predict(cfg, checkpoint, reader, inputs)
+    version = f"dist-al round {n}"
+    target = to_name(cfg.labeling)
+    return [[prediction(class_names[c], p, to_name=target, model_version=version)] for c, p in zip(classes, scores)]
+
+
+def _push(cfg: Config, wd: Workdir, n: int, client: LabelStudio, ids: list, class_names: list[str]):
+    """Pushes the round's tasks that Label Studio does not have yet: those of the exported tasks file, their
+    images linked so that Label Studio can show them."""
+
+    def make_tasks(todo: list) -> tuple[list[dict], set[str]]:
+        tasks = json.loads(read_bytes(wd.round_path(n, "export", LABEL_STUDIO_TASKS), wd.storage_options))
+        wanted = set(todo)
+        tasks = [t for t in tasks if t["data"]["id"] in wanted]
+        linker = Linker(cfg.labeling, wd.storage_options)
+        data = linked([t["data"] for t in tasks], [t["data"]["id"] for t in tasks], linker)
+        return [{**t, "data": d} for t, d in zip(tasks, data)], linker.local_dirs
+
+    return push_round(
+        client,
+        cfg.labeling,
+        wd,
+        n,
+        ids,
+        make_tasks,
+        label_config=_label_config(cfg, class_names),
+        class_names=class_names,
+    )
+
+
+def label_progress(cfg: Config, wd: Workdir, n: int, labels: dict | None = None) -> tuple[int, int]:
+    ids = _round_ids(wd, n)
+    labels = _labels(cfg, wd) if labels is None else labels
     return sum(i in labels for i in ids), len(ids)
 
 
@@ -134,11 +270,63 @@ def labeled_step(cfg: Config, wd: Workdir) -> str:
     n, state = _current(wd)
     if state != "EXPORTED":
         return f"round {n}: not waiting for labels ({(state or 'no round').lower()})"
-    got, want = label_progress(cfg, wd, n)
-    if got < want:
-        return f"round {n}: waiting for labels, {got}/{want} received"
+    records = _records(wd)
+    labels = records.load()
+    pulled = ""
+    if cfg.labeling.backend == "label-studio":
+        pulled = "; " + _pull(cfg, wd, n, records, labels)
+        labels = records.labels()
+    got, want = label_progress(cfg, wd, n, labels)
+    lab = cfg.labeling
+    waited = time.time() - (wd.state(n) or {}).get("exported_at", time.time())
+    if got < want and not (got >= math.ceil(lab.min_fraction * want) and waited >= lab.max_wait_s):
+        return f"round {n}: waiting for labels, {got}/{want} received{pulled}"
     wd.set_state(n, "LABELED", labeled_at=time.time())
-    return f"round {n}: all {want} labels received"
+    if got < want:
+        return (
+            f"round {n}: {got}/{want} labels received, labeling.min_fraction {lab.min_fraction:g} reached and "
+            f"labeling.max_wait_s {lab.max_wait_s:g} passed: the round is labeled{pulled}"
+        )
+    return f"round {n}: all {want} labels received{pulled}"
+
+
+def _pull(cfg: Config, wd: Workdir, n: int, records: LabelRecords, labels: dict) -> str:
+    """Pulls the round's annotations from Label Studio and ingests them (after pushing what is missing); answers
+    what it saw. Writes nothing unless everything was read."""
+    lab = cfg.labeling
+    client = LabelStudio.from_config(lab)
+    class_names = (wd.state(n) or {}).get("classes") or lab.class_names(_n_classes(cfg))  # as exported
+    ids = _round_ids(wd, n)
+    record, _ = _push(cfg, wd, n, client, ids, class_names)
+    pulled = pull_round(client, record, class_names)
+    gone = [(tid, i) for tid, i in pulled.deleted if i not in labels]
+    if gone:
+        raise LabelStudioError(
+            f"round {n}: {len(gone)} of its {pulled.pushed} Label Studio tasks are gone from project "
+            f"{record['project']} (e.g. task {gone[0][0]} for id {gone[0][1]!r}); dist-al never makes a task twice "
+            "by itself: restore them in Label Studio or label those ids by file (dist-al ingest), and the next "
+            "tick carries on"
+        )
+    report = validate_labels(pulled.rows, known_ids=set(ids), n_classes=len(class_names), existing=labels)
+    records.append(
+        report.accepted, source=f"label-studio project {record['project']}", round_=n, predicted=pulled.predicted
+    )
+    kept = sum(pulled.predicted.get(i) == label for i, label in report.accepted)
+    _update_counts(
+        wd, n, pushed=pulled.pushed, annotated=pulled.annotated, skipped=pulled.skipped, rejected=report.n_rejected
+    )
+    line = (
+        f"Label Studio: {pulled.annotated}/{pulled.pushed} annotated, {pulled.skipped} skipped; "
+        + _accepted(report)
+        + (f" ({kept} as predicted)" if pulled.predicted and report.accepted else "")
+    )
+    rejected = [part for part in report.summary().split("; ")[1:] if part.startswith("rejected: ")]
+    return line + (f"; {rejected[0]}" if rejected else "")
+
+
+def _accepted(report: IngestReport) -> str:
+    n = len(report.accepted)
+    return f"{n} new label{'' if n == 1 else 's'} accepted"
 
 
 def check_training_inputs(cfg: Config) -> None:
@@ -148,7 +336,7 @@ def check_training_inputs(cfg: Config) -> None:
 
     build_model(cfg.model.model_copy(update={"checkpoint": None}), seed=cfg.train_seed)
     if cfg.eval.uri is not None:
-        open_eval_set(cfg.pool, cfg.eval.uri)
+        open_eval_set(cfg.pool, cfg.eval.uri, cfg.inputs)
 
 
 def train_step(cfg: Config, wd: Workdir) -> str:
@@ -203,7 +391,11 @@ def advance(cfg: Config, progress: bool = False) -> str:
     check_training_inputs(cfg)
     wd = open_workdir(cfg, create=False)
     n, state = _current(wd)
-    if state in (None, "TRAINED"):
+    if state in (None, "TRAINED"):  # before minutes of selection, what would keep it from reaching annotators
+        check_columns(cfg.labeling, open_pool(cfg.pool))
+        cfg.labeling.class_names(_n_classes(cfg))
+        if cfg.labeling.backend == "label-studio":
+            LabelStudio.from_config(cfg.labeling).check()
         log.info(select_step(cfg, wd, progress))
     if _current(wd)[1] == "SELECTED":
         log.info(export_step(cfg, wd))
@@ -228,10 +420,10 @@ def ingest(cfg: Config, uri: str, class_names: list[str] | None = None) -> str:
     pool = open_pool(cfg.pool)
     id_field = pool.schema.field(cfg.pool.id_column)
     id_type = "int" if pa.types.is_integer(id_field.type) else "str"
+    if class_names is None:
+        class_names = cfg.labeling.classes
     rows = read_labels(uri, storage_options=cfg.pool.storage_options, id_type=id_type, class_names=class_names)
-    n_classes = classifier_layer(
-        build_model(cfg.model, storage_options=cfg.pool.storage_options), cfg.model.classifier
-    ).out_features
+    n_classes = _n_classes(cfg)
 
     def known(ids):
         """Ids dist-al selected from this pool are in it; the others are looked for in its id column."""
@@ -256,35 +448,43 @@ def ingest(cfg: Config, uri: str, class_names: list[str] | None = None) -> str:
             found.update(find_ids(pool, rest)[0].tolist())
         return [i in found for i in ids]
 
-    report = validate_labels(rows, known_ids=known, n_classes=n_classes, existing=_labels(cfg, wd))
+    records = _records(wd)
+    report = validate_labels(rows, known_ids=known, n_classes=n_classes, existing=records.load())
     if report.n_rejected and not report.accepted:
         raise LabelFileError(f"labels file {uri}: no label accepted; {report.summary().split('; ', 1)[1]}")
     if report.accepted:
         wd.create()
     n, _ = _current(wd)
-    append_label_records(
-        wd.path("labels"), report.accepted, source=os.path.basename(uri), round_=n, storage_options=wd.storage_options
-    )
+    records.append(report.accepted, source=os.path.basename(uri), round_=n)
+    if n and report.n_rejected:
+        _update_counts(wd, n, rejected_in_files=_counts(wd, n).get("rejected_in_files", 0) + report.n_rejected)
     return report.summary()
 
 
 def status_table(cfg: Config) -> str:
+    """Per round: its state, how many rows were selected, pushed to Label Studio, annotated there, skipped,
+    accepted as labels and rejected, and what training made of them."""
     wd = open_workdir(cfg, create=False)
     labels = _labels(cfg, wd)
     lines = [
         f"workdir {wd.uri}: {len(labels)} labels recorded",
         "",
-        "| round | state | strategy | selected | labels received | train rows | eval accuracy |",
-        "|---:|---|---|---:|---:|---:|---:|",
+        "| round | state | strategy | selected | pushed | annotated | skipped | accepted | rejected | train rows "
+        "| eval accuracy |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n in wd.rounds():
         state = wd.state(n) or {"state": "INCOMPLETE"}
-        got, want = label_progress(cfg, wd, n) if wd.exists(wd.round_path(n, "selection.parquet")) else (0, 0)
+        selected = wd.exists(wd.round_path(n, "selection.parquet"))
+        got, want = label_progress(cfg, wd, n, labels) if selected else (0, 0)
+        counts = _counts(wd, n)
+        rejected = counts.get("rejected", 0) + counts.get("rejected_in_files", 0) if counts else ""
         metrics_uri = wd.round_path(n, "metrics.json")
         m = wd.read_json(metrics_uri) if wd.exists(metrics_uri) else {}
         acc = "" if m.get("accuracy") is None else f"{m['accuracy']:.3f}"
         lines.append(
-            f"| {n} | {state['state']} | {state.get('strategy', '')} | {want} | {got} | "
+            f"| {n} | {state['state']} | {state.get('strategy', '')} | {want} | {counts.get('pushed', '')} | "
+            f"{counts.get('annotated', '')} | {counts.get('skipped', '')} | {got} | {rejected} | "
             f"{m.get('train_rows', '')} | {acc} |"
         )
     return "\n".join(lines)

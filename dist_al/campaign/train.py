@@ -10,7 +10,8 @@ in two runs on this busy 2-core machine).  So the rows are read once, where the
 pool is already spread over workers: right after a round's selection each
 ShardWorker reads the row groups of its own picks (up to one read of its
 shard's features, all workers at once), and the round records those rows (id,
-file, row group, row, features) next to its selection (``rounds.SELECTED_ROWS``).
+file, row group, row, and the reader's input columns as the pool stores them:
+vectors, image bytes or URIs, texts) next to its selection (``rounds.SELECTED_ROWS``).
 ``gather_labeled`` takes a labeled id's row from there (0.008-0.009 of a full
 pass for 5,000 rows) and finds the others (labels ingested for ids dist-al
 never selected, rounds from before rows were recorded, and every row in
@@ -18,10 +19,16 @@ never selected, rounds from before rows were recorded, and every row in
 alone, logged at INFO with their count, then reads only the row groups that
 hold them: no slower than the full scan it replaces.
 
-The driver puts that small matrix in the Ray object store, and every Ray Train
-worker trains the same seeded model on its rank's share of it (a
-``DistributedSampler`` split: equal-sized shards, so every worker takes the
-same number of steps).  Not a ``ray.data`` dataset passed to the trainer:
+The driver puts those rows (an Arrow table of the input columns, and the
+labels) in the Ray object store, and every Ray Train worker trains the same
+seeded model on its rank's share of it (a ``DistributedSampler`` split:
+equal-sized shards, so every worker takes the same number of steps), decoding
+each minibatch through the ``inputs`` reader on its own CPUs, the next ones in
+threads while the model trains on the current one (``dist_al.inputs.pipeline``):
+the model trains on exactly the input it selects with.  A labeled row the
+reader cannot read fails training with one line naming it, whatever
+``inputs.on_error`` says: selection never picks a skipped row, so such a row
+has a label from elsewhere and needs fixing.  Not a ``ray.data`` dataset passed to the trainer:
 every rank needs all rows in pool order (the sampler reshuffles the split each
 epoch, which keeps the result bit-identical to the ``local`` backend), and for
 5,000 rows x 128 floats the driver's read plus ``ray.put`` took 0.03 s here
@@ -39,6 +46,7 @@ Ray must already be initialised by the caller for the ``ray`` backend (``dist_al
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
@@ -54,19 +62,19 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from dist_al.config import Config, PoolConfig
+from dist_al.config import Config, InputsConfig, PoolConfig
 from dist_al.core.errors import UserError
 from dist_al.data.pool import (
     Pool,
     PoolError,
     find_ids,
-    open_pool,
     plan_shards,
     read_rows,
-    read_shard,
     recorded_rows,
 )
 from dist_al.data.storage import filesystem, write_bytes_atomic
+from dist_al.inputs.contract import Reader, ReaderOutput, open_inputs
+from dist_al.inputs.pipeline import decoded_batches, ordered_map, read_batch
 from dist_al.models.build import build_model, classifier_layer, read_weights
 
 log = logging.getLogger(__name__)
@@ -112,21 +120,33 @@ def _check_labels(labels: Mapping, n_classes: int) -> None:
             )
 
 
-def gather_labeled(
-    pool_cfg: PoolConfig, labels: Mapping, recorded: pa.Table | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids, features (n, D) float32, labels (n,) int64) of the labeled rows, in pool order.
+@dataclass
+class LabeledRows:
+    """The labeled rows, in pool order: ids, their input columns as the pool stores them, labels, and where
+    each lives (``where[i]``: "file F, row group G, row R", for messages)."""
 
-    ``recorded``: rows recorded at selection (``pool.rows_table``: id, place, features); a labeled id
-    found there is not read from the pool. The other labeled ids are found with one pass over the
+    ids: np.ndarray
+    inputs: pa.Table
+    y: np.ndarray
+    where: list[str]
+    source: str  # "labeled rows of pool URI"
+
+
+def gather_labeled(
+    pool_cfg: PoolConfig, labels: Mapping, recorded: pa.Table | None = None, *, inputs: InputsConfig = InputsConfig()
+) -> LabeledRows:
+    """The labeled rows (ids, input columns, labels (n,) int64), in pool order.
+
+    ``recorded``: rows recorded at selection (``pool.rows_table``: id, place, input columns); a labeled
+    id found there is not read from the pool. The other labeled ids are found with one pass over the
     pool's id column, and only the row groups holding them are read. Raises UserError when a labeled
     id is not in the pool (count and examples) or appears in it more than once.
     """
     if not labels:
         raise UserError("no labeled rows: the labels mapping is empty, nothing to train on")
     keys = _label_keys(labels)
-    pool = open_pool(pool_cfg)
-    ids, places, feats = recorded_rows(pool, recorded, keys)
+    pool, reader = open_inputs(pool_cfg, inputs)
+    ids, places, rows = recorded_rows(pool, recorded, keys, reader.columns)
     rest = keys[~np.isin(keys, ids)]
     if len(rest):
         log.info(
@@ -139,11 +159,13 @@ def gather_labeled(
         _check_found(pool, keys, rest, found)
         ids = np.concatenate([ids, found])
         places = np.concatenate([places, found_places])
-        feats = np.concatenate([feats, read_rows(pool, found_places)])
+        more = read_rows(pool, found_places, reader.columns)
+        rows = pa.concat_tables([rows, more], promote_options="permissive") if rows.num_rows else more
     order = np.lexsort((places[:, 2], places[:, 1], places[:, 0]))  # pool order
-    ids, feats = ids[order], feats[order]
+    ids, places, rows = ids[order], places[order], rows.take(pa.array(order))
     y = np.fromiter((int(labels[k]) for k in ids.tolist()), dtype=np.int64, count=len(ids))
-    return ids, feats, y
+    where = [f"file {pool.file_uri(int(f))}, row group {g}, row {r}" for f, g, r in places.tolist()]
+    return LabeledRows(ids, rows, y, where, f"labeled rows of pool {pool_cfg.uri}")
 
 
 def _check_found(pool, keys: np.ndarray, wanted: np.ndarray, found: np.ndarray) -> None:
@@ -178,9 +200,34 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
+def _to(x: ReaderOutput, device: torch.device) -> ReaderOutput:
+    if isinstance(x, dict):
+        return {k: v.to(device, non_blocking=True) for k, v in x.items()}
+    return x.to(device, non_blocking=True)
+
+
+def _call(model: nn.Module, x: ReaderOutput) -> torch.Tensor:
+    return model(**x) if isinstance(x, dict) else model(x)
+
+
+def minibatches(reader: Reader, data: LabeledRows, index: torch.Tensor, batch_size: int, threads: int):
+    """(reader output, labels) of each minibatch of ``index`` (rows of ``data``), decoded in ``threads`` threads
+    ahead of the caller (``ordered_map``); a row the reader cannot read raises, naming it."""
+    reader = dataclasses.replace(reader, on_error="raise")  # a labeled row must be readable (module docstring)
+    y = torch.as_tensor(data.y)
+
+    def decode(rows: np.ndarray):
+        batch = data.inputs.take(pa.array(rows)).combine_chunks().to_batches()[0]
+        x, _, _ = read_batch(reader, batch, data.ids[rows], lambda i: data.where[int(rows[i])], data.source)
+        return x, y[rows]
+
+    chunks = [index[start : start + batch_size].numpy() for start in range(0, len(index), batch_size)]
+    return ordered_map(decode, chunks, threads, "train-decode")
+
+
 def fit_loop(
     config: dict,
-    data: dict,
+    data: LabeledRows,
     weights: dict | None,
     *,
     rank: int = 0,
@@ -190,9 +237,9 @@ def fit_loop(
 ) -> tuple[dict, dict]:
     """The training loop both backends run: same seeded model, this rank's share of the rows, Adam + CE.
 
-    ``data`` holds ``x`` (n, D) float32 and ``y`` (n,) int64; ``weights`` an
-    optional starting state_dict.  ``prepare`` wraps the model for the
-    backend (Ray Train's ``prepare_model``: device placement, DDP when
+    ``data``: the labeled rows, decoded minibatch by minibatch with
+    ``config["reader"]`` (``minibatches``); ``weights`` an optional starting
+    state_dict.  ``prepare`` wraps the model for the backend (Ray Train's ``prepare_model``: device placement, DDP when
     world > 1); None moves it to ``device``.  With ``world == 1`` this is plain
     single-process training (the ``local`` backend).  Returns (the trained
     state_dict on CPU, metrics).
@@ -205,12 +252,10 @@ def fit_loop(
     model = prepare(model) if prepare is not None else model.to(device)
     device = torch.device(device)
 
-    x = torch.tensor(data["x"])  # copies: arrays from the object store are read-only
-    y = torch.tensor(data["y"])
-    n = len(y)
+    n = len(data.y)
     # DistributedSampler pads to a multiple of world size, so every rank takes the same number of steps.
     sampler: DistributedSampler[int] = DistributedSampler(
-        TensorDataset(y), num_replicas=world, rank=rank, shuffle=True, seed=config["seed"]
+        TensorDataset(torch.empty(n)), num_replicas=world, rank=rank, shuffle=True, seed=config["seed"]
     )
     optimiser = torch.optim.Adam(model.parameters(), lr=config["lr"])
     loss_fn = nn.CrossEntropyLoss()
@@ -221,14 +266,12 @@ def fit_loop(
         sampler.set_epoch(epoch)
         index = torch.tensor(list(iter(sampler)), dtype=torch.long)
         total = torch.zeros(2, dtype=torch.float64)  # loss sum, rows
-        for start in range(0, len(index), batch_size):
-            rows = index[start : start + batch_size]
-            xb, yb = x[rows].to(device, non_blocking=True), y[rows].to(device, non_blocking=True)
+        for xb, yb in minibatches(config["reader"], data, index, batch_size, config["decode_threads"]):
             optimiser.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), yb)
+            loss = loss_fn(_call(model, _to(xb, device)), yb.to(device, non_blocking=True))
             loss.backward()
             optimiser.step()
-            total += torch.tensor([loss.item() * len(rows), len(rows)], dtype=torch.float64)
+            total += torch.tensor([loss.item() * len(yb), len(yb)], dtype=torch.float64)
         if world > 1:
             import torch.distributed as dist
 
@@ -277,7 +320,7 @@ def _train_loop(config: dict) -> None:
         ray.train.report(metrics, checkpoint=None)  # every rank must call report the same number of times
 
 
-def _train_local(config: dict, data: dict, weights: dict | None, use_gpu: bool) -> tuple[dict, dict]:
+def _train_local(config: dict, data: LabeledRows, weights: dict | None, use_gpu: bool) -> tuple[dict, dict]:
     """The ``local`` backend: ``fit_loop`` in this process as the only worker, leaving the caller's
     torch RNG and thread count as they were."""
     device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
@@ -342,28 +385,45 @@ def eval_pool(pool_cfg: PoolConfig, eval_uri: str) -> PoolConfig:
     return pool_cfg.model_copy(update={"uri": eval_uri, "label_column": pool_cfg.label_column or "label"})
 
 
-def open_eval_set(pool_cfg: PoolConfig, eval_uri: str) -> Pool:
-    """The eval set with its footers read and checked (columns, types, rows), so that a bad ``eval.uri`` fails
-    when a command starts, not after training; the error names the key."""
+def open_eval_set(pool_cfg: PoolConfig, eval_uri: str, inputs: InputsConfig = InputsConfig()) -> tuple[Pool, Reader]:
+    """The eval set with its footers read and checked (columns, types, rows) and its reader, so that a bad
+    ``eval.uri`` fails when a command starts, not after training; the error names the key."""
     try:
-        return open_pool(eval_pool(pool_cfg, eval_uri))
+        return open_inputs(eval_pool(pool_cfg, eval_uri), inputs)
     except PoolError as err:
         raise PoolError(f"eval.uri: {err}") from None
 
 
 @torch.inference_mode()
-def accuracy(pool_cfg: PoolConfig, model: nn.Module, eval_uri: str, *, batch_rows: int = _EVAL_BATCH_ROWS) -> float:
-    """Accuracy of ``model`` on a Parquet dataset with the pool's column names (``eval_pool``), batch by batch."""
-    pool = open_eval_set(pool_cfg, eval_uri)
+def accuracy(
+    pool_cfg: PoolConfig,
+    model: nn.Module,
+    eval_uri: str,
+    *,
+    inputs: InputsConfig = InputsConfig(),
+    batch_rows: int = _EVAL_BATCH_ROWS,
+) -> float:
+    """Accuracy of ``model`` on a Parquet dataset with the pool's column names (``eval_pool``), batch by batch
+    through the ``inputs`` reader (decoded in threads ahead of the model). Rows the reader skips
+    (``inputs.on_error: skip``) are left out and logged."""
+    pool, reader = open_eval_set(pool_cfg, eval_uri, inputs)
     model = model.eval()
     device = next(model.parameters()).device
-    correct = total = 0
+    threads = inputs.threads or min(4, os.cpu_count() or 1)
+    correct = total = skipped = 0
     for shard in plan_shards(pool, 1):
-        for batch in read_shard(pool, shard, columns=("features", "label"), batch_rows=batch_rows):
-            feats = torch.tensor(batch["features"], device=device)  # a copy: Arrow buffers are read-only
-            pred = model(feats).argmax(1).cpu().numpy()
-            correct += int((pred == batch["labels"]).sum())
+        batches = decoded_batches(pool, shard, reader, batch_rows=batch_rows, threads=threads, labels=True)
+        for batch in batches:
+            for skip in batch.skipped:
+                log.warning("evaluation set: skipped (inputs.on_error=skip): %s", skip.line)
+            skipped += len(batch.skipped)
+            if batch.x is None:
+                continue
+            pred = _call(model, _to(batch.x, device)).argmax(1).cpu().numpy()
+            correct += int((pred == batch.labels).sum())
             total += len(pred)
+    if not total:
+        raise UserError(f"evaluation set {eval_uri}: every one of its {skipped} rows was skipped, nothing to score")
     return correct / total
 
 
@@ -407,7 +467,7 @@ def train(
     if not labels:
         raise UserError("no labeled rows: the labels mapping is empty, nothing to train on")
     if eval_uri is not None:
-        open_eval_set(cfg.pool, eval_uri)
+        open_eval_set(cfg.pool, eval_uri, cfg.inputs)
 
     weights = warm_start_weights
     if weights is None and settings.warm_start and cfg.model.checkpoint:
@@ -417,28 +477,33 @@ def train(
     n_classes = classifier_layer(driver_model, fresh.classifier).out_features
     _check_labels(labels, n_classes)
 
-    _, x, y = gather_labeled(cfg.pool, labels, recorded)
+    data = gather_labeled(cfg.pool, labels, recorded, inputs=cfg.inputs)
+    _, reader = open_inputs(cfg.pool, cfg.inputs)
+    threads = worker_threads(settings.cpus_per_worker)
     loop_config = {
         "model": fresh,
         "seed": cfg.train_seed,
         "epochs": settings.epochs,
         "lr": settings.lr,
         "batch_size": settings.batch_size,
-        "threads": worker_threads(settings.cpus_per_worker),
+        "threads": threads,
+        "reader": reader,
+        "decode_threads": cfg.inputs.threads or threads,
     }
+    rows = len(data.y)
     if settings.backend == "local":
-        log.info("training on %d labeled rows (D=%d) in this process", len(y), x.shape[1])
-        trained_weights, metrics = _train_local(loop_config, {"x": x, "y": y}, weights, settings.use_gpu)
+        log.info("training on %d labeled rows in this process", rows)
+        trained_weights, metrics = _train_local(loop_config, data, weights, settings.use_gpu)
         buf = io.BytesIO()
         torch.save(trained_weights, buf)
         write_bytes_atomic(checkpoint_uri, buf.getvalue(), storage_options)
-        return _result(cfg, driver_model, trained_weights, metrics, checkpoint_uri, len(y), eval_uri, t0)
+        return _result(cfg, driver_model, trained_weights, metrics, checkpoint_uri, rows, eval_uri, t0)
 
     if not ray.is_initialized():  # checked after the inputs, so a bad input needs no Ray to be reported
         raise RuntimeError(
             "Ray is not initialised: call ray.init() or use dist_al.runtime.cluster.cluster_session first"
         )
-    log.info("training on %d labeled rows (D=%d) with %d Ray Train workers", len(y), x.shape[1], settings.workers)
+    log.info("training on %d labeled rows with %d Ray Train workers", rows, settings.workers)
     try:
         from ray.train import CheckpointConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
@@ -452,7 +517,7 @@ def train(
     # Ray Train V2 would wait for its worker group without end (60 s tries, retried forever): wait here, and say so.
     wait_placeable(train_workers(settings), cfg.cluster.start_timeout_s)
     run_name = f"dist-al-train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-    data_ref = ray.put({"x": x, "y": y})
+    data_ref = ray.put(data)
     weights_ref = ray.put({k: v.detach().cpu() for k, v in weights.items()}) if weights is not None else None
     loop_config.update(data=data_ref, weights=weights_ref)
     trainer = TorchTrainer(
@@ -473,18 +538,18 @@ def train(
     result = trainer.fit()  # raises ray.train.TrainingFailedError if a worker fails
     if result.checkpoint is None:
         raise RuntimeError(f"Ray Train run {run_name} finished without a checkpoint")
-    data = _read_checkpoint_bytes(result.checkpoint)
-    trained_weights = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)  # what readers will do
-    write_bytes_atomic(checkpoint_uri, data, storage_options)
+    saved = _read_checkpoint_bytes(result.checkpoint)
+    trained_weights = torch.load(io.BytesIO(saved), map_location="cpu", weights_only=True)  # what readers will do
+    write_bytes_atomic(checkpoint_uri, saved, storage_options)
     _remove_run(result.checkpoint.filesystem, storage_path, run_name, default_storage)
-    return _result(cfg, driver_model, trained_weights, dict(result.metrics or {}), checkpoint_uri, len(y), eval_uri, t0)
+    return _result(cfg, driver_model, trained_weights, dict(result.metrics or {}), checkpoint_uri, rows, eval_uri, t0)
 
 
 def _result(cfg: Config, driver_model, trained_weights, metrics, checkpoint_uri, rows, eval_uri, t0) -> TrainResult:
     score = None
     if eval_uri is not None:
         driver_model.load_state_dict(trained_weights)
-        score = accuracy(cfg.pool, driver_model, eval_uri)
+        score = accuracy(cfg.pool, driver_model, eval_uri, inputs=cfg.inputs)
     return TrainResult(
         checkpoint_uri=checkpoint_uri,
         train_rows=rows,

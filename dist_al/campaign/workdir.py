@@ -53,7 +53,15 @@ log = logging.getLogger(__name__)
 
 STATES = ("SELECTED", "EXPORTED", "LABELED", "TRAINED")
 # Changing these between rounds would mix labels or models of different things.
-PINNED_KEYS = (("pool", "id_column"), ("pool", "feature_column"), ("model", "factory"), ("model", "kwargs"))
+PINNED_KEYS = (
+    ("pool", "id_column"),
+    ("inputs", "reader"),
+    ("inputs", "kwargs"),
+    ("inputs", "columns"),
+    ("model", "factory"),
+    ("model", "kwargs"),
+)
+_VECTORS = "dist_al.inputs:vectors"
 
 
 class WorkdirError(UserError):
@@ -182,10 +190,26 @@ def open_workdir(cfg: Config, create: bool = True) -> Workdir:
             f"workdir {wd.uri} was made from a different pool (fingerprint {meta.get('pool_fingerprint')}, "
             f"this pool {fingerprint}): use a new workdir for a new pool"
         )
+    made = _upgraded_pins(meta.get("pinned", {}))
     for key, value in pinned.items():
-        if meta.get("pinned", {}).get(key) != value:
+        if made.get(key) != value and not _same_vectors_column(made, pinned, key):
             raise WorkdirError(
-                f"workdir {wd.uri} was made with {key} = {meta['pinned'].get(key)!r}, the config now says "
+                f"workdir {wd.uri} was made with {key} = {made.get(key)!r}, the config now says "
                 f"{value!r}: labels and models of the two cannot mix; use a new workdir"
             )
     return wd
+
+
+def _upgraded_pins(made: dict) -> dict:
+    """A workdir made before the ``inputs`` section pinned ``pool.feature_column``: the vectors reader's column."""
+    if "pool.feature_column" not in made:
+        return made
+    rest = {k: v for k, v in made.items() if k != "pool.feature_column"}
+    return {**rest, "inputs.reader": _VECTORS, "inputs.kwargs": {"column": made["pool.feature_column"]}}
+
+
+def _same_vectors_column(made: dict, pinned: dict, key: str) -> bool:
+    """The vectors reader with its column given or left at its default reads the same column."""
+    if key != "inputs.kwargs" or made.get("inputs.reader") != _VECTORS or pinned.get("inputs.reader") != _VECTORS:
+        return False
+    return {"column": "features", **made.get(key, {})} == {"column": "features", **pinned.get(key, {})}

@@ -14,7 +14,7 @@ import torch
 from . import badge, bait, baselines
 from .errors import UserError
 from .inputs import check_budget, check_labeled, check_probs_feats
-from .options import BadgeScalableOptions, BaitOptions, NoOptions, StrategyOptions
+from .options import BadgeOptions, BadgeScalableOptions, BaitOptions, NoOptions, StrategyOptions
 from .shards import LocalShards, ShardGroup
 
 
@@ -34,7 +34,7 @@ class Strategy:
 
 
 def _run_badge(group, budget, seed, options, progress):
-    return Selection(badge.kmeanspp(group, budget, seed, progress))
+    return Selection(badge.kmeanspp(group, budget, seed, progress, options.prune))
 
 
 def _run_badge_scalable(group, budget, seed, options, progress):
@@ -62,7 +62,7 @@ def _run_bait(group, budget, seed, options, progress):
 
 
 STRATEGIES: dict[str, Strategy] = {
-    "badge": Strategy(badge.BadgeShard, _run_badge, NoOptions),
+    "badge": Strategy(badge.BadgeShard, _run_badge, BadgeOptions),
     "badge-scalable": Strategy(badge.BadgeShard, _run_badge_scalable, BadgeScalableOptions),
     "bait": Strategy(bait.BaitShard, _run_bait, BaitOptions),
     "random": Strategy(baselines.BaselineShard, _run_random, NoOptions),

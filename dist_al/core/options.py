@@ -45,6 +45,17 @@ class NoOptions(StrategyOptions):
 
 
 @dataclass(frozen=True)
+class BadgeOptions(StrategyOptions):
+    prune: bool = option(
+        True, "skip the rows that bounds prove a new centre cannot change (the same picks); false reads every row"
+    )
+
+    def __post_init__(self):
+        if not isinstance(self.prune, bool):
+            raise UserError(f"option prune must be true or false, got {self.prune!r}")
+
+
+@dataclass(frozen=True)
 class BadgeScalableOptions(StrategyOptions):
     rounds: int = option(5, "k-means|| rounds (passes over the pool)")
     oversampling: float = option(2.0, "candidates drawn per round, as a multiple of the budget")

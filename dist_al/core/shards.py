@@ -24,12 +24,10 @@ class ShardGroup(Protocol):
 
     def call(self, shard: int, method: Callable, *args: Any) -> Any: ...
 
-    def submit(self, shard: int, method: Callable, *args: Any, returns: int = 1) -> Any:
-        """Starts a call and answers handles (a tuple of `returns` of them) that `map` accepts as
-        arguments and `fetch` turns into values: a pick can flow to the next broadcast without a
-        round trip through the coordinator."""
-
-    def fetch(self, handle: Any) -> Any: ...
+    def relay(self, shard: int, method: Callable, args: tuple, then: Callable, *then_args: Any) -> tuple[Any, list]:
+        """Calls ``method(*args)`` on one shard, then ``then(value, *then_args)`` on every shard with the value it
+        returned; answers (value, the results in shard order). The value goes from shard to shards without the
+        coordinator waiting in between: one round trip where call + map take two."""
 
 
 class LocalShards:
@@ -42,11 +40,9 @@ class LocalShards:
     def call(self, shard: int, method: Callable, *args: Any) -> Any:
         return method(self.shards[shard], *args)
 
-    def submit(self, shard: int, method: Callable, *args: Any, returns: int = 1) -> Any:
-        return self.call(shard, method, *args)
-
-    def fetch(self, handle: Any) -> Any:
-        return handle
+    def relay(self, shard: int, method: Callable, args: tuple, then: Callable, *then_args: Any) -> tuple[Any, list]:
+        value = self.call(shard, method, *args)
+        return value, self.map(then, value, *then_args)
 
 
 # ||x - z||^2 computed as |x|^2 + |z|^2 - 2<x, z> keeps a round-off residue of a few ulps of

@@ -2,9 +2,11 @@
 
 A pool is a Parquet dataset (one file, or a directory / object-store prefix of
 files) at a local path or any fsspec URL (``s3://``, ``gs://``, ``file://``,
-``memory://``).  It has a unique id column, a feature column holding one vector
-of length D per row, and optionally an integer label column that is only read
-for simulation and evaluation.
+``memory://``).  It has a unique id column, the columns its reader turns into
+the model's input (``dist_al.inputs``: vectors, image bytes or URIs, text), and
+optionally an integer label column that is only read for simulation and
+evaluation.  This module reads columns; what the input columns mean is the
+reader's business.
 
 Why it looks like this (DESIGN.md section 6):
 
@@ -14,10 +16,10 @@ Why it looks like this (DESIGN.md section 6):
 * ``plan_shards`` cuts the pool at (file, row group) boundaries into contiguous
   ranges.  Global row order is "shard order, then row order inside a shard", so
   1 worker and 8 workers see the same rows in the same global order.
-* ``read_shard`` projects columns (labels are not read unless asked), converts
-  the feature list column to a float32 (rows, D) matrix without Python loops,
-  checks it (ragged rows, NaN/inf, nulls), and prefetches the next row group in
-  a background thread while the caller works on the current batch.
+* ``read_shard`` projects columns (labels are not read unless asked), hands the
+  input columns on as Arrow record batches for the reader, and prefetches the
+  next row group in a background thread while the caller works on the current
+  batch.
 
 Files are read with ``pyarrow.parquet.ParquetFile`` through the fsspec
 filesystem; each file's footer is read once at ``open_pool`` and passed back
@@ -43,7 +45,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from dist_al.config import PoolConfig
 from dist_al.core.errors import UserError
-from dist_al.data.storage import filesystem, writable, write_table_atomic
+from dist_al.data.storage import filesystem
 
 __all__ = [
     "PoolError",
@@ -59,15 +61,17 @@ __all__ = [
     "find_ids",
     "shard_places",
     "read_rows",
+    "recorded_places",
     "rows_table",
     "recorded_rows",
-    "write_pool",
     "LOGICAL_COLUMNS",
 ]
 
 #: Logical column names accepted by ``read_shard(columns=...)``, mapped to the
 #: batch keys they produce.  The physical names come from ``PoolConfig``.
-LOGICAL_COLUMNS = {"id": "ids", "features": "features", "label": "labels"}
+LOGICAL_COLUMNS = {"id": "ids", "label": "labels"}
+#: Field metadata key naming the float type of a binary vector column (``dist_al.inputs.vectors``).
+DTYPE_KEY = b"dist_al.dtype"
 
 _PREFETCH_DEPTH = 2
 _FOOTER_THREADS = 16
@@ -102,13 +106,8 @@ class Pool:
     ``files`` are filesystem paths (as ``fs`` expects them) in stable sorted
     order; ``row_groups`` lists every non-empty row group as
     ``(file_index, row_group_index, num_rows)`` in that order (row groups with
-    0 rows are skipped).  ``feature_dim`` is D: the size of a fixed_size_list
-    feature type, otherwise the length of the first row of the first row group
-    (read once at open); every row read later must have that length.
-    With variable-length lists in every file, D is the length of the first
-    row; if any file has a fixed_size_list, its size is D.
-    ``schema`` is the Arrow schema of the first file.  Picklable, so it can be
-    shipped to workers without re-reading footers.
+    0 rows are skipped).  ``schema`` is the Arrow schema of the first file.
+    Picklable, so it can be shipped to workers without re-reading footers.
     """
 
     spec: PoolConfig
@@ -117,7 +116,6 @@ class Pool:
     metadata: tuple[Any, ...]  # pyarrow.parquet.FileMetaData per file
     row_groups: tuple[tuple[int, int, int], ...]
     num_rows: int
-    feature_dim: int
     schema: pa.Schema
     root: str = ""  # the pool's URI as an ``fs`` path: files are named relative to it in recorded rows
 
@@ -134,16 +132,14 @@ class Pool:
 # --------------------------------------------------------------------------- open
 
 
-def open_pool(spec: PoolConfig) -> Pool:
+def open_pool(spec: PoolConfig, columns: Sequence[str] = ()) -> Pool:
     """List the pool's files, read and validate their footers, and return a ``Pool``.
 
-    Accepted column types: id int64/int32/string/large_string; features a
-    list/large_list/fixed_size_list of float16/float32/float64 (integer
-    features are refused: cast them when writing the pool, see
-    ``_validate_schema``); label any integer type.  Files may differ in width
-    (int32/int64, float32/float64, list/large_list) but ids must be all
-    integer or all string, and fixed_size_list sizes must agree.  Other
-    columns are ignored and never read.
+    Accepted column types: id int64/int32/string/large_string; label any
+    integer type.  ``columns``: the input columns every file must have (their
+    types are the reader's to check, ``dist_al.inputs``).  Files may differ in
+    width (int32/int64) but ids must be all integer or all string.  Other
+    columns are never read.
 
     Raises ``PoolError`` for a URI that does not exist or cannot be read, a file
     that is not Parquet or is truncated, a missing column or wrong column type,
@@ -153,27 +149,15 @@ def open_pool(spec: PoolConfig) -> Pool:
     files = _list_files(spec.uri, fs, root)
     metadata = _read_footers(spec.uri, fs, files)
 
-    schemas = [_validate_schema(spec, fs, path, md) for path, md in zip(files, metadata)]
-    # Files may differ in width (int32/int64, float32/float64, list/large_list, child
-    # nullability) but not in kind: ids all integer or all string, one fixed D.
+    schemas = [_validate_schema(spec, fs, path, md, columns) for path, md in zip(files, metadata)]
+    # Files may differ in width (int32/int64) but not in kind: ids all integer or all string.
     id_kind = _id_kind
-    fixed = [
-        (path, types[spec.feature_column])
-        for path, types in zip(files, schemas)
-        if pa.types.is_fixed_size_list(types[spec.feature_column])
-    ]
     for path, types in zip(files[1:], schemas[1:]):
         if id_kind(types[spec.id_column]) != id_kind(schemas[0][spec.id_column]):
             raise PoolError(
                 f"pool {spec.uri}: file {_display(fs, path)} has {id_kind(types[spec.id_column])} ids "
                 f"({types[spec.id_column]}) but file {_display(fs, files[0])} has "
                 f"{id_kind(schemas[0][spec.id_column])} ids ({schemas[0][spec.id_column]}); all files must agree"
-            )
-    for path, typ in fixed[1:]:
-        if typ.list_size != fixed[0][1].list_size:
-            raise PoolError(
-                f"pool {spec.uri}: file {_display(fs, path)} has column {spec.feature_column!r} of type {typ} "
-                f"but file {_display(fs, fixed[0][0])} has {fixed[0][1]}; all files must have the same D"
             )
 
     row_groups = []
@@ -186,13 +170,6 @@ def open_pool(spec: PoolConfig) -> Pool:
     if num_rows == 0:
         raise PoolError(f"pool {spec.uri}: empty pool (0 rows in {len(files)} file(s))")
 
-    if fixed:
-        feature_dim = fixed[0][1].list_size
-    else:
-        feature_dim = _first_row_length(spec, fs, files, metadata, row_groups[0])
-    if feature_dim <= 0:
-        raise PoolError(f"pool {spec.uri}: column {spec.feature_column!r} has vectors of length 0")
-
     return Pool(
         spec=spec,
         fs=fs,
@@ -200,10 +177,22 @@ def open_pool(spec: PoolConfig) -> Pool:
         metadata=tuple(metadata),
         row_groups=tuple(row_groups),
         num_rows=num_rows,
-        feature_dim=int(feature_dim),
         schema=metadata[0].schema.to_arrow_schema(),
         root=root,
     )
+
+
+def file_schemas(pool: Pool, columns: Sequence[str]) -> list[tuple[str, pa.Schema]]:
+    """(file URI, the schema of ``columns`` in it) for every file of the pool, in file order.
+
+    Raises ``PoolError`` naming the first file without one of the columns.
+    """
+    out = []
+    for path, md in zip(pool.files, pool.metadata):
+        _validate_schema(pool.spec, pool.fs, path, md, columns)
+        schema = md.schema.to_arrow_schema()
+        out.append((_display(pool.fs, path), pa.schema([schema.field(c) for c in columns])))
+    return out
 
 
 def _id_kind(t: pa.DataType) -> str:
@@ -301,14 +290,14 @@ def _read_footers(uri: str, fs, files: list[str]) -> list:
         return [f.result() for f in futures]  # first failing file in order is reported
 
 
-def _validate_schema(spec: PoolConfig, fs, path: str, md) -> dict[str, pa.DataType]:
+def _validate_schema(spec: PoolConfig, fs, path: str, md, columns: Sequence[str] = ()) -> dict[str, pa.DataType]:
     """Check one file's footer schema; return {column: type} for the pool's columns."""
     try:
         schema = md.schema.to_arrow_schema()
     except (pa.ArrowException, ValueError) as exc:
         raise PoolError(f"pool {spec.uri}: file {_display(fs, path)} has an unreadable schema ({exc})") from exc
     where = f"pool {spec.uri}: file {_display(fs, path)}"
-    wanted = [spec.id_column, spec.feature_column] + ([spec.label_column] if spec.label_column else [])
+    wanted = [spec.id_column, *columns] + ([spec.label_column] if spec.label_column else [])
     types = {}
     for name in wanted:
         idx = schema.get_field_index(name)
@@ -322,39 +311,11 @@ def _validate_schema(spec: PoolConfig, fs, path: str, md) -> dict[str, pa.DataTy
             f"{where}: id column {spec.id_column!r} has type {t}; expected int64, int32, string or large_string"
         )
 
-    t = types[spec.feature_column]
-    if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
-        raise PoolError(
-            f"{where}: feature column {spec.feature_column!r} has type {t}; expected a list, large_list or "
-            "fixed_size_list of float32/float64"
-        )
-    # Integer features are refused on purpose: they are usually raw codes or pixels that
-    # need scaling, and int64 does not fit float32 exactly.  Cast when writing the pool.
-    if not pa.types.is_floating(t.value_type):
-        raise PoolError(
-            f"{where}: feature column {spec.feature_column!r} holds {t.value_type}; expected float16/float32/float64 "
-            "values (cast integer features to float when writing the pool)"
-        )
-
     if spec.label_column:
         t = types[spec.label_column]
         if not pa.types.is_integer(t):
             raise PoolError(f"{where}: label column {spec.label_column!r} has type {t}; expected an integer type")
     return types
-
-
-def _first_row_length(spec, fs, files, metadata, rg_entry) -> int:
-    """D for variable-length lists: the length of the first row of the first row group."""
-    fi, rg, _ = rg_entry
-    where = f"pool {spec.uri}: file {_display(fs, files[fi])} row group {rg}"
-    try:
-        table = _read_row_group(fs, files[fi], metadata[fi], rg, [spec.feature_column])
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise PoolError(f"{where} cannot be read to find D ({type(exc).__name__}: {exc})") from exc
-    col = table.column(0).combine_chunks()
-    if col.null_count and not col.is_valid()[0].as_py():
-        raise PoolError(f"{where}: the first row's features are null, cannot find D")
-    return int(col.value_lengths()[0].as_py())
 
 
 def _read_row_group(fs, path: str, md, rg: int, columns: list[str]) -> pa.Table:
@@ -408,15 +369,18 @@ def plan_shards(pool: Pool, n_shards: int) -> list[Shard]:
 def read_shard(
     pool: Pool,
     shard: Shard,
-    columns: Sequence[str] = ("id", "features"),
+    columns: Sequence[str] = ("id",),
     batch_rows: int = 65536,
-) -> Generator[dict[str, np.ndarray], None, None]:
-    """Yield the shard's rows in order as dicts of numpy arrays, prefetching in a thread.
+    inputs: Sequence[str] = (),
+) -> Generator[dict[str, Any], None, None]:
+    """Yield the shard's rows in order as dicts, prefetching in a thread.
 
-    ``columns`` are logical names from ``LOGICAL_COLUMNS`` ("id", "features",
-    "label"); only those physical columns are read.  Batch keys: ``ids`` (int64,
-    or an object array of str), ``features`` (float32, C-contiguous, (rows, D)),
-    ``labels`` (int64).  Batches never span row groups, so each has at most
+    ``columns`` are logical names from ``LOGICAL_COLUMNS`` ("id", "label"),
+    ``inputs`` physical names of input columns; only those columns are read.
+    Batch keys: ``ids`` (int64, or an object array of str), ``labels`` (int64),
+    ``inputs`` (a ``pyarrow.RecordBatch`` of the input columns, for a reader),
+    and always ``row``: the shard row (position in the shard) of the batch's
+    first row.  Batches never span row groups, so each has at most
     ``batch_rows`` rows.  The next row group is read in a background thread
     (queue depth 2) while the caller works; its exceptions are raised here.
     Close the iterator (or exhaust it) to stop the thread early.
@@ -428,10 +392,11 @@ def read_shard(
         raise PoolError(f"pool {pool.spec.uri}: unknown column(s) {unknown}; choose from {sorted(LOGICAL_COLUMNS)}")
     if "label" in columns and not pool.spec.label_column:
         raise PoolError(f"pool {pool.spec.uri}: labels requested but pool.label_column is not set")
-    if not columns:
+    if not columns and not inputs:
         raise PoolError(f"pool {pool.spec.uri}: no columns requested")
     wanted = tuple(dict.fromkeys(columns))  # dedupe, keep order
-    return _prefetch(lambda: _iter_batches(pool, shard, wanted, batch_rows), f"pool-prefetch-{shard.index}")
+    names = tuple(dict.fromkeys(inputs))
+    return _prefetch(lambda: _iter_batches(pool, shard, wanted, names, batch_rows), f"pool-prefetch-{shard.index}")
 
 
 def _prefetch(make_iter, name: str) -> Generator:
@@ -488,11 +453,12 @@ def _prefetch(make_iter, name: str) -> Generator:
     return consume()
 
 
-def _iter_batches(pool: Pool, shard: Shard, wanted: tuple[str, ...], batch_rows: int):
+def _iter_batches(pool: Pool, shard: Shard, wanted: tuple[str, ...], inputs: tuple[str, ...], batch_rows: int):
     spec = pool.spec
-    physical = {"id": spec.id_column, "features": spec.feature_column, "label": spec.label_column}
-    read_cols = [physical[c] for c in wanted]
+    physical = {"id": spec.id_column, "label": spec.label_column}
+    read_cols = list(dict.fromkeys([physical[c] for c in wanted] + list(inputs)))
     open_file = None  # (file_index, ParquetFile, source) reused across a file's row groups
+    first = 0  # shard row of the row group's first row
     try:
         for fi, rg, n in shard.row_groups:
             with _reading(pool, fi, rg):
@@ -508,20 +474,27 @@ def _iter_batches(pool: Pool, shard: Shard, wanted: tuple[str, ...], batch_rows:
                     f"pool {spec.uri}: file {pool.file_uri(fi)} row group {rg} has {table.num_rows} rows, "
                     f"footer said {n}"
                 )
-            arrays = {}
-            for logical, name in zip(wanted, read_cols):
-                col = table.column(name)
+            arrays: dict[str, Any] = {}
+            for logical in wanted:
+                col = table.column(physical[logical])
                 if logical == "id":
                     arrays["ids"] = _ids_to_numpy(pool, fi, rg, col)
-                elif logical == "features":
-                    arrays["features"] = _features_to_numpy(pool, fi, rg, col)
                 else:
                     arrays["labels"] = _labels_to_numpy(pool, fi, rg, col)
+            if inputs:
+                arrays["inputs"] = _record_batch(table.select(list(inputs)))
             for start in range(0, n, batch_rows):
-                yield {k: v[start : start + batch_rows] for k, v in arrays.items()}
+                yield {"row": first + start, **{k: v[start : start + batch_rows] for k, v in arrays.items()}}
+            first += n
     finally:
         if open_file is not None and not isinstance(open_file[2], str):
             open_file[2].close()
+
+
+def _record_batch(table: pa.Table) -> pa.RecordBatch:
+    """The table's rows as one record batch (a row group's columns are one chunk: no copy then)."""
+    batches = table.combine_chunks().to_batches()
+    return batches[0] if len(batches) == 1 else pa.RecordBatch.from_pylist([], schema=table.schema)
 
 
 @contextlib.contextmanager
@@ -571,52 +544,6 @@ def _labels_to_numpy(pool: Pool, fi: int, rg: int, col: pa.ChunkedArray) -> np.n
     return np.asarray(arr.to_numpy(), dtype=np.int64)
 
 
-def _features_to_numpy(
-    pool: Pool, fi: int, rg: int, col: pa.ChunkedArray, rows: np.ndarray | None = None
-) -> np.ndarray:
-    """Arrow list column -> float32 (rows, D) via the flat values buffer; no per-row Python.
-
-    ``rows``: the row group's rows that ``col`` holds when it is a selection of them (messages name their ids).
-    """
-
-    def id_of(i: int):
-        return _id_at(pool, fi, rg, i if rows is None else int(rows[i]))
-
-    d = pool.feature_dim
-    name = pool.spec.feature_column
-    arr = col.combine_chunks()
-    n = len(arr)
-    if arr.null_count:
-        row = _first_null(arr)
-        raise PoolError(f"{_where(pool, fi, rg)}: null {name!r} for id {id_of(row)!r}")
-    if pa.types.is_fixed_size_list(arr.type):
-        if arr.type.list_size != d:
-            raise PoolError(
-                f"{_where(pool, fi, rg)}: {name!r} has vectors of length {arr.type.list_size}, pool has D={d}"
-            )
-    else:
-        lengths = np.diff(np.asarray(arr.offsets))
-        bad = np.flatnonzero(lengths != d)
-        if bad.size:
-            row = int(bad[0])
-            raise PoolError(
-                f"{_where(pool, fi, rg)}: ragged {name!r}: id {id_of(row)!r} has length "
-                f"{int(lengths[row])}, expected D={d}"
-            )
-    values = arr.flatten()  # honours slicing; offsets are dense once lengths are all D
-    if values.null_count:
-        row = _first_null(values) // d
-        raise PoolError(f"{_where(pool, fi, rg)}: null value inside {name!r} for id {id_of(row)!r}")
-    flat = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32)
-    if flat.size != n * d:  # pragma: no cover - guarded by the length checks above
-        raise PoolError(f"{_where(pool, fi, rg)}: {name!r} has {flat.size} values for {n} rows of D={d}")
-    finite = np.isfinite(flat)
-    if not finite.all():
-        row = int(np.argmin(finite)) // d
-        raise PoolError(f"{_where(pool, fi, rg)}: NaN or inf in {name!r} for id {id_of(row)!r}")
-    return np.ascontiguousarray(flat.reshape(n, d))
-
-
 # --------------------------------------------------------------------------- ids
 
 
@@ -653,11 +580,12 @@ def check_unique_ids(id_arrays: Iterable[np.ndarray]) -> None:
     raise PoolError(f"pool ids are not unique: id {value!r} appears more than once (in id array(s) {where})")
 
 
-def id_locations(pool: Pool, shard: Shard, ids: np.ndarray, value) -> list[str]:
-    """'FILE row group G' for each row of the shard (whose ids, in row order, are ``ids``) holding ``value``."""
+def id_locations(pool: Pool, shard: Shard, ids: np.ndarray, value, positions: np.ndarray | None = None) -> list[str]:
+    """'FILE row group G' for each row of the shard holding ``value``: ``ids`` are the ids of the shard rows
+    ``positions`` (default: every row of the shard, in order)."""
     out = []
     for pos in np.flatnonzero(ids == value):
-        file_uri, group, _ = row_location(pool, shard, int(pos))
+        file_uri, group, _ = row_location(pool, shard, int(pos if positions is None else positions[pos]))
         out.append(f"{file_uri} row group {group}")
     return out
 
@@ -695,55 +623,90 @@ def find_ids(pool: Pool, ids) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(found), np.concatenate(places).astype(np.int64)
 
 
-def read_rows(pool: Pool, places) -> np.ndarray:
-    """Features (n, D) float32 of the rows at ``places``, in that order, checked as ``read_shard`` checks them.
+def read_rows(pool: Pool, places, columns: Sequence[str]) -> pa.Table:
+    """The ``columns`` of the rows at ``places``, in that order, as they are stored (the reader decodes them).
 
-    Reads only the feature column chunks of the row groups that hold them, several at once (decoding
+    Reads only those column chunks of the row groups that hold the rows, several at once (decoding
     releases the GIL; object stores answer in parallel), and keeps only those rows.
     """
     places = np.asarray(places, dtype=np.int64).reshape(-1, 3)
-    out = np.empty((len(places), pool.feature_dim), dtype=np.float32)
+    columns = list(dict.fromkeys(columns))
+    missing = [c for c in columns if c not in pool.schema.names]
+    if missing:
+        raise PoolError(f"pool {pool.spec.uri} has no column {missing[0]!r} (columns: {', '.join(pool.schema.names)})")
     if not len(places):
-        return out
+        return pool.schema.empty_table().select(columns)
     order = np.lexsort((places[:, 1], places[:, 0]))
     starts = np.flatnonzero(np.any(np.diff(places[order, :2], axis=0) != 0, axis=1)) + 1
     groups = np.split(order, starts)
 
-    def read(idx: np.ndarray) -> None:
+    def read(idx: np.ndarray) -> pa.Table:
         fi, rg = int(places[idx[0], 0]), int(places[idx[0], 1])
-        rows = places[idx, 2]
         with _reading(pool, fi, rg):
-            col = _read_row_group(pool.fs, pool.files[fi], pool.metadata[fi], rg, [pool.spec.feature_column])
-        out[idx] = _features_to_numpy(pool, fi, rg, col.column(0).take(pa.array(rows)), rows)
+            table = _read_row_group(pool.fs, pool.files[fi], pool.metadata[fi], rg, columns)
+        return table.take(pa.array(places[idx, 2]))
 
     with ThreadPoolExecutor(max_workers=min(_READ_THREADS, len(groups))) as ex:
-        list(ex.map(read, groups))
-    return out
+        parts = list(ex.map(read, groups))
+    # files may differ in width (int32/int64, list/large_list): one schema, the first part's, for all
+    table = pa.concat_tables(parts, promote_options="permissive")
+    return table.take(pa.array(np.argsort(np.concatenate(groups), kind="stable")))
 
 
-def rows_table(pool: Pool, ids, places, features: np.ndarray) -> pa.Table:
-    """Pool rows with where they live: id, file (its path relative to the pool's root), row_group, row, features."""
+def recorded_places(pool: Pool, table: pa.Table) -> np.ndarray:
+    """Places of the rows of ``table`` (``rows_table``: file, row_group, row), in its order.
+
+    Raises:
+        PoolError: a row this pool does not have (the pool changed since the rows were recorded).
+    """
+    files = {pool.file_key(i): i for i in range(len(pool.files))}
+    group_rows = {(fi, rg): n for fi, rg, n in pool.row_groups}
+    places = np.column_stack(
+        [
+            np.asarray([files.get(k, -1) for k in table.column("file").to_pylist()], dtype=np.int64),
+            table.column("row_group").to_numpy().astype(np.int64),
+            table.column("row").to_numpy().astype(np.int64),
+        ]
+    ).reshape(-1, 3)
+    for f, g, r in places.tolist():
+        if not 0 <= r < group_rows.get((f, g), 0):
+            raise PoolError(f"pool {pool.spec.uri} has no row {r} in row group {g} of the file recorded for it")
+    return places
+
+
+def rows_table(pool: Pool, ids, places, inputs: pa.Table) -> pa.Table:
+    """Pool rows with where they live: id, file (its path relative to the pool's root), row_group, row, and
+    ``inputs``, a struct of the rows' input columns as the pool stores them (``read_rows``)."""
     places = np.asarray(places, dtype=np.int64).reshape(-1, 3)
-    flat = pa.array(np.ascontiguousarray(features, dtype=np.float32).reshape(-1))
     return pa.table(
         {
             "id": pa.array(ids),
             "file": pa.array([pool.file_key(int(fi)) for fi in places[:, 0]], pa.string()),
             "row_group": pa.array(places[:, 1]),
             "row": pa.array(places[:, 2]),
-            "features": pa.FixedSizeListArray.from_arrays(flat, pool.feature_dim),
+            "inputs": pa.StructArray.from_arrays(
+                [inputs.column(c).combine_chunks() for c in inputs.column_names],
+                fields=list(inputs.schema),
+            ),
         }
     )
 
 
-def recorded_rows(pool: Pool, table: pa.Table | None, ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids, places, features) of the rows of ``table`` (``rows_table``) whose id is in ``ids``, one per id.
+def recorded_rows(
+    pool: Pool, table: pa.Table | None, ids, columns: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, pa.Table]:
+    """(ids, places, the ``columns``) of the rows of ``table`` (``rows_table``) whose id is in ``ids``, one per id.
 
-    A row whose file, row group or row this pool does not have, or whose features are not D wide,
-    is left out (the caller finds those ids in the pool itself).
+    A row whose file, row group or row this pool does not have is left out, and so is every row of a table
+    recorded without all of ``columns`` (an earlier reader's, or an earlier version's): the caller finds
+    those ids in the pool itself.
     """
-    none = (np.asarray(ids)[:0], np.zeros((0, 3), dtype=np.int64), np.zeros((0, pool.feature_dim), np.float32))
-    if table is None or not table.num_rows or table.schema.field("features").type.list_size != pool.feature_dim:
+    columns = list(dict.fromkeys(columns))
+    none = (np.asarray(ids)[:0], np.zeros((0, 3), dtype=np.int64), pool.schema.empty_table().select(columns))
+    if table is None or not table.num_rows or "inputs" not in table.column_names:
+        return none
+    recorded = table.schema.field("inputs").type
+    if not all(recorded.get_field_index(c) >= 0 for c in columns):
         return none
     rec_ids = table.column("id").to_numpy()
     if rec_ids.dtype.kind in "iu":
@@ -756,9 +719,9 @@ def recorded_rows(pool: Pool, table: pa.Table | None, ids) -> tuple[np.ndarray, 
     places = np.column_stack([fi, table.column("row_group").to_numpy()[keep], table.column("row").to_numpy()[keep]])
     exists = np.asarray([0 <= r < group_rows.get((f, g), 0) for f, g, r in places.tolist()], dtype=bool)
     keep, places = keep[exists], places[exists].astype(np.int64)
-    values = table.column("features").take(keep).combine_chunks().flatten()
-    feats = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, pool.feature_dim)
-    return rec_ids[keep], places, feats
+    struct = table.column("inputs").take(keep).combine_chunks()
+    values = pa.table({c: struct.field(c) for c in columns})
+    return rec_ids[keep], places, values
 
 
 def row_location(pool: Pool, shard: Shard, pos: int) -> tuple[str, int, int]:
@@ -767,84 +730,3 @@ def row_location(pool: Pool, shard: Shard, pos: int) -> tuple[str, int, int]:
     k = int(np.searchsorted(ends, pos, side="right"))
     file_index, group, _ = shard.row_groups[k]
     return pool.file_uri(file_index), group, pos - (int(ends[k - 1]) if k else 0)
-
-
-# --------------------------------------------------------------------------- write
-
-
-def write_pool(
-    uri: str,
-    ids,
-    features,
-    labels=None,
-    *,
-    rows_per_file: int = 262_144,
-    rows_per_group: int = 16_384,
-    storage_options: dict | None = None,
-    feature_type: str = "fixed",
-    id_column: str = "id",
-    feature_column: str = "features",
-    label_column: str = "label",
-    overwrite: bool = False,
-) -> list[str]:
-    """Write a pool as ``part-NNNNN.parquet`` files under ``uri``; return their URIs.
-
-    For ``dist-al make-pool``, tests and benchmarks.  Features are stored as
-    float32 (float64 input stays float64) in a ``fixed_size_list`` ("fixed") or
-    variable ``list`` ("list").  Each file appears atomically: locally it is
-    written under a hidden temp name and renamed; on object stores a finished
-    PUT (or multipart completion) is atomic.  Refuses a non-empty target unless
-    ``overwrite`` (which first deletes what is there), so stale files from an
-    earlier, larger pool can never join the new one.
-    """
-    if feature_type not in ("fixed", "list"):
-        raise ValueError(f"feature_type must be 'fixed' or 'list', got {feature_type!r}")
-    if rows_per_file < 1 or rows_per_group < 1:
-        raise PoolError(f"pool {uri}: rows per file and rows per group must be >= 1")
-    feats = np.asarray(features)
-    if feats.ndim != 2 or feats.shape[1] < 1:
-        raise PoolError(f"pool {uri}: features must be a 2-D array (rows, D) with D >= 1, got shape {feats.shape}")
-    if feats.dtype != np.float64:
-        feats = feats.astype(np.float32, copy=False)
-    feats = np.ascontiguousarray(feats)
-    n, d = feats.shape
-    id_arr = pa.array(list(ids) if not isinstance(ids, np.ndarray) else ids)
-    if pa.types.is_integer(id_arr.type):
-        id_arr = id_arr.cast(pa.int64())
-    if len(id_arr) != n:
-        raise PoolError(f"pool {uri}: ids has {len(id_arr)} rows, features has {n}")
-    lab_arr = None
-    if labels is not None:
-        lab_arr = pa.array(np.asarray(labels, dtype=np.int64))
-        if len(lab_arr) != n:
-            raise PoolError(f"pool {uri}: labels has {len(lab_arr)} rows, features has {n}")
-
-    fs, root = _url_to_fs(uri, storage_options)
-    root = root.rstrip("/")
-    with writable(uri):
-        if fs.exists(root):
-            existing = fs.find(root) if fs.isdir(root) else [root]
-            if existing:
-                if not overwrite:
-                    raise PoolError(f"pool {uri}: target is not empty ({len(existing)} file(s)); pass overwrite=True")
-                fs.rm(root, recursive=True)
-        if _is_local(fs):
-            fs.makedirs(root, exist_ok=True)
-
-    written = []
-    for part, start in enumerate(range(0, max(n, 1), rows_per_file)):
-        stop = min(start + rows_per_file, n)
-        flat = pa.array(feats[start:stop].reshape(-1))
-        if feature_type == "fixed":
-            feat_col = pa.FixedSizeListArray.from_arrays(flat, d)
-        else:
-            offsets = pa.array(np.arange(0, (stop - start) * d + 1, d, dtype=np.int32))
-            feat_col = pa.ListArray.from_arrays(offsets, flat)
-        cols = {id_column: id_arr[start:stop], feature_column: feat_col}
-        if lab_arr is not None:
-            cols[label_column] = lab_arr[start:stop]
-        table = pa.table(cols)
-        path = f"{root}/part-{part:05d}.parquet"
-        write_table_atomic(_display(fs, path), table, storage_options, row_group_size=rows_per_group)
-        written.append(_display(fs, path))
-    return written

@@ -9,10 +9,16 @@ All three are available offline, and the same bytes come out on every run:
   max/min temperature, wind and the day of year as sine/cosine, standardised
   with the pool's mean and std; 5 classes: sun, fog, rain, drizzle, snow;
   ``pip install dist-al[eval]``);
-* ``synthetic``: ``dist_al.data.synthetic.gaussian_mixture`` at ``--synthetic-rows``.
+* ``synthetic``: ``dist_al.data.synthetic.gaussian_mixture`` at ``--synthetic-rows``;
+* ``digits-images``: the digits again, as image files: each 8x8 grayscale
+  image a PNG under ``images/{pool,test}/DIGIT/INDEX.png``, made into a pool
+  exactly as ``dist-al make-pool --images DIR --image-storage files`` makes
+  one (the files copied under the pool, a manifest of their URIs, labels from
+  the folders), so a model reads them through ``dist_al.inputs:images``.
 
 Each test split is stratified with a fixed seed and never overlaps its pool
-(ids are the rows' indices in the source).  Run::
+(ids are the rows' indices in the source; for ``digits-images``, the images'
+positions in path order, as make-pool numbers them).  Run::
 
     python -m dist_al.experiments.datasets ./eval-data            # all three
     python -m dist_al.experiments.datasets ./eval-data --only digits
@@ -69,12 +75,12 @@ def _synthetic(rows: int) -> tuple[np.ndarray, np.ndarray, int]:
     return x.numpy(), y.numpy().astype(np.int64), SYNTHETIC_TEST_ROWS
 
 
-DATASETS = ("digits", "weather", "synthetic")
+DATASETS = ("digits", "weather", "synthetic", "digits-images")
 
 
 def load(name: str, synthetic_rows: int = 20_000) -> tuple[np.ndarray, np.ndarray, int]:
     """(features, labels, test rows) of a data set by name."""
-    if name == "digits":
+    if name in ("digits", "digits-images"):
         return _digits()
     if name == "weather":
         return _weather()
@@ -93,7 +99,7 @@ def split(y: np.ndarray, test_rows: int) -> tuple[np.ndarray, np.ndarray]:
 
 def write_dataset(out: str, name: str, synthetic_rows: int = 20_000) -> dict:
     """Writes {out}/{name}/pool and {out}/{name}/test (replacing them); returns a summary."""
-    from dist_al.data.pool import write_pool
+    from dist_al.data.writer import write_pool
 
     x, y, test_rows = load(name, synthetic_rows)
     pool, test = split(y, test_rows)
@@ -102,9 +108,33 @@ def write_dataset(out: str, name: str, synthetic_rows: int = 20_000) -> dict:
         x = ((x - mean) / std).astype(np.float32)
     base = os.path.join(out, name)
     group = max(64, len(pool) // 8)  # several row groups, so the pool splits over the workers
+    if name == "digits-images":
+        for part, rows in (("pool", pool), ("test", test)):
+            _write_image_files(
+                os.path.join(base, part), os.path.join(base, "images", part), x[rows], y[rows], rows, group
+            )
+        return {"name": name, "pool": len(pool), "test": len(test), "features": "8x8 PNG", "classes": int(y.max()) + 1}
     write_pool(os.path.join(base, "pool"), pool, x[pool], y[pool], rows_per_group=group, overwrite=True)
     write_pool(os.path.join(base, "test"), test, x[test], y[test], overwrite=True)
     return {"name": name, "pool": len(pool), "test": len(test), "features": x.shape[1], "classes": int(y.max()) + 1}
+
+
+def _write_image_files(uri: str, folder: str, x: np.ndarray, y: np.ndarray, index: np.ndarray, group: int) -> None:
+    """Each row of ``x`` (64 values in [0, 1]) as folder/LABEL/INDEX.png, then the pool make-pool makes of them."""
+    import shutil
+
+    from PIL import Image
+
+    from dist_al.data.writer import check_images, scan_image_folder, write_image_pool
+
+    shutil.rmtree(folder, ignore_errors=True)
+    for pixels, label, i in zip(x, y, index):
+        os.makedirs(os.path.join(folder, str(label)), exist_ok=True)
+        image = Image.fromarray(np.round(pixels.reshape(8, 8) * 255).astype(np.uint8), "L")
+        image.save(os.path.join(folder, str(label), f"{i:04d}.png"))
+    images = scan_image_folder(folder)
+    check_images(images)
+    write_image_pool(uri, images, storage="files", rows_per_group=group, overwrite=True)
 
 
 def main(argv: list[str] | None = None) -> int:

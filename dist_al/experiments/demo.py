@@ -37,7 +37,7 @@ def write_digits_pools(workdir: str) -> tuple[str, str, int, int]:
     """
     from sklearn.datasets import load_digits
 
-    from dist_al.data.pool import write_pool
+    from dist_al.data.writer import write_pool
 
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32)  # pixel intensities 0..16

@@ -82,7 +82,7 @@ def _round_seed(seed: int, round_: int) -> int:
 
 def _check(cfg: Config, strategies: list[str], seeds: int):
     from dist_al.campaign.train import open_eval_set
-    from dist_al.data.pool import open_pool
+    from dist_al.inputs.contract import open_inputs
 
     if not cfg.pool.label_column:
         raise UserError(
@@ -92,12 +92,12 @@ def _check(cfg: Config, strategies: list[str], seeds: int):
     if not cfg.eval.uri:
         raise UserError(
             "simulation needs a labeled evaluation set: set config key eval.uri (a Parquet dataset "
-            "with the pool's id, feature and label column names)"
+            "with the pool's id, input and label column names)"
         )
     if seeds < 1:
         raise UserError(f"seeds must be >= 1, got {seeds}")
-    pool = open_pool(cfg.pool)  # footers only: schema problems before anything starts
-    open_eval_set(cfg.pool, cfg.eval.uri)
+    pool, _ = open_inputs(cfg.pool, cfg.inputs)  # footers only: schema problems before anything starts
+    open_eval_set(cfg.pool, cfg.eval.uri, cfg.inputs)
     sim, budget = cfg.simulation, cfg.selection.budget
     need = sim.initial_labeled + sim.rounds * budget
     if need > pool.num_rows:
@@ -227,7 +227,7 @@ def _run(cfg, pool, strategy, seed, offset, init_ids, init_labels, shared_round0
         else:  # initial_labeled: 0 -- the untrained model selects the first batch
             model = build_model(run_cfg.model, seed=run_cfg.train_seed, storage_options=storage)
             weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            accuracy = eval_accuracy(run_cfg.pool, model, eval_uri)
+            accuracy = eval_accuracy(run_cfg.pool, model, eval_uri, inputs=run_cfg.inputs)
             buf = io.BytesIO()
             torch.save(weights, buf)
             write_bytes_atomic(uri, buf.getvalue(), storage)

@@ -21,11 +21,8 @@ that holds code is refused), from the previous round, or from a fresh initialisa
 
 from __future__ import annotations
 
-import importlib
 import io
-import os
 import pickle  # only for its exception type: checkpoints are read by torch's weights_only unpickler
-import sys
 import warnings
 
 import torch
@@ -34,6 +31,7 @@ from torch import nn
 from dist_al.config import ModelConfig
 from dist_al.core.errors import UserError
 from dist_al.data.storage import filesystem
+from dist_al.importing import import_path
 
 
 class ModelError(UserError):
@@ -41,19 +39,7 @@ class ModelError(UserError):
 
 
 def _import_factory(path: str):
-    module_name, sep, attr = path.partition(":")
-    if not sep or not module_name or not attr:
-        raise ModelError(f"model.factory must look like 'package.module:function', got {path!r}")
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.append(os.getcwd())  # a user's module next to the config, as `python -m` would find it
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ModelError(f"model.factory {path!r}: cannot import module {module_name!r} ({err})") from None
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise ModelError(f"model.factory {path!r}: module {module_name!r} has no attribute {attr!r}") from None
+    return import_path(path, "model.factory", ModelError)
 
 
 def read_weights(uri: str, storage_options: dict | None = None) -> dict:

@@ -34,15 +34,19 @@ class Embedder:
         return self.layer.out_features
 
     @torch.inference_mode()
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, x: torch.Tensor | dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(p, h) of a batch: ``x`` is a reader's output, a tensor (``model(x)``) or a dict of them
+        (``model(**x)``)."""
         self._captured.clear()
-        x = x.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
-            self.model(x)
+            if isinstance(x, dict):
+                self.model(**{k: v.to(self.device, non_blocking=True) for k, v in x.items()})
+            else:
+                self.model(x.to(self.device, non_blocking=True))
         if len(self._captured) != 1:
             raise ModelError(
                 f"the classifier layer ran {len(self._captured)} times in one forward pass; "
                 "name the final layer in model.classifier"
             )
         h, logits = self._captured[0]
-        return torch.softmax(logits.float(), 1), h.float().reshape(len(x), -1)
+        return torch.softmax(logits.float(), 1), h.float().reshape(len(logits), -1)

@@ -11,17 +11,18 @@ from dist_al.config import Config, load_config
 from dist_al.core.bait import check_reduction
 from dist_al.core.inputs import check_budget
 from dist_al.core.options import BaitOptions
-from dist_al.data.pool import open_pool
+from dist_al.inputs.contract import open_inputs
 from dist_al.models.build import build_model, classifier_layer
 from dist_al.runtime.cluster import cluster_session
 from dist_al.runtime.sharded_pool import SelectionResult, ShardedPool
 
 
 def preflight(cfg: Config, n_labeled: int = 0) -> nn.Module:
-    """What can be checked without Ray (pool footers, model and checkpoint, budget, BAIT's size), so bad input
-    fails in seconds, before any worker starts or anything is written. ``n_labeled``: labeled ids known to be
-    in the pool. Answers the built model, for ShardedPool to ship (the checkpoint is read once)."""
-    pool = open_pool(cfg.pool)
+    """What can be checked without Ray (pool footers, the reader and its columns, model and checkpoint, budget,
+    BAIT's size), so bad input fails in seconds, before any worker starts or anything is written. ``n_labeled``:
+    labeled ids known to be in the pool. Answers the built model, for ShardedPool to ship (the checkpoint is
+    read once)."""
+    pool, _ = open_inputs(cfg.pool, cfg.inputs)
     model = build_model(cfg.model, seed=cfg.selection.seed, storage_options=cfg.pool.storage_options)
     check_budget(cfg.selection.budget, pool.num_rows - n_labeled)
     options = cfg.selection.options()
@@ -37,7 +38,14 @@ def sharded_pool(
     """The config's pool embedded by ShardWorkers with ``network``'s weights (default: the config's model,
     built once from ``selection.seed``). Ray must be running."""
     return ShardedPool(
-        cfg.pool, cfg.model, cfg.cluster, network=network, seed=cfg.selection.seed, progress=progress, labels=labels
+        cfg.pool,
+        cfg.model,
+        cfg.cluster,
+        inputs=cfg.inputs,
+        network=network,
+        seed=cfg.selection.seed,
+        progress=progress,
+        labels=labels,
     )
 
 

@@ -20,14 +20,16 @@ import ray
 import torch
 from torch import nn
 
-from dist_al.config import ClusterConfig, ModelConfig, PoolConfig
+from dist_al.config import ClusterConfig, InputsConfig, ModelConfig, PoolConfig
 from dist_al.core.api import check_seed, resolve_options, run_strategy
 from dist_al.core.bait import check_reduction
 from dist_al.core.errors import UserError
 from dist_al.core.inputs import check_budget
 from dist_al.core.options import BaitOptions, StrategyOptions
 from dist_al.core.progress import progress_bar
-from dist_al.data.pool import PoolError, open_pool, plan_shards
+from dist_al.data.pool import PoolError, plan_shards
+from dist_al.inputs.contract import InputError, open_inputs
+from dist_al.inputs.pipeline import Skip
 from dist_al.models.build import build_model
 from dist_al.runtime.cluster import shard_workers, wait_started, worker_threads
 from dist_al.runtime.worker import ShardWorker
@@ -39,6 +41,8 @@ log = logging.getLogger(__name__)
 # so the rerun gives the same result. This many recoveries per operation, then WorkerLostError.
 MAX_RECOVERIES = 3
 EMBED_STEP_ROWS = 65536
+_LOGGED_SKIPS = 20  # skipped rows logged one line each (why); every id is in ShardedPool.skipped
+_LISTED_SKIPS = 100  # ids listed in the summary warning
 
 
 # What a Ray call raises when a ShardWorker (its process or its node) is gone; a worker's own
@@ -48,6 +52,7 @@ WORKER_LOST = (
     ray.exceptions.ObjectLostError,  # a result that lived on a removed node
     ray.exceptions.WorkerCrashedError,
     ray.exceptions.NodeDiedError,
+    ray.exceptions.RayChannelError,  # a compiled graph's channel closed under it (its worker died)
 )
 
 # A worker that has not answered in this long, while another was lost, is taken for lost too.
@@ -70,13 +75,22 @@ def get_all(refs: list) -> list:
 
 class RayShards:
     """The core's ShardGroup over ShardWorker actors: ``map`` calls every worker at once, in shard order. A
-    method travels by name (``ShardWorker.invoke``); the coordinator loops name it by reference."""
+    method travels by name (``ShardWorker.invoke``); the coordinator loops name it by reference.
+
+    ``relay`` (one exact k-means++ centre: take the drawn row on its shard, add it as a centre on all) runs
+    as a Ray compiled graph when ``compiled`` (``cluster.compiled_graph``): the workers stay in one graph
+    for the whole selection and pass the step's values through shared-memory channels, instead of a task
+    submission, an object-store round and a reply per call. If the graph cannot be compiled (an older or
+    restricted Ray), relay falls back to plain actor calls, which give the same results. ``close`` ends it.
+    """
 
     # Arguments larger than this go to the object store once instead of once per worker.
     _PUT_BYTES = 1 << 16
 
-    def __init__(self, workers: list):
+    def __init__(self, workers: list, *, compiled: bool = False):
         self.workers = workers
+        self.compiled = compiled
+        self._graph: Any = None
 
     def map(self, method: Callable, *args: Any) -> list:
         args = tuple(ray.put(a) if _nbytes(a) > self._PUT_BYTES else a for a in args)
@@ -85,11 +99,41 @@ class RayShards:
     def call(self, shard: int, method: Callable, *args: Any) -> Any:
         return ray.get(self.workers[shard].invoke.remote(method.__name__, *args))
 
-    def submit(self, shard: int, method: Callable, *args: Any, returns: int = 1) -> Any:
-        return self.workers[shard].invoke.options(num_returns=returns).remote(method.__name__, *args)
+    def relay(self, shard: int, method: Callable, args: tuple, then: Callable, *then_args: Any) -> tuple[Any, list]:
+        step = (shard, method.__name__, args, then.__name__, then_args)
+        graph = self._compiled_graph() if self.compiled else None
+        if graph is not None:
+            outputs = ray.get(graph.execute(step), timeout=-1)  # -1: as long as the step takes, as ray.get
+            return outputs[shard], outputs[len(self.workers) :]
+        value = self.workers[shard].invoke.remote(method.__name__, *args)
+        results = get_all([w.invoke.remote(then.__name__, value, *then_args) for w in self.workers])
+        return ray.get(value), results
 
-    def fetch(self, handle: Any) -> Any:
-        return ray.get(handle)
+    def _compiled_graph(self):
+        """Every worker's relay_first (the shard's own call; the others answer None), whose outputs every
+        worker's relay_then reads; the driver reads both layers. Compiled once, on the first relay."""
+        if self._graph is None:
+            from ray.dag import InputNode, MultiOutputNode
+
+            try:
+                with InputNode() as step:
+                    first = [w.relay_first.bind(step, i) for i, w in enumerate(self.workers)]
+                    then = [w.relay_then.bind(step, *first) for w in self.workers]
+                    self._graph = MultiOutputNode(first + then).experimental_compile()
+            except Exception as err:  # noqa: BLE001 - any failure to compile leaves the plain calls
+                log.warning(
+                    "Ray compiled graph unavailable (%s); coordinating with plain actor calls", _first_line(err)
+                )
+                self.compiled = False
+                return None
+        return self._graph
+
+    def close(self) -> None:
+        """Tears the compiled graph down (the workers can then join another one)."""
+        graph, self._graph = self._graph, None
+        if graph is not None:
+            with contextlib.suppress(Exception):  # after a lost worker the graph may be down already
+                graph.teardown()
 
 
 def _nbytes(value: Any) -> int:
@@ -113,10 +157,18 @@ class SelectionResult:
     seconds_select: float
     workers: int
     picks: list[tuple[int, int]] = field(default_factory=list)  # (shard, row in the shard) per pick, in rank order
+    skipped: list[Skip] = field(default_factory=list)  # rows left out with inputs.on_error: skip, in pool order
 
 
 def start_workers(
-    pool: PoolConfig, model: ModelConfig, cluster: ClusterConfig, weights, shards, *, labels: bool = False
+    pool: PoolConfig,
+    model: ModelConfig,
+    cluster: ClusterConfig,
+    weights,
+    shards,
+    *,
+    inputs: InputsConfig = InputsConfig(),
+    labels: bool = False,
 ) -> list:
     """A ShardWorker per shard, once each has started: on a cluster that cannot place them all within
     cluster.start_timeout_s, none is left running and ClusterTooSmall says what they need (dist_al.runtime.cluster)."""
@@ -125,7 +177,9 @@ def start_workers(
     )
     threads = worker_threads(cluster.cpus_per_worker)
     # handles: Ray types a method's .remote only on @ray.method-decorated methods; the driver calls them as Any
-    workers: list[Any] = [actor.remote(pool, shard, model, weights, threads=threads, labels=labels) for shard in shards]
+    workers: list[Any] = [
+        actor.remote(pool, shard, model, weights, inputs=inputs, threads=threads, labels=labels) for shard in shards
+    ]
     group = replace(shard_workers(cluster), count=len(workers))
     wait_started(workers, [w.where.remote() for w in workers], group, cluster.start_timeout_s)
     return workers
@@ -150,8 +204,13 @@ class ShardedPool:
     ``labels=True`` (simulation) also keeps the pool's label column on the
     workers (``pool.label_column`` must be set), for ``rows_at`` and
     ``labels_of``; ``reembed`` swaps in new model weights without restarting
-    the actors. ``model``: the model already built from the config (``preflight``'s), else it is
-    built here. A worker that dies (its process or its node) is replaced and
+    the actors. ``inputs`` says how rows become the model's input; rows it
+    skips (``inputs.on_error: skip``) are not resident: ``num_rows`` counts
+    the rest, global row positions number them (shard order, then row order),
+    and ``skipped`` lists the others (logged at WARNING; more than
+    ``inputs.max_skipped`` of the pool is an InputError). ``network``: the
+    model already built from the config (``preflight``'s), else it is built
+    here. A worker that dies (its process or its node) is replaced and
     its shard re-embedded; the call that saw it die runs again (see MAX_RECOVERIES).
     """
 
@@ -161,17 +220,18 @@ class ShardedPool:
         model: ModelConfig,
         cluster: ClusterConfig,
         *,
+        inputs: InputsConfig = InputsConfig(),
         network: nn.Module | None = None,
         seed: int = 0,
         progress: bool = False,
         labels: bool = False,
     ):
-        self.pool, self.model, self.cluster = pool, model, cluster
+        self.pool, self.model, self.cluster, self.inputs = pool, model, cluster, inputs
         self.progress = progress
         if labels and not pool.label_column:
             raise UserError("pool labels requested but config key pool.label_column is not set")
         self.with_labels = labels
-        opened = open_pool(pool)  # schema problems surface here, before any model runs
+        opened, _ = open_inputs(pool, inputs)  # schema problems surface here, before any model runs
         self.num_rows = opened.num_rows
         self.shards = plan_shards(opened, cluster.workers)
         if network is None:  # one init, shipped to all
@@ -195,10 +255,42 @@ class ShardedPool:
                 ",".join(where["gpus"]) or "none",
             )
         self.summary = placement[0]
+        self.first_rows = [int(x) for x in np.cumsum([0] + [p["rows"] for p in placement])[:-1]]
+        self.num_rows = sum(p["rows"] for p in placement)
+        self.skipped: list[Skip] = []
+        if any(p["skipped"] for p in placement):
+            self._report_skipped(opened.num_rows)
         self.seconds_embed = time.perf_counter() - t0
 
     def _start(self, shards) -> list:
-        return start_workers(self.pool, self.model, self.cluster, self._weights, shards, labels=self.with_labels)
+        return start_workers(
+            self.pool, self.model, self.cluster, self._weights, shards, inputs=self.inputs, labels=self.with_labels
+        )
+
+    def _report_skipped(self, pool_rows: int) -> None:
+        parts = self._recovering(
+            "reading the skipped rows", lambda: ray.get([w.skipped_rows.remote() for w in self.workers])
+        )
+        self.skipped = [s for part in parts for s in part]
+        n = len(self.skipped)
+        if n > self.inputs.max_skipped * pool_rows:
+            raise InputError(
+                f"{n} of the {pool_rows} rows of pool {self.pool.uri} cannot be read, more than inputs.max_skipped "
+                f"({self.inputs.max_skipped:g} of the pool); the first: {self.skipped[0].line}"
+            )
+        for skip in self.skipped[:_LOGGED_SKIPS]:
+            log.warning("skipped (inputs.on_error=skip): %s", skip.line)
+        ids = ", ".join(repr(s.id) for s in self.skipped[:_LISTED_SKIPS])
+        more = f" and {n - _LISTED_SKIPS} more" if n > _LISTED_SKIPS else ""
+        log.warning(
+            "%d of the %d rows of pool %s cannot be read and are left out of selection (inputs.on_error=skip): "
+            "ids %s%s",
+            n,
+            pool_rows,
+            self.pool.uri,
+            ids,
+            more,
+        )
 
     # -- lost workers --------------------------------------------------------------------
 
@@ -329,7 +421,7 @@ class ShardedPool:
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= self.num_rows):
             raise ValueError(f"row positions must lie in [0, {self.num_rows})")
-        starts = np.array([s.first_row for s in self.shards], dtype=np.int64)
+        starts = np.array(self.first_rows, dtype=np.int64)
         shard_of = np.searchsorted(starts, rows, side="right") - 1
         ids, labels = np.zeros(len(rows), dtype=np.int64), np.zeros(len(rows), dtype=np.int64)
         shards = np.unique(shard_of)
@@ -382,10 +474,12 @@ class ShardedPool:
         table, picks = self._recovering(
             f"selection {strategy!r}", lambda: self._select(strategy, budget, seed, options, labeled)
         )
-        return SelectionResult(table, self.seconds_embed, time.perf_counter() - t0, len(self.workers), picks)
+        return SelectionResult(
+            table, self.seconds_embed, time.perf_counter() - t0, len(self.workers), picks, list(self.skipped)
+        )
 
     def picked_rows(self, result: SelectionResult) -> pa.Table:
-        """The picked rows with where they live and their features (``pool.rows_table``), in rank order: each
+        """The picked rows with where they live and their input columns (``pool.rows_table``), in rank order: each
         ShardWorker reads the row groups of its own picks, all at once, so that training reads these rows
         instead of the pool."""
         picks = np.asarray(result.picks, dtype=np.int64).reshape(-1, 2)
@@ -401,10 +495,14 @@ class ShardedPool:
         self, strategy: str, budget: int, seed: int, options: StrategyOptions, labeled
     ) -> tuple[pa.Table, list]:
         """One run of the strategy from its start: every worker's strategy shard is built afresh."""
-        counts = ray.get([w.start.remote(strategy, labeled, s.first_row) for w, s in zip(self.workers, self.shards)])
+        counts = ray.get([w.start.remote(strategy, labeled, row) for w, row in zip(self.workers, self.first_rows)])
         budget = check_budget(budget, sum(counts))
-        with torch.inference_mode():
-            selection = run_strategy(strategy, RayShards(self.workers), budget, seed, options, self.progress)
+        group = RayShards(self.workers, compiled=self.cluster.compiled_graph)
+        try:
+            with torch.inference_mode():
+                selection = run_strategy(strategy, group, budget, seed, options, self.progress)
+        finally:
+            group.close()
         by_shard: dict[int, list[int]] = {}
         for s, i in selection.picks:
             by_shard.setdefault(s, []).append(i)

@@ -1,7 +1,10 @@
 """The ShardWorker actor: one shard of the pool, embedded once and kept resident for every selection step.
 
 Workers keep ids, p and h resident (and the strategy's per-row shard state), so the coordinator
-(``dist_al.runtime.sharded_pool``) only sees sketches and the picked rows.
+(``dist_al.runtime.sharded_pool``) only sees sketches and the picked rows. The pool's rows become the model's
+input through the ``inputs`` reader, decoded in threads on the worker's CPUs while the model runs
+(``dist_al.inputs.pipeline``). Rows skipped with ``inputs.on_error: skip`` are not resident: a worker's row
+``i`` is shard row ``positions[i]``.
 """
 
 from __future__ import annotations
@@ -15,19 +18,19 @@ import pyarrow as pa
 import ray
 import torch
 
-from dist_al.config import ModelConfig, PoolConfig
+from dist_al.config import InputsConfig, ModelConfig, PoolConfig
 from dist_al.core.api import STRATEGIES
 from dist_al.core.inputs import check_shapes, first_invalid, prob_sum_tolerance
 from dist_al.data.pool import (
     duplicated_id,
     id_locations,
-    open_pool,
     read_rows,
-    read_shard,
     row_location,
     rows_table,
     shard_places,
 )
+from dist_al.inputs.contract import InputError, open_inputs
+from dist_al.inputs.pipeline import Decoded, Skip, decoded_batches
 from dist_al.models.build import ModelError, build_model
 from dist_al.models.embedder import Embedder
 
@@ -49,20 +52,32 @@ class ShardWorker:
     """One shard of the pool, embedded once and kept resident for every selection step."""
 
     def __init__(
-        self, pool: PoolConfig, shard, model: ModelConfig, weights: dict, *, threads: int = 1, labels: bool = False
+        self,
+        pool: PoolConfig,
+        shard,
+        model: ModelConfig,
+        weights: dict,
+        *,
+        inputs: InputsConfig = InputsConfig(),
+        threads: int = 1,
+        labels: bool = False,
     ):
         torch.set_num_threads(max(1, int(threads)))
         gpu = torch.cuda.is_available() and bool(ray.get_gpu_ids())
         self.device = torch.device("cuda" if gpu else "cpu")
-        self.pool = open_pool(pool)
+        self.pool, self.reader = open_inputs(pool, inputs)
+        self.decode_threads = inputs.threads or max(1, int(threads))
         self.shard = shard
         self.embedder = Embedder(
             build_model(model, weights=weights), model.classifier, self.device, model.autocast if gpu else None
         )
         self.batch_size = model.batch_size
-        self._batches: Generator[dict[str, np.ndarray], None, None] | None = None
-        self._next_row = 0  # shard row of the next embedded batch's first row
+        self._batches: Generator[Decoded, None, None] | None = None
+        self._next_row = 0  # resident row of the next embedded batch's first row
         self._ids: list[np.ndarray] = []
+        self._rows: list[np.ndarray] = []
+        self.positions: np.ndarray | None = None  # shard row of each resident row (after the first pass)
+        self.skipped: list[Skip] = []  # rows left out with inputs.on_error: skip
         self._p: list[torch.Tensor] = []
         self._h: list[torch.Tensor] = []
         self._y: list[np.ndarray] = []
@@ -80,25 +95,39 @@ class ShardWorker:
     # -- the embedding pass, in steps so the driver can show progress --------------------
 
     def embed_step(self, max_rows: int) -> int:
-        """Embeds up to max_rows more rows (reading ahead in the background); 0 when the shard is done."""
+        """Embeds up to max_rows more rows (decoding ahead in the background); 0 when the shard is done."""
+        first = self.rows is None
         if self._batches is None:
-            # ids (and labels) are read on the first pass only; a re-embedding reads features alone
+            # labels are read on the first pass only; a re-embedding leaves out the rows the first pass skipped
             # (row order is fixed by the shard plan).
-            columns = (
-                ("features",)
-                if self.rows is not None
-                else ("id", "features") + (("label",) if self.with_labels else ())
+            self._batches = decoded_batches(
+                self.pool,
+                self.shard,
+                self.reader,
+                batch_rows=self.batch_size,
+                threads=self.decode_threads,
+                labels=first and self.with_labels,
+                exclude=None if first else self._skipped_rows(),
             )
-            self._batches = read_shard(self.pool, self.shard, columns=columns, batch_rows=self.batch_size)
         done = 0
         for batch in self._batches:
-            p, h = self.embedder(torch.from_numpy(batch["features"].copy()))  # Arrow buffers are read-only
+            if first:
+                self.skipped += batch.skipped
+            elif batch.skipped:  # the resident ids, labels and positions came from the first pass
+                raise InputError(
+                    f"{batch.skipped[0].line} (read in the first pass, not now: the pool's rows must not change "
+                    "while it is in use)"
+                )
+            if batch.x is None:
+                continue
+            p, h = self._forward(batch)
             self._check_output(p, h, batch)
             self._next_row += len(p)
-            if "ids" in batch:
-                self._ids.append(batch["ids"])
-            if "labels" in batch:
-                self._y.append(batch["labels"])
+            if first:
+                self._ids.append(batch.ids)
+                self._rows.append(batch.rows)
+                if batch.labels is not None:
+                    self._y.append(batch.labels)
             self._p.append(p)
             self._h.append(h)
             done += len(p)
@@ -108,10 +137,38 @@ class ShardWorker:
             self._finish()
         return done
 
-    def _check_output(self, p: torch.Tensor, h: torch.Tensor, batch: dict) -> None:
+    def _skipped_rows(self) -> np.ndarray:
+        assert self.positions is not None
+        everything = np.ones(self.shard.num_rows, dtype=bool)
+        everything[self.positions] = False
+        return np.flatnonzero(everything)
+
+    def _where(self, batch: Decoded, i: int) -> tuple[str, int, int]:
+        return row_location(self.pool, self.shard, int(batch.rows[i]))
+
+    def _forward(self, batch: Decoded) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model on a batch of reader output; its failure (a shape the model does not take) names the rows."""
+        assert batch.x is not None
+        try:
+            return self.embedder(batch.x)
+        except ModelError:
+            raise
+        except Exception as err:  # noqa: BLE001 - the model refused the reader's output: the user's to fix
+            file_uri, group, row = self._where(batch, 0)
+            shapes = (
+                {k: tuple(v.shape) for k, v in batch.x.items()} if isinstance(batch.x, dict) else tuple(batch.x.shape)
+            )
+            detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise ModelError(
+                f"the model failed on inputs.reader {self.reader.path!r}'s output {shapes} for ids "
+                f"{_plain(batch.ids[0])!r}..{_plain(batch.ids[-1])!r} (file {file_uri}, row group {group}, from "
+                f"row {row}): {type(err).__name__}: {detail}"
+            ) from None
+
+    def _check_output(self, p: torch.Tensor, h: torch.Tensor, batch: Decoded) -> None:
         """The core's checks of (p, h), per batch, so a failure can name the row (and a NaN never reaches
         a strategy, where it would turn BADGE's D^2 draws into uniform ones)."""
-        n = len(batch["features"])
+        n = len(batch.ids)
         try:
             if p.ndim != 2 or h.ndim != 2 or len(p) != n:
                 raise ValueError(
@@ -120,7 +177,7 @@ class ShardWorker:
                 )
             check_shapes(p, h)
         except ValueError as err:
-            file_uri, group, row = row_location(self.pool, self.shard, self._next_row)
+            file_uri, group, row = self._where(batch, 0)
             raise ModelError(
                 f"the model's output for file {file_uri} row group {group} (rows {row}..{row + n - 1}) "
                 f"is unusable: {err}"
@@ -129,9 +186,8 @@ class ShardWorker:
         if bad is None:
             return
         what, row = bad
-        file_uri, group, in_group = row_location(self.pool, self.shard, self._next_row + row)
-        row_id = batch["ids"][row] if "ids" in batch else self.ids[self._next_row + row]
-        row_id = row_id.item() if isinstance(row_id, np.generic) else row_id
+        file_uri, group, in_group = self._where(batch, row)
+        row_id = _plain(batch.ids[row])
         values = {
             "probs_nonfinite": "NaN/inf class probabilities",
             "feats_nonfinite": "NaN/inf classifier inputs",
@@ -150,6 +206,7 @@ class ShardWorker:
     def _finish(self) -> None:
         if self.rows is None:
             self.ids = np.concatenate(self._ids) if self._ids else np.zeros(0, np.int64)
+            self.positions = np.concatenate(self._rows) if self._rows else np.zeros(0, np.int64)
             if self.with_labels:
                 self.labels = np.concatenate(self._y) if self._y else np.zeros(0, np.int64)
             self.rows = len(self.ids)
@@ -159,7 +216,7 @@ class ShardWorker:
             raise RuntimeError(
                 f"shard {self.shard.index}: re-embedding read {len(self.probs)} rows, the first pass {self.rows}"
             )
-        self._ids, self._y, self._p, self._h = [], [], [], []
+        self._ids, self._rows, self._y, self._p, self._h = [], [], [], [], []
         self._embedded = True
 
     def load_weights(self, weights: dict) -> None:
@@ -173,7 +230,7 @@ class ShardWorker:
         self._next_row = 0
         self._p, self._h = [], []
         if self.rows is None:  # the first pass was cut short: it starts over, ids and labels too
-            self._ids, self._y = [], []
+            self._ids, self._rows, self._y, self.skipped = [], [], [], []
         self.probs = self.feats = None
         self.strategy_shard = None
         self._embedded = False
@@ -197,6 +254,7 @@ class ShardWorker:
             "node": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
             "gpus": [str(g) for g in ray.get_gpu_ids()],
+            "skipped": len(self.skipped),
         }
 
     def id_buckets(self, n_buckets: int) -> list[np.ndarray]:
@@ -211,7 +269,7 @@ class ShardWorker:
 
     def locate_id(self, value) -> list[str]:
         """Where in this shard's files ``value`` occurs, for an error that names them."""
-        return id_locations(self.pool, self.shard, self.ids, value)
+        return id_locations(self.pool, self.shard, self.ids, value, self.positions)
 
     # -- selection --------------------------------------------------------------------
 
@@ -229,14 +287,30 @@ class ShardWorker:
         with torch.inference_mode():
             return _to_cpu(getattr(self.strategy_shard, method)(*args))
 
+    def relay_first(self, step: tuple, index: int) -> Any:
+        """A relay's first call (``RayShards.relay``) if this worker holds shard ``index``, the drawn one."""
+        shard, method, args, _then, _then_args = step
+        return self.invoke(method, *args) if shard == index else None
+
+    def relay_then(self, step: tuple, *first: Any) -> Any:
+        """A relay's second call, with the value the drawn shard's first call answered."""
+        shard, _method, _args, then, then_args = step
+        return self.invoke(then, first[shard], *then_args)
+
     def ids_at(self, local_rows: list[int]) -> np.ndarray:
         return self.ids[np.asarray(local_rows, dtype=np.int64)]
 
+    def skipped_rows(self) -> list[Skip]:
+        """The rows of this shard the first pass left out (``inputs.on_error: skip``), in shard order."""
+        return self.skipped
+
     def located_rows(self, local_rows: list[int]) -> pa.Table:
-        """Rows of this shard by position, with where they live and their features (``pool.rows_table``):
-        reads only the row groups holding them."""
-        places = shard_places(self.shard, local_rows)
-        return rows_table(self.pool, self.ids_at(local_rows), places, read_rows(self.pool, places))
+        """Resident rows by position, with where they live and their input columns as stored
+        (``pool.rows_table``): reads only the row groups holding them."""
+        assert self.positions is not None
+        places = shard_places(self.shard, self.positions[np.asarray(local_rows, dtype=np.int64)])
+        inputs = read_rows(self.pool, places, self.reader.columns)
+        return rows_table(self.pool, self.ids_at(local_rows), places, inputs)
 
     # -- labels (simulation: the pool's hidden label column) ---------------------------
 
@@ -266,6 +340,10 @@ class ShardWorker:
         pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
         hit = sorted_ids[pos] == ids
         return np.flatnonzero(hit), labels[order[pos[hit]]]
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _hash_ids(ids: np.ndarray) -> np.ndarray:
