@@ -30,6 +30,7 @@ import argparse
 import multiprocessing
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -37,6 +38,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -58,7 +60,7 @@ from dist_al.data.pool import (
 from dist_al.data.synthetic import gaussian_mixture
 from dist_al.data.writer import write_pool
 from dist_al.inputs.contract import open_inputs
-from dist_al.inputs.pipeline import decoded_batches
+from dist_al.inputs.pipeline import decoded_batches, read_batch
 from dist_al.models.build import build_model
 from dist_al.models.embedder import Embedder
 
@@ -483,40 +485,182 @@ class _PeakMemory:
         self._thread.join()
 
 
-def bench_full_select(uri: str, rows: int, budget: int, workdir: str, device: torch.device) -> dict:
-    """`dist-al select` as users run it, in a child process whose process tree is measured."""
-    cfg = os.path.join(workdir, "bench.yaml")
-    with open(cfg, "w") as f:
-        f.write(
-            f"pool: {{uri: {uri}}}\nmodel: {{factory: 'dist_al.models:mlp', "
-            f"kwargs: {{in_dim: {D}, n_classes: {K}, hidden: {D}}}}}\n"
-            f"selection: {{strategy: badge, budget: {budget}}}\n"
-            f"cluster: {{workers: 2, gpus_per_worker: {_gpus_per_worker(device)}}}\nworkdir: {workdir}\n"
-        )
+def _run_measured(argv: list[str]) -> tuple[subprocess.CompletedProcess, float, float]:
+    """A `dist-al` command in a child process: (its result, wall seconds, peak GiB of PSS summed over this process
+    and every descendant, Ray's included)."""
     t0 = time.perf_counter()
     with _PeakMemory() as peak:
-        out = subprocess.run(
-            [sys.executable, "-m", "dist_al.cli", "select", "--config", cfg, "--no-progress"],
-            capture_output=True,
-            text=True,
-        )
-    wall = time.perf_counter() - t0
-    if out.returncode != 0:
-        return {
-            "name": "full select",
-            "figure": f"failed: {out.stderr.strip()[-300:]}",
+        out = subprocess.run([sys.executable, "-m", "dist_al.cli", *argv], capture_output=True, text=True)
+    return out, time.perf_counter() - t0, peak.peak / 2**30
+
+
+def _failed(name: str, out: subprocess.CompletedProcess) -> dict:
+    return {"name": name, "figure": f"failed: {out.stderr.strip()[-300:]}", "ratio": None, "goal": "", "met": False}
+
+
+_SHARD_LOG = re.compile(
+    r"shard (\d+) \((\d+) rows\).*embedding pass: ([\d.]+) s waiting on reads/decoding, ([\d.]+) s forward, "
+    r"([\d.]+) s checks"
+)
+_SUMMARY = re.compile(r"\(embedding ([\d.]+)s, selection ([\d.]+)s\)")
+
+
+@dataclass
+class ShardPass:
+    """One shard embedded in this process as its ShardWorker embeds it, each stage timed on its own."""
+
+    ids: np.ndarray
+    probs: torch.Tensor
+    feats: torch.Tensor
+    read: float
+    decode: float
+    forward: float
+
+
+def embed_shards(uri: str, model: ModelConfig, workers: int, seed: int = 0) -> list[ShardPass]:
+    """The pool's (p, h) as `dist-al select`'s ShardWorkers compute them (the same shard plan, batches, model of
+    ``seed`` and one torch thread each), one shard per thread, with the seconds spent reading Parquet, decoding
+    and in the forward pass (one after the other here, where a worker overlaps reading and decoding with the
+    forward)."""
+    pool, reader = open_inputs(PoolConfig(uri=uri), InputsConfig())
+
+    def one(shard) -> ShardPass:
+        embed = Embedder(build_model(model, seed=seed), model.classifier)  # one per thread: its hook holds state
+        p = torch.empty(shard.num_rows, K)
+        h = torch.empty(shard.num_rows, model.kwargs["hidden"])
+        ids, t_read, t_decode, t_forward, row = [], 0.0, 0.0, 0.0, 0
+        batches = read_shard(pool, shard, ("id",), batch_rows=model.batch_size, inputs=reader.columns)
+        t0 = time.perf_counter()
+        for b in batches:
+            t1 = time.perf_counter()
+            x, _, _ = read_batch(reader, b["inputs"], b["ids"], lambda i: f"row {i}", uri)
+            t2 = time.perf_counter()
+            bp, bh = embed(x)
+            p[row : row + len(bp)], h[row : row + len(bh)] = bp, bh
+            t3 = time.perf_counter()
+            ids.append(b["ids"])
+            row += len(bp)
+            t_read, t_decode, t_forward = t_read + t1 - t0, t_decode + t2 - t1, t_forward + t3 - t2
+            t0 = time.perf_counter()
+        return ShardPass(np.concatenate(ids), p[:row], h[:row], t_read, t_decode, t_forward)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a ShardWorker with one CPU: the same kernels, so the same bits
+    try:
+        with ThreadPoolExecutor(workers) as ex:
+            return list(ex.map(one, plan_shards(pool, workers)))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def check_ids(selected: np.ndarray, shards: list[ShardPass], budget: int, centres: int | None) -> dict:
+    """The ids a selection picked against single-process BADGE (``dist_al.core.select``, seed 0) on the same
+    (p, h), joined in shard order: all ``budget`` picks, or the first ``centres`` (k-means++ picks its first
+    centres the same whatever the budget)."""
+    n = budget if centres is None else min(centres, budget)
+    probs = torch.cat([s.probs for s in shards])
+    feats = torch.cat([s.feats for s in shards])
+    ids = np.concatenate([s.ids for s in shards])
+    t0 = time.perf_counter()
+    rows = select("badge", probs, feats, n, seed=0)
+    seconds = time.perf_counter() - t0
+    expected = ids[rows]
+    got = np.asarray(selected)[:n]
+    same = len(got) == n and bool(np.array_equal(got, expected))
+    first = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), n))
+    return {
+        "name": f"ids of the full select / single-process BADGE on the same (p, h) (N={len(ids):,}, "
+        f"{'all ' if n == budget else 'the first '}{n} of {budget} picks)",
+        "figure": f"same ids: {same}"
+        + ("" if same else f" (first difference at rank {first + 1})")
+        + f"; single process {seconds:.0f} s for {n} centres",
+        "ratio": None,
+        "goal": "same ids",
+        "met": same,
+        "seconds": seconds,
+    }
+
+
+def bench_full_select(
+    tmp: str, rows: int, budget: int, device: torch.device, centres: int | None = None, check: bool = True
+) -> list[dict]:
+    """`dist-al make-pool` and `dist-al select` as users run them, each in a child process whose process tree is
+    measured; where the select's time went (its own log: per worker, waiting on reads/decoding, forward, checks;
+    this process re-embedding the pool: reading, decoding, forward apart); with ``check``, the ids against
+    single-process BADGE on the same (p, h) (``check_ids``), with the first ``centres`` picks or all."""
+    uri, workdir = os.path.join(tmp, "full-pool"), os.path.join(tmp, "full-work")
+    what = f"N={rows:,}, D={D}, K={K}"
+    made, t_make, gib_make = _run_measured(
+        ["make-pool", uri, "--synthetic", "--rows", str(rows), "--classes", str(K), "--dim", str(D)]
+    )
+    if made.returncode != 0:
+        return [_failed(f"`dist-al make-pool` ({what})", made)]
+    out = [
+        {
+            "name": f"`dist-al make-pool --synthetic` ({what})",
+            "figure": f"{t_make:.0f} s, peak {gib_make:.2f} GiB",
             "ratio": None,
             "goal": "",
-            "met": False,
+            "met": None,
         }
-    gib = peak.peak / 2**30
-    return {
-        "name": f"full `dist-al select` (N={rows:,}, D={D}, K={K}, BADGE B={budget}, 2 workers, {device.type})",
-        "figure": f"{wall:.0f} s wall, peak {gib:.2f} GiB (PSS summed over all processes) ({out.stdout.strip()})",
-        "ratio": None,
-        "goal": "<= 600 s, <= 8 GiB",
-        "met": wall <= 600 and gib <= 8,
-    }
+    ]
+    cfg = os.path.join(tmp, "full.yaml")
+    mlp = _model_config(hidden=D)
+    with open(cfg, "w") as f:
+        f.write(
+            f"pool: {{uri: {uri}}}\nmodel: {{factory: '{mlp.factory}', kwargs: {dict(mlp.kwargs)}}}\n"
+            f"selection: {{strategy: badge, budget: {budget}, seed: 0}}\n"
+            f"cluster: {{workers: 2, gpus_per_worker: {_gpus_per_worker(device)}}}\nworkdir: {workdir}\n"
+        )
+    name = f"full `dist-al select` ({what}, BADGE B={budget}, 2 workers, {device.type})"
+    ran, wall, gib = _run_measured(["select", "--config", cfg, "--no-progress", "--log-level", "INFO"])
+    if ran.returncode != 0:
+        return out + [_failed(name, ran)]
+    goal_s, goal_gib = (900, 16) if rows > 2_000_000 else (600, 8)
+    out.append(
+        {
+            "name": name,
+            "figure": f"{wall:.0f} s wall, peak {gib:.2f} GiB (PSS summed over all processes) ({ran.stdout.strip()})",
+            "ratio": None,
+            "goal": f"<= {goal_s} s, <= {goal_gib} GiB",
+            "met": wall <= goal_s and gib <= goal_gib,
+        }
+    )
+    summary = _SUMMARY.search(ran.stdout)
+    t_embed, t_select = (float(x) for x in summary.groups()) if summary else (float("nan"), float("nan"))
+    workers = "; ".join(
+        f"shard {m[0]} ({int(m[1]):,} rows): {m[2]} s waiting on reads/decoding, {m[3]} s forward, {m[4]} s checks"
+        for m in _SHARD_LOG.findall(ran.stderr)
+    )
+    if not check:
+        shards, split = [], ""
+    else:
+        t0 = time.perf_counter()
+        shards = embed_shards(uri, mlp, 2)
+        split = (
+            f"; the same pass in one process ({time.perf_counter() - t0:.0f} s, a thread per shard, stages one after "
+            "the other): "
+            + "; ".join(
+                f"shard {i}: read {s.read:.1f} s, decode {s.decode:.1f} s, forward {s.forward:.1f} s"
+                for i, s in enumerate(shards)
+            )
+        )
+    out.append(
+        {
+            "name": f"where the select's time goes ({what}, B={budget})",
+            "figure": f"embedding {t_embed:.1f} s ({workers}){split}; selection {t_select:.1f} s "
+            f"({1000 * t_select / budget:.0f} ms per centre)",
+            "ratio": None,
+            "goal": "",
+            "met": None,
+        }
+    )
+    if check:
+        selected = pq.read_table(os.path.join(workdir, "selections", f"badge-budget{budget}-seed0.parquet"))
+        row = check_ids(selected.column("id").to_numpy(), shards, budget, centres)
+        row["figure"] += f" (the 2-worker select: {t_select:.0f} s for {budget})"
+        out.append(row)
+    return out
 
 
 def bench_gather(uri: str, rows: int, labeled: int, workdir: str) -> dict:
@@ -652,12 +796,29 @@ def main(argv: list[str] | None = None) -> int:
         prog="dist-al bench distributed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     options.add_common(parser, ROWS, quick="small sizes (seconds), for smoke tests")
+    parser.add_argument(
+        "--rows",
+        type=int,
+        default=None,
+        help="rows of the large pool (rows full, gather, coordination); default 2,000,000 (--quick 100,000)",
+    )
+    parser.add_argument(
+        "--check-centres",
+        type=int,
+        default=None,
+        help="full: compare only the first N picks with single-process BADGE (default all; 0: no check)",
+    )
     args = parser.parse_args(argv)
+    if args.rows is not None and args.rows < 1000:
+        parser.error("--rows must be at least 1000")
+    if args.check_centres is not None and args.check_centres < 0:
+        parser.error("--check-centres must be >= 0")
     device = options.device(parser, args.device)
     only = options.only(parser, args.only, ROWS)
     small, large, budget_small, budget_large = (
         (20_000, 100_000, 50, 100) if args.quick else (200_000, 2_000_000, 200, 1000)
     )
+    large = args.rows or large
     image_rows = 128 if args.quick else 1024
     print(f"command: dist-al bench distributed {shlex.join(argv)}")
     print(
@@ -673,7 +834,7 @@ def main(argv: list[str] | None = None) -> int:
             for layout in LAYOUTS:
                 if layout != "binary":
                     _make_pool(f"{small_uri}-{layout}", small, layout)
-        if {"coordination", "full", "gather"} & set(only):
+        if {"coordination", "gather"} & set(only):
             _make_pool(large_uri, large)
         if "images" in only:
             _make_image_pool(os.path.join(tmp, "images"), image_rows, os.path.join(tmp, "image-files"))
@@ -700,7 +861,8 @@ def main(argv: list[str] | None = None) -> int:
                     else bench_images(image_uri, device, counts)
                 )
             elif name == "full":
-                rows.append(bench_full_select(large_uri, large, budget_large, tmp, device))
+                centres = args.check_centres
+                rows += bench_full_select(tmp, large, budget_large, device, centres or None, centres != 0)
             elif name == "gather":
                 rows.append(bench_gather(large_uri, large, large // 400, tmp))
     print("| benchmark | measured | ratio | goal | met |")
