@@ -506,70 +506,70 @@ _SUMMARY = re.compile(r"\(embedding ([\d.]+)s, selection ([\d.]+)s\)")
 
 
 @dataclass
-class ShardPass:
-    """One shard embedded in this process as its ShardWorker embeds it, each stage timed on its own."""
+class PoolPass:
+    """The pool embedded in this process as the ShardWorkers embed it, with (read, decode, forward) seconds per
+    shard, each stage timed on its own."""
 
     ids: np.ndarray
     probs: torch.Tensor
     feats: torch.Tensor
-    read: float
-    decode: float
-    forward: float
+    stages: list[tuple[float, float, float]]
 
 
-def embed_shards(uri: str, model: ModelConfig, workers: int, seed: int = 0) -> list[ShardPass]:
+def embed_pool(uri: str, model: ModelConfig, workers: int, seed: int = 0) -> PoolPass:
     """The pool's (p, h) as `dist-al select`'s ShardWorkers compute them (the same shard plan, batches, model of
-    ``seed`` and one torch thread each), one shard per thread, with the seconds spent reading Parquet, decoding
-    and in the forward pass (one after the other here, where a worker overlaps reading and decoding with the
-    forward)."""
+    ``seed`` and one torch thread each), one shard per thread, into one (p, h) of the whole pool (no copy of it is
+    ever joined); reading Parquet, decoding and the forward pass run one after the other here, where a worker
+    overlaps them."""
     pool, reader = open_inputs(PoolConfig(uri=uri), InputsConfig())
+    shards = plan_shards(pool, workers)
+    starts = np.cumsum([0] + [s.num_rows for s in shards])
+    ids = np.empty(pool.num_rows, dtype=np.int64)
+    probs = torch.empty(pool.num_rows, K)
+    feats = torch.empty(pool.num_rows, model.kwargs["hidden"])
 
-    def one(shard) -> ShardPass:
+    def one(shard) -> tuple[float, float, float]:
         embed = Embedder(build_model(model, seed=seed), model.classifier)  # one per thread: its hook holds state
-        p = torch.empty(shard.num_rows, K)
-        h = torch.empty(shard.num_rows, model.kwargs["hidden"])
-        ids, t_read, t_decode, t_forward, row = [], 0.0, 0.0, 0.0, 0
+        t_read, t_decode, t_forward, row = 0.0, 0.0, 0.0, int(starts[shard.index])
         batches = read_shard(pool, shard, ("id",), batch_rows=model.batch_size, inputs=reader.columns)
         t0 = time.perf_counter()
         for b in batches:
             t1 = time.perf_counter()
-            x, _, _ = read_batch(reader, b["inputs"], b["ids"], lambda i: f"row {i}", uri)
+            x, keep, _ = read_batch(reader, b["inputs"], b["ids"], lambda i: f"row {i}", uri)
+            assert keep.all(), "a pool the reader reads whole"
             t2 = time.perf_counter()
-            bp, bh = embed(x)
-            p[row : row + len(bp)], h[row : row + len(bh)] = bp, bh
+            p, h = embed(x)
+            rows = slice(row, row + len(p))
+            probs[rows], feats[rows], ids[rows] = p, h, b["ids"]
             t3 = time.perf_counter()
-            ids.append(b["ids"])
-            row += len(bp)
+            row += len(p)
             t_read, t_decode, t_forward = t_read + t1 - t0, t_decode + t2 - t1, t_forward + t3 - t2
             t0 = time.perf_counter()
-        return ShardPass(np.concatenate(ids), p[:row], h[:row], t_read, t_decode, t_forward)
+        return t_read, t_decode, t_forward
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as a ShardWorker with one CPU: the same kernels, so the same bits
     try:
         with ThreadPoolExecutor(workers) as ex:
-            return list(ex.map(one, plan_shards(pool, workers)))
+            stages = list(ex.map(one, shards))
     finally:
         torch.set_num_threads(threads)
+    return PoolPass(ids, probs, feats, stages)
 
 
-def check_ids(selected: np.ndarray, shards: list[ShardPass], budget: int, centres: int | None) -> dict:
+def check_ids(selected: np.ndarray, embedded: PoolPass, budget: int, centres: int | None) -> dict:
     """The ids a selection picked against single-process BADGE (``dist_al.core.select``, seed 0) on the same
-    (p, h), joined in shard order: all ``budget`` picks, or the first ``centres`` (k-means++ picks its first
-    centres the same whatever the budget)."""
+    (p, h): all ``budget`` picks, or the first ``centres`` (k-means++ picks its first centres the same whatever
+    the budget)."""
     n = budget if centres is None else min(centres, budget)
-    probs = torch.cat([s.probs for s in shards])
-    feats = torch.cat([s.feats for s in shards])
-    ids = np.concatenate([s.ids for s in shards])
     t0 = time.perf_counter()
-    rows = select("badge", probs, feats, n, seed=0)
+    expected = embedded.ids[select("badge", embedded.probs, embedded.feats, n, seed=0)]
     seconds = time.perf_counter() - t0
-    expected = ids[rows]
     got = np.asarray(selected)[:n]
     same = len(got) == n and bool(np.array_equal(got, expected))
     first = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), n))
     return {
-        "name": f"ids of the full select / single-process BADGE on the same (p, h) (N={len(ids):,}, "
+        "name": f"ids of the full select / single-process BADGE on the same (p, h) (N={len(embedded.ids):,}, "
         f"{'all ' if n == budget else 'the first '}{n} of {budget} picks)",
         "figure": f"same ids: {same}"
         + ("" if same else f" (first difference at rank {first + 1})")
@@ -577,7 +577,6 @@ def check_ids(selected: np.ndarray, shards: list[ShardPass], budget: int, centre
         "ratio": None,
         "goal": "same ids",
         "met": same,
-        "seconds": seconds,
     }
 
 
@@ -632,17 +631,16 @@ def bench_full_select(
         f"shard {m[0]} ({int(m[1]):,} rows): {m[2]} s waiting on reads/decoding, {m[3]} s forward, {m[4]} s checks"
         for m in _SHARD_LOG.findall(ran.stderr)
     )
-    if not check:
-        shards, split = [], ""
-    else:
+    embedded, split = None, ""
+    if check:
         t0 = time.perf_counter()
-        shards = embed_shards(uri, mlp, 2)
+        embedded = embed_pool(uri, mlp, 2)
         split = (
             f"; the same pass in one process ({time.perf_counter() - t0:.0f} s, a thread per shard, stages one after "
             "the other): "
             + "; ".join(
-                f"shard {i}: read {s.read:.1f} s, decode {s.decode:.1f} s, forward {s.forward:.1f} s"
-                for i, s in enumerate(shards)
+                f"shard {i}: read {r:.1f} s, decode {d:.1f} s, forward {f:.1f} s"
+                for i, (r, d, f) in enumerate(embedded.stages)
             )
         )
     out.append(
@@ -655,9 +653,9 @@ def bench_full_select(
             "met": None,
         }
     )
-    if check:
+    if embedded is not None:
         selected = pq.read_table(os.path.join(workdir, "selections", f"badge-budget{budget}-seed0.parquet"))
-        row = check_ids(selected.column("id").to_numpy(), shards, budget, centres)
+        row = check_ids(selected.column("id").to_numpy(), embedded, budget, centres)
         row["figure"] += f" (the 2-worker select: {t_select:.0f} s for {budget})"
         out.append(row)
     return out
