@@ -536,7 +536,7 @@ def embed_pool(uri: str, model: ModelConfig, workers: int, seed: int = 0) -> Poo
         for b in batches:
             t1 = time.perf_counter()
             x, keep, _ = read_batch(reader, b["inputs"], b["ids"], lambda i: f"row {i}", uri)
-            assert keep.all(), "a pool the reader reads whole"
+            assert x is not None and keep.all(), "a pool the reader reads whole"
             t2 = time.perf_counter()
             p, h = embed(x)
             rows = slice(row, row + len(p))
@@ -580,6 +580,11 @@ def check_ids(selected: np.ndarray, embedded: PoolPass, budget: int, centres: in
     }
 
 
+def _say(row: dict) -> None:
+    """A row as soon as it is measured (on stderr), for runs that take many minutes."""
+    print(f"{row['name']}: {row['figure']}", file=sys.stderr, flush=True)
+
+
 def bench_full_select(
     tmp: str, rows: int, budget: int, device: torch.device, centres: int | None = None, check: bool = True
 ) -> list[dict]:
@@ -594,7 +599,7 @@ def bench_full_select(
     )
     if made.returncode != 0:
         return [_failed(f"`dist-al make-pool` ({what})", made)]
-    out = [
+    out: list[dict] = [
         {
             "name": f"`dist-al make-pool --synthetic` ({what})",
             "figure": f"{t_make:.0f} s, peak {gib_make:.2f} GiB",
@@ -603,6 +608,7 @@ def bench_full_select(
             "met": None,
         }
     ]
+    _say(out[-1])
     cfg = os.path.join(tmp, "full.yaml")
     mlp = _model_config(hidden=D)
     with open(cfg, "w") as f:
@@ -625,6 +631,7 @@ def bench_full_select(
             "met": wall <= goal_s and gib <= goal_gib,
         }
     )
+    _say(out[-1])
     summary = _SUMMARY.search(ran.stdout)
     t_embed, t_select = (float(x) for x in summary.groups()) if summary else (float("nan"), float("nan"))
     workers = "; ".join(
@@ -653,6 +660,7 @@ def bench_full_select(
             "met": None,
         }
     )
+    _say(out[-1])
     if embedded is not None:
         selected = pq.read_table(os.path.join(workdir, "selections", f"badge-budget{budget}-seed0.parquet"))
         row = check_ids(selected.column("id").to_numpy(), embedded, budget, centres)
