@@ -27,6 +27,7 @@ ShardWorkers get half a GPU each.
 from __future__ import annotations
 
 import argparse
+import copy
 import multiprocessing
 import os
 import platform
@@ -525,11 +526,12 @@ def embed_pool(uri: str, model: ModelConfig, workers: int, seed: int = 0) -> Poo
     shards = plan_shards(pool, workers)
     starts = np.cumsum([0] + [s.num_rows for s in shards])
     ids = np.empty(pool.num_rows, dtype=np.int64)
+    network = build_model(model, seed=seed)  # here: building seeds torch's global generator, shared by threads
     probs = torch.empty(pool.num_rows, K)
     feats = torch.empty(pool.num_rows, model.kwargs["hidden"])
 
     def one(shard) -> tuple[float, float, float]:
-        embed = Embedder(build_model(model, seed=seed), model.classifier)  # one per thread: its hook holds state
+        embed = Embedder(copy.deepcopy(network), model.classifier)  # one per thread: its hook holds state
         t_read, t_decode, t_forward, row = 0.0, 0.0, 0.0, int(starts[shard.index])
         batches = read_shard(pool, shard, ("id",), batch_rows=model.batch_size, inputs=reader.columns)
         t0 = time.perf_counter()
