@@ -17,7 +17,7 @@ import pytest
 from dist_al.campaign import labels
 from dist_al.campaign.rounds import ingest, status_table
 from dist_al.config import validate
-from dist_al.data.pool import write_pool
+from dist_al.data.writer import write_pool
 from dist_al.data.synthetic import gaussian_mixture
 
 INGESTS = 1000
