@@ -169,7 +169,7 @@ def test_full_select_id_check_recomputes_p_h_and_catches_other_ids(tmp_path):
 @pytest.mark.cluster
 @pytest.mark.subprocess
 def test_distributed_full_row_runs_make_pool_and_select_and_checks_ids(capsys):
-    assert bench_cli.main(["distributed", "--quick", "--only", "full", "--rows", "3000", "--check-centres", "40"]) == 0
+    assert bench_cli.main(["distributed", "--quick", "--only", "full", "--rows", "20000", "--check-centres", "40"]) == 0
     rows = _table_rows(capsys.readouterr().out)
     assert [r[0].split(" (")[0] for r in rows] == [
         "`dist-al make-pool --synthetic`",
