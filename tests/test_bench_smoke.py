@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -134,3 +135,49 @@ def test_missing_pieces_print_unavailable_rows(monkeypatch, capsys):
     rows = _table_rows(capsys.readouterr().out)
     assert [r[0] for r in rows] == ["badge-dense", "bait-step"]
     assert all(r[2].startswith("unavailable: dist_al.testing.oracles.") for r in rows), rows
+
+
+def test_full_select_id_check_recomputes_p_h_and_catches_other_ids(tmp_path):
+    """The full row's id check: (p, h) embedded here as the ShardWorkers embed them (the same as one pass of the
+    model over the pool), single-process BADGE on them, and a selection whose ids differ anywhere fails it."""
+    from dist_al.bench.distributed import D, K, _model_config, check_ids, embed_pool
+    from dist_al.core import select
+    from dist_al.data.synthetic import gaussian_mixture
+    from dist_al.data.writer import write_pool
+    from dist_al.models.build import build_model
+    from dist_al.models.embedder import Embedder
+
+    x, y = gaussian_mixture(600, K, D, seed=2)
+    ids = np.arange(1000, 1600)
+    write_pool(str(tmp_path / "pool"), ids, x.numpy(), y.numpy(), rows_per_group=128)
+    embedded = embed_pool(str(tmp_path / "pool"), _model_config(hidden=D), 2)
+    assert embedded.ids.tolist() == ids.tolist() and len(embedded.stages) == 2
+    p, h = Embedder(build_model(_model_config(hidden=D), seed=0))(x)
+    assert torch.equal(embedded.probs, p) and torch.equal(embedded.feats, h)
+    picked = ids[select("badge", p, h, 30, seed=0)]
+
+    assert check_ids(picked, embedded, 30, None)["met"]
+    other = picked.copy()
+    other[[11, 12]] = other[[12, 11]]
+    row = check_ids(other, embedded, 30, None)
+    assert not row["met"] and "same ids: False (first difference at rank 12)" in row["figure"]
+    row = check_ids(other, embedded, 30, 11)  # the first 11 picks agree
+    assert row["met"] and "the first 11 of 30 picks" in row["name"]
+    assert not check_ids(picked[:29], embedded, 30, None)["met"]
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+@pytest.mark.subprocess
+def test_distributed_full_row_runs_make_pool_and_select_and_checks_ids(capsys):
+    assert bench_cli.main(["distributed", "--quick", "--only", "full", "--rows", "20000", "--check-centres", "40"]) == 0
+    rows = _table_rows(capsys.readouterr().out)
+    assert [r[0].split(" (")[0] for r in rows] == [
+        "`dist-al make-pool --synthetic`",
+        "full `dist-al select`",
+        "where the select's time goes",
+        "ids of the full select / single-process BADGE on the same",
+    ]
+    assert "PSS summed over all processes" in rows[1][1] and rows[1][4] in ("yes", "NO")
+    assert "s forward" in rows[2][1] and "ms per centre" in rows[2][1]
+    assert "the first 40 of 100 picks" in rows[3][0] and rows[3][1].startswith("same ids: True") and rows[3][4] == "yes"

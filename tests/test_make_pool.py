@@ -213,3 +213,22 @@ def test_a_bad_text_csv_is_one_line_and_writes_nothing(tmp_path, capsys, rows, a
     assert err.startswith(f"dist-al: error: --text {csv}: ") and needle in err, err
     print("OBSERVED", err)
     assert not (tmp_path / "pool").exists()
+
+
+def test_synthetic_rows_drawn_in_slices_are_those_of_one_draw(monkeypatch):
+    """make-pool --synthetic draws ten million rows in slices (little memory beyond the result); the rows must be
+    those one draw of all the normals gives, whatever the slice size and however the last slice falls."""
+    import torch
+
+    from dist_al.data import synthetic
+
+    def one_draw(n: int, dim: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(0)
+        means = torch.randn(4, dim, generator=g, dtype=torch.float64) * 2.0 / dim**0.5 * 2
+        labels = torch.randint(0, 4, (n,), generator=g)
+        return (means[labels] + torch.randn(n, dim, generator=g, dtype=torch.float64)).float()
+
+    monkeypatch.setattr(synthetic, "_SLICE_ELEMENTS", 1000)  # slices of 320 rows at dim 3
+    for n, dim in [(1, 3), (321, 3), (325, 3), (326, 3), (1001, 3), (999, 7), (700, 64), (5, 1)]:
+        feats, _ = synthetic.gaussian_mixture(n, 4, dim)
+        assert torch.equal(feats, one_draw(n, dim)), (n, dim)

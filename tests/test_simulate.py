@@ -181,6 +181,7 @@ def test_worker_reembeds_in_place_with_string_ids(tmp_path):
     worker = ShardWorker(spec, shard, model_spec, build_model(model_spec, seed=0).state_dict(), labels=True)
     while worker.embed_step(10):
         pass
+    assert worker.timing.rows == 40 and "s forward" in worker.timing.line()  # the pass says where its time went
     p0 = worker.probs.clone()
     pos, labels = worker.labels_of(np.array(["row-039", "nope", "row-002"], dtype=object))
     assert pos.tolist() == [0, 2] and labels.tolist() == [int(y[39]), int(y[2])]

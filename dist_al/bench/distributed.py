@@ -10,9 +10,8 @@
 - decoding images (PNG/JPEG) for the embedding pass: decode threads against processes, and the
   ShardWorkers decoding in themselves against a Ray Data ``map_batches`` decode stage feeding
   embedding actors, on the same pool;
-- a full `dist-al select` (embed + BADGE, and embed + BAIT with its default mode, which is candidate
-  mode at this size) on a large pool on local disk: wall time and peak memory summed over the driver
-  and every Ray process;
+- a full `dist-al select` (embed + BADGE) on a large pool on local disk: wall time and peak
+  memory summed over the driver and every Ray process;
 - training's read of its labeled rows (1 in 400 of the pool, spread over it) from the rows
   recorded at selection, as a ratio to one full pass over the pool; with the pass over ids that
   labels without a record need, and the recording itself, for comparison;
@@ -28,9 +27,11 @@ ShardWorkers get half a GPU each.
 from __future__ import annotations
 
 import argparse
+import copy
 import multiprocessing
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -38,6 +39,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -59,7 +61,7 @@ from dist_al.data.pool import (
 from dist_al.data.synthetic import gaussian_mixture
 from dist_al.data.writer import write_pool
 from dist_al.inputs.contract import open_inputs
-from dist_al.inputs.pipeline import decoded_batches
+from dist_al.inputs.pipeline import decoded_batches, read_batch
 from dist_al.models.build import build_model
 from dist_al.models.embedder import Embedder
 
@@ -484,50 +486,214 @@ class _PeakMemory:
         self._thread.join()
 
 
-# goals of the full select: (seconds, GiB summed over processes) per strategy
-FULL_GOALS = {"badge": (600, 8), "bait": (900, 12)}
+def _run_measured(argv: list[str]) -> tuple[subprocess.CompletedProcess, float, float]:
+    """A `dist-al` command in a child process: (its result, wall seconds, peak GiB of PSS summed over this process
+    and every descendant, Ray's included)."""
+    t0 = time.perf_counter()
+    with _PeakMemory() as peak:
+        out = subprocess.run([sys.executable, "-m", "dist_al.cli", *argv], capture_output=True, text=True)
+    return out, time.perf_counter() - t0, peak.peak / 2**30
+
+
+def _failed(name: str, out: subprocess.CompletedProcess) -> dict:
+    return {"name": name, "figure": f"failed: {out.stderr.strip()[-300:]}", "ratio": None, "goal": "", "met": False}
+
+
+_SHARD_LOG = re.compile(
+    r"shard (\d+) \((\d+) rows\).*embedding pass: ([\d.]+) s waiting on reads/decoding, ([\d.]+) s forward, "
+    r"([\d.]+) s checks"
+)
+_SUMMARY = re.compile(r"\(embedding ([\d.]+)s, selection ([\d.]+)s\)")
+
+
+@dataclass
+class PoolPass:
+    """The pool embedded in this process as the ShardWorkers embed it, with (read, decode, forward) seconds per
+    shard, each stage timed on its own."""
+
+    ids: np.ndarray
+    probs: torch.Tensor
+    feats: torch.Tensor
+    stages: list[tuple[float, float, float]]
+
+
+def embed_pool(uri: str, model: ModelConfig, workers: int, seed: int = 0) -> PoolPass:
+    """The pool's (p, h) as `dist-al select`'s ShardWorkers compute them (the same shard plan, batches, model of
+    ``seed`` and one torch thread each), one shard per thread, into one (p, h) of the whole pool (no copy of it is
+    ever joined); reading Parquet, decoding and the forward pass run one after the other here, where a worker
+    overlaps them."""
+    pool, reader = open_inputs(PoolConfig(uri=uri), InputsConfig())
+    shards = plan_shards(pool, workers)
+    starts = np.cumsum([0] + [s.num_rows for s in shards])
+    ids = np.empty(pool.num_rows, dtype=np.int64)
+    network = build_model(model, seed=seed)  # here: building seeds torch's global generator, shared by threads
+    probs = torch.empty(pool.num_rows, K)
+    feats = torch.empty(pool.num_rows, model.kwargs["hidden"])
+
+    def one(shard) -> tuple[float, float, float]:
+        embed = Embedder(copy.deepcopy(network), model.classifier)  # one per thread: its hook holds state
+        t_read, t_decode, t_forward, row = 0.0, 0.0, 0.0, int(starts[shard.index])
+        batches = read_shard(pool, shard, ("id",), batch_rows=model.batch_size, inputs=reader.columns)
+        t0 = time.perf_counter()
+        for b in batches:
+            t1 = time.perf_counter()
+            x, keep, _ = read_batch(reader, b["inputs"], b["ids"], lambda i: f"row {i}", uri)
+            assert x is not None and keep.all(), "a pool the reader reads whole"
+            t2 = time.perf_counter()
+            p, h = embed(x)
+            rows = slice(row, row + len(p))
+            probs[rows], feats[rows], ids[rows] = p, h, b["ids"]
+            t3 = time.perf_counter()
+            row += len(p)
+            t_read, t_decode, t_forward = t_read + t1 - t0, t_decode + t2 - t1, t_forward + t3 - t2
+            t0 = time.perf_counter()
+        return t_read, t_decode, t_forward
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a ShardWorker with one CPU: the same kernels, so the same bits
+    try:
+        with ThreadPoolExecutor(workers) as ex:
+            stages = list(ex.map(one, shards))
+    finally:
+        torch.set_num_threads(threads)
+    return PoolPass(ids, probs, feats, stages)
+
+
+def check_ids(selected: np.ndarray, embedded: PoolPass, budget: int, centres: int | None) -> dict:
+    """The ids a selection picked against single-process BADGE (``dist_al.core.select``, seed 0) on the same
+    (p, h): all ``budget`` picks, or the first ``centres`` (k-means++ picks its first centres the same whatever
+    the budget)."""
+    n = budget if centres is None else min(centres, budget)
+    t0 = time.perf_counter()
+    expected = embedded.ids[select("badge", embedded.probs, embedded.feats, n, seed=0)]
+    seconds = time.perf_counter() - t0
+    got = np.asarray(selected)[:n]
+    same = len(got) == n and bool(np.array_equal(got, expected))
+    first = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), n))
+    return {
+        "name": f"ids of the full select / single-process BADGE on the same (p, h) (N={len(embedded.ids):,}, "
+        f"{'all ' if n == budget else 'the first '}{n} of {budget} picks)",
+        "figure": f"same ids: {same}"
+        + ("" if same else f" (first difference at rank {first + 1})")
+        + f"; single process {seconds:.0f} s for {n} centres",
+        "ratio": None,
+        "goal": "same ids",
+        "met": same,
+    }
+
+
+def _say(row: dict) -> None:
+    """A row as soon as it is measured (on stderr), for runs that take many minutes."""
+    print(f"{row['name']}: {row['figure']}", file=sys.stderr, flush=True)
+
+
+def _full_goal(strategy: str, rows: int) -> tuple[int, int]:
+    """(seconds, GiB summed over processes) a full select must stay within (issue 15's goals)."""
+    if strategy == "bait":
+        return 900, 12
+    return (900, 16) if rows > 2_000_000 else (600, 8)
+
+
+def _make_full_pool(uri: str, rows: int, what: str) -> list[dict]:
+    """`dist-al make-pool --synthetic` as users run it: its row (met False when it failed)."""
+    made, t_make, gib_make = _run_measured(
+        ["make-pool", uri, "--synthetic", "--rows", str(rows), "--classes", str(K), "--dim", str(D)]
+    )
+    if made.returncode != 0:
+        return [_failed(f"`dist-al make-pool` ({what})", made)]
+    row = {
+        "name": f"`dist-al make-pool --synthetic` ({what})",
+        "figure": f"{t_make:.0f} s, peak {gib_make:.2f} GiB",
+        "ratio": None,
+        "goal": "",
+        "met": None,
+    }
+    _say(row)
+    return [row]
 
 
 def bench_full_select(
-    uri: str, rows: int, budget: int, workdir: str, device: torch.device, strategy: str = "badge"
-) -> dict:
-    """`dist-al select` as users run it, in a child process whose process tree is measured."""
-    cfg = os.path.join(workdir, "bench.yaml")
+    tmp: str,
+    rows: int,
+    budget: int,
+    device: torch.device,
+    centres: int | None = None,
+    check: bool = True,
+    strategy: str = "badge",
+) -> list[dict]:
+    """`dist-al make-pool` and `dist-al select` as users run them, each in a child process whose process tree is
+    measured; where the select's time went (its own log: per worker, waiting on reads/decoding, forward, checks;
+    this process re-embedding the pool: reading, decoding, forward apart); with ``check`` (BADGE only), the ids
+    against single-process BADGE on the same (p, h) (``check_ids``), with the first ``centres`` picks or all.
+    The pool is made once per run and shared by the strategies' rows."""
+    uri, workdir = os.path.join(tmp, "full-pool"), os.path.join(tmp, f"full-work-{strategy}")
+    what = f"N={rows:,}, D={D}, K={K}"
+    out: list[dict] = []
+    if not os.path.exists(uri):
+        out += _make_full_pool(uri, rows, what)
+        if out[-1]["met"] is False:
+            return out
+    load_before = _load()
+    cfg = os.path.join(tmp, f"full-{strategy}.yaml")
+    mlp = _model_config(hidden=D)
     with open(cfg, "w") as f:
         f.write(
-            f"pool: {{uri: {uri}}}\nmodel: {{factory: 'dist_al.models:mlp', "
-            f"kwargs: {{in_dim: {D}, n_classes: {K}, hidden: {D}}}}}\n"
-            f"selection: {{strategy: {strategy}, budget: {budget}}}\n"
+            f"pool: {{uri: {uri}}}\nmodel: {{factory: '{mlp.factory}', kwargs: {dict(mlp.kwargs)}}}\n"
+            f"selection: {{strategy: {strategy}, budget: {budget}, seed: 0}}\n"
             f"cluster: {{workers: 2, gpus_per_worker: {_gpus_per_worker(device)}}}\nworkdir: {workdir}\n"
         )
-    load_before = _load()
-    t0 = time.perf_counter()
-    with _PeakMemory() as peak:
-        out = subprocess.run(
-            [sys.executable, "-m", "dist_al.cli", "select", "--config", cfg, "--no-progress"],
-            capture_output=True,
-            text=True,
+    name = f"full `dist-al select` ({what}, {strategy.upper()} B={budget}, 2 workers, {device.type})"
+    ran, wall, gib = _run_measured(["select", "--config", cfg, "--no-progress", "--log-level", "INFO"])
+    if ran.returncode != 0:
+        return out + [_failed(name, ran)]
+    goal_s, goal_gib = _full_goal(strategy, rows)
+    out.append(
+        {
+            "name": name,
+            "figure": f"{wall:.0f} s wall, peak {gib:.2f} GiB (PSS summed over all processes), load average before / "
+            f"after {load_before} / {_load()} ({ran.stdout.strip()})",
+            "ratio": None,
+            "goal": f"<= {goal_s} s, <= {goal_gib} GiB",
+            "met": wall <= goal_s and gib <= goal_gib,
+        }
+    )
+    _say(out[-1])
+    check = check and strategy == "badge"
+    summary = _SUMMARY.search(ran.stdout)
+    t_embed, t_select = (float(x) for x in summary.groups()) if summary else (float("nan"), float("nan"))
+    workers = "; ".join(
+        f"shard {m[0]} ({int(m[1]):,} rows): {m[2]} s waiting on reads/decoding, {m[3]} s forward, {m[4]} s checks"
+        for m in _SHARD_LOG.findall(ran.stderr)
+    )
+    embedded, split = None, ""
+    if check:
+        t0 = time.perf_counter()
+        embedded = embed_pool(uri, mlp, 2)
+        split = (
+            f"; the same pass in one process ({time.perf_counter() - t0:.0f} s, a thread per shard, stages one after "
+            "the other): "
+            + "; ".join(
+                f"shard {i}: read {r:.1f} s, decode {d:.1f} s, forward {f:.1f} s"
+                for i, (r, d, f) in enumerate(embedded.stages)
+            )
         )
-    wall = time.perf_counter() - t0
-    if out.returncode != 0:
-        return {
-            "name": "full select",
-            "figure": f"failed: {out.stderr.strip()[-300:]}",
+    out.append(
+        {
+            "name": f"where the select's time goes ({what}, B={budget})",
+            "figure": f"embedding {t_embed:.1f} s ({workers}){split}; selection {t_select:.1f} s "
+            f"({1000 * t_select / budget:.0f} ms per centre)",
             "ratio": None,
             "goal": "",
-            "met": False,
+            "met": None,
         }
-    gib = peak.peak / 2**30
-    seconds, gib_goal = FULL_GOALS[strategy]
-    return {
-        "name": f"full `dist-al select` (N={rows:,}, D={D}, K={K}, {strategy.upper()} B={budget}, 2 workers, "
-        f"{device.type})",
-        "figure": f"{wall:.0f} s wall, peak {gib:.2f} GiB (PSS summed over all processes), load average before / "
-        f"after {load_before} / {_load()} ({out.stdout.strip()})",
-        "ratio": None,
-        "goal": f"<= {seconds} s, <= {gib_goal} GiB",
-        "met": wall <= seconds and gib <= gib_goal,
-    }
+    )
+    _say(out[-1])
+    if embedded is not None:
+        selected = pq.read_table(os.path.join(workdir, "selections", f"badge-budget{budget}-seed0.parquet"))
+        row = check_ids(selected.column("id").to_numpy(), embedded, budget, centres)
+        row["figure"] += f" (the 2-worker select: {t_select:.0f} s for {budget})"
+        out.append(row)
+    return out
 
 
 def bench_gather(uri: str, rows: int, labeled: int, workdir: str) -> dict:
@@ -669,9 +835,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     options.add_common(parser, ROWS, quick="small sizes (seconds), for smoke tests")
     parser.add_argument(
-        "--rows", type=int, default=None, help="rows of the large pool (default 2,000,000; 100,000 with --quick)"
+        "--rows",
+        type=int,
+        default=None,
+        help="rows of the large pool (rows full, gather, coordination); default 2,000,000 (--quick 100,000)",
+    )
+    parser.add_argument(
+        "--check-centres",
+        type=int,
+        default=None,
+        help="full: compare only the first N picks with single-process BADGE (default all; 0: no check)",
     )
     args = parser.parse_args(argv)
+    if args.rows is not None and args.rows < 1000:
+        parser.error("--rows must be at least 1000")
+    if args.check_centres is not None and args.check_centres < 0:
+        parser.error("--check-centres must be >= 0")
     device = options.device(parser, args.device)
     only = options.only(parser, args.only, ROWS)
     small, large, budget_small, budget_large = (
@@ -693,7 +872,7 @@ def main(argv: list[str] | None = None) -> int:
             for layout in LAYOUTS:
                 if layout != "binary":
                     _make_pool(f"{small_uri}-{layout}", small, layout)
-        if {"coordination", "full", "bait-full", "gather"} & set(only):
+        if {"coordination", "gather"} & set(only):
             _make_pool(large_uri, large)
         if "images" in only:
             _make_image_pool(os.path.join(tmp, "images"), image_rows, os.path.join(tmp, "image-files"))
@@ -720,9 +899,10 @@ def main(argv: list[str] | None = None) -> int:
                     else bench_images(image_uri, device, counts)
                 )
             elif name == "full":
-                rows.append(bench_full_select(large_uri, large, budget_large, tmp, device))
+                centres = args.check_centres
+                rows += bench_full_select(tmp, large, budget_large, device, centres or None, centres != 0)
             elif name == "bait-full":
-                rows.append(bench_full_select(large_uri, large, budget_large, tmp, device, "bait"))
+                rows += bench_full_select(tmp, large, budget_large, device, strategy="bait")
             elif name == "gather":
                 rows.append(bench_gather(large_uri, large, large // 400, tmp))
     print("| benchmark | measured | ratio | goal | met |")

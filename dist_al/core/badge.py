@@ -293,7 +293,7 @@ class CentreBounds:
         self.margin = PRUNE_ULPS * torch.finfo(h.dtype).eps
         self.h_norm = h_norm2.sqrt()
         self.norm2_low = norm2 * (1 - 3 * self.margin)
-        self.nonneg = bool((h >= 0).all())
+        self.nonneg = not h.numel() or bool(h.min() >= 0)  # a reduction: (h >= 0) would be an N x D temporary
         self.nearest = torch.zeros(len(h), dtype=torch.int32, device=h.device)
         self.a = torch.zeros(0, a.shape[1], dtype=torch.float64, device=h.device)
         self.h = torch.zeros(0, h.shape[1], dtype=torch.float64, device=h.device)

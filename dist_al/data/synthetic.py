@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+_SLICE_ELEMENTS = 1 << 22  # float64 values drawn per slice (32 MiB)
+
 
 def gaussian_mixture(
     n: int,
@@ -24,5 +26,14 @@ def gaussian_mixture(
     if sample_seed is not None:
         g = torch.Generator().manual_seed(sample_seed)
     labels = torch.randint(0, n_classes, (n,), generator=g)
-    feats = means[labels] + torch.randn(n, dim, generator=g, dtype=torch.float64)
-    return feats.to(dtype), labels
+    # In slices of float64 work, so ten million rows need little more memory than the result. The rows are those
+    # of one draw of all the normals: torch draws normals 16 at a time, so every slice but the last draws a
+    # multiple of 16, and the last at least 16 (or all there are).
+    feats = torch.empty(n, dim, dtype=dtype)
+    step = 16 * max(1, _SLICE_ELEMENTS // (16 * dim))
+    lo = 0
+    while lo < n:
+        hi = n if (n - lo - step) * dim < 16 else lo + step
+        feats[lo:hi] = means[labels[lo:hi]] + torch.randn(hi - lo, dim, generator=g, dtype=torch.float64)
+        lo = hi
+    return feats, labels

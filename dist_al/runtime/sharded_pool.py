@@ -246,13 +246,14 @@ class ShardedPool:
         placement = self._recovering("the summary", lambda: ray.get([w.summary.remote() for w in self.workers]))
         for shard, where in zip(self.shards, placement):
             log.info(
-                "shard %d (%d rows): node %s, pid %d, %s, GPUs %s",
+                "shard %d (%d rows): node %s, pid %d, %s, GPUs %s; embedding pass: %s",
                 shard.index,
                 where["rows"],
                 where["node"][:12],
                 where["pid"],
                 where["device"],
                 ",".join(where["gpus"]) or "none",
+                where["timing"].line(),
             )
         self.summary = placement[0]
         self.first_rows = [int(x) for x in np.cumsum([0] + [p["rows"] for p in placement])[:-1]]

@@ -10,7 +10,9 @@ input through the ``inputs`` reader, decoded in threads on the worker's CPUs whi
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Generator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -48,6 +50,23 @@ def _to_cpu(value: Any) -> Any:
     return value
 
 
+@dataclass
+class PassTiming:
+    """Where a worker's embedding pass spent its time, in seconds of its main thread: ``waiting`` for the next
+    decoded batch (reading and decoding run ahead in threads; this is what they did not hide), the model's
+    ``forward``, and the ``checks`` of its output with the copy into the resident rows."""
+
+    rows: int = 0
+    waiting: float = 0.0
+    forward: float = 0.0
+    checks: float = 0.0
+
+    def line(self) -> str:
+        return (
+            f"{self.waiting:.1f} s waiting on reads/decoding, {self.forward:.1f} s forward, {self.checks:.1f} s checks"
+        )
+
+
 class ShardWorker:
     """One shard of the pool, embedded once and kept resident for every selection step."""
 
@@ -78,8 +97,11 @@ class ShardWorker:
         self._rows: list[np.ndarray] = []
         self.positions: np.ndarray | None = None  # shard row of each resident row (after the first pass)
         self.skipped: list[Skip] = []  # rows left out with inputs.on_error: skip
-        self._p: list[torch.Tensor] = []
-        self._h: list[torch.Tensor] = []
+        # (p, h) of the pass so far: batches are copied into room for the whole shard, so no step ever holds
+        # two copies of it (joining per-batch tensors at the end would, for a moment).
+        self._p: torch.Tensor | None = None
+        self._h: torch.Tensor | None = None
+        self.timing = PassTiming()  # where the last embedding pass's time went
         self._y: list[np.ndarray] = []
         self.rows: int | None = None  # known once the first pass is complete
         # (p, h) of every row, resident once a pass is complete; dropped with new weights
@@ -110,7 +132,10 @@ class ShardWorker:
                 exclude=None if first else self._skipped_rows(),
             )
         done = 0
+        timing = self.timing
+        tick = time.perf_counter()
         for batch in self._batches:
+            timing.waiting += time.perf_counter() - tick
             if first:
                 self.skipped += batch.skipped
             elif batch.skipped:  # the resident ids, labels and positions came from the first pass
@@ -119,23 +144,38 @@ class ShardWorker:
                     "while it is in use)"
                 )
             if batch.x is None:
+                tick = time.perf_counter()
                 continue
+            t0 = time.perf_counter()
             p, h = self._forward(batch)
+            t1 = time.perf_counter()
             self._check_output(p, h, batch)
-            self._next_row += len(p)
+            self._keep(p, h)
+            timing.forward += t1 - t0
+            timing.checks += time.perf_counter() - t1
+            timing.rows += len(p)
             if first:
                 self._ids.append(batch.ids)
                 self._rows.append(batch.rows)
                 if batch.labels is not None:
                     self._y.append(batch.labels)
-            self._p.append(p)
-            self._h.append(h)
             done += len(p)
             if done >= max_rows:
                 return done
+            tick = time.perf_counter()
         if not self._embedded:
             self._finish()
         return done
+
+    def _keep(self, p: torch.Tensor, h: torch.Tensor) -> None:
+        """Copies a batch's (p, h) into the shard's resident rows, allocated at its first batch."""
+        if self._p is None or self._h is None:
+            rows = self.shard.num_rows if self.rows is None else self.rows
+            self._p = torch.empty(rows, p.shape[1], dtype=p.dtype, device=p.device)
+            self._h = torch.empty(rows, h.shape[1], dtype=h.dtype, device=h.device)
+        self._p[self._next_row : self._next_row + len(p)] = p
+        self._h[self._next_row : self._next_row + len(h)] = h
+        self._next_row += len(p)
 
     def _skipped_rows(self) -> np.ndarray:
         assert self.positions is not None
@@ -210,13 +250,14 @@ class ShardWorker:
             if self.with_labels:
                 self.labels = np.concatenate(self._y) if self._y else np.zeros(0, np.int64)
             self.rows = len(self.ids)
-        self.probs = torch.cat(self._p) if self._p else torch.zeros(0, self.embedder.n_classes)
-        self.feats = torch.cat(self._h) if self._h else torch.zeros(0, 0)
+        n = self._next_row  # rows a reader skipped leave room unused at the end
+        self.probs = self._p[:n] if self._p is not None else torch.zeros(0, self.embedder.n_classes)
+        self.feats = self._h[:n] if self._h is not None else torch.zeros(0, 0)
         if len(self.probs) != self.rows:  # pragma: no cover - the pool changed under us
             raise RuntimeError(
                 f"shard {self.shard.index}: re-embedding read {len(self.probs)} rows, the first pass {self.rows}"
             )
-        self._ids, self._rows, self._y, self._p, self._h = [], [], [], [], []
+        self._ids, self._rows, self._y, self._p, self._h = [], [], [], None, None
         self._embedded = True
 
     def load_weights(self, weights: dict) -> None:
@@ -228,7 +269,8 @@ class ShardWorker:
             self._batches.close()  # an unfinished pass stops its prefetch thread
         self._batches = None
         self._next_row = 0
-        self._p, self._h = [], []
+        self._p = self._h = None
+        self.timing = PassTiming()
         if self.rows is None:  # the first pass was cut short: it starts over, ids and labels too
             self._ids, self._rows, self._y, self.skipped = [], [], [], []
         self.probs = self.feats = None
@@ -247,6 +289,7 @@ class ShardWorker:
     def summary(self) -> dict:
         probs, feats = self._embedding()
         return {
+            "timing": self.timing,
             "rows": self.rows,
             "classes": probs.shape[1],
             "feat_dim": feats.shape[1],
