@@ -13,7 +13,7 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1   # one torch thread per process: set
 
 # name                    config                          budget rounds warm_start (longest first)
 SETTINGS="
-digits-images-scratch-b10 configs/eval-digits-images.yaml 10  8   false
+digits-images-scratch-b10 configs/eval-digits-images.yaml 10  5   false
 digits-scratch-b10     configs/eval-digits.yaml    10  24  false
 digits-warm-b10        configs/eval-digits.yaml    10  24  true
 synthetic-scratch-b40  configs/eval-synthetic.yaml 40  5   false
