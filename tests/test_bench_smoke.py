@@ -108,6 +108,7 @@ def test_image_row_measures_the_pass_against_decoding_and_the_forward(tmp_path):
     assert all(r["ratio"] > 0 and "decoding alone" in r["figure"] and r["goal"] == ">= 0.8" for r in rows)
 
 
+@pytest.mark.slow
 def test_image_row_with_device_cuda_runs_the_model_there(monkeypatch, capsys):
     """`--device cuda` is accepted where torch sees a GPU, and the image row's model and batches go to it: the
     Embedder is built for cuda and the timings wait on cuda. Without a GPU here the Embedder records the device it
