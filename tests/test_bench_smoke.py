@@ -109,6 +109,35 @@ def test_image_row_measures_the_pass_against_decoding_and_the_forward(tmp_path):
     assert all(r["ratio"] > 0 and "decoding alone" in r["figure"] and r["goal"] == ">= 0.8" for r in rows)
 
 
+@pytest.mark.slow
+def test_image_row_with_device_cuda_runs_the_model_there(monkeypatch, capsys):
+    """`--device cuda` is accepted where torch sees a GPU, and the image row's model and batches go to it: the
+    Embedder is built for cuda and the timings wait on cuda. Without a GPU here the Embedder records the device it
+    is given and runs on the CPU, and the synchronisation is recorded instead of called."""
+    from dist_al.bench import distributed
+    from dist_al.models.embedder import Embedder
+
+    devices, synced = [], []
+
+    class RecordingEmbedder(Embedder):
+        def __init__(self, model, classifier=None, device="cpu", autocast=None):
+            devices.append(torch.device(device))
+            super().__init__(model, classifier, "cpu", autocast)
+
+    make_pool = distributed._make_image_pool
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(distributed, "Embedder", RecordingEmbedder)
+    monkeypatch.setattr(distributed, "_sync", synced.append)
+    monkeypatch.setattr(distributed, "_make_image_pool", lambda uri, rows, folder: make_pool(uri, 24, folder))
+    assert bench_cli.main(["distributed", "--quick", "--only", "images", "--device", "cuda"]) == 0
+    out = capsys.readouterr().out
+    assert "device cuda" in out.splitlines()[1]
+    rows = _table_rows(out)
+    assert [r[0].split(", ")[-2:] for r in rows] == [["1 decode thread(s)", "cuda)"], ["2 decode thread(s)", "cuda)"]]
+    assert devices == [torch.device("cuda")]
+    assert synced and set(synced) == {torch.device("cuda")}
+
+
 def test_unknown_benchmark(capsys):
     assert bench_cli.main(["nope"]) == 2
     assert "unknown benchmark" in capsys.readouterr().err

@@ -137,19 +137,34 @@ def _round(cfg, truth: dict, tmp_path: Path, caplog) -> dict:
     return {"recorded": recorded}
 
 
-def test_a_round_on_an_image_pool_trains_with_ray_train(tmp_path, ray_tests_importable, caplog):
-    uri = image_pool(str(tmp_path), N, "bytes", rows_per_group=20)
+def _image_pool(layout: str, root: str, bucket: str, options: dict, n: int = N, first_id: int = 0) -> tuple[str, dict]:
+    """(pool URI, storage options): the images as bytes in a local pool, or as files on the moto S3 server with
+    their URIs in the pool."""
+    if layout == "bytes":
+        return image_pool(root, n, "bytes", rows_per_group=20, first_id=first_id), {}
+    s3_root = f"s3://{bucket}/{os.path.basename(root)}"
+    return image_pool(s3_root, n, "uri", storage_options=options, rows_per_group=20, first_id=first_id), options
+
+
+@pytest.mark.parametrize("layout", ["bytes", "s3 uri"])
+def test_a_round_on_an_image_pool_trains_with_ray_train(
+    layout, tmp_path, s3_bucket, s3_storage_options, ray_tests_importable, caplog
+):
+    uri, options = _image_pool(layout, str(tmp_path), s3_bucket, s3_storage_options)
     cfg = _cfg(
         uri,
         IMAGES,
         CNN,
         workers=2,
+        options=options,
         train={"workers": 2, "epochs": 2, "cpus_per_worker": 0.5},
         workdir=str(tmp_path / "work"),
     )
     truth = dict(zip(range(N), image_files(N)[2].tolist()))
     out = _round(cfg, truth, tmp_path, caplog)
-    assert out["recorded"].schema.field("inputs").type == pa.struct([("image", pa.binary())])  # the encoded files
+    # the encoded files, or their URIs (Ray Train's workers fetch them from S3 with the pool's storage options)
+    recorded = pa.struct([("image", pa.binary() if layout == "bytes" else pa.string())])
+    assert out["recorded"].schema.field("inputs").type == recorded
 
 
 def test_a_round_on_a_text_pool_trains_with_ray_train(tmp_path, tokenizer, ray_tests_importable, caplog):
@@ -168,11 +183,15 @@ def test_a_round_on_a_text_pool_trains_with_ray_train(tmp_path, tokenizer, ray_t
     assert out["recorded"].schema.field("inputs").type == pa.struct([("text", pa.string())])
 
 
-@pytest.mark.parametrize("kind", ["images", "text"])
-def test_simulate_runs_on_image_and_text_pools(kind, tmp_path, tokenizer, ray_tests_importable):
-    if kind == "images":
-        uri = image_pool(str(tmp_path / "pool"), N, "bytes", rows_per_group=20)
-        eval_uri = image_pool(str(tmp_path / "eval"), 40, "bytes", first_id=N)
+@pytest.mark.parametrize("kind", ["images bytes", "images s3 uri", "text"])
+def test_simulate_runs_on_image_and_text_pools(
+    kind, tmp_path, tokenizer, s3_bucket, s3_storage_options, ray_tests_importable
+):
+    options: dict = {}
+    if kind.startswith("images"):
+        layout = kind.removeprefix("images ")
+        uri, options = _image_pool(layout, str(tmp_path / "pool"), s3_bucket, s3_storage_options)
+        eval_uri, _ = _image_pool(layout, str(tmp_path / "eval"), s3_bucket, s3_storage_options, 40, first_id=N)
         inputs, model = IMAGES, CNN
     else:
         uri = text_pool(str(tmp_path / "pool"), N, rows_per_group=20)
@@ -183,6 +202,7 @@ def test_simulate_runs_on_image_and_text_pools(kind, tmp_path, tokenizer, ray_te
         inputs,
         model,
         workers=2,
+        options=options,
         simulation={"initial_labeled": 10, "rounds": 1, "strategies": "badge,random"},
         train={"backend": "local", "epochs": 2},
         eval={"uri": eval_uri},
