@@ -28,8 +28,8 @@ def pytest_collection_modifyitems(items):
         for fixture, mark in _FIXTURE_MARKS.items():
             if fixture in item.fixturenames:
                 item.add_marker(mark)
-        if item.get_closest_marker("cluster") or item.get_closest_marker("subprocess"):
-            item.add_marker("slow")  # starting Ray, or a fresh interpreter that imports torch, takes seconds here
+        if any(item.get_closest_marker(m) for m in ("cluster", "subprocess", "labelstudio")):
+            item.add_marker("slow")  # starting Ray, a fresh interpreter that imports torch, or a Label Studio server
 
 
 @pytest.fixture(autouse=True)

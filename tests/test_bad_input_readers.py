@@ -19,6 +19,8 @@ from test_bad_input import assert_one_line_error, cli, snapshot
 
 from dist_al.data.writer import write_pool
 
+pytestmark = [pytest.mark.subprocess, pytest.mark.cluster]  # each case runs dist-al, which starts a local Ray
+
 TESTS = str(Path(__file__).resolve().parent)
 N = 40
 CNN = {"factory": "inputdata:tiny_cnn", "kwargs": {"channels": 1, "n_classes": 10}, "batch_size": 16}

@@ -18,6 +18,7 @@ ROW_TITLES = {
     "badge-dense": ["BADGE vs dense materialised"],
     "bait-step": ["BAIT forward step vs dense"],
     "bait-e2e": ["BAIT end to end: time", "BAIT end to end: peak memory"],
+    "bait-candidates": ["BAIT candidates: objective vs exact", "BAIT candidates: objective vs exact (2x N)"],
     "bait-reduced": ["BAIT reduced: time", "BAIT reduced: peak memory", "BAIT reduced: objective quality"],
 }
 

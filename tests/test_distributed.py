@@ -68,11 +68,12 @@ def _config(uri, strategy, workers, storage_options=None, budget=15, label_colum
     )
 
 
-def _core_selection(uri, strategy, labeled_ids, budget=15):
+def _core_selection(uri, strategy, labeled_ids, budget=15, options=None):
     """The single-process reference: the same model over the whole pool, then dist_al.core.select."""
     ids, probs, feats = embed_pool(uri, MODEL)
     labeled = np.isin(ids, labeled_ids)
-    picks = select(strategy, probs, feats, budget, labeled=labeled, seed=7, **OPTIONS.get(strategy, {}))
+    options = OPTIONS.get(strategy, {}) if options is None else options
+    picks = select(strategy, probs, feats, budget, labeled=labeled, seed=7, **options)
     return ids[picks].tolist()
 
 
@@ -98,6 +99,19 @@ def test_same_ids_for_1_2_4_workers_and_equal_to_core(embedded, local_pool, stra
     assert picked[1] == _core_selection(uri, strategy, labeled)
     assert len(set(picked[1])) == 15 and not set(picked[1]) & set(labeled.tolist())
     assert runs[4].table.column("rank").to_pylist() == list(range(1, 16))
+
+
+def test_bait_candidate_mode_same_ids_for_1_2_4_workers_and_equal_to_core(embedded, local_pool):
+    """BAIT's candidate mode: 33 candidates for 22 forward steps over 1,192 rows, the others rescored from A
+    on the way (lazy greedy); the rows each worker rescores depend on the sharding, the picks must not."""
+    uri, ids = local_pool
+    labeled = ids[::97][:8]
+    options = {"oversample": 1.5, "mode": "candidates", "candidates": 1.5}
+    picked = {
+        w: p.select("bait", 15, seed=7, options=options, labeled_ids=labeled).table.column("id").to_pylist()
+        for w, p in embedded.items()
+    }
+    assert picked[1] == picked[2] == picked[4] == _core_selection(uri, "bait", labeled, options=options)
 
 
 def test_workers_spread_over_nodes(cluster, local_pool):

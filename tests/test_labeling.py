@@ -29,9 +29,10 @@ from dist_al.campaign.labels import load_label_records
 from dist_al.campaign.rounds import SELECTED_ROWS, advance, status_table
 from dist_al.campaign.workdir import open_workdir
 from dist_al.config import validate
-from dist_al.data.pool import find_ids, open_pool, read_rows, rows_table
+from dist_al.data.pool import find_ids, read_rows, rows_table
 from dist_al.data.storage import write_table_atomic
 from dist_al.data.synthetic import gaussian_mixture
+from dist_al.inputs.contract import open_inputs
 from dist_al.models.build import build_model
 
 pytestmark = pytest.mark.labelstudio
@@ -90,11 +91,11 @@ def config(pool: str, workdir: str, server, project: str, **labeling) -> dict:
 def selected_round(cfg, ids: list, checkpoint: str | None = None) -> None:
     """Round 1 as selection leaves it (the selection, the selected rows and their places, state SELECTED)."""
     wd = open_workdir(cfg)
-    pool = open_pool(cfg.pool)
+    pool, reader = open_inputs(cfg.pool, cfg.inputs)
     found, places = find_ids(pool, np.asarray(ids))
     at = {i: k for k, i in enumerate(found.tolist())}
     places = places[[at[i] for i in ids]]
-    rows = rows_table(pool, ids, places, read_rows(pool, places))
+    rows = rows_table(pool, ids, places, read_rows(pool, places, reader.columns))  # as the ShardWorkers record them
     write_table_atomic(wd.round_path(1, SELECTED_ROWS), rows, wd.storage_options)
     selection = pa.table({"id": pa.array(ids, pa.int64()), "rank": pa.array(range(1, len(ids) + 1), pa.int64())})
     write_table_atomic(wd.round_path(1, "selection.parquet"), selection, wd.storage_options)

@@ -17,8 +17,8 @@ import pytest
 from dist_al.campaign import labels
 from dist_al.campaign.rounds import ingest, status_table
 from dist_al.config import validate
-from dist_al.data.pool import write_pool
 from dist_al.data.synthetic import gaussian_mixture
+from dist_al.data.writer import write_pool
 
 INGESTS = 1000
 

@@ -20,6 +20,11 @@ bait-e2e       `select("bait")` end to end at N=100k: time and peak memory,
                in a fresh process so peaks do not mix (peak = VmHWM, reset
                after the inputs are built; ru_maxrss would report the parent's
                peak, since Linux carries it across fork + exec).
+bait-candidates  BAIT's candidate mode against exact BAIT at N=100k and 200k,
+               K=10, D=128, B=100 (5,000 candidates), three seeds each: the
+               exact objective tr(M_S^-1 F) of each selection
+               (`bait.objectives`) as a ratio to exact BAIT's, with random's
+               (mean of 3) for scale, and the times exact / candidates.
 bait-reduced   `select("bait")` at K=100, D=512 with pca_dim / top_classes:
                time and peak memory (fresh process); and on a small pool the
                exact (unreduced) objective of the reduced selection over the
@@ -57,7 +62,7 @@ from dist_al.bench import options
 
 GIB = float(1 << 30)
 CHILD_TIMEOUT_S = 1800
-ROWS = ("badge-bound", "badge-dots", "badge-dense", "bait-step", "bait-e2e", "bait-reduced")
+ROWS = ("badge-bound", "badge-dots", "badge-dense", "bait-step", "bait-e2e", "bait-candidates", "bait-reduced")
 
 
 # -- report ------------------------------------------------------------------------------
@@ -591,6 +596,58 @@ def bench_bait_e2e(cfg: Config) -> list[Row]:
     return _child_rows(cfg, "BAIT end to end", setting, spec, time_goal=120.0, mem_goal=4.0)
 
 
+def bench_bait_candidates(cfg: Config) -> list[Row]:
+    from dist_al.core import select
+    from dist_al.core.bait import objectives
+
+    # B=100: 25 x 2B = 5,000 candidates, 2.5% of the pool at N=200k, the fraction of the 2M-row run at B=1000
+    # (50,000); exact BAIT at B=1000 would take tens of minutes per pool here (2,000 steps over every row)
+    k, d, b = 10, cfg.b(128, 32), cfg.b(100, 20)
+    seeds = range(cfg.seed, cfg.seed + (2 if cfg.quick else 3))
+    rows = []
+    for n_full in (100_000, 200_000):
+        n = cfg.n(n_full, scaled=False)
+        setting = f"N={n:,} K={k} D={d} B={b} n_L={len(labeled_rows(n, cfg.seed))} float32 {cfg.device.type}"
+        ratios, randoms, same, times = [], [], 0, []
+        for seed in seeds:
+            probs, feats = make_pool(n, k, d, seed=seed, device=cfg.device)
+            labeled = labeled_rows(n, seed)
+
+            def run(mode, probs=probs, feats=feats, labeled=labeled):
+                return select("bait", probs, feats, b, labeled=labeled, mode=mode)
+
+            t_exact, exact = clock(lambda: run("exact"), cfg.device)
+            t_cand, cand = clock(lambda: run("candidates"), cfg.device)
+            rand = [select("random", probs, feats, b, labeled=labeled, seed=s) for s in range(3)]
+            o_exact, o_cand, *o_rand = objectives(probs, feats, [exact, cand, *rand], labeled=labeled, budget=b)
+            ratios.append(o_cand / o_exact)
+            randoms.append(float(np.mean(o_rand)) / o_exact)
+            same += int(np.array_equal(exact, cand))
+            times.append((t_exact, t_cand))
+            _log(
+                f"bait-candidates N={n:,} seed {seed}: candidates / exact {ratios[-1]:.5f}, random / exact "
+                f"{randoms[-1]:.3f}, time {_fmt_time(t_exact)} / {_fmt_time(t_cand)}, load {os.getloadavg()[0]:.2f}"
+            )
+        worst = max(ratios)
+        measured = (
+            f"seeds {seeds.start}-{seeds.stop - 1}: candidates / exact objective "
+            f"{', '.join(f'{r:.5f}' for r in ratios)} (identical picks in {same} of {len(ratios)}); "
+            f"random / exact {', '.join(f'{r:.3f}' for r in randoms)}; time exact / candidates "
+            f"{', '.join(f'{_fmt_time(te)}/{_fmt_time(tc)}' for te, tc in times)}"
+        )
+        rows.append(
+            Row(
+                "BAIT candidates: objective vs exact" + (" (2x N)" if n_full > 100_000 else ""),
+                setting,
+                measured,
+                f"{worst:.5f} (worst seed; random {max(randoms):.3f})",
+                "<= 1.01",
+                _yes(worst <= 1.01),
+            )
+        )
+    return rows
+
+
 def bench_bait_reduced(cfg: Config) -> list[Row]:
     from dist_al.core import select
 
@@ -655,6 +712,7 @@ BENCHES = {
     "badge-dense": bench_badge_dense,
     "bait-step": bench_bait_step,
     "bait-e2e": bench_bait_e2e,
+    "bait-candidates": bench_bait_candidates,
     "bait-reduced": bench_bait_reduced,
 }
 

@@ -548,7 +548,7 @@ def train(
 def _result(cfg: Config, driver_model, trained_weights, metrics, checkpoint_uri, rows, eval_uri, t0) -> TrainResult:
     score = None
     if eval_uri is not None:
-        driver_model.read_weights_dict(trained_weights)
+        driver_model.load_state_dict(trained_weights)
         score = accuracy(cfg.pool, driver_model, eval_uri, inputs=cfg.inputs)
     return TrainResult(
         checkpoint_uri=checkpoint_uri,

@@ -54,13 +54,52 @@ cannot help: what matters is lam relative to |h|^2, which is the user's
 choice, and the picks do depend on it (scaling feats by s is dividing lam by
 s^2). Large features with a small lam are handled by the float64 state above
 rather than refused.
+
+Candidate mode (BaitOptions.mode "candidates"; "auto" picks it above
+AUTO_EXACT_ROWS unlabeled rows). Exact BAIT updates every unlabeled row's P, Q
+at each of its 2B forward steps (O(N K^2 D) per step) and keeps 2 K^2 floats
+per row. Candidate mode keeps that state only for `candidates` x 2B rows (the
+candidates, 50,000 at B=1000) and runs the greedy steps on them, while F, the
+labeled Fisher and the objective still cover the whole pool:
+  - one initial pass scores every unlabeled row from A0 and C0 = A0 F A0
+    (O(N K^2 D^2), in blocks of SCORE_BLOCK rows, no state kept) and keeps only
+    that score, its stale score (float64, 8 bytes a row);
+  - the candidates are the rows with the best known scores (the candidates'
+    current ones, the others' stale ones); the coordinator cuts the shards'
+    top lists in (score desc, global row asc) order, so the set does not depend
+    on the sharding;
+  - lazy greedy: before each forward step, if a row outside the candidates had,
+    when last scored, a better score than the best candidate's current one,
+    every outside row whose stale score beats it is rescored exactly from the
+    current A (block by block), the candidates are cut again (rows joining get
+    P, Q from A; rows leaving keep their current score as stale score), and the
+    step is chosen again;
+  - pruning runs on the 2B chosen rows, as in exact mode; the precision policy
+    above applies to the candidates' state.
+If a row's add-score could only fall as rows are added (diminishing returns, as
+for a submodular objective), a stale score would bound the current one and the
+picks would be exact BAIT's. tr(M_S^-1 F) is not submodular in general, so this
+is a heuristic, and its bound is measured: the objective within 1% of exact
+BAIT's (`dist-al bench core --only bait-candidates`: N=100k and 200k, K=10,
+D=128, B=1000, three seeds; tests/test_bait_candidates.py on small pools).
+Costs: the initial pass is exact mode's (O(N K^2 D^2), the Fisher sums'
+order); a forward step is O(candidates x 2B x K^2 D) instead of O(N K^2 D);
+a rescore is O(rows rescored x K^2 D^2). Memory per row outside the
+candidates: p, h and 8 bytes, instead of 2 K^2 state floats (1.6 GB at 2M
+rows, K=10, float32). AUTO_EXACT_ROWS = 200,000: up to there exact BAIT's
+steps run over at most 4x the 50,000 candidates of B=1000 and its state is
+160 MB, so the reference procedure stays the default; above it exact BAIT's
+time and state grow with N (more than an hour at 2M rows, extrapolated from
+100k) while candidate mode's steps do not.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -77,6 +116,11 @@ _BLOCK_ELEMENTS = 1 << 23
 DRIFT_TOL = 1e-3  # relative error of the best row's score that triggers a refresh of P and Q from A
 DRIFT_FLOOR = 1e-9  # ... relative to the initial objective, below which score errors do not matter
 KAPPA_FLOAT32 = 1e6  # bound on a row's initial P (w_S max|h|^2 / lam) above which the state is float64
+SYMMETRISE_EVERY = 64  # coordinator steps between explicit symmetrisations of A
+# Candidate mode (the module docstring: Candidate mode).
+AUTO_EXACT_ROWS = 200_000  # mode "auto": exact BAIT up to this many unlabeled rows
+SCORE_BLOCK = 16384  # rows per block when rows outside the candidates are rescored
+QUADRATIC_BLOCK = 256  # rows per GEMM of the Fisher sums and of P, Q from A (the GEMM's output stays in cache)
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +147,8 @@ def _sandwich_left(Z: torch.Tensor, p: torch.Tensor, s: torch.Tensor) -> torch.T
 
 class BaitShard:
     """One shard's rows: (p, h) for the Fisher sums, per-row P and Q for the greedy steps."""
+
+    rescored_from: tuple[torch.Tensor, torch.Tensor] | None  # candidate mode: (A, C) of the last rescore
 
     def __init__(self, probs: torch.Tensor, feats: torch.Tensor, labeled: torch.Tensor, first_row: int = 0):
         self.p = probs / probs.sum(1, keepdim=True)  # the softmax Fisher assumes sum(p) == 1 exactly
@@ -148,6 +194,8 @@ class BaitShard:
 
     @staticmethod
     def _fisher_sum(p, idx, h, K) -> torch.Tensor:
+        if idx is None:
+            return _fisher_sum_all_classes(p, h)
         n, c = p.shape
         D = h.shape[1]
         F2 = torch.zeros(K * K, D * D, dtype=torch.float64, device=h.device)
@@ -157,13 +205,10 @@ class BaitShard:
             pb = pb / pb.sum(1, keepdim=True)
             M = torch.diag_embed(pb) - pb[:, :, None] * pb[:, None, :]  # diag(p) - p p^T
             hh = (hb[:, :, None] * hb[:, None, :]).reshape(len(hb), D * D)
-            if idx is None:
-                F2 += M.reshape(len(hb), K * K).T @ hh
-            else:
-                ib = idx[lo : lo + block]
-                pair = (ib[:, :, None] * K + ib[:, None, :]).reshape(-1)
-                vals = (M.reshape(len(hb), c * c, 1) * hh[:, None, :]).reshape(-1, D * D)
-                F2.index_add_(0, pair, vals)
+            ib = idx[lo : lo + block]
+            pair = (ib[:, :, None] * K + ib[:, None, :]).reshape(-1)
+            vals = (M.reshape(len(hb), c * c, 1) * hh[:, None, :]).reshape(-1, D * D)
+            F2.index_add_(0, pair, vals)
         # (a, b, j, k) -> (a, j, b, k): class-major d x d layout
         return F2.reshape(K, K, D, D).permute(0, 2, 1, 3).reshape(K * D, K * D)
 
@@ -175,14 +220,15 @@ class BaitShard:
         D = h.shape[1]
         K = B.shape[0] // D
         B4 = B.to(h.dtype).reshape(K, D, K, D)
-        if ic is None:  # one GEMM per block: (h (x) h) against every class pair
+        if ic is None:  # T is symmetric in (a, b): one GEMM per block, h against the K(K+1)/2 blocks a <= b
+            a, b = torch.triu_indices(K, K, device=h.device)
+            W = B4[a, :, b, :].permute(1, 0, 2).reshape(D, -1)  # D x (pairs * D)
             out = torch.empty(len(h), K, K, dtype=h.dtype, device=h.device)
-            B2 = B4.permute(0, 2, 1, 3).reshape(K * K, D * D)
-            block = max(1, _BLOCK_ELEMENTS // (D * D + K * K))
-            for lo in range(0, len(h), block):
-                hb = h[lo : lo + block]
-                hh = (hb[:, :, None] * hb[:, None, :]).reshape(len(hb), D * D)
-                out[lo : lo + block] = (hh @ B2.T).reshape(len(hb), K, K)
+            for lo in range(0, len(h), QUADRATIC_BLOCK):
+                hb = h[lo : lo + QUADRATIC_BLOCK]
+                T = torch.linalg.vecdot((hb @ W).view(len(hb), -1, D), hb[:, None, :])
+                out[lo : lo + QUADRATIC_BLOCK, a, b] = T
+                out[lo : lo + QUADRATIC_BLOCK, b, a] = T
             return out
         c = ic.shape[1]  # gather only the c x c blocks each row needs
         out = torch.empty(len(h), c, c, dtype=h.dtype, device=h.device)
@@ -197,14 +243,84 @@ class BaitShard:
 
     def init_state(self, A: torch.Tensor, C: torch.Tensor, w_s: float, float64: bool):
         """P, Q for every unlabeled row from A0 and C0 = A0 F A0 (in float64 if asked); returns the best row to add."""
+        self._start(w_s)
+        self.candidates = self._rows(None, torch.float64 if float64 else self.h.dtype)
+        return self.refresh(A, C, "add", float64)
+
+    def init_candidates(self, A: torch.Tensor, C: torch.Tensor, w_s: float, float64: bool, keep: int):
+        """Candidate mode: no candidates yet and every row's first score to compute; answers as `rescore`."""
+        self._start(w_s)
+        none = torch.empty(0, dtype=torch.long, device=self.h.device)
+        self.candidates = self._rows(none, torch.float64 if float64 else self.h.dtype)
+        self._compute(self.candidates, A, C, "add")
+        self.stale = torch.full((len(self.rows),), torch.inf, dtype=torch.float64, device=self.h.device)
+        return self.rescore(A, C, -np.inf, keep)
+
+    def rescore(self, A: torch.Tensor, C: torch.Tensor, above: float, keep: int):
+        """Candidate mode: the exact add-scores, from A and C = A F A, of the free rows outside the candidates
+        whose stale score is above `above` (block by block, no state kept) become their stale scores; returns
+        this shard's `keep` free rows with the best known scores (the candidates' current ones, the others'
+        stale ones) as (scores, global rows), best first, ties to the lower row. `keep_candidates` goes on
+        from here with the same A and C."""
+        self.rescored_from = (A, C)
+        todo = (self._outside() & (self.stale > above)).nonzero()[:, 0]
+        for lo in range(0, len(todo), SCORE_BLOCK):
+            block = self._rows(todo[lo : lo + SCORE_BLOCK], self.candidates.h.dtype)
+            self._compute(block, A, C, "add")
+            self.stale[block.pos] = block.score.double()
+        known = self._known()
+        order = torch.sort(known, descending=True, stable=True).indices[:keep]  # stable: ties keep row order
+        order = order[known[order] > -torch.inf]
+        return known[order], self.first_row + self.rows[order]
+
+    def keep_candidates(self, score: float, row: int):
+        """Candidate mode, after `rescore`: the free rows whose known score is above (score, global row) in
+        (score desc, row asc) order become the candidates; rows that leave keep their current score as stale
+        score, rows that join get P, Q from the A and C of the rescore. Returns the best row to add."""
+        old = self.candidates
+        if old.pos is None or self.rescored_from is None:
+            raise RuntimeError("BAIT: keep_candidates follows rescore, in candidate mode")
+        (A, C), self.rescored_from = self.rescored_from, None
+        known = self._known()
+        rows = self.first_row + self.rows
+        pos = ((known > score) | ((known == score) & (rows <= row))).nonzero()[:, 0]
+        self.stale[old.pos] = old.score.double()
+        st = self._rows(pos, old.h.dtype)
+        was = torch.zeros_like(self.free)
+        was[old.pos] = True
+        stay, join = was[pos], ~was[pos]
+        st.P = old.P.new_empty((len(pos), *old.P.shape[1:]))
+        st.Q, st.score = torch.empty_like(st.P), old.score.new_empty(len(pos))
+        at = torch.searchsorted(old.pos, pos[stay])
+        st.P[stay], st.Q[stay], st.score[stay] = old.P[at], old.Q[at], old.score[at]
+        new = self._rows(pos[join], st.h.dtype)
+        self._compute(new, A, C, "add")
+        st.P[join], st.Q[join], st.score[join] = new.P, new.Q, new.score
+        self.candidates = st
+        self.outside_best = float(self.stale[self._outside()].max()) if bool(self._outside().any()) else -np.inf
+        return self.best("add")
+
+    def _outside(self) -> torch.Tensor:
+        """Free rows that are not candidates (a mask over the unlabeled rows)."""
+        mask = self.free.clone()
+        mask[self.candidates.pos] = False
+        return mask
+
+    def _known(self) -> torch.Tensor:
+        """Per unlabeled row: the candidates' current scores, the others' stale ones, -inf when not free."""
+        known = self.stale.clone()
+        known[self.candidates.pos] = self.candidates.score.double()
+        return known.masked_fill_(~self.free, -torch.inf)
+
+    def _start(self, w_s: float) -> None:
         self.rows = (~self.labeled).nonzero()[:, 0]
         self.w_s = w_s
         self.chosen = torch.zeros(len(self.rows), dtype=torch.bool, device=self.h.device)
         self.free = torch.ones_like(self.chosen)  # neither chosen nor pruned
         self.lu_solves = 0
         self.pruning: _RowState | None = None
-        self.candidates = self._rows(None, torch.float64 if float64 else self.h.dtype)
-        return self.refresh(A, C, "add", float64)
+        self.outside_best = -np.inf  # the best stale score of a free row outside the candidates
+        self.rescored_from = None
 
     def _rows(self, pos: torch.Tensor | None, dtype: torch.dtype) -> _RowState:
         """State holder for the candidate rows at positions pos (None: all of them), P and Q not yet computed."""
@@ -219,15 +335,18 @@ class BaitShard:
         if kind == "remove":
             self.pruning = self._rows(self.chosen.nonzero()[:, 0], torch.float64)
         elif float64 and self.candidates.h.dtype != torch.float64:
-            self.candidates = self._rows(None, torch.float64)
-        st = self._state(kind)
+            self.candidates = self._rows(self.candidates.pos, torch.float64)
+        self._compute(self._state(kind), A, C, kind)
+        return self.best(kind)
+
+    def _compute(self, st: _RowState, A: torch.Tensor, C: torch.Tensor, kind: str) -> None:
+        """P, Q and scores of the rows of st from A and C = A F A."""
         st.P = _sandwich(self._block_quadratic(A, st.h, st.ic), st.p, st.s)
         st.Q = _sandwich(self._block_quadratic(C, st.h, st.ic), st.p, st.s)
         st.score = torch.empty(len(st.h), dtype=st.h.dtype, device=st.h.device)
         for lo in range(0, len(st.h), self.chunk):
             sl = slice(lo, lo + self.chunk)
             st.score[sl] = self._scores(kind, st.P[sl], st.Q[sl])
-        return self.best(kind)
 
     def _state(self, kind: str) -> _RowState:
         if kind == "add":
@@ -236,8 +355,9 @@ class BaitShard:
             raise RuntimeError("BAIT's pruning phase has not started on this shard")
         return self.pruning
 
-    def update(self, G, H, S, R, global_row: int, kind: str, next_kind: str | None):
-        """Applies A' = A - G S G^T to P and Q; marks the row added or removed; returns the next best."""
+    def update(self, GZ, sign, global_row: int, kind: str, next_kind: str | None):
+        """Applies A' = A - G S G^T to P and Q (from the step's factors, see `_step_factors`); marks the row
+        added or removed; returns the next best."""
         local = global_row - self.first_row
         if 0 <= local < len(self.h):
             pos = int(torch.searchsorted(self.rows, torch.tensor(local, device=self.rows.device)))
@@ -248,20 +368,21 @@ class BaitShard:
         st = self._state(next_kind)
         dt, dev = st.h.dtype, st.h.device
         D = st.h.shape[1]
-        K, k = G.shape[0] // D, G.shape[1]
-        # G and H side by side: one GEMM projects every row onto both
-        GH = torch.cat([G, H], 1).to(dev, dt).reshape(K, D, 2 * k).permute(1, 0, 2).reshape(D, K * 2 * k)
-        S, R = S.to(dev, dt), R.to(dev, dt)
+        K, k = GZ.shape[0] // D, GZ.shape[1] // 2
+        # one GEMM projects every row onto both halves of GZ, for every class
+        GZ = GZ.to(dev, dt).reshape(K, D, 2 * k).permute(1, 0, 2).reshape(D, K * 2 * k)
+        sign = sign.to(dev, dt)
         if next_kind == "add":  # every candidate row, in cache-sized slices updated in place
             for lo in range(0, len(st.h), self.chunk):
                 sl = slice(lo, lo + self.chunk)
                 ic = None if st.ic is None else st.ic[sl]
-                _update_block(st.P[sl], st.Q[sl], st.h[sl], st.p[sl], st.s[sl], ic, GH, S, R)
+                _update_block(st.P[sl], st.Q[sl], st.h[sl], st.p[sl], st.s[sl], ic, GZ, sign)
                 st.score[sl] = self._scores("add", st.P[sl], st.Q[sl])
         else:  # pruning: only the rows still chosen
             keep = self.chosen[st.pos].nonzero()[:, 0]
             P, Q = st.P[keep], st.Q[keep]
-            _update_block(P, Q, st.h[keep], st.p[keep], st.s[keep], None if st.ic is None else st.ic[keep], GH, S, R)
+            ic = None if st.ic is None else st.ic[keep]
+            _update_block(P, Q, st.h[keep], st.p[keep], st.s[keep], ic, GZ, sign)
             st.P[keep], st.Q[keep] = P, Q
             st.score[keep] = self._scores("remove", P, Q)
         return self.best(next_kind)
@@ -281,15 +402,19 @@ class BaitShard:
         return self.lu_solves
 
     def best(self, kind: str):
-        """(score, global row, p, classes, h) of the best row to add or remove; score -inf if none."""
+        """(score, global row, p, classes, h) of the best row to add or remove, score -inf if none; and the best
+        stale score of a free row outside the candidates (-inf in exact mode and for removals)."""
         st = self._state(kind)
-        mask = self.free if kind == "add" else self.chosen[st.pos]
+        mask = self.free if kind == "add" else self.chosen
+        if st.pos is not None:
+            mask = mask[st.pos]
+        outside = self.outside_best if kind == "add" else -np.inf
         if not bool(mask.any()):
-            return -np.inf, -1, None, None, None
+            return -np.inf, -1, None, None, None, outside
         j = int(st.score.masked_fill(~mask, -torch.inf).argmax())
         r = int(self.rows[j if st.pos is None else st.pos[j]])
         idx = None if st.ic is None else st.ic[j].cpu()
-        return float(st.score[j]), self.first_row + r, st.p[j].cpu(), idx, st.h[j].cpu()
+        return float(st.score[j]), self.first_row + r, st.p[j].cpu(), idx, st.h[j].cpu(), outside
 
 
 def _not_computed() -> torch.Tensor:
@@ -311,24 +436,55 @@ class _RowState:
     score: torch.Tensor = field(default_factory=_not_computed)
 
 
+def _fisher_sum_all_classes(p: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """sum over rows of (diag(p) - p p^T) (x) h h^T as d x d float64, class-major: block (a, b) is
+    H^T diag(M_ab) H, one GEMM per row block for the K(K+1)/2 blocks a <= b, mirrored for a > b."""
+    K, D = p.shape[1], h.shape[1]
+    a, b = torch.triu_indices(K, K, device=h.device)
+    acc = torch.zeros(D, len(a) * D, dtype=torch.float64, device=h.device)
+    for lo in range(0, len(h), QUADRATIC_BLOCK):
+        pb, hb = p[lo : lo + QUADRATIC_BLOCK].double(), h[lo : lo + QUADRATIC_BLOCK].double()
+        pb = pb / pb.sum(1, keepdim=True)
+        M = torch.diag_embed(pb) - pb[:, :, None] * pb[:, None, :]  # diag(p) - p p^T
+        acc.addmm_(hb.T, (M[:, a, b, None] * hb[:, None, :]).reshape(len(hb), -1))
+    blocks = acc.reshape(D, len(a), D).transpose(0, 1)
+    F4 = torch.empty(K, K, D, D, dtype=torch.float64, device=h.device)
+    F4[a, b] = blocks
+    F4[b, a] = blocks.mT
+    return F4.permute(0, 2, 1, 3).reshape(K * D, K * D)
+
+
 def _sandwich(T: torch.Tensor, p: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """diag(s) (I - 1 p^T) T (I - p 1^T) diag(s): U A U^T from the block forms T."""
     left = _sandwich_left(T, p, s)
     return (left - left @ p[:, :, None]) * s[:, None, :]
 
 
-def _update_block(P, Q, h, p, s, ic, GH, S, R) -> None:
-    """P -= X S X^T;  Q += X S R S X^T - X S Y^T - Y S X^T  with X = U G, Y = U H (in place)."""
-    n, k = len(h), S.shape[0]
-    Z = (h @ GH).reshape(n, -1, 2 * k)
+def _update_block(P, Q, h, p, s, ic, GZ, sign) -> None:
+    """P -= X diag(sign) X^T;  Q += Z X^T + X Z^T  with [X, Z] = U GZ (in place; see `_step_factors`)."""
+    n, k = len(h), len(sign)
+    XZ = (h @ GZ).reshape(n, -1, 2 * k)
     if ic is not None:
-        Z = Z.gather(1, ic[:, :, None].expand(-1, -1, 2 * k))
-    XY = _sandwich_left(Z, p, s)
-    X, Y = XY[..., :k], XY[..., k:]
-    XS = X @ S
-    P.baddbmm_(XS, X.mT, alpha=-1)
-    Q.baddbmm_(XS @ R - Y, XS.mT)
-    Q.baddbmm_(XS, Y.mT, alpha=-1)
+        XZ = XZ.gather(1, ic[:, :, None].expand(-1, -1, 2 * k))
+    XZ = _sandwich_left(XZ, p, s)
+    X, Z = XZ[..., :k], XZ[..., k:]
+    P.baddbmm_(X * sign, X.mT, alpha=-1)
+    Q.baddbmm_(Z, X.mT)
+    Q.baddbmm_(X, Z.mT)
+
+
+def _step_factors(G, H, S, R) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The step A' = A - G S G^T in factored form: (GZ, sign, W) with S = T diag(sign) T^T (T = V |e|^(1/2)
+    from S = V diag(e) V^T), W = G T, so that A' = A - W diag(sign) W^T and, per row, X = U W and
+    Z = U (W R'/2 - H T diag(sign)), R' = diag(sign) T^T R T diag(sign), GZ = [W, W R'/2 - H T diag(sign)]:
+        P' = P - X S' X^T,   Q' = Q - X S Y^T - Y S X^T + X S R S X^T = Q + Z X^T + X Z^T,
+    two batched products per row instead of five."""
+    e, V = torch.linalg.eigh(S)
+    T = V * e.abs().sqrt()
+    sign = e.sign()
+    W = G @ T
+    R2 = sign[:, None] * (T.T @ R @ T) * sign[None, :]
+    return torch.cat([W, W @ R2 / 2 - (H @ T) * sign], 1), sign, W
 
 
 def _trace_solve(Mpd: torch.Tensor, Q: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -373,6 +529,23 @@ def _coordinator_device(group: ShardGroup) -> torch.device:
     return dev if dev.type != "cuda" or torch.cuda.is_available() else torch.device("cpu")
 
 
+def candidate_count(options: BaitOptions, n_forward: int, n_unlabeled: int) -> int | None:
+    """How many rows candidate mode keeps for the greedy steps; None for exact BAIT (all rows)."""
+    mode = options.mode
+    if mode == "auto":
+        mode = "exact" if n_unlabeled <= AUTO_EXACT_ROWS else "candidates"
+    keep = math.ceil(options.candidates * n_forward)
+    return None if mode == "exact" or keep >= n_unlabeled else keep
+
+
+def _candidate_cut(tops: list[tuple[torch.Tensor, torch.Tensor]], keep: int) -> tuple[float, int]:
+    """(score, global row) of the keep-th best of the shards' best rows, in (score desc, row asc) order."""
+    scores = np.concatenate([s.cpu().numpy() for s, _ in tops])
+    rows = np.concatenate([r.cpu().numpy() for _, r in tops])
+    last = np.lexsort((rows, -scores))[min(keep, len(rows)) - 1]
+    return float(scores[last]), int(rows[last])
+
+
 def bait(
     group: ShardGroup,
     budget: int,
@@ -402,11 +575,13 @@ def bait(
     sums = group.map(BaitShard.fisher_sums, K)
     n_rows, n_labeled = sum(x[2] for x in sums), sum(x[3] for x in sums)
     F = sum(x[0].to(dev) for x in sums) / n_rows
+    F = (F + F.T) / 2
     F_labeled_sum = sum(x[1].to(dev) for x in sums)
     w_labeled = 1.0 / (n_labeled + budget)
     w_batch = budget * w_labeled if weighting == "reference" else w_labeled
     eye = torch.eye(K * D, dtype=torch.float64, device=dev)
     A = torch.linalg.inv(lam * eye + w_labeled * F_labeled_sum)
+    A = (A + A.T) / 2
     n_forward = min(int(round(oversample * budget)) if forward_steps is None else forward_steps, n_rows - n_labeled)
     prune = forward_steps is None and n_forward > budget
     # w_S max|h|^2 / lam bounds the eigenvalues a row's P starts with (the module docstring: Precision)
@@ -415,16 +590,29 @@ def bait(
     score_floor = DRIFT_FLOOR * float((A * F).sum())
 
     bar = progress_bar(n_forward + (n_forward - budget if prune else 0), "bait", progress)
-    bests = group.map(BaitShard.init_state, A, A @ F @ A, w_batch, float64)
+    keep = candidate_count(options, n_forward, n_rows - n_labeled)
+    if keep is None:
+        bests = group.map(BaitShard.init_state, A, A @ F @ A, w_batch, float64)
+    else:  # candidate mode: the greedy steps run on the rows with the best known scores
+        tops = group.map(BaitShard.init_candidates, A, A @ F @ A, w_batch, float64, keep)
+        bests = group.map(BaitShard.keep_candidates, *_candidate_cut(tops, keep))
+    rescores = 0
     fresh = True  # the shards' P and Q were computed from A itself, not updated step by step
-    refreshes = 0
+    refreshes = steps = 0
     picks: list[int] = []
     scores: dict[int, float] = {}
     adding = n_forward > 0
     while adding or (prune and len(picks) > budget):
         kind = "add" if adding else "remove"
         shard = argmax_first([b[0] for b in bests])
-        score, row, p, idx, h = bests[shard]
+        score, row, p, idx, h, _ = bests[shard]
+        if adding and keep is not None and max(b[5] for b in bests) > score:
+            # a row outside the candidates scored better when it was last scored: rescore those rows from A
+            tops = group.map(BaitShard.rescore, A, A @ F @ A, score, keep)
+            bests = group.map(BaitShard.keep_candidates, *_candidate_cut(tops, keep))
+            fresh = False
+            rescores += 1
+            continue
         U = _embedding_columns(p, idx, h, w_batch, K).to(dev)
         G = A @ U
         # add: S = (I + P_s)^{-1}; remove: S = (P_s - I)^{-1}; both give A' = A - G S G^T
@@ -443,8 +631,11 @@ def bait(
             fresh = True
             refreshes += 1
             continue
-        A = A - G @ S @ G.T
-        A = (A + A.T) / 2  # keep round-off from breaking symmetry over hundreds of steps
+        GZ, sign, W = _step_factors(G, H, S, R)
+        A.addmm_(W * sign, W.T, alpha=-1)  # an entry and its mirror are the same products: A stays symmetric
+        steps += 1
+        if steps % SYMMETRISE_EVERY == 0:  # round-off must not break symmetry over thousands of steps
+            A = (A + A.T) / 2
         if adding:
             picks.append(row)
             scores[row] = exact
@@ -454,10 +645,10 @@ def bait(
             picks.remove(row)
             next_kind = "remove" if len(picks) > budget else None
         if kind == "add" and next_kind == "remove":  # pruning starts from P, Q recomputed in float64
-            group.map(BaitShard.update, G, H, S, R, row, kind, None)
+            group.map(BaitShard.update, GZ, sign, row, kind, None)
             bests = group.map(BaitShard.refresh, A, A @ F @ A, "remove")
         else:
-            bests = group.map(BaitShard.update, G, H, S, R, row, kind, next_kind)
+            bests = group.map(BaitShard.update, GZ, sign, row, kind, next_kind)
         fresh = next_kind != kind
         bar.update()
     bar.close()
@@ -472,7 +663,12 @@ def bait(
             lam,
             max_norm2,
         )
-    log.debug("BAIT: %d refreshes of the per-row state for drift%s", refreshes, ", float64 state" if float64 else "")
+    log.debug(
+        "BAIT: %d refreshes of the per-row state for drift%s, %d rescores outside the candidates",
+        refreshes,
+        ", float64 state" if float64 else "",
+        rescores,
+    )
     owners = []
     for row in picks:
         shard = int(np.searchsorted(first_rows, row, side="right")) - 1
@@ -496,3 +692,48 @@ def run(
             LocalShards([BaitShard(probs, feats, mask)]), budget, opts, progress=progress, forward_steps=forward_steps
         )
     return BaitResult(np.array([i for _, i in picks], dtype=np.int64), objective)
+
+
+def objectives(
+    probs,
+    feats,
+    selections,
+    *,
+    labeled=None,
+    budget: int,
+    lam: float = 1.0,
+    weighting: Literal["reference", "mean"] = "reference",
+) -> list[float]:
+    """tr(M_S^{-1} F) of each selection S (row indices) of one pool, from float64 Fisher sums: how benchmarks
+    compare selections on pools too large for the dense oracle (`dist_al.testing.oracles.bait_objective`,
+    whose memory grows as N * K * K*D).
+
+    Args:
+        probs, feats: the pool's (N, K) probabilities and (N, D) features.
+        selections: row index arrays, one per selection.
+        labeled: the labeled rows (mask or indices), in F_L.
+        budget: the B of the weights w_L, w_S.
+        lam, weighting: as BaitOptions.
+
+    Returns:
+        One objective per selection (the unreduced problem's: no pca_dim or top_classes).
+    """
+    from .inputs import check_labeled, check_probs_feats
+
+    probs, feats = check_probs_feats(probs, feats)
+    mask = check_labeled(labeled, len(probs), probs.device)
+    opts = BaitOptions(lam=lam, weighting=weighting)
+    shard = BaitShard(probs, feats, mask)
+    K, D = probs.shape[1], feats.shape[1]
+    with torch.inference_mode():
+        pool, labeled_sum, n_rows, n_labeled, _ = shard.fisher_sums(K)
+        F = pool / n_rows
+        w_labeled = 1.0 / (n_labeled + budget)
+        w_batch = budget * w_labeled if opts.weighting == "reference" else w_labeled
+        M0 = opts.lam * torch.eye(K * D, dtype=torch.float64, device=F.device) + w_labeled * labeled_sum
+        out = []
+        for rows in selections:
+            rows = torch.as_tensor(np.asarray(rows, dtype=np.int64), device=shard.h.device)
+            M = M0 + w_batch * shard._fisher_sum(shard.p[rows], None, shard.h[rows], K)
+            out.append(float(torch.trace(torch.linalg.solve(M, F))))
+    return out

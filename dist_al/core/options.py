@@ -74,6 +74,10 @@ class BaitOptions(StrategyOptions):
     )
     pca_dim: int | None = option(None, "project h onto its top pca_dim eigenvectors (large K*D); null = no projection")
     top_classes: int | None = option(None, "keep each row's top_classes most likely classes (large K); null = all")
+    mode: Literal["auto", "exact", "candidates"] = option(
+        "auto", "greedy steps over every unlabeled row (exact) or over candidates (large pools); auto picks by size"
+    )
+    candidates: float = option(25.0, "candidate mode: rows kept for the greedy steps, per forward step")
 
     def __post_init__(self):
         object.__setattr__(self, "lam", _check_positive("lam", self.lam))
@@ -84,3 +88,6 @@ class BaitOptions(StrategyOptions):
         object.__setattr__(
             self, "top_classes", _check_positive("top_classes", self.top_classes, integer=True, optional=True)
         )
+        if self.mode not in ("auto", "exact", "candidates"):
+            raise UserError(f"option mode must be one of 'auto', 'exact', 'candidates', got {self.mode!r}")
+        object.__setattr__(self, "candidates", _check_positive("candidates", self.candidates, at_least=1.0))
