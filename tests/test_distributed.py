@@ -6,6 +6,8 @@ single-process selection on the same (p, h) arrays, for every strategy.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import ray
@@ -182,7 +184,8 @@ def test_badge_same_ids_for_1_and_3_workers_with_tiny_norm_rows(cluster, tmp_pat
 
 def test_badge_pruned_equals_full_pass_for_1_and_3_workers(cluster, tmp_path):
     """BADGE's pruning on the workers (a trained MLP's embeddings of noisy digits, the data where it skips most
-    rows): the same ids with and without it, for 1 and 3 workers, and the core's ids on the same (p, h)."""
+    rows): the same ids with and without it, for 1 and 3 workers (shards of 1500 and 500 rows) and two seeds,
+    and the core's ids on the same (p, h)."""
     from dist_al.models.embedder import Embedder
     from dist_al.testing.pools import noisy_digits, trained_digits_mlp
 
@@ -195,15 +198,19 @@ def test_badge_pruned_equals_full_pass_for_1_and_3_workers(cluster, tmp_path):
     for workers in (1, 3):
         pool = sharded_pool(_config(uri, "badge", workers, model=model), network)
         try:
-            for prune in (True, False):
-                result = pool.select("badge", 80, seed=7, options={"prune": prune}, labeled_ids=np.arange(0, 1500, 50))
-                picked[workers, prune] = result.table.column("id").to_pylist()
+            for seed, prune in itertools.product((7, 8), (True, False)):
+                result = pool.select(
+                    "badge", 80, seed=seed, options={"prune": prune}, labeled_ids=np.arange(0, 1500, 50)
+                )
+                picked[seed, workers, prune] = result.table.column("id").to_pylist()
         finally:
             pool.close()
     probs, feats = Embedder(network)(pixels)
     labeled = np.isin(np.arange(1500), np.arange(0, 1500, 50))
-    core = select("badge", probs, feats, 80, labeled=labeled, seed=7, prune=False).tolist()
-    assert all(ids == core for ids in picked.values()), picked
+    for seed in (7, 8):
+        core = select("badge", probs, feats, 80, labeled=labeled, seed=seed, prune=False).tolist()
+        assert all(ids == core for (s, *_), ids in picked.items() if s == seed), picked
+    assert picked[7, 1, True] != picked[8, 1, True]
 
 
 def test_badge_compiled_graph_and_plain_actor_calls_give_the_same_ids(embedded, monkeypatch):

@@ -135,7 +135,8 @@ def _embed_in_driver(uri: str, device: torch.device, network: torch.nn.Module | 
 
 def _no_op_rounds(workers: list, reps: int = 200) -> tuple[float, float]:
     """Seconds of one round driver -> every worker -> driver that does nothing: (plain actor calls, compiled
-    graph). An exact k-means++ centre takes two such hops (the drawn shard, then every shard)."""
+    graph). With plain calls a centre takes two such rounds (the drawn shard, then every shard); through the
+    compiled graph one execution of two layers (the drawn shard's output is read by every worker)."""
     import ray
     from ray.dag import InputNode, MultiOutputNode
 
@@ -156,23 +157,70 @@ def _no_op_rounds(workers: list, reps: int = 200) -> tuple[float, float]:
     return plain, compiled
 
 
+def _serialisation(workers: int, reps: int = 2000) -> float:
+    """Seconds to serialise and deserialise, with Ray's cloudpickle, what one centre sends: the step to every
+    worker, the drawn centre (row, a, h, |g|^2) to every worker, each worker's (sum of d2, unchosen rows)."""
+    from ray import cloudpickle
+
+    step = (0, "take_weighted", (1.5,), "add_taken", (True,))
+    centre = (17, (torch.randn(K), torch.randn(D), torch.tensor(1.0)))
+    reply = (123.4, 99_000)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        for message in (step, centre):
+            data = cloudpickle.dumps(message)
+            for _w in range(workers):
+                cloudpickle.loads(data)
+        for _w in range(workers):
+            cloudpickle.loads(cloudpickle.dumps(reply))
+    return (time.perf_counter() - t0) / reps
+
+
+class _InstantShards:
+    """A ShardGroup whose shards answer at once with the same values: running the core's k-means++ loop over it
+    times the coordinator's own Python per centre (the draw, the bookkeeping), nothing else."""
+
+    def __init__(self, shards: int):
+        self.stats = [(1.0, 1000)] * shards
+        self.taken = (0, (torch.zeros(K), torch.zeros(D), torch.tensor(0.0)))
+
+    def map(self, method, *args) -> list:
+        return list(self.stats)
+
+    def call(self, shard, method, *args):
+        return self.taken[1] if method.__name__ == "take" else self.taken  # the others answer (row, centre)
+
+    def relay(self, shard, method, args, then, *then_args):
+        return self.taken, list(self.stats)
+
+
+def _coordinator_python(shards: int, budget: int = 2000) -> float:
+    """Seconds per centre of the core's exact k-means++ loop over shards that answer at once."""
+    from dist_al.core.badge import kmeanspp
+
+    t0 = time.perf_counter()
+    kmeanspp(_InstantShards(shards), budget, seed=0)
+    return (time.perf_counter() - t0) / budget
+
+
 def bench_coordination(uri: str, rows: int, budget: int, device: torch.device) -> list[dict]:
     """Exact BADGE on 2 workers against one process (2 threads) on the same (p, h): per centre, with and without
-    pruning, through a compiled graph and through plain actor calls, and what a round that does nothing costs."""
+    pruning, through a compiled graph and through plain actor calls; and the pieces of a centre's coordination
+    (a round that does nothing, serialisation, the coordinator's Python)."""
     from dist_al.runtime.cluster import ray_session
     from dist_al.runtime.selection import sharded_pool
 
     probs, feats = _embed_in_driver(uri, device)
     torch.set_num_threads(2)
-    single, want = {}, None
+    single: dict[bool, float] = {}
+    want: dict[bool, list[int]] = {}
     for prune in (True, False):
         _sync(device)
         t0 = time.perf_counter()
-        want = select("badge", probs, feats, budget, seed=0, prune=prune)
+        want[prune] = [int(i) for i in select("badge", probs, feats, budget, seed=0, prune=prune)]
         _sync(device)
-        single[prune] = time.perf_counter() - t0
-    want_ids = [int(i) for i in np.arange(rows)[want]]  # ids are row numbers in this pool
-    dist, same = {}, True
+        single[prune] = time.perf_counter() - t0  # ids are row numbers in this pool
+    dist, same = {}, want[True] == want[False]
     with ray_session(None, num_cpus=2):
         for compiled in (True, False):
             cfg = _cfg(uri, 2, budget, device).replace(cluster={"compiled_graph": compiled})
@@ -181,24 +229,28 @@ def bench_coordination(uri: str, rows: int, budget: int, device: torch.device) -
             for prune in (True, False):
                 result = pool.select("badge", budget, options={"prune": prune})
                 dist[compiled, prune] = result.seconds_select
-                same &= result.table.column("id").to_pylist() == want_ids
+                same &= result.table.column("id").to_pylist() == want[prune]
             if compiled:  # the workers are free of the selection's graph now
                 plain_round, compiled_round = _no_op_rounds(pool.workers)
             pool.close()
+    serialise, python = _serialisation(2), _coordinator_python(2)
 
     def per(t: float) -> str:
         return f"{t / budget * 1e3:.2f}"
 
     ratio = dist[True, True] / single[True]
     setting = f"N={rows:,}, B={budget}, 2 workers of 1 thread vs 1 process of 2 threads"
+    overhead = (dist[True, True] - single[True]) / budget
     return [
         {
             "name": f"BADGE per centre, where the time goes ({setting})",
             "figure": f"ms/centre: one process {per(single[True])} pruned, {per(single[False])} full pass; "
             f"2 workers, compiled graph {per(dist[True, True])} pruned, {per(dist[True, False])} full pass; "
             f"plain actor calls {per(dist[False, True])} pruned, {per(dist[False, False])} full pass. "
-            f"A round that does nothing: {plain_round * 1e3:.2f} ms with actor calls, {compiled_round * 1e3:.2f} ms "
-            "through a compiled graph (a centre takes two)",
+            f"Pieces: a round that does nothing {plain_round * 1e3:.2f} ms with actor calls (a centre takes two), "
+            f"{compiled_round * 1e3:.2f} ms through a compiled graph of one layer (a centre's has two); "
+            f"serialising a centre's messages {serialise * 1e3:.3f} ms; the coordinator's Python "
+            f"{python * 1e3:.3f} ms; 2 workers (compiled, pruned) - one process = {overhead * 1e3:.2f} ms",
             "ratio": None,
             "goal": "measure",
             "met": None,
@@ -207,7 +259,7 @@ def bench_coordination(uri: str, rows: int, budget: int, device: torch.device) -
             "name": f"BADGE distributed / single process ({setting}, pruned, compiled graph)",
             "figure": f"{dist[True, True]:.2f} s vs {single[True]:.2f} s; plain actor calls "
             f"{dist[False, True] / single[True]:.2f}; full pass {dist[True, False] / single[False]:.2f} (compiled), "
-            f"{dist[False, False] / single[False]:.2f} (plain); same ids in all: {same}",
+            f"{dist[False, False] / single[False]:.2f} (plain); same ids in all (pruned and not): {same}",
             "ratio": ratio,
             "goal": "<= 1.2",
             "met": ratio <= 1.2 and same,
