@@ -366,7 +366,9 @@ class ClusterConfig(Section):
         "(and Ray Train's workers) before a one-line error; a progress line every 10 s says what is missing",
     )
     compiled_graph: bool = Field(
-        True, description="exact BADGE's centres as a Ray compiled graph (false: plain actor calls, same ids)"
+        False,
+        description="exact BADGE's centres through a Ray compiled graph (true) or plain actor calls (false): the same "
+        "ids; the graph's channels poll while they wait, which costs CPUs a small node does not have",
     )
 
 

@@ -229,7 +229,9 @@ def test_workers_dying_in_the_embedding_pass_and_the_id_check(hurt_pool, fault_f
     assert {s: _select(pool, s) for s in STRATEGIES} == fault_free
 
 
-def test_worker_dying_in_badge_centre_3(pool, fault_free, trip, caplog):
+@pytest.mark.parametrize("compiled", [False, True], ids=["actor calls", "compiled graph"])
+def test_worker_dying_in_badge_centre_3(pool, fault_free, trip, caplog, monkeypatch, compiled):
+    monkeypatch.setattr(pool, "cluster", pool.cluster.model_copy(update={"compiled_graph": compiled}))
     before = pool.where[2]
     trip.write_text("2 add_taken 3")  # the broadcast of centre 3 of 10 (relayed from the shard that drew it)
     caplog.set_level(logging.WARNING, logger="dist_al.runtime.sharded_pool")
