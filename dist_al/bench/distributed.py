@@ -27,6 +27,7 @@ ShardWorkers get half a GPU each.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import multiprocessing
 import os
@@ -503,14 +504,24 @@ def bench_decoding(tmp: str, rows: int, device: torch.device) -> list[dict]:
     return out
 
 
+def _pss(pid: int) -> int:
+    """Bytes of the process's proportional set size (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
+    except (OSError, StopIteration, ValueError):
+        return 0
+
+
 class _PeakMemory:
     """Peak of the summed PSS of this process and all its descendants (raylet, Ray workers).
 
     PSS, not RSS: every Ray process maps the same torch and Ray libraries, and summed RSS would
-    count those shared pages once per process.
+    count those shared pages once per process. Read from smaps_rollup every 2 s: the full smaps of a
+    worker holding gigabytes costs the kernel enough to slow the run it measures.
     """
 
-    def __init__(self, interval: float = 0.5):
+    def __init__(self, interval: float = 2.0):
         import psutil
 
         self.psutil, self.interval, self.peak = psutil, interval, 0
@@ -522,10 +533,7 @@ class _PeakMemory:
         while not self._stop.is_set():
             total = 0
             for p in [me] + me.children(recursive=True):
-                try:
-                    total += p.memory_full_info().pss
-                except self.psutil.Error:
-                    pass
+                total += _pss(p.pid)
             self.peak = max(self.peak, total)
             self._stop.wait(self.interval)
 
@@ -898,6 +906,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="full: compare only the first N picks with single-process BADGE (default all; 0: no check)",
     )
+    parser.add_argument(
+        "--keep",
+        metavar="DIR",
+        default=None,
+        help="make the pools in DIR and keep them there for the next run, which reuses them (default: a temporary "
+        "directory, deleted at the end)",
+    )
     args = parser.parse_args(argv)
     if args.rows is not None and args.rows < 1000:
         parser.error("--rows must be at least 1000")
@@ -916,7 +931,11 @@ def main(argv: list[str] | None = None) -> int:
         f"device {device}, load average {os.getloadavg()[0]:.1f} at the start\n"
     )
     rows = []
-    with tempfile.TemporaryDirectory(prefix="dist-al-bench-") as tmp:
+    if args.keep:
+        os.makedirs(args.keep, exist_ok=True)
+    with (
+        contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory(prefix="dist-al-bench-") as tmp
+    ):
         small_uri, large_uri = os.path.join(tmp, "small"), os.path.join(tmp, "large")
         if {"coordination", "embedding"} & set(only):
             _make_pool(small_uri, small)
