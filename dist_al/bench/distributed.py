@@ -837,13 +837,13 @@ def bench_images(uri: str, device: torch.device, thread_counts: list[int], repea
         return decoded_batches(pool, shard, reader, batch_rows=IMAGE_BATCH, threads=threads)
 
     decoded = [b.x for b in batches(max(thread_counts))]
-    embed(decoded[0])  # warm-up
-    _sync(device)
 
     def forward():
         for x in decoded:
             embed(x)
         _sync(device)
+
+    forward()  # warm-up on every batch: the first call on each tensor cost up to 3x a later one here
 
     def whole_pass(threads: int):
         for b in batches(threads):
