@@ -236,14 +236,16 @@ def test_a_graph_that_cannot_be_compiled_falls_back_to_actor_calls(embedded, mon
 
     from ray.dag import MultiOutputNode
 
-    want = embedded[2].select("badge", 30, seed=5).table.column("id").to_pylist()
+    pool = embedded[2]
+    want = pool.select("badge", 30, seed=5).table.column("id").to_pylist()  # plain calls, the default
+    monkeypatch.setattr(pool, "cluster", pool.cluster.model_copy(update={"compiled_graph": True}))
 
     def refuse(self, **kwargs):
         raise RuntimeError("shared-memory channels are not available here")
 
     monkeypatch.setattr(MultiOutputNode, "experimental_compile", refuse)
     caplog.set_level(logging.WARNING, logger="dist_al.runtime.sharded_pool")
-    assert embedded[2].select("badge", 30, seed=5).table.column("id").to_pylist() == want
+    assert pool.select("badge", 30, seed=5).table.column("id").to_pylist() == want
     warnings = [r.getMessage() for r in caplog.records if "compiled graph" in r.getMessage()]
     assert warnings == [
         "Ray compiled graph unavailable (RuntimeError: shared-memory channels are not available here); "

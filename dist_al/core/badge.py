@@ -61,11 +61,6 @@ def _rows_where(mask: torch.Tensor) -> torch.Tensor:
     return mask.nonzero()[:, 0]
 
 
-def _on(like: torch.Tensor, factors) -> tuple[torch.Tensor, ...]:
-    """Centres' factors (tensors or numpy arrays, BadgeShard.centre) as tensors of like's dtype and device."""
-    return tuple(torch.as_tensor(t).to(like.device, like.dtype) for t in factors)
-
-
 def gradient_factors(probs: torch.Tensor) -> torch.Tensor:
     """a = e_yhat - p, the class factor of the gradient embedding (sign is irrelevant)."""
     a = -probs
@@ -104,11 +99,9 @@ class BadgeShard:
         i = int(self.norm2.masked_fill(~self.available, -torch.inf).argmax())
         return float(self.norm2[i]), i
 
-    def centre(self, i: int) -> tuple[np.ndarray, ...]:
-        """The row's factors (a, h, |g|^2), ready to travel to other shards: as float64 numpy arrays, which hold
-        every float dtype exactly and pickle in microseconds, where torch pickles a tensor's storage through
-        torch.save, about 10x slower (`dist-al bench distributed --only coordination`), at every centre."""
-        return tuple(t.to("cpu", torch.float64).numpy() for t in (self.a[i], self.h[i], self.norm2[i]))
+    def centre(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The row's factors on the CPU, ready to travel to other shards."""
+        return self.a[i].cpu(), self.h[i].cpu(), self.norm2[i].cpu()
 
     def take(self, i: int):
         if not bool(self.available[i]):
@@ -125,7 +118,7 @@ class BadgeShard:
 
         With prune, the rows that CentreBounds proves unchanged are not read (DESIGN.md section 3), and d2
         ends as with prune=False, which reads every row, bit for bit."""
-        a_c, h_c, n_c = _on(self.h, centre)
+        a_c, h_c, n_c = (t.to(self.h.device, self.h.dtype) for t in centre)
         self.bounds.usable &= prune
         group = self.bounds.add(a_c, h_c, n_c)
         limits = self.bounds.limits(group)
@@ -240,7 +233,7 @@ class BadgeShard:
     # -- k-means|| ----------------------------------------------------------------------
 
     def add_centres(self, centres) -> tuple[float, int]:
-        a_c, h_c, n_c = _on(self.h, centres)
+        a_c, h_c, n_c = (t.to(self.h.device, self.h.dtype) for t in centres)
         self.bounds.usable = False  # these centres have no groups: later centres read every row
         self._dirty.fill_(True)
         if len(n_c):
@@ -269,7 +262,7 @@ class BadgeShard:
 
     def nearest_counts(self, centres) -> torch.Tensor:
         """How many unchosen rows of this shard have each centre as their nearest."""
-        a_c, h_c, n_c = _on(self.h, centres)
+        a_c, h_c, n_c = (t.to(self.h.device, self.h.dtype) for t in centres)
         counts = torch.zeros(len(n_c), dtype=torch.long, device=self.h.device)
         rows = self.available.nonzero()[:, 0]
         block = max(1, _BLOCK_ELEMENTS // max(1, len(n_c)))
@@ -442,7 +435,7 @@ def kmeans_parallel(
     shard, i = _first_centre(group)
     first = group.call(shard, BadgeShard.take, i)
     owners = [(shard, i)]
-    cand = [tuple(torch.as_tensor(t)[None] for t in first)]
+    cand = [tuple(t[None] for t in first)]
     stats = group.map(BadgeShard.add_centre, first)
     for r in range(rounds):
         total = _finite_total(stats)
