@@ -296,8 +296,8 @@ CONFIG_CASES = [
         "model factory attribute missing",
         SELECT,
         False,
-        {"model__factory": "dist_al.models:resnet"},
-        ["module 'dist_al.models' has no attribute 'resnet'"],
+        {"model__factory": "dist_al.models:vit"},
+        ["module 'dist_al.models' has no attribute 'vit'"],
     ),
     (
         "checkpoint shapes do not match",
