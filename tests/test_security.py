@@ -114,11 +114,18 @@ model.eval()
     assert unsafe_calls(good) == []
 
 
+# The one unpickling the package may do: the bench times Ray's serialisation of a BADGE centre on bytes it
+# pickled itself a line before (no file, no network). Any other call, here or elsewhere, fails the test.
+OWN_BYTES = {"dist_al/bench/distributed.py": "cloudpickle.loads"}
+
+
 def test_package_never_unpickles_user_files():
     files = sorted(PACKAGE.rglob("*.py"))
     assert len(files) > 20
     found = [hit for f in files for hit in unsafe_calls(f.read_text(), str(f.relative_to(PACKAGE.parent)))]
-    assert found == []
+    allowed = [h for h in found if h.endswith(f": {OWN_BYTES.get(h.split(':')[0], '-')}")]
+    assert [h for h in found if h not in allowed] == []
+    assert len(allowed) <= 2, allowed  # the bench's two loads of its own bytes
 
 
 # ---------------------------------------------------------------------------------- pickled payloads
