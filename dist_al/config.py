@@ -414,7 +414,15 @@ class Config(Section):
         Raises:
             ConfigError: the changed config is invalid (the message names the key).
         """
-        return validate(_merge(self.raw(), sections))
+        raw = self.raw()
+        selection = sections.get("selection")
+        if (
+            isinstance(selection, dict)
+            and selection.get("strategy", self.selection.strategy) != self.selection.strategy
+        ):
+            # another strategy: the old one's options do not carry over
+            raw["selection"] = {k: v for k, v in raw["selection"].items() if k in SelectionBase.model_fields}
+        return validate(_merge(raw, sections))
 
     def dump(self) -> dict:
         """Plain data with every credential redacted (``dist_al.credentials``, at any depth, not only the

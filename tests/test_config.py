@@ -181,3 +181,10 @@ def test_every_config_key_and_strategy_option_has_a_description():
     for spec in STRATEGIES.values():
         for f in dataclasses.fields(spec.options):
             assert f.metadata.get("description"), f"{spec.options.__name__}.{f.name}: use options.option(default, doc)"
+
+
+def test_replace_with_another_strategy_drops_the_old_strategys_options():
+    cfg = validate({"pool": {"uri": "x"}, "selection": {"budget": 5, "prune": False}})
+    margin = cfg.replace(selection={"strategy": "margin", "budget": 20})
+    assert margin.selection.model_dump() == {"strategy": "margin", "budget": 20, "seed": 0}
+    assert cfg.replace(selection={"budget": 7}).selection.model_dump()["prune"] is False  # same strategy: kept
