@@ -2,6 +2,7 @@
 
 import logging
 import os
+import subprocess
 
 import pytest
 import ray
@@ -20,7 +21,13 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 # Test tiers (markers registered in pyproject.toml): tests that use these fixtures get the marker themselves.
-_FIXTURE_MARKS = {"ray_local": "cluster", "s3_server": "s3", "s3_bucket": "s3", "s3_storage_options": "s3"}
+_FIXTURE_MARKS = {
+    "ray_local": "cluster",
+    "ray_tests_importable": "cluster",
+    "s3_server": "s3",
+    "s3_bucket": "s3",
+    "s3_storage_options": "s3",
+}
 
 
 def pytest_collection_modifyitems(items):
@@ -32,16 +39,36 @@ def pytest_collection_modifyitems(items):
             item.add_marker("slow")  # starting Ray, a fresh interpreter that imports torch, or a Label Studio server
 
 
+_RAY_FIXTURES: set[str] = set()  # fixtures seen starting Ray, which run before the autouse check below
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    before = ray.is_initialized()
+    yield
+    if not before and ray.is_initialized():
+        _RAY_FIXTURES.add(fixturedef.argname)
+
+
 @pytest.fixture(autouse=True)
-def _ray_only_in_cluster_tests(request, monkeypatch):
-    """A test that starts Ray in this process must be marked ``cluster``, so ``-m "not cluster"`` never starts
-    one (the tiers stay what their markers say)."""
-    if request.node.get_closest_marker("cluster") is None:
+def _tiers_hold(request, monkeypatch):
+    """A test that starts Ray must be marked ``cluster`` and one that runs a program ``subprocess``, so
+    ``-m "not slow"`` stays fast. Checked at the call too: a module fixture may have started Ray before this ran."""
+    marked = {m: request.node.get_closest_marker(m) is not None for m in ("cluster", "subprocess")}
 
-        def refuse(*args, **kwargs):
-            pytest.fail(f"{request.node.nodeid} starts Ray: mark it @pytest.mark.cluster", pytrace=False)
+    def refuse(what, mark):
+        def refused(*args, **kwargs):
+            pytest.fail(f"{request.node.nodeid} {what}: mark it @pytest.mark.{mark}", pytrace=False)
 
-        monkeypatch.setattr(ray, "init", refuse)
+        return refused
+
+    if not marked["cluster"]:
+        started_ray = _RAY_FIXTURES.intersection(request.fixturenames)
+        if started_ray:
+            pytest.fail(f"{request.node.nodeid} uses {sorted(started_ray)}, which start Ray: mark it cluster")
+        monkeypatch.setattr(ray, "init", refuse("starts Ray", "cluster"))
+    if not marked["subprocess"]:
+        monkeypatch.setattr(subprocess.Popen, "__init__", refuse("runs a program", "subprocess"))
     yield
 
 

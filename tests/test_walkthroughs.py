@@ -14,8 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 from s3server import FAKE_KEY, FAKE_SECRET, REGION, create_bucket
+
+pytestmark = pytest.mark.subprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 
