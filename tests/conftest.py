@@ -52,9 +52,12 @@ def pytest_fixture_setup(fixturedef, request):
 
 @pytest.fixture(autouse=True)
 def _tiers_hold(request, monkeypatch):
-    """A test that starts Ray must be marked ``cluster`` and one that runs a program ``subprocess``, so
-    ``-m "not slow"`` stays fast. Checked at the call too: a module fixture may have started Ray before this ran."""
-    marked = {m: request.node.get_closest_marker(m) is not None for m in ("cluster", "subprocess")}
+    """A test that starts Ray must be marked ``cluster``, one that runs a program ``subprocess`` (Ray and Label
+    Studio start their own), so ``-m "not slow"`` stays fast. Fixtures are checked too: a module-scoped one
+    starts Ray before this runs."""
+
+    def marked(name):
+        return request.node.get_closest_marker(name) is not None
 
     def refuse(what, mark):
         def refused(*args, **kwargs):
@@ -62,13 +65,13 @@ def _tiers_hold(request, monkeypatch):
 
         return refused
 
-    if not marked["cluster"]:
+    if not marked("cluster"):
         started_ray = _RAY_FIXTURES.intersection(request.fixturenames)
         if started_ray:
             pytest.fail(f"{request.node.nodeid} uses {sorted(started_ray)}, which start Ray: mark it cluster")
         monkeypatch.setattr(ray, "init", refuse("starts Ray", "cluster"))
-    if not marked["subprocess"]:
-        monkeypatch.setattr(subprocess.Popen, "__init__", refuse("runs a program", "subprocess"))
+        if not (marked("subprocess") or marked("labelstudio")):
+            monkeypatch.setattr(subprocess.Popen, "__init__", refuse("runs a program", "subprocess"))
     yield
 
 

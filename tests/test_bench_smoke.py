@@ -29,7 +29,7 @@ def _table_rows(out: str) -> list[list[str]]:
     return [[c.strip() for c in line.strip("|").split(" | ")] for line in lines[1:]]  # without the header
 
 
-@pytest.mark.slow
+@pytest.mark.subprocess  # the bench runs its fresh-process rows as child programs
 def test_quick_run_prints_every_row(capsys):
     rc = core.main(["--quick", "--repeats", "1"])
     out = capsys.readouterr().out
@@ -89,7 +89,7 @@ def test_both_benchmarks_take_the_same_options(argv, message, capsys):
         assert f"dist-al bench {suite}: error: {message}" in capsys.readouterr().err
 
 
-@pytest.mark.slow
+@pytest.mark.subprocess  # the bench runs its fresh-process rows as child programs
 def test_distributed_quick_gather_row(capsys):
     assert bench_cli.main(["distributed", "--quick", "--only", "gather"]) == 0
     out = capsys.readouterr().out
@@ -109,7 +109,7 @@ def test_image_row_measures_the_pass_against_decoding_and_the_forward(tmp_path):
     assert all(r["ratio"] > 0 and "decoding alone" in r["figure"] and r["goal"] == ">= 0.8" for r in rows)
 
 
-@pytest.mark.slow
+@pytest.mark.subprocess  # the bench runs its fresh-process rows as child programs
 def test_image_row_with_device_cuda_runs_the_model_there(monkeypatch, capsys):
     """`--device cuda` is accepted where torch sees a GPU, and the image row's model and batches go to it: the
     Embedder is built for cuda and the timings wait on cuda. Without a GPU here the Embedder records the device it
