@@ -81,14 +81,16 @@ for a submodular objective), a stale score would bound the current one and the
 picks would be exact BAIT's. tr(M_S^-1 F) is not submodular in general, so this
 is a heuristic, and its bound is measured: the objective within 1% of exact
 BAIT's (`dist-al bench core --only bait-candidates`: N=100k and 200k, K=10,
-D=128, B=1000, three seeds; tests/test_bait_candidates.py on small pools).
+D=128, B=100, three seeds each: exact BAIT's picks on all six pools, 4-6x
+faster; tests/test_bait_candidates.py on small pools).
 Costs: the initial pass is exact mode's (O(N K^2 D^2), the Fisher sums'
 order); a forward step is O(candidates x 2B x K^2 D) instead of O(N K^2 D);
 a rescore is O(rows rescored x K^2 D^2). Memory per row outside the
 candidates: p, h and 8 bytes, instead of 2 K^2 state floats (1.6 GB at 2M
 rows, K=10, float32). AUTO_EXACT_ROWS = 200,000: up to there exact BAIT's
 steps run over at most 4x the 50,000 candidates of B=1000 and its state is
-160 MB, so the reference procedure stays the default; above it exact BAIT's
+160 MB (at 200k rows, B=100 it took 4 minutes on 2 cores, candidate mode 40 s,
+the same picks), so the reference procedure stays the default; above it exact BAIT's
 time and state grow with N (more than an hour at 2M rows, extrapolated from
 100k) while candidate mode's steps do not.
 """
