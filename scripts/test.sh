@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs dist-al with its test and dev dependencies into .venv and runs the test suite; arguments go to pytest.
 #   bash scripts/test.sh                   the whole suite (what CI runs)
-#   bash scripts/test.sh -m "not slow"     the fast tier: no test over ~5 s (README, "Tests")
+#   bash scripts/test.sh -m "not slow"     the fast tier: no test over ~2 s (README, "Tests")
 #   bash scripts/test.sh --checks -q       first ruff, mypy and the docs build (scripts/check.sh), as CI does
 # The CPU build of torch is pinned here only (CI and dev machines have no GPU);
 # pyproject keeps torch open so GPU users get their CUDA build.

@@ -250,6 +250,7 @@ def test_chi2_sf_matches_known_values():
     assert chi2_sf(0.0, 4) == 1.0
 
 
+@pytest.mark.slow  # thousands of draws for the chi-square test (~3 s)
 def test_second_pick_follows_d2_law_and_the_test_rejects_wrong_laws():
     probs = softmax(STAT_LOGITS)
     feats = STAT_FEATS

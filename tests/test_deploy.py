@@ -507,6 +507,7 @@ def test_vendored_crds_are_the_release_files_their_readme_names():
         assert hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest() == blob, f"{name} is not KubeRay's file"
 
 
+@pytest.mark.slow  # validating against the full CRD schemas, ~2 s each
 @pytest.mark.parametrize("version", KUBERAY_VERSIONS)
 def test_kuberay_manifests_fit_the_crds_and_the_operator_takes_them(version):
     checked = set()

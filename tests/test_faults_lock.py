@@ -154,6 +154,7 @@ def test_a_command_that_lost_its_lease_stops_before_its_next_write(tmp_path):
     assert ingest(validate(cfg), labels).startswith("5 labels accepted")  # the next holder does the step
 
 
+@pytest.mark.slow  # waits out real heartbeats and leases
 @pytest.mark.parametrize("kind", ["local", "s3"])
 def test_a_heartbeat_that_finds_the_lock_taken_over_fences_every_write(tmp_path, kind, request):
     work, options = where(kind, tmp_path, request)
@@ -186,6 +187,7 @@ def test_a_heartbeat_that_finds_the_lock_taken_over_fences_every_write(tmp_path,
     assert lock_record(work, options)["token"] == "f" * 32  # the new holder's lock stays
 
 
+@pytest.mark.slow  # waits out real heartbeats and leases
 def test_a_heartbeat_that_cannot_refresh_closes_the_fence_before_the_lease_runs_out(flaky_s3):
     proxy, options, bucket = flaky_s3
     work = f"s3://{bucket}/work"
@@ -241,6 +243,7 @@ def test_a_lock_put_whose_reply_was_lost_gets_412_from_itself_and_holds(flaky_s3
         lock.release()
 
 
+@pytest.mark.slow  # waits out real heartbeats and leases
 def test_an_unrelated_einval_on_a_lock_put_is_raised_not_taken_for_a_lost_lock(flaky_s3):
     proxy, options, bucket = flaky_s3
     work = f"s3://{bucket}/work"

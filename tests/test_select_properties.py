@@ -313,7 +313,10 @@ LARGE_FLOAT32_FEATURES_REPEATED_PICK = dict(
 )
 
 
-@pytest.mark.parametrize("strategy", ALL_STRATEGIES)
+@pytest.mark.parametrize(
+    "strategy",  # BAIT's 80 examples take ~5 s: out of the fast tier
+    [pytest.param(s, marks=pytest.mark.slow) if s == "bait" else s for s in ALL_STRATEGIES],
+)
 @SETTINGS
 @given(
     pr=problems(allow_breaks=False),
