@@ -170,7 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = _command(
         sub,
         "demo",
-        help="learning curves of badge, bait and random on scikit-learn's digits (local, a few minutes)",
+        help="learning curves of badge, bait and random on scikit-learn's digits (local, about a minute)",
         description="Writes a pool and a test set from scikit-learn's bundled digits data under WORKDIR, then "
         "runs `dist-al simulate` with configs/demo.yaml on a local Ray: prints mean test accuracy per "
         "strategy and label count, writes WORKDIR/simulation/curve.csv and curve.png.",

@@ -365,6 +365,13 @@ class ClusterConfig(Section):
         description="on a cluster dist-al connects to: how long to wait for it to place and start the ShardWorkers "
         "(and Ray Train's workers) before a one-line error; a progress line every 10 s says what is missing",
     )
+    driver_select_rows: int = Field(
+        0,
+        ge=0,
+        description="a pool of at most this many rows is selected in the driver: the ShardWorkers embed it and send "
+        "their (p, h) once, and the same coordinator loop runs without a Ray round trip per step (same ids; BAIT's "
+        "rounds 3x faster in `dist-al demo`, see docs/BENCHMARKS.md); 0 = always on the workers",
+    )
     compiled_graph: bool = Field(
         False,
         description="exact BADGE's centres through a Ray compiled graph (true) or plain actor calls (false): the same "

@@ -33,10 +33,10 @@ _COMMON = "the a today very new after before with and".split()
 
 def digits(n: int) -> tuple[np.ndarray, np.ndarray]:
     """(n digit images (n, 8, 8) uint8 0..255, labels), in the data set's order."""
-    from sklearn.datasets import load_digits
+    from dist_al.data.digits import load_digits
 
-    data = load_digits()
-    return (data.images[:n] * 255 / 16).round().astype(np.uint8), data.target[:n].astype(np.int64)
+    x, y = load_digits()
+    return (x[:n].reshape(-1, 8, 8) * 255 / 16).round().astype(np.uint8), y[:n]
 
 
 def encode(image: np.ndarray, fmt: str) -> bytes:

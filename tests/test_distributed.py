@@ -213,6 +213,32 @@ def test_badge_pruned_equals_full_pass_for_1_and_3_workers(cluster, tmp_path):
     assert picked[7, 1, True] != picked[8, 1, True]
 
 
+def test_a_small_pool_selected_in_the_driver_gives_the_workers_ids(embedded, local_pool, monkeypatch):
+    """cluster.driver_select_rows: a pool that small is selected in the driver on the workers' (p, h) (checked
+    to have run there), with the same ids as on the workers, for every strategy and worker count."""
+    from dist_al.runtime import sharded_pool as runtime
+
+    in_driver = []
+
+    class Recorded(runtime.LocalShards):
+        def __init__(self, shards):
+            in_driver.append(len(shards))
+            super().__init__(shards)
+
+    monkeypatch.setattr(runtime, "LocalShards", Recorded)
+    labeled = local_pool[1][::97][:8]
+    for strategy, (workers, pool) in itertools.product(STRATEGIES, embedded.items()):
+        options = OPTIONS.get(strategy)
+        want = pool.select(strategy, 15, seed=7, options=options, labeled_ids=labeled).table
+        with monkeypatch.context() as m:
+            m.setattr(pool, "cluster", pool.cluster.model_copy(update={"driver_select_rows": N_ROWS}))
+            got = pool.select(strategy, 15, seed=7, options=options, labeled_ids=labeled).table
+        assert got.column("id").to_pylist() == want.column("id").to_pylist(), (strategy, workers)
+        scores = [(g, w) for g, w in zip(got.column("score").to_pylist(), want.column("score").to_pylist())]
+        assert all(g == w or g == pytest.approx(w, rel=1e-5) for g, w in scores), (strategy, scores)
+    assert in_driver == [w for _ in STRATEGIES for w in embedded]
+
+
 def test_badge_compiled_graph_and_plain_actor_calls_give_the_same_ids(embedded, monkeypatch):
     """cluster.compiled_graph: exact BADGE's centres through a Ray compiled graph (checked to have run), or
     through plain actor calls; the same ids for 1, 2 and 4 workers."""

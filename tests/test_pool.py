@@ -578,3 +578,16 @@ def test_prefetch_reads_ahead_and_stops_when_caller_stops(store, monkeypatch):
     it.close()
     assert not _prefetch_threads(9_999)
     assert len(reads) <= 4
+
+
+@pytest.mark.slow  # importing scikit-learn takes 3-4 s
+def test_bundled_digits_are_scikit_learns():
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    from dist_al.data.digits import load_digits
+
+    x, y = load_digits()
+    want_x, want_y = sklearn_digits(return_X_y=True)
+    assert x.dtype == want_x.dtype and y.dtype == want_y.dtype
+    np.testing.assert_array_equal(x, want_x)
+    np.testing.assert_array_equal(y, want_y)

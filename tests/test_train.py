@@ -138,6 +138,30 @@ def test_gather_labeled_keeps_only_labeled_rows_in_pool_order(data):
     assert x.dtype == np.float32 and y.dtype == np.int64
 
 
+def _minibatches(reader, rows, index, monkeypatch, *, once: bool) -> list:
+    from dist_al.campaign import train as train_module
+
+    monkeypatch.setattr(train_module, "DECODE_ONCE_BYTES", 1 << 30 if once else 0)
+    batches = train_module.Minibatches(reader, rows, batch_size=40, threads=2)
+    assert (batches.decoded is not None) == once
+    return list(batches(index))
+
+
+def test_minibatches_decoded_once_equal_those_decoded_per_step(data, monkeypatch):
+    from dist_al.inputs.contract import open_inputs
+
+    rows = gather_labeled(data["cfg"].pool, data["labels"])
+    index = torch.randperm(len(rows.y), generator=torch.Generator().manual_seed(0))
+    _, reader = open_inputs(data["cfg"].pool, data["cfg"].inputs)
+    once = _minibatches(reader, rows, index, monkeypatch, once=True)
+    per_step = _minibatches(reader, rows, index, monkeypatch, once=False)
+    assert len(once) == len(per_step) == -(-N_LABELED // 40)
+    for (x1, y1), (x2, y2) in zip(once, per_step):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    picked = data["picked"][index.numpy()]
+    np.testing.assert_array_equal(torch.cat([x for x, _ in once]).numpy(), data["x"][picked])
+
+
 def test_train_settings_defaults_and_checks(data):
     raw = data["cfg"].raw()
     cfg = validate({**raw, "train": {}})

@@ -381,12 +381,13 @@ def _image_pool(path: str, rows: int) -> str:
     import io
 
     from PIL import Image
-    from sklearn.datasets import load_digits
 
-    digits = load_digits()
+    from dist_al.data.digits import load_digits
+
+    images = load_digits()[0].reshape(-1, 8, 8)
     blobs = []
     for i in range(rows):
-        img = Image.fromarray((digits.images[i % len(digits.images)] * 255 / 16).astype(np.uint8)).convert("RGB")
+        img = Image.fromarray((images[i % len(images)] * 255 / 16).astype(np.uint8)).convert("RGB")
         buf = io.BytesIO()
         img.resize((IMAGE_SIDE, IMAGE_SIDE), Image.Resampling.BILINEAR).save(buf, format="PNG" if i % 2 else "JPEG")
         blobs.append(buf.getvalue())
@@ -802,15 +803,16 @@ def _make_image_pool(uri: str, rows: int, folder: str) -> None:
     """``rows`` 128x128 RGB JPEGs (scikit-learn's digits, upscaled, with noise so they compress like photos), as
     ``make-pool --images`` writes them: the encoded bytes in the pool."""
     from PIL import Image
-    from sklearn.datasets import load_digits
 
+    from dist_al.data.digits import load_digits
     from dist_al.data.writer import check_images, scan_image_folder, write_image_pool
 
-    digits = load_digits()
+    x, y = load_digits()
+    digits = x.reshape(-1, 8, 8)
     rng = np.random.default_rng(0)
     for i in range(rows):
-        label = int(digits.target[i % len(digits.target)])
-        pixels = np.kron(digits.images[i % len(digits.images)] * 255 / 16, np.ones((16, 16)))  # 8x8 -> 128x128
+        label = int(y[i % len(y)])
+        pixels = np.kron(digits[i % len(digits)] * 255 / 16, np.ones((16, 16)))  # 8x8 -> 128x128
         rgb = np.clip(pixels[..., None] * rng.uniform(0.5, 1.0, 3) + rng.normal(0, 20, (128, 128, 3)), 0, 255)
         os.makedirs(os.path.join(folder, str(label)), exist_ok=True)
         Image.fromarray(rgb.astype(np.uint8), "RGB").save(os.path.join(folder, str(label), f"{i:06d}.jpg"), quality=90)

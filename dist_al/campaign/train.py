@@ -210,19 +210,56 @@ def _call(model: nn.Module, x: ReaderOutput) -> torch.Tensor:
     return model(**x) if isinstance(x, dict) else model(x)
 
 
-def minibatches(reader: Reader, data: LabeledRows, index: torch.Tensor, batch_size: int, threads: int):
-    """(reader output, labels) of each minibatch of ``index`` (rows of ``data``), decoded in ``threads`` threads
-    ahead of the caller (``ordered_map``); a row the reader cannot read raises, naming it."""
-    reader = dataclasses.replace(reader, on_error="raise")  # a labeled row must be readable (module docstring)
-    y = torch.as_tensor(data.y)
+# Labeled rows whose decoded inputs take at most this many bytes are decoded once per fit instead of once per epoch
+# (a minibatch is then a slice of one tensor: no Arrow take, reader call or thread hand-off per step).
+DECODE_ONCE_BYTES = 256 << 20
+_DECODE_ONCE_PROBE = 256  # rows decoded to estimate the bytes a row's input takes
 
-    def decode(rows: np.ndarray):
+
+class Minibatches:
+    """(reader output, labels) of each minibatch of an epoch's row order; a row the reader cannot read raises,
+    naming it.
+
+    The labeled rows are decoded once, up front, when the reader returns one tensor (the contract: a row's
+    values depend on that row alone) and all of them fit in ``DECODE_ONCE_BYTES``; otherwise (a dict, padded per
+    batch, or inputs too large) each epoch decodes minibatch by minibatch in ``threads`` threads ahead of the
+    caller (``ordered_map``). Both give the same tensors.
+    """
+
+    def __init__(self, reader: Reader, data: LabeledRows, batch_size: int, threads: int):
+        self.reader = dataclasses.replace(reader, on_error="raise")  # a labeled row must be readable (module doc)
+        self.data, self.batch_size, self.threads = data, batch_size, threads
+        self.y = torch.as_tensor(data.y)
+        self.decoded = self._decode_all()
+
+    def _decode(self, rows: np.ndarray) -> ReaderOutput:
+        data = self.data
         batch = data.inputs.take(pa.array(rows)).combine_chunks().to_batches()[0]
-        x, _, _ = read_batch(reader, batch, data.ids[rows], lambda i: data.where[int(rows[i])], data.source)
-        return x, y[rows]
+        x, _, _ = read_batch(self.reader, batch, data.ids[rows], lambda i: data.where[int(rows[i])], data.source)
+        assert x is not None, "on_error=raise: every row is read or the call raised"
+        return x
 
-    chunks = [index[start : start + batch_size].numpy() for start in range(0, len(index), batch_size)]
-    return ordered_map(decode, chunks, threads, "train-decode")
+    def _decode_all(self) -> torch.Tensor | None:
+        n = len(self.y)
+        if n == 0:
+            return None
+        probe = self._decode(np.arange(min(n, _DECODE_ONCE_PROBE)))
+        if not isinstance(probe, torch.Tensor) or probe.nbytes / probe.shape[0] * n > DECODE_ONCE_BYTES:
+            return None
+        rest = [np.arange(s, min(s + _DECODE_ONCE_PROBE, n)) for s in range(_DECODE_ONCE_PROBE, n, _DECODE_ONCE_PROBE)]
+        parts = [probe, *ordered_map(self._decode, rest, self.threads, "train-decode")]
+        if any(not isinstance(x, torch.Tensor) or x.shape[1:] != probe.shape[1:] for x in parts):
+            return None  # a reader whose rows' shape depends on the batch: decoded per minibatch
+        return torch.cat(parts)
+
+    def __call__(self, index: torch.Tensor):
+        chunks = [index[start : start + self.batch_size] for start in range(0, len(index), self.batch_size)]
+        if self.decoded is not None:
+            decoded = self.decoded
+            return ((decoded[rows], self.y[rows]) for rows in chunks)
+        return ordered_map(
+            lambda rows: (self._decode(rows.numpy()), self.y[rows]), chunks, self.threads, "train-decode"
+        )
 
 
 def fit_loop(
@@ -238,7 +275,7 @@ def fit_loop(
     """The training loop both backends run: same seeded model, this rank's share of the rows, Adam + CE.
 
     ``data``: the labeled rows, decoded minibatch by minibatch with
-    ``config["reader"]`` (``minibatches``); ``weights`` an optional starting
+    ``config["reader"]`` (``Minibatches``); ``weights`` an optional starting
     state_dict.  ``prepare`` wraps the model for the backend (Ray Train's ``prepare_model``: device placement, DDP when
     world > 1); None moves it to ``device``.  With ``world == 1`` this is plain
     single-process training (the ``local`` backend).  Returns (the trained
@@ -259,14 +296,14 @@ def fit_loop(
     )
     optimiser = torch.optim.Adam(model.parameters(), lr=config["lr"])
     loss_fn = nn.CrossEntropyLoss()
-    batch_size = config["batch_size"]
+    batches = Minibatches(config["reader"], data, config["batch_size"], config["decode_threads"])
     history = []
     model.train()
     for epoch in range(config["epochs"]):
         sampler.set_epoch(epoch)
         index = torch.tensor(list(iter(sampler)), dtype=torch.long)
         total = torch.zeros(2, dtype=torch.float64)  # loss sum, rows
-        for xb, yb in minibatches(config["reader"], data, index, batch_size, config["decode_threads"]):
+        for xb, yb in batches(index):
             optimiser.zero_grad(set_to_none=True)
             loss = loss_fn(_call(model, _to(xb, device)), yb.to(device, non_blocking=True))
             loss.backward()

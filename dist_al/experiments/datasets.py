@@ -42,9 +42,9 @@ SYNTHETIC_CLASSES, SYNTHETIC_DIM, SYNTHETIC_SEPARATION, SYNTHETIC_TEST_ROWS = 10
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray, int]:
-    from sklearn.datasets import load_digits
+    from dist_al.data.digits import load_digits
 
-    x, y = load_digits(return_X_y=True)
+    x, y = load_digits()
     return (x / 16.0).astype(np.float32), y.astype(np.int64), 500
 
 

@@ -1,7 +1,7 @@
 """`dist-al demo`: learning curves of badge, bait and random on scikit-learn's bundled digits.
 
-Writes a pool (with its label column) and a test set from ``sklearn.datasets.load_digits``
-(shipped with scikit-learn: no download) under the workdir, then runs the
+Writes a pool (with its label column) and a test set from scikit-learn's bundled digits
+(``dist_al.data.digits``: no download) under the workdir, then runs the
 simulation of ``configs/demo.yaml`` (``dist_al.experiments.simulate``) on a local Ray:
 ShardWorker actors embed the pool with each round's model, the strategies
 select, the hidden labels are revealed, the MLP is retrained in-process
@@ -35,11 +35,10 @@ def write_digits_pools(workdir: str) -> tuple[str, str, int, int]:
 
     Both are replaced if they exist (they are the demo's own, always the same data).
     """
-    from sklearn.datasets import load_digits
-
+    from dist_al.data.digits import load_digits
     from dist_al.data.writer import write_pool
 
-    x, y = load_digits(return_X_y=True)
+    x, y = load_digits()
     x = (x / 16.0).astype(np.float32)  # pixel intensities 0..16
     order = np.random.default_rng(_SPLIT_SEED).permutation(len(y))
     test, pool = np.sort(order[:EVAL_ROWS]), np.sort(order[EVAL_ROWS:])

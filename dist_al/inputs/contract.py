@@ -28,7 +28,8 @@ A reader is any ``module:function`` named by ``inputs.reader`` (config section `
 - The same reader feeds selection (ShardWorkers), retraining (Ray Train workers, minibatch by minibatch) and
   evaluation, so a model sees the same input everywhere. It is called from several threads at once
   (``inputs.threads``): it must be thread-safe and deterministic (the same rows give the same tensors), and it
-  never downloads anything.
+  never downloads anything. A single tensor's rows each depend on their own pool row alone (retraining decodes
+  the labeled rows once and slices minibatches out of them); a dict may pad per batch.
 """
 
 from __future__ import annotations

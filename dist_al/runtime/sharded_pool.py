@@ -21,12 +21,13 @@ import torch
 from torch import nn
 
 from dist_al.config import ClusterConfig, InputsConfig, ModelConfig, PoolConfig
-from dist_al.core.api import check_seed, resolve_options, run_strategy
+from dist_al.core.api import STRATEGIES, check_seed, resolve_options, run_strategy
 from dist_al.core.bait import check_reduction
 from dist_al.core.errors import UserError
 from dist_al.core.inputs import check_budget
 from dist_al.core.options import BaitOptions, StrategyOptions
 from dist_al.core.progress import progress_bar
+from dist_al.core.shards import LocalShards, ShardGroup
 from dist_al.data.pool import PoolError, plan_shards
 from dist_al.inputs.contract import InputError, open_inputs
 from dist_al.inputs.pipeline import Skip
@@ -495,15 +496,29 @@ class ShardedPool:
     def _select(
         self, strategy: str, budget: int, seed: int, options: StrategyOptions, labeled
     ) -> tuple[pa.Table, list]:
-        """One run of the strategy from its start: every worker's strategy shard is built afresh."""
-        counts = ray.get([w.start.remote(strategy, labeled, row) for w, row in zip(self.workers, self.first_rows)])
+        """One run of the strategy from its start: every worker's strategy shard is built afresh, on the worker, or
+        in the driver from the workers' (p, h) when the pool has at most ``cluster.driver_select_rows`` rows (the
+        same shards and coordinator loop, without a Ray round trip per step)."""
+        group: ShardGroup
+        if self.num_rows <= self.cluster.driver_select_rows:
+            parts = get_all([w.selection_inputs.remote(labeled) for w in self.workers])
+            spec = STRATEGIES[strategy]
+            group = LocalShards([spec.shard(p, h, mask, row) for (p, h, mask), row in zip(parts, self.first_rows)])
+            counts = [int((~mask).sum()) for _, _, mask in parts]
+        else:
+            counts = get_all([w.start.remote(strategy, labeled, row) for w, row in zip(self.workers, self.first_rows)])
+            group = RayShards(self.workers, compiled=self.cluster.compiled_graph)
         budget = check_budget(budget, sum(counts))
-        group = RayShards(self.workers, compiled=self.cluster.compiled_graph)
+        threads = torch.get_num_threads()
+        if isinstance(group, LocalShards):  # the workers' thread count: the same kernels, so the same bits and ids
+            torch.set_num_threads(worker_threads(self.cluster.cpus_per_worker))
         try:
             with torch.inference_mode():
                 selection = run_strategy(strategy, group, budget, seed, options, self.progress)
         finally:
-            group.close()
+            torch.set_num_threads(threads)
+            if isinstance(group, RayShards):
+                group.close()
         by_shard: dict[int, list[int]] = {}
         for s, i in selection.picks:
             by_shard.setdefault(s, []).append(i)

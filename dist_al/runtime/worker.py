@@ -316,14 +316,22 @@ class ShardWorker:
 
     # -- selection --------------------------------------------------------------------
 
+    def _labeled_mask(self, labeled_ids: np.ndarray | None) -> torch.Tensor:
+        labeled = np.zeros(len(self.ids), dtype=bool) if labeled_ids is None else np.isin(self.ids, labeled_ids)
+        return torch.from_numpy(labeled)
+
     def start(self, strategy: str, labeled_ids: np.ndarray | None, first_row: int) -> int:
         """Builds the strategy's shard (the core's row side of the algorithm) over the resident (p, h); returns
         this shard's unlabeled row count."""
         probs, feats = self._embedding()
-        labeled = np.zeros(len(self.ids), dtype=bool) if labeled_ids is None else np.isin(self.ids, labeled_ids)
-        mask = torch.from_numpy(labeled).to(self.device)
-        self.strategy_shard = STRATEGIES[strategy].shard(probs, feats, mask, first_row)
-        return int((~labeled).sum())
+        mask = self._labeled_mask(labeled_ids)
+        self.strategy_shard = STRATEGIES[strategy].shard(probs, feats, mask.to(self.device), first_row)
+        return int((~mask).sum())
+
+    def selection_inputs(self, labeled_ids: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(p, h, labeled mask) on the CPU, for a selection the driver runs itself (``cluster.driver_select_rows``)."""
+        probs, feats = self._embedding()
+        return probs.cpu(), feats.cpu(), self._labeled_mask(labeled_ids)
 
     def invoke(self, method: str, *args: Any) -> Any:
         """Calls a method of the strategy shard by name (the coordinator names it by reference, see RayShards)."""

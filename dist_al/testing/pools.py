@@ -16,9 +16,9 @@ from dist_al.models.factories import mlp
 
 
 def _digits() -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits
+    from dist_al.data.digits import load_digits
 
-    x, y = load_digits(return_X_y=True)
+    x, y = load_digits()
     return torch.tensor(x / 16.0, dtype=torch.float32), torch.tensor(y)
 
 
