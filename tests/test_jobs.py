@@ -152,8 +152,8 @@ def test_jobs_lists_dist_al_jobs(head, project):
     out = dist_al(head, project, "jobs", env=head.client_env(RAY_ADDRESS=head.dashboard))
     assert out.returncode == 0, out.stderr
     rows = [line for line in out.stdout.splitlines() if line.startswith("| dist-al-")]
-    assert rows and all(re.search(r"\| (SUCCEEDED|FAILED) \|", r) for r in rows)
-    assert any("| select |" in r and "SUCCEEDED" in r for r in rows) and any("FAILED" in r for r in rows)
+    assert rows and all(re.search(r"\| (SUCCEEDED|FAILED) \|", r) for r in rows), out.stdout
+    assert any("| select |" in r and "SUCCEEDED" in r for r in rows) and any("FAILED" in r for r in rows), out.stdout
 
 
 @pytest.mark.cluster
