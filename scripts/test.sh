@@ -18,7 +18,7 @@ if [ "${1:-}" = "--checks" ]; then
     bash scripts/check.sh
 fi
 # 2 processes: measured on the 2-core CI machine, the slow tier runs 1.6x faster than in one (its Ray and
-# subprocess start-ups leave a core idle ~45% of the time) and the CPUs are then ~90% busy (README, "Tests").
+# subprocess start-ups leave the CPUs 42-47% idle) and the CPUs are then 84-88% busy (README, "Tests").
 WORKERS="${DIST_AL_TEST_WORKERS:-2}"
 if [ "$WORKERS" -gt 1 ]; then
     set -- -n "$WORKERS" --dist loadfile "$@"
