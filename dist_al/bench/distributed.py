@@ -565,6 +565,7 @@ _SHARD_LOG = re.compile(
     r"([\d.]+) s checks"
 )
 _SUMMARY = re.compile(r"\(embedding ([\d.]+)s, selection ([\d.]+)s\)")
+_BAIT_LOG = re.compile(r"BAIT: ([^\n]*)")
 
 
 @dataclass
@@ -742,7 +743,11 @@ def bench_full_select(
         {
             "name": f"where the select's time goes ({what}, B={budget})",
             "figure": f"embedding {t_embed:.1f} s ({workers}){split}; selection {t_select:.1f} s "
-            f"({1000 * t_select / budget:.0f} ms per centre)",
+            + (
+                f"(BAIT {bait.group(1)})"
+                if (bait := _BAIT_LOG.search(ran.stderr))
+                else f"({1000 * t_select / budget:.0f} ms per centre)"
+            ),
             "ratio": None,
             "goal": "",
             "met": None,

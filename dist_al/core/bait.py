@@ -100,6 +100,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -562,6 +563,7 @@ def bait(
     """
     lam, oversample, weighting = options.lam, options.oversample, options.weighting
     pca_dim, top_classes = options.pca_dim, options.top_classes
+    t_start = time.perf_counter()
     dev = _coordinator_device(group)
     shapes = group.map(BaitShard.shape)
     first_rows = np.cumsum([0] + [n for n, _, _ in shapes])[:-1]
@@ -598,6 +600,7 @@ def bait(
     else:  # candidate mode: the greedy steps run on the rows with the best known scores
         tops = group.map(BaitShard.init_candidates, A, A @ F @ A, w_batch, float64, keep)
         bests = group.map(BaitShard.keep_candidates, *_candidate_cut(tops, keep))
+    seconds = {"scoring": time.perf_counter() - t_start, "rescores": 0.0, "refreshes": 0.0}
     rescores = 0
     fresh = True  # the shards' P and Q were computed from A itself, not updated step by step
     refreshes = steps = 0
@@ -610,10 +613,12 @@ def bait(
         score, row, p, idx, h, _ = bests[shard]
         if adding and keep is not None and max(b[5] for b in bests) > score:
             # a row outside the candidates scored better when it was last scored: rescore those rows from A
+            t0 = time.perf_counter()
             tops = group.map(BaitShard.rescore, A, A @ F @ A, score, keep)
             bests = group.map(BaitShard.keep_candidates, *_candidate_cut(tops, keep))
             fresh = False
             rescores += 1
+            seconds["rescores"] += time.perf_counter() - t0
             continue
         U = _embedding_columns(p, idx, h, w_batch, K).to(dev)
         G = A @ U
@@ -629,9 +634,11 @@ def bait(
             # recompute P, Q from A and choose again; a state that was just recomputed and is already
             # this far off is beyond float32, so it is recomputed in float64
             float64 = float64 or fresh
+            t0 = time.perf_counter()
             bests = group.map(BaitShard.refresh, A, A @ F @ A, kind, float64)
             fresh = True
             refreshes += 1
+            seconds["refreshes"] += time.perf_counter() - t0
             continue
         GZ, sign, W = _step_factors(G, H, S, R)
         A.addmm_(W * sign, W.T, alpha=-1)  # an entry and its mirror are the same products: A stays symmetric
@@ -665,11 +672,19 @@ def bait(
             lam,
             max_norm2,
         )
-    log.debug(
-        "BAIT: %d refreshes of the per-row state for drift%s, %d rescores outside the candidates",
-        refreshes,
-        ", float64 state" if float64 else "",
+    total = time.perf_counter() - t_start
+    log.info(  # where the time went (docs/BENCHMARKS.md, the 2M-row row)
+        "BAIT: %.1f s: scoring every row %.1f s, %d steps %.1f s, %d rescores outside the candidates %.1f s, "
+        "%d refreshes of the per-row state for drift %.1f s%s",
+        total,
+        seconds["scoring"],
+        steps,
+        total - sum(seconds.values()),
         rescores,
+        seconds["rescores"],
+        refreshes,
+        seconds["refreshes"],
+        " (float64 state)" if float64 else "",
     )
     owners = []
     for row in picks:
