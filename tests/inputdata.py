@@ -33,10 +33,10 @@ _COMMON = "the a today very new after before with and".split()
 
 def digits(n: int) -> tuple[np.ndarray, np.ndarray]:
     """(n digit images (n, 8, 8) uint8 0..255, labels), in the data set's order."""
-    from dist_al.data.digits import load_digits
+    from dist_al.data.digits import digit_images
 
-    x, y = load_digits()
-    return (x[:n].reshape(-1, 8, 8) * 255 / 16).round().astype(np.uint8), y[:n]
+    images, y = digit_images()
+    return (images[:n] * 255 / 16).round().astype(np.uint8), y[:n]
 
 
 def encode(image: np.ndarray, fmt: str) -> bytes:

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from dist_al import cli
-from dist_al.data.digits import load_digits
+from dist_al.data.digits import digit_images
 from dist_al.data.pool import _list_files
 from dist_al.data.storage import filesystem
 from dist_al.data.writer import check_images, image_layout, scan_image_folder, write_image_pool
@@ -24,11 +24,11 @@ PER_CLASS = 4
 
 def digit_folder(root: Path) -> dict[str, int]:
     """CLASS/NN.png (grayscale) and CLASS/NN.jpg (RGB) files rendered from scikit-learn's digits; path -> digit."""
-    x, y = load_digits()
+    digits, y = digit_images()
     truth = {}
     for name, digit in zip(CLASSES, (1, 3, 0)):
         (root / name).mkdir(parents=True)
-        images = x[y == digit][:PER_CLASS].reshape(-1, 8, 8)
+        images = digits[y == digit][:PER_CLASS]
         for i, pixels in enumerate(images):
             image = Image.fromarray((pixels * 255 / 16).astype(np.uint8), "L").resize((16, 16))
             rel = f"{name}/{i:02d}.{'png' if i % 2 else 'jpg'}"

@@ -382,9 +382,9 @@ def _image_pool(path: str, rows: int) -> str:
 
     from PIL import Image
 
-    from dist_al.data.digits import load_digits
+    from dist_al.data.digits import digit_images
 
-    images = load_digits()[0].reshape(-1, 8, 8)
+    images = digit_images()[0]
     blobs = []
     for i in range(rows):
         img = Image.fromarray((images[i % len(images)] * 255 / 16).astype(np.uint8)).convert("RGB")
@@ -809,11 +809,10 @@ def _make_image_pool(uri: str, rows: int, folder: str) -> None:
     ``make-pool --images`` writes them: the encoded bytes in the pool."""
     from PIL import Image
 
-    from dist_al.data.digits import load_digits
+    from dist_al.data.digits import digit_images
     from dist_al.data.writer import check_images, scan_image_folder, write_image_pool
 
-    x, y = load_digits()
-    digits = x.reshape(-1, 8, 8)
+    digits, y = digit_images()
     rng = np.random.default_rng(0)
     for i in range(rows):
         label = int(y[i % len(y)])

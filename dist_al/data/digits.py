@@ -14,7 +14,7 @@ import numpy as np
 
 from dist_al.core.errors import UserError
 
-__all__ = ["load_digits"]
+__all__ = ["digit_images", "load_digits"]
 
 
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -26,3 +26,9 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
     with gzip.open(path, "rt") as f:
         data = np.loadtxt(f, delimiter=",")
     return data[:, :-1], data[:, -1].astype(np.int64)
+
+
+def digit_images() -> tuple[np.ndarray, np.ndarray]:
+    """(images, y): the same digits as (1797, 8, 8) float64 images, intensities 0..16 (scikit-learn's ``.images``)."""
+    x, y = load_digits()
+    return x.reshape(-1, 8, 8), y

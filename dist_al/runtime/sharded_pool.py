@@ -500,7 +500,8 @@ class ShardedPool:
         in the driver from the workers' (p, h) when the pool has at most ``cluster.driver_select_rows`` rows (the
         same shards and coordinator loop, without a Ray round trip per step)."""
         group: ShardGroup
-        if self.num_rows <= self.cluster.driver_select_rows:
+        in_driver = self.num_rows <= self.cluster.driver_select_rows
+        if in_driver:
             parts = get_all([w.selection_inputs.remote(labeled) for w in self.workers])
             spec = STRATEGIES[strategy]
             group = LocalShards([spec.shard(p, h, mask, row) for (p, h, mask), row in zip(parts, self.first_rows)])
@@ -510,7 +511,7 @@ class ShardedPool:
             group = RayShards(self.workers, compiled=self.cluster.compiled_graph)
         budget = check_budget(budget, sum(counts))
         threads = torch.get_num_threads()
-        if isinstance(group, LocalShards):  # the workers' thread count: the same kernels, so the same bits and ids
+        if in_driver:  # the workers' thread count: the same kernels, so the same bits and ids
             torch.set_num_threads(worker_threads(self.cluster.cpus_per_worker))
         try:
             with torch.inference_mode():
