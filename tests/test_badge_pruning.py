@@ -199,3 +199,16 @@ def test_numpy_dot_kernel_gives_the_same_picks(monkeypatch, pool):
     out = torch.empty(len(feats))
     assert kernels.row_dots(feats, feats[0], out=out) is out
     torch.testing.assert_close(out, feats @ feats[0])
+
+
+@pytest.mark.parametrize("n", [1, 6, 7, 8, 23])
+def test_fixed_shape_dots_of_any_length_equal_torch_mv(monkeypatch, n):
+    """The GPU path of row_dots (GEMVs of exactly CUDA_DOT_ROWS rows, a padded rest), run here on 7-row slices."""
+    from dist_al.core import kernels
+
+    monkeypatch.setattr(kernels, "CUDA_DOT_ROWS", 7)
+    rows, v = torch.randn(n, 5, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    out = torch.full((n,), torch.nan, dtype=torch.float64)
+    assert kernels._fixed_shape_dots(rows, v, out) is out
+    torch.testing.assert_close(out, rows @ v, rtol=1e-14, atol=0)
+    torch.testing.assert_close(kernels._fixed_shape_dots(rows, v, None), rows @ v, rtol=1e-14, atol=0)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .kernels import row_dots
+from .kernels import CUDA_DOT_ROWS, row_dots
 from .progress import progress_bar
 from .shards import ROUNDOFF_ULPS, ShardGroup, argmax_first, locate, snap_roundoff_
 
@@ -88,7 +88,9 @@ class BadgeShard:
         # Room for a step's temporaries over all rows: fresh ones would cost page faults at every centre.
         self._work = torch.empty(2, n, dtype=self.d2.dtype, device=device)
         self._flags = torch.empty(2, n, dtype=torch.bool, device=device)
-        rows = n if device.type == "cuda" else _GATHER_BYTES // (self.h.shape[1] * self.h.element_size() or 1)
+        rows = (
+            CUDA_DOT_ROWS if device.type == "cuda" else _GATHER_BYTES // (self.h.shape[1] * self.h.element_size() or 1)
+        )
         self._gathered = torch.empty(max(1, min(n, rows)), self.h.shape[1], dtype=self.h.dtype, device=device)
 
     # -- exact k-means++ ------------------------------------------------------------------

@@ -60,12 +60,13 @@ def noisy_digits(n: int, *, seed: int = 0, noise: float = 0.15) -> tuple[torch.T
 
 
 def digits_embeddings(
-    n: int, *, hidden: int = 128, seed: int = 0, steps: int = 300
+    n: int, *, hidden: int = 128, seed: int = 0, steps: int = 300, device: str | torch.device = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(probs (n, 10), feats (n, hidden)) of `trained_digits_mlp` over `noisy_digits(n)`, float32, computed in
-    slices so the peak is the output plus one slice."""
-    embed = Embedder(trained_digits_mlp(hidden=hidden, seed=seed, steps=steps))
-    probs, feats = torch.empty(n, 10), torch.empty(n, hidden)
+    """(probs (n, 10), feats (n, hidden)) of `trained_digits_mlp` over `noisy_digits(n)`, float32 on `device`
+    (the model runs there; it is trained on the CPU), computed in slices so the peak is the output plus one
+    slice."""
+    embed = Embedder(trained_digits_mlp(hidden=hidden, seed=seed, steps=steps), device=device)
+    probs, feats = torch.empty(n, 10, device=device), torch.empty(n, hidden, device=device)
     step = 1 << 16
     for lo in range(0, n, step):
         x, _ = noisy_digits(min(step, n - lo), seed=seed + lo)
