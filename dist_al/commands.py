@@ -12,10 +12,11 @@ from dist_al.core.errors import UserError
 
 def select_command(args) -> int:
     from dist_al.config import load_config
+
+    cfg = load_config(args.config, args.overrides)  # a bad config fails here, before torch and Ray are imported
     from dist_al.data.storage import write_table_atomic
     from dist_al.runtime.selection import run_selection
 
-    cfg = load_config(args.config, args.overrides)
     result = run_selection(cfg, progress=not args.no_progress)
     sel = cfg.selection
     strategy = sel.strategy
@@ -134,6 +135,7 @@ def _classes(names, shown: int = 10) -> str:
 
 
 def _rounds_config(args):
+    """The config, loaded before the command imports torch and Ray, so a bad one fails in a fraction of a second."""
     from dist_al.config import load_config
 
     return load_config(args.config, args.overrides)
@@ -170,17 +172,17 @@ def _locked(cfg, command: str, step) -> int:
 
 
 def round_command(args) -> int:
+    cfg = _rounds_config(args)
     from dist_al.campaign.rounds import advance
 
-    cfg = _rounds_config(args)
     return _locked(cfg, "round", lambda: advance(cfg, progress=not args.no_progress))
 
 
 def _workdir_step(args, step: str) -> int:
+    cfg = _rounds_config(args)
     from dist_al.campaign import rounds
     from dist_al.campaign.workdir import open_workdir
 
-    cfg = _rounds_config(args)
     return _locked(cfg, step.removesuffix("_step"), lambda: getattr(rounds, step)(cfg, open_workdir(cfg, create=False)))
 
 
@@ -189,10 +191,10 @@ def export_command(args) -> int:
 
 
 def ingest_command(args) -> int:
-    from dist_al.campaign.rounds import ingest
-
     class_names = [c.strip() for c in args.class_names.split(",")] if args.class_names else None
     cfg = _rounds_config(args)
+    from dist_al.campaign.rounds import ingest
+
     return _locked(cfg, "ingest", lambda: ingest(cfg, args.file, class_names))
 
 
@@ -201,9 +203,10 @@ def train_command(args) -> int:
 
 
 def status_command(args) -> int:
+    cfg = _rounds_config(args)
     from dist_al.campaign.rounds import status_table
 
-    print(status_table(_rounds_config(args)))
+    print(status_table(cfg))
     return 0
 
 

@@ -35,8 +35,8 @@ from pydantic import (
     model_validator,
 )
 
-from dist_al.core.api import STRATEGIES, StrategyOptions
 from dist_al.core.errors import UserError
+from dist_al.core.options import STRATEGY_OPTIONS, StrategyOptions
 from dist_al.credentials import REDACTED, Secret, credential_paths, redact, reveal
 
 
@@ -165,7 +165,7 @@ _DEFAULT_STRATEGY = "badge"  # of a selection section that names none
 class SelectionBase(Section):
     """The selection section's keys that every strategy has; each strategy adds its own options."""
 
-    strategy: str = Field(_DEFAULT_STRATEGY, description=f"the acquisition strategy: {', '.join(STRATEGIES)}")
+    strategy: str = Field(_DEFAULT_STRATEGY, description=f"the acquisition strategy: {', '.join(STRATEGY_OPTIONS)}")
     budget: int = Field(gt=0, description="rows to select")
     seed: int = Field(
         0,
@@ -181,13 +181,13 @@ class SelectionBase(Section):
     def options_for(self, strategy: str) -> StrategyOptions:
         """The options ``strategy`` takes, from the keys of this section it shares with it (simulate runs several
         strategies from one section); the core's defaults for the rest."""
-        kind = STRATEGIES[strategy].options
+        kind = STRATEGY_OPTIONS[strategy]
         given = {f.name: getattr(self, f.name) for f in dataclasses.fields(kind) if f.name in self.model_fields_set}
         return kind(**given)
 
 
 def _selection_model(name: str) -> type[SelectionBase]:
-    kind = STRATEGIES[name].options
+    kind = STRATEGY_OPTIONS[name]
     hints = typing.get_type_hints(kind)
     fields: dict[str, Any] = {
         "strategy": (Literal[name], name),  # the tag that picks this model
@@ -212,7 +212,7 @@ def _strategy_of(value: Any) -> str:
     return getattr(value, "strategy", _DEFAULT_STRATEGY)
 
 
-SELECTION_MODELS = {name: _selection_model(name) for name in STRATEGIES}
+SELECTION_MODELS = {name: _selection_model(name) for name in STRATEGY_OPTIONS}
 globals().update({model.__name__: model for model in SELECTION_MODELS.values()})  # picklable, for Ray
 if TYPE_CHECKING:  # one static type for the checker; at run time a union tagged by the strategy
     SelectionConfig = SelectionBase
@@ -576,8 +576,8 @@ def reference_table() -> str:
 def _option_rows() -> list[str]:
     """One row per strategy option, named with the strategies that take it."""
     options: dict[str, tuple[list[str], dataclasses.Field]] = {}
-    for strategy, spec in STRATEGIES.items():
-        for f in dataclasses.fields(spec.options):
+    for strategy, kind in STRATEGY_OPTIONS.items():
+        for f in dataclasses.fields(kind):
             options.setdefault(f.name, ([], f))[0].append(strategy)
     return [
         _reference_row(f"selection.{name}", f.default, False, f"{', '.join(strategies)}: {f.metadata['description']}")
@@ -651,9 +651,10 @@ def _message(err: ValidationError, raw: dict) -> str:
         return f"config key {key} is required"
     if kind == "union_tag_invalid":
         tag = e["ctx"]["tag"]
-        hint = difflib.get_close_matches(str(tag), STRATEGIES, n=1)
+        hint = difflib.get_close_matches(str(tag), STRATEGY_OPTIONS, n=1)
         extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-        return f"config key selection.strategy: unknown strategy {tag!r}{extra}; choose one of {', '.join(STRATEGIES)}"
+        choices = ", ".join(STRATEGY_OPTIONS)
+        return f"config key selection.strategy: unknown strategy {tag!r}{extra}; choose one of {choices}"
     if kind == "literal_error":
         allowed = [v.strip().strip("'") for v in e["ctx"]["expected"].replace(" or ", ", ").split(",")]
         return f"config key {key} must be {_one_of(allowed + ['null'] * _nullable(key, raw))}, got {_shown(key, value)}"

@@ -13,8 +13,8 @@ from torch import nn
 
 from dist_al.bench.core import labeled_rows, make_pool
 from dist_al.core import STRATEGIES, select
-from dist_al.core.errors import UserError
 from dist_al.core.badge import BadgeShard, kmeanspp
+from dist_al.core.errors import UserError
 from dist_al.core.inputs import first_invalid, prob_sum_tolerance
 from dist_al.core.kernels import CUDA_DOT_ROWS, row_dots
 from dist_al.core.shards import LocalShards

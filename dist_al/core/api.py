@@ -14,7 +14,7 @@ import torch
 from . import badge, bait, baselines
 from .errors import UserError
 from .inputs import check_budget, check_labeled, check_probs_feats
-from .options import BadgeOptions, BadgeScalableOptions, BaitOptions, NoOptions, StrategyOptions
+from .options import STRATEGY_OPTIONS, BaitOptions, StrategyOptions
 from .shards import LocalShards, ShardGroup
 
 
@@ -61,16 +61,17 @@ def _run_bait(group, budget, seed, options, progress):
     return Selection(picks, scores)
 
 
-STRATEGIES: dict[str, Strategy] = {
-    "badge": Strategy(badge.BadgeShard, _run_badge, BadgeOptions),
-    "badge-scalable": Strategy(badge.BadgeShard, _run_badge_scalable, BadgeScalableOptions),
-    "bait": Strategy(bait.BaitShard, _run_bait, BaitOptions),
-    "random": Strategy(baselines.BaselineShard, _run_random, NoOptions),
-    "entropy": Strategy(baselines.BaselineShard, _uncertainty_runner("entropy"), NoOptions),
-    "margin": Strategy(baselines.BaselineShard, _uncertainty_runner("margin"), NoOptions),
-    "confidence": Strategy(baselines.BaselineShard, _uncertainty_runner("confidence"), NoOptions),
-    "coreset": Strategy(baselines.BaselineShard, _run_coreset, NoOptions),
+_CODE = {
+    "badge": (badge.BadgeShard, _run_badge),
+    "badge-scalable": (badge.BadgeShard, _run_badge_scalable),
+    "bait": (bait.BaitShard, _run_bait),
+    "random": (baselines.BaselineShard, _run_random),
+    "entropy": (baselines.BaselineShard, _uncertainty_runner("entropy")),
+    "margin": (baselines.BaselineShard, _uncertainty_runner("margin")),
+    "confidence": (baselines.BaselineShard, _uncertainty_runner("confidence")),
+    "coreset": (baselines.BaselineShard, _run_coreset),
 }
+STRATEGIES: dict[str, Strategy] = {name: Strategy(*_CODE[name], options) for name, options in STRATEGY_OPTIONS.items()}
 
 
 def strategy_spec(name: str) -> Strategy:

@@ -91,3 +91,17 @@ class BaitOptions(StrategyOptions):
         if self.mode not in ("auto", "exact", "candidates"):
             raise UserError(f"option mode must be one of 'auto', 'exact', 'candidates', got {self.mode!r}")
         object.__setattr__(self, "candidates", _check_positive("candidates", self.candidates, at_least=1.0))
+
+
+# Each strategy's options type, by name: what the config needs to know about strategies, without torch (the
+# CLI checks a config before it imports the numeric core). dist_al.core.api.STRATEGIES adds the code.
+STRATEGY_OPTIONS: dict[str, type[StrategyOptions]] = {
+    "badge": BadgeOptions,
+    "badge-scalable": BadgeScalableOptions,
+    "bait": BaitOptions,
+    "random": NoOptions,
+    "entropy": NoOptions,
+    "margin": NoOptions,
+    "confidence": NoOptions,
+    "coreset": NoOptions,
+}
