@@ -23,6 +23,8 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # Test tiers (markers registered in pyproject.toml): tests that use these fixtures get the marker themselves.
 _FIXTURE_MARKS = {
     "ray_local": "cluster",
+    "shared_ray_head": "cluster",
+    "drivers_join_shared_head": "cluster",
     "ray_tests_importable": "cluster",
     "s3_server": "s3",
     "s3_bucket": "s3",
@@ -94,3 +96,27 @@ def ray_local():
     ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def shared_ray_head():
+    """One `ray start --head` (tests/rayhead.py) per test process, for the `dist-al` commands of many modules. Its
+    workers import from the repository and tests/ (the model factories and readers the tests' configs name), as
+    the workers of the local Ray a command starts do through the command's own PYTHONPATH."""
+    from rayhead import ray_head
+
+    tests = os.path.dirname(os.path.abspath(__file__))
+    path = os.pathsep.join([tests, os.path.dirname(tests), os.environ.get("PYTHONPATH", "")])
+    with ray_head(num_cpus=8, env={"PYTHONPATH": path}) as head:
+        yield head
+
+
+@pytest.fixture
+def drivers_join_shared_head(shared_ray_head, monkeypatch):
+    """`dist-al` processes the test starts join the shared head (RAY_ADDRESS, as a Ray Job's driver does) instead of
+    each starting and stopping a private local Ray, ~9 CPU-seconds a command on a 2-core machine. Only for configs
+    whose paths are absolute: the head's workers do not run in the command's directory. The private local Ray
+    keeps its own tests (test_cli, test_configs_run, test_bad_input's local-limit cases, the walkthroughs)."""
+    for name, value in shared_ray_head.driver_env().items():
+        if name.startswith("RAY_"):
+            monkeypatch.setenv(name, value)

@@ -45,6 +45,18 @@ class RayHead:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
         return {**env, "RAY_AUTH_TOKEN": self.token, "PATH": f"{BIN}:{env.get('PATH', '')}", **extra}
 
+    def driver_env(self, **extra) -> dict:
+        """Environment of a `dist-al` process whose driver joins this head (RAY_ADDRESS, as in a Ray Job) instead
+        of starting a private local Ray: the same code path after ray.init, without starting and stopping a Ray
+        per command. RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps Ray from replacing 127.0.0.1 in the address with
+        the machine's own address, on which this loopback head does not listen."""
+        return self.client_env(
+            RAY_ADDRESS=f"127.0.0.1:{self.gcs_port}",
+            RAY_AUTH_MODE="token",
+            RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+            **extra,
+        )
+
 
 def _wait_up(url: str, token: str, proc: subprocess.Popen, log: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
@@ -74,8 +86,9 @@ def _kill_leftovers(temp_dir: str) -> None:
 
 
 @contextlib.contextmanager
-def ray_head(num_cpus: int = 4, num_gpus: int = 0):
-    """Yields a RayHead; logical GPUs (`num_gpus`) let placement be tested on a machine without any."""
+def ray_head(num_cpus: int = 4, num_gpus: int = 0, env: dict | None = None):
+    """Yields a RayHead; logical GPUs (`num_gpus`) let placement be tested on a machine without any; `env` adds to
+    the environment of the head and so of its workers (PYTHONPATH for modules the tests name in configs)."""
     temp_dir = tempfile.mkdtemp(prefix="dal-head-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     token = secrets.token_hex(16)
     gcs, dashboard = free_port(), free_port()
@@ -99,8 +112,9 @@ def ray_head(num_cpus: int = 4, num_gpus: int = 0):
         "--disable-usage-stats",
         *[f"{k}={v}" for k, v in ports.items()],
     ]
+    env_extra = env
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, PATH=f"{BIN}:{env.get('PATH', '')}")
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, PATH=f"{BIN}:{env.get('PATH', '')}", **(env_extra or {}))
     log = os.path.join(temp_dir, "ray-start.log")
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

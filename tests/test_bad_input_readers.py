@@ -19,7 +19,8 @@ from test_bad_input import assert_one_line_error, cli, snapshot
 
 from dist_al.data.writer import write_pool
 
-pytestmark = [pytest.mark.subprocess, pytest.mark.cluster]  # each case runs dist-al, which starts a local Ray
+# each case runs dist-al, whose driver joins the shared Ray head (conftest.py)
+pytestmark = [pytest.mark.subprocess, pytest.mark.cluster, pytest.mark.usefixtures("drivers_join_shared_head")]
 
 TESTS = str(Path(__file__).resolve().parent)
 N = 40

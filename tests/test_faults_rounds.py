@@ -39,7 +39,7 @@ from dist_al.data.synthetic import gaussian_mixture
 from dist_al.data.writer import write_pool
 from dist_al.models.build import read_weights
 
-pytestmark = [pytest.mark.subprocess]
+pytestmark = [pytest.mark.subprocess, pytest.mark.usefixtures("drivers_join_shared_head")]
 
 BUDGET = 10
 ROWS = 400
