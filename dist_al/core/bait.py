@@ -122,6 +122,7 @@ KAPPA_FLOAT32 = 1e6  # bound on a row's initial P (w_S max|h|^2 / lam) above whi
 SYMMETRISE_EVERY = 64  # coordinator steps between explicit symmetrisations of A
 # Candidate mode (the module docstring: Candidate mode).
 AUTO_EXACT_ROWS = 200_000  # mode "auto": exact BAIT up to this many unlabeled rows
+GPU_STEP_BYTES = 1 << 30  # temporaries of one block of a greedy step on a GPU (BaitShard.chunk)
 SCORE_BLOCK = 16384  # rows per block when rows outside the candidates are rescored
 QUADRATIC_BLOCK = 256  # rows per GEMM of the Fisher sums and of P, Q from A (the GEMM's output stays in cache)
 
@@ -160,7 +161,11 @@ class BaitShard:
         self.labeled = labeled
         self.first_row = first_row
         self.n_classes = probs.shape[1]
-        self.chunk = 2048  # rows per in-cache block of the greedy step
+        # rows per block of the greedy step: cache-sized on a CPU; on a GPU each block costs ~15 kernel launches
+        # and a sync, so as many rows as GPU_STEP_BYTES of the step's temporaries (~16 K^2 floats a row) allow
+        itemsize = feats.element_size()
+        on_cpu = feats.device.type == "cpu"
+        self.chunk = 2048 if on_cpu else max(2048, GPU_STEP_BYTES // (16 * self.n_classes**2 * itemsize))
 
     def shape(self) -> tuple[int, int, int]:
         return len(self.h), self.n_classes, self.h.shape[1]
