@@ -247,6 +247,19 @@ def test_pool_that_does_not_exist(env, tmp_path):
     )
 
 
+def test_pool_the_driver_reads_and_the_workers_do_not(env, tmp_path):
+    """On a cluster (the shared head, whose workers run in a directory of their own) a relative pool path that the
+    driver reads and the workers do not is one line naming the worker's side, not three recoveries of a 'dying'
+    ShardWorker."""
+    shutil.copytree(env["root"] / "pool", tmp_path / "pool")
+    needles = [
+        "pool pool: no such file, directory, bucket or prefix",
+        "on the Ray worker of shard 0, node ",
+        "relative",
+    ]
+    run_and_check(env, tmp_path, SELECT, *needles, pool={"uri": "pool", "label_column": "label"})
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
 def test_pool_that_is_not_readable(env, tmp_path):
     locked = tmp_path / "locked"

@@ -22,6 +22,7 @@ import torch
 
 from dist_al.config import InputsConfig, ModelConfig, PoolConfig
 from dist_al.core.api import STRATEGIES
+from dist_al.core.errors import UserError
 from dist_al.core.inputs import check_shapes, first_invalid, prob_sum_tolerance
 from dist_al.data.pool import (
     duplicated_id,
@@ -84,12 +85,22 @@ class ShardWorker:
         torch.set_num_threads(max(1, int(threads)))
         gpu = torch.cuda.is_available() and bool(ray.get_gpu_ids())
         self.device = torch.device("cuda" if gpu else "cpu")
-        self.pool, self.reader = open_inputs(pool, inputs)
+        # A mistake found here (a pool or checkpoint this node cannot read, where the driver could) is raised by
+        # the first embed_step: raised from __init__ it would reach the driver as the actor's death, without its
+        # message, and recovery would start the worker again.
+        self.init_error: UserError | None = None
+        try:
+            self.pool, self.reader = open_inputs(pool, inputs)
+            net = build_model(model, weights=weights)
+        except UserError as err:
+            self.init_error = UserError(
+                f"{err} (on the Ray worker of shard {shard.index}, node {ray.util.get_node_ip_address()}: every "
+                "node must reach what the config names; a relative path is resolved in each worker's directory)"
+            )
+            return
         self.decode_threads = inputs.threads or max(1, int(threads))
         self.shard = shard
-        self.embedder = Embedder(
-            build_model(model, weights=weights), model.classifier, self.device, model.autocast if gpu else None
-        )
+        self.embedder = Embedder(net, model.classifier, self.device, model.autocast if gpu else None)
         self.batch_size = model.batch_size
         self._batches: Generator[Decoded, None, None] | None = None
         self._next_row = 0  # resident row of the next embedded batch's first row
@@ -118,6 +129,8 @@ class ShardWorker:
 
     def embed_step(self, max_rows: int) -> int:
         """Embeds up to max_rows more rows (decoding ahead in the background); 0 when the shard is done."""
+        if self.init_error is not None:
+            raise self.init_error
         first = self.rows is None
         if self._batches is None:
             # labels are read on the first pass only; a re-embedding leaves out the rows the first pass skipped
