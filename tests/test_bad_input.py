@@ -254,7 +254,7 @@ def test_pool_the_driver_reads_and_the_workers_do_not(env, tmp_path):
     shutil.copytree(env["root"] / "pool", tmp_path / "pool")
     needles = [
         "pool pool: no such file, directory, bucket or prefix",
-        "on the Ray worker of shard 0, node ",
+        "on the Ray worker of shard ",  # whichever shard fails first
         "relative",
     ]
     run_and_check(env, tmp_path, SELECT, *needles, pool={"uri": "pool", "label_column": "label"})
