@@ -112,12 +112,12 @@ def ray_head(num_cpus: int = 4, num_gpus: int = 0, env: dict | None = None):
         "--disable-usage-stats",
         *[f"{k}={v}" for k, v in ports.items()],
     ]
-    env_extra = env
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, PATH=f"{BIN}:{env.get('PATH', '')}", **(env_extra or {}))
+    head_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    head_env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, PATH=f"{BIN}:{head_env.get('PATH', '')}")
+    head_env.update(env or {})
     log = os.path.join(temp_dir, "ray-start.log")
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, env=head_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{dashboard}"
     try:
         _wait_up(url, token, proc, log)
