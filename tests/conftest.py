@@ -2,14 +2,20 @@
 
 import logging
 import os
+import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 import ray
 import torch
 from hypothesis import settings
-from lsserver import label_studio  # noqa: F401  (a real Label Studio on loopback, once per session)
+from lsserver import start_label_studio, stop
+from rayhead import TEST_RAY_ENV
 from s3server import s3_bucket, s3_server, s3_storage_options  # noqa: F401  (moto S3 on loopback)
+
+os.environ.update(TEST_RAY_ENV)  # before any Ray starts: the local Rays of tests and of the commands they run
 
 # "ci" (the default): the same examples on every run and every machine, so a red suite means a change
 # broke something, not that Hypothesis drew a new input. "explore": many more examples from random seeds,
@@ -32,7 +38,28 @@ _FIXTURE_MARKS = {
 }
 
 
+# The longest test modules, longest first (wall seconds of each alone, measured on the 2-core machine). pytest-xdist
+# hands out modules in collection order, so these go first: a long module started last would leave the other
+# process idle while it runs. Only an order: a module missing here runs after them, in name order.
+LONGEST_FIRST = [
+    "test_bad_input.py",  # 117 s
+    "test_security.py",  # 115 s
+    "test_configs_run.py",  # 114 s
+    "test_labeling.py",  # 96 s
+    "test_inputs_distributed.py",  # 95 s
+    "test_faults_rounds.py",  # 93 s
+    "test_jobs.py",  # 69 s
+    "test_distributed.py",  # 53 s
+    "test_faults_distributed.py",  # 35 s
+    "test_cli.py",  # 34 s
+    "test_bad_input_readers.py",  # 34 s
+    "test_bench_smoke.py",  # 27 s
+]
+
+
 def pytest_collection_modifyitems(items):
+    rank = {name: k for k, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a module's own order is kept
     for item in items:
         for fixture, mark in _FIXTURE_MARKS.items():
             if fixture in item.fixturenames:
@@ -85,6 +112,20 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def label_studio():
+    """One real Label Studio (tests/lsserver.py) on a free port of 127.0.0.1 per test process, with a temporary
+    data directory and SQLite, local-files serving under ``files_root`` (tests that want Label Studio to show
+    local files put them there). Tests share it, each with a project of its own."""
+    root = Path(tempfile.mkdtemp(prefix="dal-ls-"))
+    server = start_label_studio(root)
+    try:
+        yield server
+    finally:
+        stop(server.process)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,12 @@ venv there installs one (a minute or two, once per machine; a file lock keeps tw
 once, and a marker file written last tells a finished install from one that was interrupted).
 
 The first server a machine starts runs Label Studio's database migrations (a minute or more on a busy
-machine); its fresh database is then kept next to the venv, and later sessions start from a copy in seconds.
+machine); its fresh database is then kept next to the venv (under a file lock too), and every server starts
+from a copy in seconds.
 
-Fixture (registered for the whole suite by ``tests/conftest.py``):
-
-* ``label_studio`` -- session: one server on a free port of 127.0.0.1, with a temporary data directory and
-  SQLite, local-files serving enabled under ``files_root`` (tests that want Label Studio to show local files
-  put them there), torn down by process group at the end. Tests share it and each makes its own project.
+``python tests/lsserver.py`` does both ahead of time: ``scripts/test.sh`` runs it in the background while it
+installs dist-al and runs the checks, so that on a fresh machine (CI) the first Label Studio test does not wait
+minutes for them. It needs no pytest: the ``label_studio`` fixture is in ``tests/conftest.py``.
 """
 
 from __future__ import annotations
@@ -33,8 +32,6 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 VERSION = "1.23.2"
 USER, PASSWORD = "dist-al@example.com", "dist-al-test-password"
@@ -155,15 +152,43 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def fresh_database() -> Path:
+    """A migrated, still empty database to start servers from, made once per machine by starting a server on a
+    database of its own."""
+    template = venv_dir().parent / f"label-studio-{VERSION}-fresh.sqlite3"
+    if template.exists():
+        return template
+    with open(template.parent / f".{template.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if template.exists():
+            return template
+        root = Path(tempfile.mkdtemp(prefix="dal-ls-migrate-"))
+        try:
+            server = _start(root, database=None)
+            stop(server.process)
+            partial = template.with_suffix(f".tmp-{os.getpid()}")
+            with sqlite3.connect(root / "data" / "ls.sqlite3") as src, sqlite3.connect(partial) as dst:
+                src.backup(dst)
+            os.replace(partial, template)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    return template
+
+
 def start_label_studio(root: Path) -> LabelStudioServer:
+    """A server on a copy of the fresh database."""
+    return _start(root, database=fresh_database())
+
+
+def _start(root: Path, database: Path | None) -> LabelStudioServer:
+    """A server whose data lives under ``root``, its database copied from ``database`` (None: a new one)."""
     exe = ensure_venv()
     data, files = root / "data", root / "files"
     data.mkdir(parents=True)
     files.mkdir()
-    template = venv_dir().parent / f"label-studio-{VERSION}-fresh.sqlite3"
+    if database is not None:
+        shutil.copyfile(database, data / "ls.sqlite3")
     database = data / "ls.sqlite3"
-    if template.exists():
-        shutil.copyfile(template, database)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "LABEL_STUDIO", "PYTHON", "DJANGO"))}
     env.update(
@@ -188,11 +213,6 @@ def start_label_studio(root: Path) -> LabelStudioServer:
             stop(process)
             raise RuntimeError(f"Label Studio did not start; the end of {log}:\n{log.read_text()[-3000:]}")
         time.sleep(1)
-    if not template.exists():  # a consistent copy of the migrated, still empty database
-        partial = template.with_suffix(f".tmp-{os.getpid()}")
-        with sqlite3.connect(database) as src, sqlite3.connect(partial) as dst:
-            src.backup(dst)
-        os.replace(partial, template)
     return LabelStudioServer(url, TOKEN, files, process, log)
 
 
@@ -208,12 +228,7 @@ def stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
-@pytest.fixture(scope="session")
-def label_studio():
-    root = Path(tempfile.mkdtemp(prefix="dal-ls-"))
-    server = start_label_studio(root)
-    try:
-        yield server
-    finally:
-        stop(server.process)
-        shutil.rmtree(root, ignore_errors=True)
+if __name__ == "__main__":
+    t0 = time.monotonic()
+    print(f"Label Studio {VERSION}: venv {ensure_venv().parent.parent}, fresh database {fresh_database()}", flush=True)
+    print(f"ready in {time.monotonic() - t0:.0f} s")

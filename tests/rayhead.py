@@ -25,6 +25,17 @@ from pathlib import Path
 
 BIN = Path(sys.executable).parent
 
+# Ray settings for every Ray the tests start. Ray Train V2's controller polls its workers every 2 s by default, and
+# each phase of a fit (start, run, finish) waits for a poll; the tests' fits train tiny models for well under a
+# second. Measured back to back: test_inputs_distributed + test_rounds (6 Ray Train fits) 160 s -> 120 s.
+TEST_RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+
+
+def without_ray_env(env: dict) -> dict:
+    """`env` without the RAY_ variables that point a process at a running Ray (address, token), keeping
+    TEST_RAY_ENV."""
+    return {k: v for k, v in env.items() if not k.startswith("RAY_")} | TEST_RAY_ENV
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -42,7 +53,7 @@ class RayHead:
 
     def client_env(self, **extra) -> dict:
         """Environment of a user's shell that holds the cluster's token."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        env = without_ray_env(dict(os.environ))
         return {**env, "RAY_AUTH_TOKEN": self.token, "PATH": f"{BIN}:{env.get('PATH', '')}", **extra}
 
     def driver_env(self, **extra) -> dict:
@@ -112,7 +123,7 @@ def ray_head(num_cpus: int = 4, num_gpus: int = 0, env: dict | None = None):
         "--disable-usage-stats",
         *[f"{k}={v}" for k, v in ports.items()],
     ]
-    head_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    head_env = without_ray_env(dict(os.environ))
     head_env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, PATH=f"{BIN}:{head_env.get('PATH', '')}")
     head_env.update(env or {})
     log = os.path.join(temp_dir, "ray-start.log")

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from rayhead import without_ray_env
 
 from dist_al.campaign.rounds import ingest
 from dist_al.config import load_config
@@ -40,7 +41,9 @@ LOCAL_LIMIT = LOCAL_WORKERS_PER_CORE * cores()  # worker processes a local Ray r
 
 def cli(*args, cwd, env=None, timeout=300, local_ray=False):
     """`dist-al ARGS`; local_ray: without the RAY_ variables that make its driver join a running Ray."""
-    full_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if not (local_ray and k.startswith("RAY_"))}
+    full_env = {**os.environ, **(env or {})}
+    if local_ray:
+        full_env = without_ray_env(full_env)
     full_env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), full_env.get("PYTHONPATH", "")])
     return subprocess.run(
         [sys.executable, "-m", "dist_al.cli", *args],

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from rayhead import _kill_leftovers
+from rayhead import _kill_leftovers, without_ray_env
 from s3server import (
     FAKE_KEY,
     FAKE_SECRET,
@@ -273,7 +273,7 @@ def credential_run(tmp_path_factory, s3_server):
     )
     client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})  # keeps what is deleted
     (root / "home").mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
+    env = without_ray_env({k: v for k, v in os.environ.items() if not k.startswith("AWS_")})
     env.update({name.split()[1]: SECRETS[name] for name in SECRETS if name.startswith("env ")})
     env.update(
         AWS_ENDPOINT_URL=s3_server,
@@ -493,7 +493,7 @@ def test_label_studio_api_keys_never_reach_the_workdir_a_log_or_an_error(label_s
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     (tmp_path / "home").mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "LABEL_STUDIO"))}
+    env = without_ray_env({k: v for k, v in os.environ.items() if not k.startswith("LABEL_STUDIO")})
     env.update(HOME=str(tmp_path / "home"), TMPDIR=str(private_tmp), RAY_TMPDIR=str(private_tmp))
     outputs = []
 
