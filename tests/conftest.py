@@ -38,9 +38,9 @@ _FIXTURE_MARKS = {
 }
 
 
-# The longest test modules, longest first (wall seconds of each alone, measured on the 2-core machine). pytest-xdist
-# hands out modules in collection order, so these go first: a long module started last would leave the other
-# process idle while it runs. Only an order: a module missing here runs after them, in name order.
+# The longest test modules, longest first (wall seconds of each in one test process, on the 2-core machine).
+# pytest-xdist hands out modules in collection order, so these go first: a long module started last would leave
+# the other test processes idle while it runs. Only an order: a module missing here runs after them, in name order.
 LONGEST_FIRST = [
     "test_bad_input.py",  # 117 s
     "test_security.py",  # 115 s
