@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ BIN = Path(sys.executable).parent
 TEST_RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
 
 
-def without_ray_env(env: dict) -> dict:
+def without_ray_env(env: Mapping[str, str]) -> dict[str, str]:
     """`env` without the RAY_ variables that point a process at a running Ray (address, token), keeping
     TEST_RAY_ENV."""
     return {k: v for k, v in env.items() if not k.startswith("RAY_")} | TEST_RAY_ENV
@@ -54,7 +55,7 @@ class RayHead:
 
     def client_env(self, **extra) -> dict:
         """Environment of a user's shell that holds the cluster's token."""
-        env = without_ray_env(dict(os.environ))
+        env = without_ray_env(os.environ)
         return {**env, "RAY_AUTH_TOKEN": self.token, "PATH": f"{BIN}:{env.get('PATH', '')}", **extra}
 
     def driver_env(self, **extra) -> dict:
@@ -124,7 +125,7 @@ def ray_head(num_cpus: int = 4, num_gpus: int = 0, env: dict | None = None):
         "--disable-usage-stats",
         *[f"{k}={v}" for k, v in ports.items()],
     ]
-    head_env = without_ray_env(dict(os.environ))
+    head_env = without_ray_env(os.environ)
     head_env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, PATH=f"{BIN}:{head_env.get('PATH', '')}")
     head_env.update(env or {})
     log = os.path.join(temp_dir, "ray-start.log")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from rayhead import ray_head
+from rayhead import ray_head, without_ray_env
 from test_bad_input import assert_one_line_error
 
 from dist_al.data.synthetic import gaussian_mixture
@@ -222,7 +223,7 @@ def test_bad_submissions_are_one_line_errors(head, project, args, message):
 
 @pytest.mark.subprocess
 def test_the_address_is_required():
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("RAY_")}
+    env = without_ray_env(os.environ)
     out = subprocess.run([sys.executable, "-m", "dist_al.cli", "jobs"], capture_output=True, text=True, env=env)
     assert out.returncode == 2 and "no cluster address" in out.stderr
 
