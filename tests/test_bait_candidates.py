@@ -106,6 +106,47 @@ def test_candidate_mode_does_not_depend_on_the_sharding(options, caplog):
     assert obj_three == pytest.approx(obj_one, rel=1e-9)
 
 
+def test_a_rescore_computes_each_row_once_and_the_cut_none(monkeypatch):
+    """Rows computed from A: a rescore computes each outside row it rescores once, and at least the `keep`
+    outside rows with the best stale scores (the band); the cut after it computes nothing, since rows joining
+    bring the P and Q of their rescore. The candidates' scores then equal scores computed afresh from A."""
+    computed: list[tuple[str, torch.Tensor]] = []
+    phase = ["steps"]
+    compute, rescore, cut = bait.BaitShard._compute, bait.BaitShard.rescore, bait.BaitShard.keep_candidates
+    errors: list[float] = []
+
+    def recorded(self, st, A, C, kind):
+        compute(self, st, A, C, kind)
+        if len(st.pos if st.pos is not None else st.h):
+            computed.append((phase[0], st.pos))
+
+    def recorded_rescore(self, A, C, above, keep):
+        self.last_a_c, outside, before = (A, C), int(self._outside().sum()), len(computed)
+        phase[0] = "rescore"
+        out = rescore(self, A, C, above, keep)
+        phase[0] = "steps"
+        rows = [int(r) for _, pos in computed[before:] for r in pos]
+        assert len(rows) == len(set(rows)) >= min(keep, outside) - 1  # once each; the band (its edge row excluded)
+        return out
+
+    def recorded_cut(self, *args):
+        phase[0] = "cut"
+        out = cut(self, *args)
+        phase[0] = "steps"
+        fresh = self._rows(self.candidates.pos, self.candidates.h.dtype)
+        compute(self, fresh, *self.last_a_c, "add")
+        errors.append(float((fresh.score - self.candidates.score).abs().max() / fresh.score.abs().max()))
+        return out
+
+    monkeypatch.setattr(bait.BaitShard, "_compute", recorded)
+    monkeypatch.setattr(bait.BaitShard, "rescore", recorded_rescore)
+    monkeypatch.setattr(bait.BaitShard, "keep_candidates", recorded_cut)
+    probs, feats, labeled = pool(3, n=1500)
+    bait.run(probs, feats, 15, labeled=labeled, mode="candidates", candidates=2.0)
+    assert {name for name, _ in computed} == {"rescore", "steps"}  # steps: the refresh that starts pruning
+    assert len(errors) > 2 and max(errors) < 1e-5
+
+
 def test_candidate_count_and_auto_mode():
     auto = BaitOptions()
     assert auto.mode == "auto"

@@ -110,6 +110,22 @@ def test_bad_vectors_name_every_bad_row(column, problems):
     assert {p.column for p in err.value.problems} == {"features"}
 
 
+def test_finite_vectors_whose_sum_overflows_are_read():
+    """The finiteness check sums the batch first: finite values near float32's limit overflow that sum, and the
+    rows must still be read, not refused."""
+    big = np.full((3, 4), 3e38, dtype=np.float32)
+    assert np.array_equal(vectors(pa.record_batch({"features": pa.array(list(big), pa.list_(pa.float32(), 4))})), big)
+
+
+def test_float64_vectors_beyond_float32_are_refused():
+    """A float64 value float32 cannot hold would reach the model as inf: refused like one, on its row."""
+    column = pa.array([[1.0, 2.0], [1e300, 0.0], [0.0, -1e39]], pa.list_(pa.float64(), 2))
+    with pytest.raises(InputError) as err:
+        vectors(pa.record_batch({"features": column}))
+    why = "NaN or inf value, or a value beyond float32's range"
+    assert [(p.row, p.reason) for p in err.value.problems] == [(1, why), (2, why)]
+
+
 @pytest.mark.parametrize(
     "typ, message",
     [(pa.list_(pa.int64()), "holds lists of int64"), (pa.string(), "has type string"), (pa.binary(10), "10 bytes")],

@@ -70,10 +70,12 @@ labeled Fisher and the objective still cover the whole pool:
     on the sharding;
   - lazy greedy: before each forward step, if a row outside the candidates had,
     when last scored, a better score than the best candidate's current one,
-    every outside row whose stale score beats it is rescored exactly from the
-    current A (block by block), the candidates are cut again (rows joining get
-    P, Q from A; rows leaving keep their current score as stale score), and the
-    step is chosen again;
+    every outside row whose stale score beats it, and at least the `candidates`
+    x 2B outside rows with the best stale scores, are rescored exactly from the
+    current A (block by block); the candidates are cut again among themselves
+    and the rows just rescored, all with current scores (rows joining bring the
+    P, Q of their rescore, rows leaving keep their current score as stale
+    score), and the step is chosen again;
   - pruning runs on the 2B chosen rows, as in exact mode; the precision policy
     above applies to the candidates' state.
 If a row's add-score could only fall as rows are added (diminishing returns, as
@@ -83,6 +85,16 @@ is a heuristic, and its bound is measured: the objective within 1% of exact
 BAIT's (`dist-al bench core --only bait-candidates`: N=100k and 200k, K=10,
 D=128, B=100, three seeds each: exact BAIT's picks on all six pools, 4-6x
 faster; tests/test_bait_candidates.py on small pools).
+Why a band of rows per rescore: the scores fall together as M grows (N=300k,
+B=300: the best score falls 10x over the 600 forward steps, a rescored row's
+score is a median 0.56 of its stale one, and every row is rescored 2 to 7
+times), so rescoring only the rows above the best candidate triggers another
+rescore at almost every step (529 rescores at N=300k), each with a d x d
+product A F A and passes over the shard; the band makes them 56 for the same
+rows computed and the same picks. Rescoring rows whose stale score is below the
+cut, rather than admitting them on their stale score and computing P, Q again
+(the rule before), saves the join's second computation: at N=2M, B=1000 the
+rescores took 393 s instead of 515 s (docs/BENCHMARKS.md).
 Costs: the initial pass is exact mode's (O(N K^2 D^2), the Fisher sums'
 order); a forward step is O(candidates x 2B x K^2 D) instead of O(N K^2 D);
 a rescore is O(rows rescored x K^2 D^2). Memory per row outside the
@@ -152,7 +164,7 @@ def _sandwich_left(Z: torch.Tensor, p: torch.Tensor, s: torch.Tensor) -> torch.T
 class BaitShard:
     """One shard's rows: (p, h) for the Fisher sums, per-row P and Q for the greedy steps."""
 
-    rescored_from: tuple[torch.Tensor, torch.Tensor] | None  # candidate mode: (A, C) of the last rescore
+    rescored: _RowState | None  # candidate mode: the rows `rescore` scored that may join the candidates
 
     def __init__(self, probs: torch.Tensor, feats: torch.Tensor, labeled: torch.Tensor, first_row: int = 0):
         self.p = probs / probs.sum(1, keepdim=True)  # the softmax Fisher assumes sum(p) == 1 exactly
@@ -266,47 +278,58 @@ class BaitShard:
 
     def rescore(self, A: torch.Tensor, C: torch.Tensor, above: float, keep: int):
         """Candidate mode: the exact add-scores, from A and C = A F A, of the free rows outside the candidates
-        whose stale score is above `above` (block by block, no state kept) become their stale scores; returns
-        this shard's `keep` free rows with the best known scores (the candidates' current ones, the others'
-        stale ones) as (scores, global rows), best first, ties to the lower row. `keep_candidates` goes on
-        from here with the same A and C."""
-        self.rescored_from = (A, C)
+        whose stale score is above `above` become their stale scores (block by block). Of those rows, the ones
+        that may still join the candidates (this shard's `keep` best, counting the candidates) keep their P and
+        Q for `keep_candidates`. Returns this shard's `keep` best rows with a current score (the candidates and
+        the rows just rescored) as (scores, global rows), best first, ties to the lower row."""
         todo = (self._outside() & (self.stale > above)).nonzero()[:, 0]
+        self.rows_rescored += len(todo) if above > -np.inf else 0
+        cand = self.candidates
+        rescored = cand.take(todo[:0])
         for lo in range(0, len(todo), SCORE_BLOCK):
-            block = self._rows(todo[lo : lo + SCORE_BLOCK], self.candidates.h.dtype)
+            block = self._rows(todo[lo : lo + SCORE_BLOCK], cand.h.dtype)
             self._compute(block, A, C, "add")
             self.stale[block.pos] = block.score.double()
-        known = self._known()
-        order = torch.sort(known, descending=True, stable=True).indices[:keep]  # stable: ties keep row order
-        order = order[known[order] > -torch.inf]
-        return known[order], self.first_row + self.rows[order]
+            rescored = rescored.concat(block)
+            best = _best_first(*self._pooled(cand, rescored))[:keep]
+            rescored = rescored.take(best[best >= len(cand.h)].sort().values - len(cand.h))
+        self.rescored = rescored
+        scores, pos = self._pooled(cand, rescored)
+        best = _best_first(scores, pos)[:keep]
+        best = best[scores[best] > -torch.inf]
+        return scores[best], self.first_row + self.rows[pos[best]]
 
     def keep_candidates(self, score: float, row: int):
-        """Candidate mode, after `rescore`: the free rows whose known score is above (score, global row) in
-        (score desc, row asc) order become the candidates; rows that leave keep their current score as stale
-        score, rows that join get P, Q from the A and C of the rescore. Returns the best row to add."""
-        old = self.candidates
-        if old.pos is None or self.rescored_from is None:
+        """Candidate mode, after `rescore`: of the candidates and the rows just rescored, those above (score,
+        global row) in (score desc, row asc) order are the candidates; candidates that leave keep their current
+        score as stale score. Nothing is recomputed: the rows that join bring the P and Q of their rescore.
+        Returns the best row to add."""
+        old, rescored = self.candidates, self.rescored
+        if rescored is None:
             raise RuntimeError("BAIT: keep_candidates follows rescore, in candidate mode")
-        (A, C), self.rescored_from = self.rescored_from, None
-        known = self._known()
-        rows = self.first_row + self.rows
-        pos = ((known > score) | ((known == score) & (rows <= row))).nonzero()[:, 0]
-        self.stale[old.pos] = old.score.double()
-        st = self._rows(pos, old.h.dtype)
-        was = torch.zeros_like(self.free)
-        was[old.pos] = True
-        stay, join = was[pos], ~was[pos]
-        st.P = old.P.new_empty((len(pos), *old.P.shape[1:]))
-        st.Q, st.score = torch.empty_like(st.P), old.score.new_empty(len(pos))
-        at = torch.searchsorted(old.pos, pos[stay])
-        st.P[stay], st.Q[stay], st.score[stay] = old.P[at], old.Q[at], old.score[at]
-        new = self._rows(pos[join], st.h.dtype)
-        self._compute(new, A, C, "add")
-        st.P[join], st.Q[join], st.score[join] = new.P, new.Q, new.score
-        self.candidates = st
-        self.outside_best = float(self.stale[self._outside()].max()) if bool(self._outside().any()) else -np.inf
+        self.rescored = None
+        scores, pos = self._pooled(old, rescored)
+        rows = self.first_row + self.rows[pos]
+        stay = (scores > score) | ((scores == score) & (rows <= row))
+        leave = ~stay[: len(old.h)]
+        self.stale[old.positions()[leave]] = old.score[leave].double()
+        kept = stay.nonzero()[:, 0]
+        self.candidates = old.concat(rescored).take(kept[torch.argsort(pos[kept])])  # row order: ties to the lower
+        outside = self._outside()
+        self.outside_best = float(self.stale[outside].max()) if bool(outside.any()) else -np.inf
         return self.best("add")
+
+    def _pooled(self, cand: _RowState, rescored: _RowState) -> tuple[torch.Tensor, torch.Tensor]:
+        """(current scores in float64, positions) of the candidates, then the rescored rows; -inf for rows no
+        longer free."""
+        pos = torch.cat([cand.positions(), rescored.positions()])
+        scores = torch.cat([cand.score, rescored.score]).double()
+        return scores.masked_fill(~self.free[pos], -torch.inf), pos
+
+    def outside_top(self, m: int) -> torch.Tensor:
+        """The m best stale scores of the free rows outside the candidates, best first."""
+        stale = self.stale[self._outside()]
+        return torch.topk(stale, min(m, len(stale))).values
 
     def _outside(self) -> torch.Tensor:
         """Free rows that are not candidates (a mask over the unlabeled rows)."""
@@ -314,21 +337,16 @@ class BaitShard:
         mask[self.candidates.pos] = False
         return mask
 
-    def _known(self) -> torch.Tensor:
-        """Per unlabeled row: the candidates' current scores, the others' stale ones, -inf when not free."""
-        known = self.stale.clone()
-        known[self.candidates.pos] = self.candidates.score.double()
-        return known.masked_fill_(~self.free, -torch.inf)
-
     def _start(self, w_s: float) -> None:
         self.rows = (~self.labeled).nonzero()[:, 0]
         self.w_s = w_s
         self.chosen = torch.zeros(len(self.rows), dtype=torch.bool, device=self.h.device)
         self.free = torch.ones_like(self.chosen)  # neither chosen nor pruned
         self.lu_solves = 0
+        self.rows_rescored = 0  # candidate mode, for the log
         self.pruning: _RowState | None = None
         self.outside_best = -np.inf  # the best stale score of a free row outside the candidates
-        self.rescored_from = None
+        self.rescored = None
 
     def _rows(self, pos: torch.Tensor | None, dtype: torch.dtype) -> _RowState:
         """State holder for the candidate rows at positions pos (None: all of them), P and Q not yet computed."""
@@ -406,8 +424,9 @@ class BaitShard:
         self.lu_solves += lu
         return values
 
-    def lu_fallbacks(self) -> int:
-        return self.lu_solves
+    def counts(self) -> tuple[int, int]:
+        """(K x K solves that fell back to LU, rows rescored outside the candidates after the first scoring)."""
+        return self.lu_solves, self.rows_rescored
 
     def best(self, kind: str):
         """(score, global row, p, classes, h) of the best row to add or remove, score -inf if none; and the best
@@ -429,6 +448,13 @@ def _not_computed() -> torch.Tensor:
     return torch.empty(0)
 
 
+def _best_first(scores: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Indices of rows in (score desc, position asc) order; positions grow with global rows, so this is the
+    order in which the coordinator cuts the candidates, whatever the sharding."""
+    by_pos = torch.argsort(pos)
+    return by_pos[torch.sort(scores[by_pos], descending=True, stable=True).indices]
+
+
 @dataclass
 class _RowState:
     """Some candidate rows of a shard (pos: their positions among the candidates, None for all) with
@@ -442,6 +468,26 @@ class _RowState:
     P: torch.Tensor = field(default_factory=_not_computed)  # the three are set by BaitShard.refresh
     Q: torch.Tensor = field(default_factory=_not_computed)
     score: torch.Tensor = field(default_factory=_not_computed)
+
+    def positions(self) -> torch.Tensor:
+        if self.pos is None:
+            raise RuntimeError("BAIT: this state holds every row, not rows by position")
+        return self.pos
+
+    def take(self, i: torch.Tensor) -> _RowState:
+        """The rows i (an index tensor) of a state with positions."""
+        ic = None if self.ic is None else self.ic[i]
+        P, Q, score = self.P[i], self.Q[i], self.score[i]
+        return _RowState(self.positions()[i], self.h[i], self.p[i], self.s[i], ic, P, Q, score)
+
+    def concat(self, other: _RowState) -> _RowState:
+        """Both states' rows, self's first (states with positions)."""
+        ic = None if self.ic is None or other.ic is None else torch.cat([self.ic, other.ic])
+        pos = torch.cat([self.positions(), other.positions()])
+        h, p, s, P, Q, score = (
+            torch.cat([getattr(self, f), getattr(other, f)]) for f in ("h", "p", "s", "P", "Q", "score")
+        )
+        return _RowState(pos, h, p, s, ic, P, Q, score)
 
 
 def _fisher_sum_all_classes(p: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -554,6 +600,12 @@ def _candidate_cut(tops: list[tuple[torch.Tensor, torch.Tensor]], keep: int) -> 
     return float(scores[last]), int(rows[last])
 
 
+def _band(tops: list[torch.Tensor], m: int) -> float:
+    """The m-th best of the shards' best stale scores outside the candidates (-inf with fewer rows)."""
+    scores = np.sort(np.concatenate([t.cpu().numpy() for t in tops]))[::-1]
+    return float(scores[m - 1]) if len(scores) >= m else -np.inf
+
+
 def bait(
     group: ShardGroup,
     budget: int,
@@ -605,6 +657,7 @@ def bait(
     else:  # candidate mode: the greedy steps run on the rows with the best known scores
         tops = group.map(BaitShard.init_candidates, A, A @ F @ A, w_batch, float64, keep)
         bests = group.map(BaitShard.keep_candidates, *_candidate_cut(tops, keep))
+        band = _band(group.map(BaitShard.outside_top, keep), keep)
     seconds = {"scoring": time.perf_counter() - t_start, "rescores": 0.0, "refreshes": 0.0}
     rescores = 0
     fresh = True  # the shards' P and Q were computed from A itself, not updated step by step
@@ -619,8 +672,9 @@ def bait(
         if adding and keep is not None and max(b[5] for b in bests) > score:
             # a row outside the candidates scored better when it was last scored: rescore those rows from A
             t0 = time.perf_counter()
-            tops = group.map(BaitShard.rescore, A, A @ F @ A, score, keep)
+            tops = group.map(BaitShard.rescore, A, A @ F @ A, min(score, band), keep)
             bests = group.map(BaitShard.keep_candidates, *_candidate_cut(tops, keep))
+            band = _band(group.map(BaitShard.outside_top, keep), keep)
             fresh = False
             rescores += 1
             seconds["rescores"] += time.perf_counter() - t0
@@ -666,7 +720,7 @@ def bait(
         fresh = next_kind != kind
         bar.update()
     bar.close()
-    lu_solves = sum(group.map(BaitShard.lu_fallbacks))
+    lu_solves, rows_rescored = (sum(c) for c in zip(*group.map(BaitShard.counts)))
     if lu_solves:
         log.warning(
             "BAIT: %d per-row K x K solves fell back from Cholesky to LU (matrices not numerically positive "
@@ -679,14 +733,15 @@ def bait(
         )
     total = time.perf_counter() - t_start
     log.info(  # where the time went (docs/BENCHMARKS.md, the 2M-row row)
-        "BAIT: %.1f s: scoring every row %.1f s, %d steps %.1f s, %d rescores outside the candidates %.1f s, "
-        "%d refreshes of the per-row state for drift %.1f s%s",
+        "BAIT: %.1f s: scoring every row %.1f s, %d steps %.1f s, %d rescores outside the candidates %.1f s "
+        "(%d rows), %d refreshes of the per-row state for drift %.1f s%s",
         total,
         seconds["scoring"],
         steps,
         total - sum(seconds.values()),
         rescores,
         seconds["rescores"],
+        rows_rescored,
         refreshes,
         seconds["refreshes"],
         " (float64 state)" if float64 else "",

@@ -100,12 +100,21 @@ class Vectors:
         if flat.size != n * d:  # pragma: no cover - guarded by the length checks
             raise InputError(f"{flat.size} values for {n} rows of D={d}", column=column)
         out = flat.reshape(n, d)
-        finite = np.isfinite(out).all(1)
-        if not finite.all():
-            bad = np.flatnonzero(~finite)
-            raise InputError.several([InputError("NaN or inf value", row=int(i), column=column) for i in bad])
-        if out.dtype != np.float32 or not out.flags.writeable:
-            out = out.astype(np.float32)  # float16/64 to float32; Arrow's buffers are read-only
+        converted = out.dtype != np.float32
+        if converted or not out.flags.writeable:  # float16/64 to float32; Arrow's buffers may be read-only
+            with np.errstate(over="ignore"):  # a float64 beyond float32 becomes inf, refused below
+                out = out.astype(np.float32)
+        # the batch's sum is finite only if every value is (NaN and inf propagate): one read of the batch, where
+        # np.isfinite(out).all(1) also writes a bool per value; the rows are checked one by one only when it is
+        # not (an overflowing sum of finite values then finds none). Not BLAS: its threads would spin against
+        # the model's while this runs in a decode thread.
+        with np.errstate(over="ignore", invalid="ignore"):  # inf - inf, and overflows, are what it looks for
+            total = out.sum()
+        if not np.isfinite(total):
+            bad = np.flatnonzero(~np.isfinite(out).all(1))
+            what = "NaN or inf value" + (", or a value beyond float32's range" if converted else "")
+            if len(bad):
+                raise InputError.several([InputError(what, row=int(i), column=column) for i in bad])
         return torch.from_numpy(out)
 
     def _list(self, arr: pa.Array, column: str, dim: int | None) -> tuple[np.ndarray, int]:
