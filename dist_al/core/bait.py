@@ -95,7 +95,8 @@ many rows computed (1.12M against 1.08M) and the same picks. Admitting rows on
 their rescore's P, Q, rather than on a stale score with P, Q computed again at
 the join (the rule before), saves that second computation: at N=2M, B=1000, 2
 workers, the rescores took 393 s instead of 426 s and the select 642 s instead
-of 680 s, run one after the other (docs/BENCHMARKS.md).
+of 680 s, run one after the other (a later run of the new rule: 672 s, as the
+host drifted; docs/BENCHMARKS.md).
 Costs: the initial pass is exact mode's (O(N K^2 D^2), the Fisher sums'
 order); a forward step is O(candidates x 2B x K^2 D) instead of O(N K^2 D);
 a rescore is O(rows rescored x K^2 D^2). Memory per row outside the
