@@ -317,8 +317,6 @@ class BaitShard:
         self.stale[old.positions()[leave]] = old.score[leave].double()
         kept = stay.nonzero()[:, 0]
         self.candidates = old.concat(rescored).take(kept[torch.argsort(pos[kept])])  # row order: ties to the lower
-        outside = self._outside()
-        self.outside_best = float(self.stale[outside].max()) if bool(outside.any()) else -np.inf
         return self.best("add")
 
     def _pooled(self, cand: _RowState, rescored: _RowState) -> tuple[torch.Tensor, torch.Tensor]:
@@ -329,7 +327,8 @@ class BaitShard:
         return scores.masked_fill(~self.free[pos], -torch.inf), pos
 
     def outside_top(self, m: int) -> torch.Tensor:
-        """The m best stale scores of the free rows outside the candidates, best first."""
+        """The m best stale scores of the free rows outside the candidates, best first. They change only in a
+        rescore and the cut after it: a step's pick is a candidate."""
         stale = self.stale[self._outside()]
         return torch.topk(stale, min(m, len(stale))).values
 
@@ -347,7 +346,6 @@ class BaitShard:
         self.lu_solves = 0
         self.rows_rescored = 0  # candidate mode, for the log
         self.pruning: _RowState | None = None
-        self.outside_best = -np.inf  # the best stale score of a free row outside the candidates
         self.rescored = None
 
     def _rows(self, pos: torch.Tensor | None, dtype: torch.dtype) -> _RowState:
@@ -431,19 +429,17 @@ class BaitShard:
         return self.lu_solves, self.rows_rescored
 
     def best(self, kind: str):
-        """(score, global row, p, classes, h) of the best row to add or remove, score -inf if none; and the best
-        stale score of a free row outside the candidates (-inf in exact mode and for removals)."""
+        """(score, global row, p, classes, h) of the best row to add or remove, score -inf if none."""
         st = self._state(kind)
         mask = self.free if kind == "add" else self.chosen
         if st.pos is not None:
             mask = mask[st.pos]
-        outside = self.outside_best if kind == "add" else -np.inf
         if not bool(mask.any()):
-            return -np.inf, -1, None, None, None, outside
+            return -np.inf, -1, None, None, None
         j = int(st.score.masked_fill(~mask, -torch.inf).argmax())
         r = int(self.rows[j if st.pos is None else st.pos[j]])
         idx = None if st.ic is None else st.ic[j].cpu()
-        return float(st.score[j]), self.first_row + r, st.p[j].cpu(), idx, st.h[j].cpu(), outside
+        return float(st.score[j]), self.first_row + r, st.p[j].cpu(), idx, st.h[j].cpu()
 
 
 def _not_computed() -> torch.Tensor:
@@ -602,10 +598,11 @@ def _candidate_cut(tops: list[tuple[torch.Tensor, torch.Tensor]], keep: int) -> 
     return float(scores[last]), int(rows[last])
 
 
-def _band(tops: list[torch.Tensor], m: int) -> float:
-    """The m-th best of the shards' best stale scores outside the candidates (-inf with fewer rows)."""
+def _outside(tops: list[torch.Tensor], m: int) -> tuple[float, float]:
+    """From the shards' m best stale scores outside the candidates: the best and the m-th best (-inf when there
+    are fewer), the rows above which the next rescore covers at least."""
     scores = np.sort(np.concatenate([t.cpu().numpy() for t in tops]))[::-1]
-    return float(scores[m - 1]) if len(scores) >= m else -np.inf
+    return (float(scores[0]) if len(scores) else -np.inf), (float(scores[m - 1]) if len(scores) >= m else -np.inf)
 
 
 def bait(
@@ -654,12 +651,13 @@ def bait(
 
     bar = progress_bar(n_forward + (n_forward - budget if prune else 0), "bait", progress)
     keep = candidate_count(options, n_forward, n_rows - n_labeled)
+    outside = band = -np.inf  # candidate mode: the best stale score outside the candidates, and the band's edge
     if keep is None:
         bests = group.map(BaitShard.init_state, A, A @ F @ A, w_batch, float64)
     else:  # candidate mode: the greedy steps run on the rows with the best known scores
         tops = group.map(BaitShard.init_candidates, A, A @ F @ A, w_batch, float64, keep)
         bests = group.map(BaitShard.keep_candidates, *_candidate_cut(tops, keep))
-        band = _band(group.map(BaitShard.outside_top, keep), keep)
+        outside, band = _outside(group.map(BaitShard.outside_top, keep), keep)
     seconds = {"scoring": time.perf_counter() - t_start, "rescores": 0.0, "refreshes": 0.0}
     rescores = 0
     fresh = True  # the shards' P and Q were computed from A itself, not updated step by step
@@ -670,13 +668,13 @@ def bait(
     while adding or (prune and len(picks) > budget):
         kind = "add" if adding else "remove"
         shard = argmax_first([b[0] for b in bests])
-        score, row, p, idx, h, _ = bests[shard]
-        if adding and keep is not None and max(b[5] for b in bests) > score:
+        score, row, p, idx, h = bests[shard]
+        if adding and keep is not None and outside > score:
             # a row outside the candidates scored better when it was last scored: rescore those rows from A
             t0 = time.perf_counter()
             tops = group.map(BaitShard.rescore, A, A @ F @ A, min(score, band), keep)
             bests = group.map(BaitShard.keep_candidates, *_candidate_cut(tops, keep))
-            band = _band(group.map(BaitShard.outside_top, keep), keep)
+            outside, band = _outside(group.map(BaitShard.outside_top, keep), keep)
             fresh = False
             rescores += 1
             seconds["rescores"] += time.perf_counter() - t0
