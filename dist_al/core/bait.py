@@ -89,8 +89,8 @@ Why a band of rows per rescore: the scores fall together as M grows (N=300k,
 B=300: the best score falls 10x over the 600 forward steps, a rescored row's
 score is a median 0.56 of its stale one, and every row is rescored 2 to 7
 times), so rescoring only the rows above the best candidate triggers another
-rescore at almost every step (529 rescores at N=300k), each with a d x d
-product A F A and passes over the shard; the band makes them 56, for about as
+rescore at almost every step (528 rescores at N=300k), each with a d x d
+product A F A and passes over the shard; the band makes them 55, for about as
 many rows computed (1.12M against 1.08M) and the same picks. Admitting rows on
 their rescore's P, Q, rather than on a stale score with P, Q computed again at
 the join (the rule before), saves that second computation: at N=2M, B=1000, 2
