@@ -598,7 +598,7 @@ def _candidate_cut(tops: list[tuple[torch.Tensor, torch.Tensor]], keep: int) -> 
     return float(scores[last]), int(rows[last])
 
 
-def _outside(tops: list[torch.Tensor], m: int) -> tuple[float, float]:
+def _outside_scores(tops: list[torch.Tensor], m: int) -> tuple[float, float]:
     """From the shards' m best stale scores outside the candidates: the best and the m-th best (-inf when there
     are fewer), the rows above which the next rescore covers at least."""
     scores = np.sort(np.concatenate([t.cpu().numpy() for t in tops]))[::-1]
@@ -657,7 +657,7 @@ def bait(
     else:  # candidate mode: the greedy steps run on the rows with the best known scores
         tops = group.map(BaitShard.init_candidates, A, A @ F @ A, w_batch, float64, keep)
         bests = group.map(BaitShard.keep_candidates, *_candidate_cut(tops, keep))
-        outside, band = _outside(group.map(BaitShard.outside_top, keep), keep)
+        outside, band = _outside_scores(group.map(BaitShard.outside_top, keep), keep)
     seconds = {"scoring": time.perf_counter() - t_start, "rescores": 0.0, "refreshes": 0.0}
     rescores = 0
     fresh = True  # the shards' P and Q were computed from A itself, not updated step by step
@@ -674,7 +674,7 @@ def bait(
             t0 = time.perf_counter()
             tops = group.map(BaitShard.rescore, A, A @ F @ A, min(score, band), keep)
             bests = group.map(BaitShard.keep_candidates, *_candidate_cut(tops, keep))
-            outside, band = _outside(group.map(BaitShard.outside_top, keep), keep)
+            outside, band = _outside_scores(group.map(BaitShard.outside_top, keep), keep)
             fresh = False
             rescores += 1
             seconds["rescores"] += time.perf_counter() - t0
