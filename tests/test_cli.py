@@ -159,3 +159,30 @@ def test_a_local_ray_holds_more_cpu_workers_than_the_machine_has_cores(tmp_path)
     )
     assert sel.returncode == 0, sel.stderr
     assert "selected 25 rows with margin on 3 workers" in sel.stdout and pq.read_table(out).num_rows == 25
+
+
+@pytest.mark.subprocess
+def test_status_reads_the_workdir_without_importing_torch_or_ray(tmp_path):
+    """`dist-al status` only reads the workdir's files, so it answers without the seconds torch and Ray take to
+    import (people and monitoring run it often)."""
+    from dist_al.campaign.rounds import ingest
+    from dist_al.data.synthetic import gaussian_mixture
+    from dist_al.data.writer import write_pool
+
+    x, y = gaussian_mixture(40, 3, 4, seed=0)
+    write_pool(str(tmp_path / "pool"), list(range(40)), x.numpy(), y.numpy())
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"pool: {{uri: {tmp_path / 'pool'}}}\nmodel: {{kwargs: {{in_dim: 4, n_classes: 3}}}}\n"
+        f"selection: {{budget: 5}}\nworkdir: {tmp_path / 'work'}\n"
+    )
+    (tmp_path / "labels.csv").write_text("id,label\n1,0\n2,2\n")
+    ingest(load_config(str(config)), str(tmp_path / "labels.csv"))
+    probe = (
+        "import sys; from dist_al.cli import main; rc = main(['status', '--config', sys.argv[1]]); "
+        "print('imported:', sorted(m for m in ('torch', 'ray') if m in sys.modules)); sys.exit(rc)"
+    )
+    res = subprocess.run([sys.executable, "-c", probe, str(config)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert f"workdir {tmp_path / 'work'}: 2 labels recorded" in res.stdout
+    assert "imported: []" in res.stdout

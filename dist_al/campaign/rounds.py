@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -30,26 +31,16 @@ from dist_al.campaign.labels import (
     validate_labels,
 )
 from dist_al.campaign.labelstudio import LabelStudio, LabelStudioError, pull_round, push_round
-from dist_al.campaign.tasks import (
-    Linker,
-    check_columns,
-    linked,
-    predict,
-    prediction,
-    row_places,
-    shown_rows,
-    to_name,
-)
 from dist_al.campaign.workdir import Workdir, open_workdir
 from dist_al.config import Config
 from dist_al.data.pool import find_ids, open_pool
 from dist_al.data.storage import read_bytes, remove_tree, write_bytes_atomic, write_table_atomic
 from dist_al.faults import crash_point
-from dist_al.inputs.contract import Reader, open_inputs
-from dist_al.inputs.pipeline import skipped_note
-from dist_al.models.build import build_model, classifier_layer, read_weights
-from dist_al.runtime.cluster import cluster_session
-from dist_al.runtime.selection import preflight, sharded_pool
+
+# torch and Ray (models, readers, the cluster) are imported by the steps that use them: `dist-al status` reads the
+# workdir only, and importing them would make it seconds slower.
+if TYPE_CHECKING:
+    from dist_al.inputs.contract import Reader
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +64,8 @@ def _labels(cfg: Config, wd: Workdir) -> dict:
 
 
 def _n_classes(cfg: Config) -> int:
+    from dist_al.models.build import build_model, classifier_layer
+
     model = build_model(cfg.model, storage_options=cfg.pool.storage_options)
     return classifier_layer(model, cfg.model.classifier).out_features
 
@@ -129,6 +122,10 @@ def _current(wd: Workdir) -> tuple[int, str | None]:
 
 
 def select_step(cfg: Config, wd: Workdir, progress: bool = False) -> str:
+    from dist_al.inputs.pipeline import skipped_note
+    from dist_al.runtime.cluster import cluster_session
+    from dist_al.runtime.selection import preflight, sharded_pool
+
     n, state = _current(wd)
     if state is not None and state != "TRAINED":
         return f"round {n}: already selected ({state.lower()})"
@@ -168,6 +165,9 @@ def select_step(cfg: Config, wd: Workdir, progress: bool = False) -> str:
 
 
 def export_step(cfg: Config, wd: Workdir) -> str:
+    from dist_al.campaign.tasks import row_places, shown_rows
+    from dist_al.inputs.contract import open_inputs
+
     n, state = _current(wd)
     if state != "SELECTED":
         return f"round {n}: nothing to export ({(state or 'no round').lower()})"
@@ -224,6 +224,8 @@ def _predictions(
 ) -> list[list[dict]] | None:
     """The class the round's model predicts for each selected row, as Label Studio predictions (labeling.predictions;
     none before a model was trained or given, since an untrained model's guess would only mislead)."""
+    from dist_al.campaign.tasks import predict, prediction, to_name
+
     if not cfg.labeling.predictions or inputs is None:
         return None
     checkpoint = (wd.state(n) or {}).get("checkpoint")
@@ -239,6 +241,7 @@ def _predictions(
 def _push(cfg: Config, wd: Workdir, n: int, client: LabelStudio, ids: list, class_names: list[str]):
     """Pushes the round's tasks that Label Studio does not have yet: those of the exported tasks file, their
     images linked so that Label Studio can show them."""
+    from dist_al.campaign.tasks import Linker, linked
 
     def make_tasks(todo: list) -> tuple[list[dict], set[str]]:
         tasks = json.loads(read_bytes(wd.round_path(n, "export", LABEL_STUDIO_TASKS), wd.storage_options))
@@ -333,6 +336,7 @@ def check_training_inputs(cfg: Config) -> None:
     """What training will read besides the labeled rows, checked before anything starts or is written: the
     model (factory, kwargs, classifier) and the eval set's footers (``eval.uri``)."""
     from dist_al.campaign.train import open_eval_set
+    from dist_al.models.build import build_model
 
     build_model(cfg.model.model_copy(update={"checkpoint": None}), seed=cfg.train_seed)
     if cfg.eval.uri is not None:
@@ -341,6 +345,8 @@ def check_training_inputs(cfg: Config) -> None:
 
 def train_step(cfg: Config, wd: Workdir) -> str:
     from dist_al.campaign.train import train
+    from dist_al.models.build import read_weights
+    from dist_al.runtime.cluster import cluster_session
 
     check_training_inputs(cfg)
     n, state = _current(wd)
@@ -388,6 +394,8 @@ def advance(cfg: Config, progress: bool = False) -> str:
     """Moves the current round as far as it can go; answers the last status line. Everything the round will need
     is checked first (the eval set and the model here, the pool, checkpoint and budget before selecting), so a
     bad input fails this tick, not the one that trains after the labels are in."""
+    from dist_al.campaign.tasks import check_columns
+
     check_training_inputs(cfg)
     wd = open_workdir(cfg, create=False)
     n, state = _current(wd)
