@@ -38,22 +38,26 @@ _FIXTURE_MARKS = {
 }
 
 
-# The longest test modules, longest first (wall seconds of each in one test process, on the 2-core machine).
+# The longest test modules, longest first (seconds of each, summed over its tests, in the whole suite's run with three
+# test processes on the 2-core machine, 2026-12-01).
 # pytest-xdist hands out modules in collection order, so these go first: a long module started last would leave
 # the other test processes idle while it runs. Only an order: a module missing here runs after them, in name order.
 LONGEST_FIRST = [
-    "test_bad_input.py",  # 117 s
-    "test_security.py",  # 115 s
-    "test_configs_run.py",  # 114 s
-    "test_labeling.py",  # 96 s
-    "test_inputs_distributed.py",  # 95 s
-    "test_faults_rounds.py",  # 93 s
-    "test_jobs.py",  # 69 s
-    "test_distributed.py",  # 53 s
-    "test_faults_distributed.py",  # 35 s
-    "test_cli.py",  # 34 s
-    "test_bad_input_readers.py",  # 34 s
-    "test_bench_smoke.py",  # 27 s
+    "test_inputs_distributed.py",  # 332 s
+    "test_security.py",  # 293 s
+    "test_configs_run.py",  # 244 s
+    "test_labeling.py",  # 236 s
+    "test_bad_input.py",  # 230 s
+    "test_distributed.py",  # 206 s
+    "test_faults_rounds.py",  # 196 s
+    "test_faults_distributed.py",  # 124 s
+    "test_cli.py",  # 115 s
+    "test_simulate.py",  # 115 s
+    "test_jobs.py",  # 106 s
+    "test_bad_input_readers.py",  # 90 s
+    "test_bench_smoke.py",  # 54 s
+    "test_rounds.py",  # 54 s
+    "test_long_campaign.py",  # 48 s
 ]
 
 
