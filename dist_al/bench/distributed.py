@@ -159,12 +159,15 @@ def _no_op_rounds(workers: list, reps: int = 200) -> tuple[float, float]:
 
 
 def _serialisation(workers: int, reps: int = 2000) -> float:
-    """Seconds to serialise and deserialise, with Ray's cloudpickle, what one centre sends: the step to every
-    worker, the drawn centre (row, a, h, |g|^2) to every worker, each worker's (sum of d2, unchosen rows)."""
+    """Seconds to serialise and deserialise, with Ray's cloudpickle, what one centre sends as it travels
+    (``dist_al.runtime.wire``): the step to every worker, the drawn centre (row, a, h, |g|^2) to every worker,
+    each worker's (sum of d2, unchosen rows)."""
     from ray import cloudpickle
 
+    from dist_al.runtime.wire import to_wire
+
     step = (0, "take_weighted", (1.5,), "add_taken", (True,))
-    centre = (17, (torch.randn(K), torch.randn(D), torch.tensor(1.0)))
+    centre = to_wire((17, (torch.randn(K), torch.randn(D), torch.tensor(1.0))))
     reply = (123.4, 99_000)
     t0 = time.perf_counter()
     for _ in range(reps):

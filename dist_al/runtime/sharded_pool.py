@@ -33,6 +33,7 @@ from dist_al.inputs.contract import InputError, open_inputs
 from dist_al.inputs.pipeline import Skip
 from dist_al.models.build import build_model
 from dist_al.runtime.cluster import shard_workers, wait_started, worker_threads
+from dist_al.runtime.wire import WireTensor, from_wire, to_wire
 from dist_al.runtime.worker import ShardWorker
 
 log = logging.getLogger(__name__)
@@ -94,21 +95,22 @@ class RayShards:
         self._graph: Any = None
 
     def map(self, method: Callable, *args: Any) -> list:
-        args = tuple(ray.put(a) if _nbytes(a) > self._PUT_BYTES else a for a in args)
-        return get_all([w.invoke.remote(method.__name__, *args) for w in self.workers])
+        args = tuple(ray.put(a) if _nbytes(a) > self._PUT_BYTES else a for a in to_wire(args))
+        return from_wire(get_all([w.invoke.remote(method.__name__, *args) for w in self.workers]))
 
     def call(self, shard: int, method: Callable, *args: Any) -> Any:
-        return ray.get(self.workers[shard].invoke.remote(method.__name__, *args))
+        return from_wire(ray.get(self.workers[shard].invoke.remote(method.__name__, *to_wire(args))))
 
     def relay(self, shard: int, method: Callable, args: tuple, then: Callable, *then_args: Any) -> tuple[Any, list]:
+        args, then_args = to_wire(args), to_wire(then_args)
         step = (shard, method.__name__, args, then.__name__, then_args)
         graph = self._compiled_graph() if self.compiled else None
         if graph is not None:
-            outputs = ray.get(graph.execute(step), timeout=-1)  # -1: as long as the step takes, as ray.get
+            outputs = from_wire(ray.get(graph.execute(step), timeout=-1))  # -1: as long as the step takes
             return outputs[shard], outputs[len(self.workers) :]
         value = self.workers[shard].invoke.remote(method.__name__, *args)
         results = get_all([w.invoke.remote(then.__name__, value, *then_args) for w in self.workers])
-        return ray.get(value), results
+        return from_wire(ray.get(value)), from_wire(results)
 
     def _compiled_graph(self):
         """Every worker's relay_first (the shard's own call; the others answer None), whose outputs every
@@ -142,6 +144,8 @@ def _nbytes(value: Any) -> int:
         return value.numel() * value.element_size()
     if isinstance(value, np.ndarray):
         return value.nbytes
+    if isinstance(value, WireTensor):
+        return value.array.nbytes
     if isinstance(value, (tuple, list)):
         return sum(_nbytes(v) for v in value)
     return 0

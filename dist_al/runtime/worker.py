@@ -36,19 +36,7 @@ from dist_al.inputs.contract import InputError, open_inputs
 from dist_al.inputs.pipeline import Decoded, Skip, decoded_batches
 from dist_al.models.build import ModelError, build_model
 from dist_al.models.embedder import Embedder
-
-
-def _to_cpu(value: Any) -> Any:
-    """Results travel to the driver, which may have no GPU; a view is copied out, since pickling
-    a tensor sends its whole storage (a row of h would carry the shard's whole h)."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu()
-        if value.untyped_storage().nbytes() > value.numel() * value.element_size():
-            value = value.clone()
-        return value
-    if isinstance(value, (tuple, list)):
-        return type(value)(_to_cpu(v) for v in value)
-    return value
+from dist_al.runtime.wire import from_wire, to_wire
 
 
 @dataclass
@@ -349,7 +337,7 @@ class ShardWorker:
     def invoke(self, method: str, *args: Any) -> Any:
         """Calls a method of the strategy shard by name (the coordinator names it by reference, see RayShards)."""
         with torch.inference_mode():
-            return _to_cpu(getattr(self.strategy_shard, method)(*args))
+            return to_wire(getattr(self.strategy_shard, method)(*from_wire(args)))
 
     def relay_first(self, step: tuple, index: int) -> Any:
         """A relay's first call (``RayShards.relay``) if this worker holds shard ``index``, the drawn one."""
