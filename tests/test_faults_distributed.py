@@ -29,8 +29,7 @@ from dist_al.data.writer import write_pool
 from dist_al.models.build import build_model
 from dist_al.runtime import sharded_pool as pool_runtime
 from dist_al.runtime.selection import sharded_pool
-from dist_al.runtime.sharded_pool import RayShards, WorkerLostError, get_all
-from dist_al.runtime.wire import from_wire, to_wire
+from dist_al.runtime.sharded_pool import RayShards, WorkerLostError
 from dist_al.runtime.worker import ShardWorker
 
 pytestmark = [pytest.mark.cluster]
@@ -115,9 +114,9 @@ def during(method: str, n: int, action) -> type:
             if fn.__name__ == method:
                 seen["calls"] += 1
                 if seen["calls"] == n:
-                    refs = [w.invoke.remote(fn.__name__, *to_wire(args)) for w in self.workers]
+                    refs = self.send(fn, *args)
                     action(self)
-                    return from_wire(get_all(refs))
+                    return self.results(refs)
             return super().map(fn, *args)
 
     return Shards

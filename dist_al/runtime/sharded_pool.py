@@ -95,8 +95,16 @@ class RayShards:
         self._graph: Any = None
 
     def map(self, method: Callable, *args: Any) -> list:
+        return self.results(self.send(method, *args))
+
+    def send(self, method: Callable, *args: Any) -> list:
+        """Every worker's call of method, started; `results` waits for them (map is the two in a row)."""
         args = tuple(ray.put(a) if _nbytes(a) > self._PUT_BYTES else a for a in to_wire(args))
-        return from_wire(get_all([w.invoke.remote(method.__name__, *args) for w in self.workers]))
+        return [w.invoke.remote(method.__name__, *args) for w in self.workers]
+
+    @staticmethod
+    def results(refs: list) -> list:
+        return from_wire(get_all(refs))
 
     def call(self, shard: int, method: Callable, *args: Any) -> Any:
         return from_wire(ray.get(self.workers[shard].invoke.remote(method.__name__, *to_wire(args))))
@@ -109,8 +117,8 @@ class RayShards:
             outputs = from_wire(ray.get(graph.execute(step), timeout=-1))  # -1: as long as the step takes
             return outputs[shard], outputs[len(self.workers) :]
         value = self.workers[shard].invoke.remote(method.__name__, *args)
-        results = get_all([w.invoke.remote(then.__name__, value, *then_args) for w in self.workers])
-        return from_wire(ray.get(value)), from_wire(results)
+        results = self.results([w.invoke.remote(then.__name__, value, *then_args) for w in self.workers])
+        return from_wire(ray.get(value)), results
 
     def _compiled_graph(self):
         """Every worker's relay_first (the shard's own call; the others answer None), whose outputs every
